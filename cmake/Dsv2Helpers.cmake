@@ -1,0 +1,35 @@
+# dsv2_cc_library(NAME name [SRCS ...] [HDRS ...] [DEPS ...] [COPTS ...])
+#   Defines the library dsv2_<name> and its alias dsv2::<name>. Headers are
+#   included by their path from the repository root.
+# dsv2_cc_test(NAME name SRCS ... [DEPS ...] [LABELS ...])
+#   Defines a GoogleTest binary and registers each of its tests with ctest.
+#   Tests run from the repository root, so fixtures are named by their path.
+
+function(dsv2_cc_library)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS;COPTS" ${ARGN})
+  set(_target dsv2_${ARG_NAME})
+  if(ARG_SRCS)
+    add_library(${_target} STATIC ${ARG_SRCS} ${ARG_HDRS})
+    target_include_directories(${_target} PUBLIC ${PROJECT_SOURCE_DIR})
+    target_link_libraries(${_target} PUBLIC ${ARG_DEPS})
+    target_compile_options(${_target} PRIVATE ${ARG_COPTS})
+  else()
+    add_library(${_target} INTERFACE ${ARG_HDRS})
+    target_include_directories(${_target} INTERFACE ${PROJECT_SOURCE_DIR})
+    target_link_libraries(${_target} INTERFACE ${ARG_DEPS})
+  endif()
+  add_library(dsv2::${ARG_NAME} ALIAS ${_target})
+endfunction()
+
+function(dsv2_cc_test)
+  if(NOT DSV2_BUILD_TESTS)
+    return()
+  endif()
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;LABELS" ${ARGN})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
+  gtest_discover_tests(${ARG_NAME}
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+    PROPERTIES LABELS "${ARG_LABELS}"
+    DISCOVERY_TIMEOUT 60)
+endfunction()
