@@ -1,0 +1,182 @@
+#include "common/model/weights.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/base/status_macros.h"
+
+namespace dsv2 {
+namespace {
+
+constexpr char kEmbedName[] = "model.embed_tokens.weight";
+
+std::string LayerPrefix(int64_t layer) { return absl::StrCat("model.layers.", layer, "."); }
+
+void AddMlp(std::vector<TensorSpec>& specs, const std::string& prefix, int64_t width,
+            int64_t hidden, int64_t layer, int64_t expert) {
+  specs.push_back({prefix + "gate_proj.weight", {width, hidden}, layer, expert});
+  specs.push_back({prefix + "up_proj.weight", {width, hidden}, layer, expert});
+  specs.push_back({prefix + "down_proj.weight", {hidden, width}, layer, expert});
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+class Binder {
+ public:
+  explicit Binder(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+
+  absl::StatusOr<const TensorInfo*> Get(const TensorSpec& spec) {
+    const TensorInfo* info = checkpoint_.Find(spec.name);
+    if (info == nullptr) {
+      return absl::NotFoundError(absl::StrCat("checkpoint ", checkpoint_.dir(),
+                                              " has no tensor '", spec.name, "' (expected shape ",
+                                              ShapeString(spec.shape), ")"));
+    }
+    if (info->shape != spec.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", spec.name, "' in ", info->file, " has shape ", ShapeString(info->shape),
+          ", but the config implies ", ShapeString(spec.shape)));
+    }
+    if (!info->dtype.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "' in ", info->file,
+                                                     " has dtype ", info->dtype_name,
+                                                     "; expected BF16, F16 or F32"));
+    }
+    return info;
+  }
+
+  absl::StatusOr<WeightMatrix> Matrix(const TensorSpec& spec) {
+    ASSIGN_OR_RETURN(const TensorInfo* info, Get(spec));
+    return WeightMatrix{*info->dtype, spec.shape[0], spec.shape[1], info->data};
+  }
+
+  absl::StatusOr<std::vector<float>> Vector(const TensorSpec& spec) {
+    ASSIGN_OR_RETURN(const TensorInfo* info, Get(spec));
+    std::vector<float> values(spec.shape[0]);
+    ConvertToFloat(info->data, *info->dtype, spec.shape[0], values.data());
+    return values;
+  }
+
+ private:
+  const Checkpoint& checkpoint_;
+};
+
+}  // namespace
+
+int64_t TensorSpec::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
+  const int64_t h = c.hidden_size;
+  const int64_t heads = c.num_attention_heads;
+  std::vector<TensorSpec> specs;
+  specs.push_back({kEmbedName, {c.vocab_size, h}});
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const std::string p = LayerPrefix(layer);
+    specs.push_back({p + "input_layernorm.weight", {h}, layer});
+    if (c.has_q_lora()) {
+      specs.push_back({p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, layer});
+      specs.push_back({p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, layer});
+      specs.push_back(
+          {p + "self_attn.q_b_proj.weight", {heads * c.qk_head_dim(), c.q_lora_rank}, layer});
+    } else {
+      specs.push_back({p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), h}, layer});
+    }
+    specs.push_back({p + "self_attn.kv_a_proj_with_mqa.weight", {c.latent_dim(), h}, layer});
+    specs.push_back({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, layer});
+    specs.push_back({p + "self_attn.kv_b_proj.weight",
+                     {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                     layer});
+    specs.push_back({p + "self_attn.o_proj.weight", {h, heads * c.v_head_dim}, layer});
+    specs.push_back({p + "post_attention_layernorm.weight", {h}, layer});
+    if (c.IsMoeLayer(layer)) {
+      specs.push_back({p + "mlp.gate.weight", {c.n_routed_experts, h}, layer});
+      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+        AddMlp(specs, absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size, h, layer,
+               e);
+      }
+      if (c.n_shared_experts > 0) {
+        AddMlp(specs, p + "mlp.shared_experts.", c.n_shared_experts * c.moe_intermediate_size, h,
+               layer, -1);
+      }
+    } else {
+      AddMlp(specs, p + "mlp.", c.intermediate_size, h, layer, -1);
+    }
+  }
+  specs.push_back({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, h}});
+  return specs;
+}
+
+ParameterCounts CountParameters(const ModelConfig& config) {
+  ParameterCounts counts;
+  int64_t expert0 = 0;  // Parameters of routed expert 0, summed over the MoE layers.
+  for (const TensorSpec& spec : ExpectedTensors(config)) {
+    counts.total += spec.numel();
+    const bool lookup_only = spec.name == kEmbedName && !config.tie_word_embeddings;
+    if (spec.expert < 0 && !lookup_only) counts.activated += spec.numel();
+    if (spec.expert == 0) expert0 += spec.numel();
+  }
+  counts.activated += config.num_experts_per_tok * expert0;
+  return counts;
+}
+
+absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c, const Checkpoint& checkpoint) {
+  Binder binder(checkpoint);
+  const std::vector<TensorSpec> specs = ExpectedTensors(c);
+  auto it = specs.begin();  // Walks the specs in the order ExpectedTensors emits them.
+  auto next = [&]() -> const TensorSpec& { return *it++; };
+  auto mlp = [&]() -> absl::StatusOr<MlpWeights> {
+    MlpWeights m;
+    ASSIGN_OR_RETURN(m.gate, binder.Matrix(next()));
+    ASSIGN_OR_RETURN(m.up, binder.Matrix(next()));
+    ASSIGN_OR_RETURN(m.down, binder.Matrix(next()));
+    return m;
+  };
+
+  ModelWeights w;
+  ASSIGN_OR_RETURN(w.embed, binder.Matrix(next()));
+  w.layers.resize(c.num_hidden_layers);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    LayerWeights& l = w.layers[layer];
+    ASSIGN_OR_RETURN(l.input_norm, binder.Vector(next()));
+    if (c.has_q_lora()) {
+      ASSIGN_OR_RETURN(l.q_a, binder.Matrix(next()));
+      ASSIGN_OR_RETURN(l.q_a_norm, binder.Vector(next()));
+      ASSIGN_OR_RETURN(l.q_b, binder.Matrix(next()));
+    } else {
+      ASSIGN_OR_RETURN(l.q, binder.Matrix(next()));
+    }
+    ASSIGN_OR_RETURN(l.kv_a, binder.Matrix(next()));
+    ASSIGN_OR_RETURN(l.kv_a_norm, binder.Vector(next()));
+    ASSIGN_OR_RETURN(l.kv_b, binder.Matrix(next()));
+    ASSIGN_OR_RETURN(l.o, binder.Matrix(next()));
+    ASSIGN_OR_RETURN(l.post_attention_norm, binder.Vector(next()));
+    l.is_moe = c.IsMoeLayer(layer);
+    if (l.is_moe) {
+      ASSIGN_OR_RETURN(l.router, binder.Matrix(next()));
+      l.experts.resize(c.n_routed_experts);
+      for (MlpWeights& expert : l.experts) {
+        ASSIGN_OR_RETURN(expert, mlp());
+      }
+      if (c.n_shared_experts > 0) {
+        ASSIGN_OR_RETURN(l.shared, mlp());
+      }
+    } else {
+      ASSIGN_OR_RETURN(l.dense, mlp());
+    }
+  }
+  ASSIGN_OR_RETURN(w.final_norm, binder.Vector(next()));
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;
+  } else {
+    ASSIGN_OR_RETURN(w.lm_head, binder.Matrix(next()));
+  }
+  return w;
+}
+
+}  // namespace dsv2

@@ -1,0 +1,155 @@
+#include "common/model/weights.h"
+
+#include <filesystem>
+#include <random>
+
+#include "common/model/safetensors_writer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(WeightsTest, PublishedParameterCounts) {
+  // Sums of the published tensor shapes [model reference §4].
+  auto v2 = LoadModelConfig("common/model/presets/deepseek-v2.json");
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  const ParameterCounts v2_counts = CountParameters(*v2);
+  EXPECT_EQ(v2_counts.total, 235741434880);  // 235.7B
+  EXPECT_EQ(v2_counts.activated, 20851512320);  // 21B without the 0.52B embedding table.
+
+  auto lite = LoadModelConfig("common/model/presets/deepseek-v2-lite.json");
+  ASSERT_TRUE(lite.ok()) << lite.status();
+  const ParameterCounts lite_counts = CountParameters(*lite);
+  EXPECT_EQ(lite_counts.total, 15706484224);  // 15.7B
+  EXPECT_EQ(lite_counts.activated, 2451435008);  // 2.4B
+}
+
+TEST(WeightsTest, ExpectedTensorNamesFollowThePublishedLayout) {
+  auto lite = LoadModelConfig("common/model/presets/deepseek-v2-lite.json");
+  ASSERT_TRUE(lite.ok());
+  const std::vector<TensorSpec> specs = ExpectedTensors(*lite);
+  auto find = [&](const std::string& name) -> const TensorSpec* {
+    for (const TensorSpec& s : specs) {
+      if (s.name == name) return &s;
+    }
+    return nullptr;
+  };
+  ASSERT_NE(find("model.layers.0.self_attn.q_proj.weight"), nullptr);
+  EXPECT_EQ(find("model.layers.0.self_attn.q_a_proj.weight"), nullptr);
+  EXPECT_EQ(find("model.layers.0.self_attn.q_proj.weight")->shape, (std::vector<int64_t>{3072, 2048}));
+  EXPECT_EQ(find("model.layers.0.self_attn.kv_b_proj.weight")->shape, (std::vector<int64_t>{4096, 512}));
+  EXPECT_EQ(find("model.layers.0.mlp.gate_proj.weight")->shape, (std::vector<int64_t>{10944, 2048}));
+  EXPECT_EQ(find("model.layers.1.mlp.gate.weight")->shape, (std::vector<int64_t>{64, 2048}));
+  EXPECT_EQ(find("model.layers.26.mlp.experts.63.down_proj.weight")->shape,
+            (std::vector<int64_t>{2048, 1408}));
+  EXPECT_EQ(find("model.layers.26.mlp.experts.63.down_proj.weight")->expert, 63);
+  EXPECT_EQ(find("model.layers.1.mlp.shared_experts.up_proj.weight")->shape,
+            (std::vector<int64_t>{2816, 2048}));
+  EXPECT_NE(find("lm_head.weight"), nullptr);
+}
+
+// Writes a random checkpoint for `config` with `mutate` applied to the spec list.
+std::string WriteCheckpoint(const ModelConfig& config,
+                            const std::function<void(std::vector<TensorToWrite>&)>& mutate) {
+  static int counter = 0;
+  const std::string dir = testing::TempDir() + "/weights_test_" + std::to_string(counter++);
+  std::filesystem::create_directories(dir);
+  std::vector<TensorToWrite> tensors;
+  for (const TensorSpec& spec : ExpectedTensors(config)) tensors.push_back({spec.name, "BF16", spec.shape});
+  mutate(tensors);
+  const absl::Status status = WriteSafetensors(dir + "/model.safetensors", tensors,
+                                               [](size_t, char* out, int64_t bytes) {
+                                                 std::fill(out, out + bytes, 0x3f);
+                                               });
+  EXPECT_TRUE(status.ok()) << status;
+  return dir;
+}
+
+class BindWeightsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto config = LoadModelConfig("common/model/presets/deepseek-v2.json");
+    ASSERT_TRUE(config.ok());
+    config_ = *config;
+    // Shrink to a few MB while keeping the V2 structure.
+    config_.vocab_size = 64;
+    config_.hidden_size = 32;
+    config_.intermediate_size = 48;
+    config_.moe_intermediate_size = 8;
+    config_.num_hidden_layers = 2;
+    config_.num_attention_heads = 2;
+    config_.num_key_value_heads = 2;
+    config_.q_lora_rank = 16;
+    config_.kv_lora_rank = 16;
+    config_.qk_nope_head_dim = 8;
+    config_.qk_rope_head_dim = 8;
+    config_.v_head_dim = 8;
+    config_.n_routed_experts = 8;
+    config_.n_group = 4;
+    config_.topk_group = 2;
+    config_.num_experts_per_tok = 2;
+  }
+
+  absl::Status Bind(const std::function<void(std::vector<TensorToWrite>&)>& mutate) {
+    const std::string dir = WriteCheckpoint(config_, mutate);
+    auto checkpoint = Checkpoint::Open(dir);
+    if (!checkpoint.ok()) return checkpoint.status();
+    return BindWeights(config_, *checkpoint).status();
+  }
+
+  ModelConfig config_;
+};
+
+TEST_F(BindWeightsTest, CompleteCheckpointBinds) {
+  const std::string dir = WriteCheckpoint(config_, [](auto&) {});
+  auto checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto weights = BindWeights(config_, *checkpoint);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ(weights->layers.size(), 2u);
+  EXPECT_FALSE(weights->layers[0].is_moe);
+  EXPECT_TRUE(weights->layers[1].is_moe);
+  EXPECT_EQ(weights->layers[1].experts.size(), 8u);
+  EXPECT_EQ(weights->layers[1].experts[7].down.rows, 32);
+  EXPECT_EQ(weights->layers[1].shared.gate.rows, 16);
+  EXPECT_EQ(weights->embed.dtype, DType::kBF16);
+}
+
+TEST_F(BindWeightsTest, MissingTensorIsNamed) {
+  const absl::Status status = Bind([](std::vector<TensorToWrite>& tensors) {
+    std::erase_if(tensors, [](const TensorToWrite& t) {
+      return t.name == "model.layers.1.mlp.experts.5.up_proj.weight";
+    });
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(status.message(), HasSubstr("'model.layers.1.mlp.experts.5.up_proj.weight'"));
+}
+
+TEST_F(BindWeightsTest, WrongShapeIsNamedWithBothShapes) {
+  const absl::Status status = Bind([](std::vector<TensorToWrite>& tensors) {
+    for (TensorToWrite& t : tensors) {
+      if (t.name == "model.layers.0.self_attn.kv_b_proj.weight") t.shape = {32, 15};
+    }
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'model.layers.0.self_attn.kv_b_proj.weight'"));
+  EXPECT_THAT(status.message(), HasSubstr("[32, 15]"));
+  EXPECT_THAT(status.message(), HasSubstr("[32, 16]"));
+}
+
+TEST_F(BindWeightsTest, NonFloatDtypeIsNamed) {
+  const absl::Status status = Bind([](std::vector<TensorToWrite>& tensors) {
+    for (TensorToWrite& t : tensors) {
+      if (t.name == "model.norm.weight") t.dtype_name = "I16";
+    }
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'model.norm.weight'"));
+  EXPECT_THAT(status.message(), HasSubstr("I16"));
+}
+
+}  // namespace
+}  // namespace dsv2

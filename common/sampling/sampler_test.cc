@@ -1,0 +1,75 @@
+#include "common/sampling/sampler.h"
+
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace dsv2 {
+namespace {
+
+const std::vector<float> kLogits = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 0.5f};
+
+TEST(SamplerTest, TemperatureZeroIsArgMaxWithLowestIdOnTies) {
+  Sampler sampler({.temperature = 0.0f});
+  EXPECT_EQ(sampler.Sample(kLogits.data(), kLogits.size()), 1);
+  EXPECT_EQ(ArgMax(kLogits.data(), 1), 0);
+}
+
+TEST(SamplerTest, TopKOneIsGreedy) {
+  Sampler sampler({.temperature = 5.0f, .top_k = 1, .seed = 9});
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(sampler.Sample(kLogits.data(), kLogits.size()), 1);
+}
+
+TEST(SamplerTest, SameSeedSameTokensDifferentSeedDiffers) {
+  SamplingParams params{.temperature = 1.0f, .seed = 42};
+  Sampler a(params), b(params);
+  params.seed = 43;
+  Sampler c(params);
+  int differ = 0;
+  for (int i = 0; i < 100; ++i) {
+    const int32_t x = a.Sample(kLogits.data(), kLogits.size());
+    EXPECT_EQ(x, b.Sample(kLogits.data(), kLogits.size()));
+    differ += x != c.Sample(kLogits.data(), kLogits.size());
+  }
+  EXPECT_GT(differ, 0);
+}
+
+TEST(SamplerTest, FrequenciesFollowTheTemperedDistribution) {
+  const float temperature = 0.7f;
+  Sampler sampler({.temperature = temperature, .seed = 1});
+  std::vector<double> expected(kLogits.size());
+  double sum = 0;
+  for (size_t i = 0; i < kLogits.size(); ++i) sum += expected[i] = std::exp(kLogits[i] / temperature);
+  const int draws = 200000;
+  std::vector<int> counts(kLogits.size());
+  for (int i = 0; i < draws; ++i) ++counts[sampler.Sample(kLogits.data(), kLogits.size())];
+  for (size_t i = 0; i < kLogits.size(); ++i) {
+    const double p = expected[i] / sum;
+    // Five standard deviations of a binomial count.
+    EXPECT_NEAR(counts[i], p * draws, 5 * std::sqrt(draws * p * (1 - p)) + 1) << "token " << i;
+  }
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestSetReachingP) {
+  // Probabilities 0.5, 0.3, 0.2: top_p 0.6 keeps the first two only.
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  Sampler sampler({.temperature = 1.0f, .top_p = 0.6f, .seed = 3});
+  std::vector<int> counts(3);
+  for (int i = 0; i < 20000; ++i) ++counts[sampler.Sample(logits.data(), 3)];
+  EXPECT_EQ(counts[2], 0);
+  EXPECT_NEAR(counts[0] / 20000.0, 0.5 / 0.8, 0.02);
+}
+
+TEST(SamplerTest, ValidateNamesTheField) {
+  EXPECT_TRUE(SamplingParams{}.Validate().ok());
+  EXPECT_EQ(SamplingParams{.temperature = -1}.Validate().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(SamplingParams{.top_p = 0}.Validate().message().find("top_p"), std::string::npos);
+  EXPECT_NE(SamplingParams{.top_p = 1.5f}.Validate().message().find("top_p"), std::string::npos);
+  EXPECT_NE(SamplingParams{.top_k = -2}.Validate().message().find("top_k"), std::string::npos);
+  EXPECT_FALSE(SamplingParams{.temperature = NAN}.Validate().ok());
+}
+
+}  // namespace
+}  // namespace dsv2

@@ -1,0 +1,156 @@
+#include "kernels/cpu/ops.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace dsv2::cpu {
+namespace {
+
+// A weight matrix stored in `dtype`, with the float values it represents.
+struct TestMatrix {
+  std::vector<uint16_t> half;
+  std::vector<float> full;  // Exact values of the stored weights.
+  WeightMatrix view;
+};
+
+TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  TestMatrix m;
+  m.full.resize(rows * cols);
+  if (dtype != DType::kF32) m.half.resize(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float v = dist(rng);
+    if (dtype == DType::kBF16) {
+      m.half[i] = FloatToBF16(v);
+      m.full[i] = BF16ToFloat(m.half[i]);
+    } else if (dtype == DType::kF16) {
+      m.half[i] = FloatToF16(v);
+      m.full[i] = F16ToFloat(m.half[i]);
+    } else {
+      m.full[i] = v;
+    }
+  }
+  m.view = WeightMatrix{dtype, rows, cols,
+                        dtype == DType::kF32 ? static_cast<const void*>(m.full.data())
+                                             : static_cast<const void*>(m.half.data())};
+  return m;
+}
+
+// Tolerance for a float32 sum of k products of unit-variance values against a
+// double-precision sum: a few ulps per term, relative to sqrt(k).
+double SumTolerance(int64_t k) { return 1e-5 * std::sqrt(static_cast<double>(k)) + 1e-6; }
+
+class LinearTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(LinearTest, MatchesDoublePrecisionOnAwkwardShapes) {
+  std::mt19937 rng(7);
+  for (auto [n, rows, cols] : {std::tuple{1, 1, 1}, {1, 7, 31}, {3, 33, 65}, {5, 130, 257},
+                               {9, 64, 2048}, {4, 1, 100}}) {
+    TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (float& v : x) v = dist(rng);
+    std::vector<float> y(n * rows);
+    Linear(x.data(), n, w.view, y.data());
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        double expected = 0;
+        for (int64_t c = 0; c < cols; ++c) expected += double(w.full[r * cols + c]) * x[t * cols + c];
+        ASSERT_NEAR(y[t * rows + r], expected, SumTolerance(cols))
+            << "n=" << n << " rows=" << rows << " cols=" << cols << " t=" << t << " r=" << r;
+      }
+    }
+  }
+}
+
+TEST_P(LinearTest, ResultDoesNotDependOnBatchOrThreads) {
+  std::mt19937 rng(11);
+  const int64_t n = 7, rows = 97, cols = 203;
+  TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = dist(rng);
+  std::vector<float> batched(n * rows), serial(n * rows);
+  Linear(x.data(), n, w.view, batched.data());
+  Linear(x.data(), n, w.view, serial.data(), 0, /*parallel=*/false);
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<float> alone(rows);
+    Linear(x.data() + t * cols, 1, w.view, alone.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(alone[r], batched[t * rows + r]) << "t=" << t << " r=" << r;  // Bitwise.
+      ASSERT_EQ(serial[t * rows + r], batched[t * rows + r]);
+    }
+  }
+}
+
+TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
+  std::mt19937 rng(3);
+  const int64_t rows = 19, cols = 45, stride = 50;
+  TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+  std::vector<float> x(2 * stride, 0.5f);
+  x[stride + 3] = -2.0f;
+  std::vector<float> y(2 * rows);
+  Linear(x.data(), 2, w.view, y.data(), stride);
+  for (int64_t r = 0; r < rows; ++r) {
+    double expected = 0;
+    for (int64_t c = 0; c < cols; ++c) expected += double(w.full[r * cols + c]) * x[stride + c];
+    ASSERT_NEAR(y[rows + r], expected, SumTolerance(cols));
+  }
+  std::vector<float> a(rows), acc(cols, 1.0f);
+  for (int64_t r = 0; r < rows; ++r) a[r] = 0.1f * static_cast<float>(r) - 0.7f;
+  LinearTransposedAccumulate(a.data(), w.view, acc.data());
+  for (int64_t c = 0; c < cols; ++c) {
+    double expected = 1.0;
+    for (int64_t r = 0; r < rows; ++r) expected += double(a[r]) * w.full[r * cols + c];
+    ASSERT_NEAR(acc[c], expected, SumTolerance(rows));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllDTypes, LinearTest,
+                         ::testing::Values(DType::kBF16, DType::kF16, DType::kF32),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST(OpsTest, RmsNormSoftmaxSilu) {
+  const std::vector<float> x = {1.0f, -2.0f, 3.0f, 0.5f};
+  const std::vector<float> w = {1.0f, 0.5f, 2.0f, -1.0f};
+  std::vector<float> y(4);
+  RmsNorm(x.data(), w.data(), 1, 4, 1e-6f, y.data());
+  const double rms = std::sqrt((1 + 4 + 9 + 0.25) / 4.0 + 1e-6);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[i], w[i] * x[i] / rms, 1e-6);
+
+  std::vector<float> s = {1.0f, 2.0f, 3.0f, 1000.0f, -1000.0f};
+  Softmax(s.data(), 5);
+  EXPECT_NEAR(s[3], 1.0f, 1e-6);
+  EXPECT_EQ(s[4], 0.0f);
+  std::vector<float> t = {0.0f, std::log(3.0f)};
+  Softmax(t.data(), 2);
+  EXPECT_NEAR(t[0], 0.25f, 1e-7);
+  EXPECT_NEAR(t[1], 0.75f, 1e-7);
+
+  const float gate[2] = {0.0f, 2.0f}, up[2] = {3.0f, -1.5f};
+  float out[2];
+  SiluMul(gate, up, out, 2);
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_NEAR(out[1], 2.0 / (1 + std::exp(-2.0)) * -1.5, 1e-6);
+}
+
+TEST(OpsTest, DotAndAxpyOnOddLengths) {
+  for (int64_t n : {0, 1, 7, 8, 33, 100}) {
+    std::vector<float> a(n), b(n), y(n, 1.0f);
+    double expected = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = 0.01f * static_cast<float>(i) - 0.3f;
+      b[i] = 1.0f - 0.02f * static_cast<float>(i);
+      expected += double(a[i]) * b[i];
+    }
+    EXPECT_NEAR(Dot(a.data(), b.data(), n), expected, 1e-5);
+    Axpy(2.0f, a.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[i], 1.0f + 2.0f * a[i]);
+  }
+}
+
+}  // namespace
+}  // namespace dsv2::cpu
