@@ -1,0 +1,148 @@
+// The dsv2 tool run as a user runs it: a child process, its standard output
+// (the product) and standard error (logs, errors) kept apart.
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/tensor/npy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Result {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+Result RunDsv2(const std::string& args) {
+  const std::string err_path = testing::TempDir() + "/dsv2_cli_stderr";
+  const std::string command = absl::StrCat(DSV2_BINARY, " ", args, " 2>", err_path);
+  Result result;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.err = ReadFile(err_path);
+  return result;
+}
+
+nlohmann::json Golden(const std::string& model) {
+  return nlohmann::json::parse(ReadFile("tests/data/" + model + "/golden.json"));
+}
+
+class GoldenCliTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
+  const nlohmann::json golden = Golden(GetParam());
+  const auto prompt = golden["prompt"].get<std::vector<int>>();
+  const auto expected = golden["generated"].get<std::vector<int>>();
+  const Result result = RunDsv2(absl::StrCat("generate --model tests/data/", GetParam(), " --tokens ",
+                                         absl::StrJoin(prompt, ","), " --max-tokens ",
+                                         expected.size(), " --ignore-eos --stats"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(result.out, absl::StrCat(absl::StrJoin(expected, " "), "\n"));
+  EXPECT_THAT(result.err, HasSubstr("decode:"));
+  EXPECT_THAT(result.err, HasSubstr("tokens/s"));
+}
+
+TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
+  const nlohmann::json golden = Golden(GetParam());
+  const auto prompt = golden["prompt"].get<std::vector<int>>();
+  const std::string out = testing::TempDir() + "/logits_" + GetParam() + ".npy";
+  const Result result = RunDsv2(absl::StrCat("logits --model tests/data/", GetParam(), " --tokens ",
+                                         absl::StrJoin(prompt, ","), " --out ", out));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  auto actual = ReadNpy(out);
+  auto expected = ReadNpy("tests/data/" + GetParam() + "/prefill_logits.npy");
+  ASSERT_TRUE(actual.ok()) << actual.status();
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  ASSERT_EQ(actual->shape, expected->shape);
+  float worst = 0;
+  for (size_t i = 0; i < actual->data.size(); ++i) {
+    worst = std::max(worst, std::fabs(actual->data[i] - expected->data[i]));
+  }
+  EXPECT_LE(worst, 1e-3f);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyModels, GoldenCliTest, ::testing::Values("tiny-v2", "tiny-lite"),
+                         [](const auto& info) { return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite"; });
+
+TEST(CliTest, InspectPublishedConfigs) {
+  Result v2 = RunDsv2("inspect --config common/model/presets/deepseek-v2.json");
+  ASSERT_EQ(v2.exit_code, 0) << v2.err;
+  EXPECT_THAT(v2.out, HasSubstr("235.74B total"));
+  EXPECT_THAT(v2.out, HasSubstr("34,560 elements"));
+  Result lite = RunDsv2("inspect --config common/model/presets/deepseek-v2-lite.json");
+  ASSERT_EQ(lite.exit_code, 0) << lite.err;
+  EXPECT_THAT(lite.out, HasSubstr("15.71B total"));
+  EXPECT_THAT(lite.out, HasSubstr("2.45B per token"));
+  EXPECT_THAT(lite.out, HasSubstr("15,552 elements"));
+}
+
+TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
+  Result bad_token = RunDsv2("generate --model tests/data/tiny-lite --tokens 0,99999 --max-tokens 2");
+  EXPECT_EQ(bad_token.exit_code, 1);
+  EXPECT_THAT(bad_token.err, HasSubstr("token id 99999 at index 1 is outside the vocabulary"));
+  EXPECT_EQ(bad_token.out, "");
+  Result typo = RunDsv2("generate --modle tests/data/tiny-lite");
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_THAT(typo.err, HasSubstr("unknown flag --modle"));
+  Result too_long = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --max-tokens 500");
+  EXPECT_EQ(too_long.exit_code, 1);
+  EXPECT_THAT(too_long.err, HasSubstr("exceeds the model's context of 128"));
+  Result unknown = RunDsv2("frobnicate");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
+}
+
+TEST(CliTest, TruncatedCheckpointIsRejectedNotCrashed) {
+  const std::string dir = testing::TempDir() + "/truncated-model";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file("tests/data/tiny-lite/config.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  const std::string weights = ReadFile("tests/data/tiny-lite/model.safetensors");
+  std::ofstream(dir + "/model.safetensors", std::ios::binary)
+      .write(weights.data(), static_cast<std::streamsize>(weights.size() / 2));
+  Result result = RunDsv2(absl::StrCat("generate --model ", dir, " --tokens 1,2"));
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("truncated"));
+}
+
+TEST(CliTest, MakeModelWritesAPublishedFormatCheckpointThatRuns) {
+  // One V2-Lite layer at the real dimensions: about 1 GB.
+  const std::string dir = testing::TempDir() + "/lite-1-layer";
+  Result made = RunDsv2(absl::StrCat("make-model --preset lite --layers 1 --seed 3 --out ", dir));
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  Result inspect = RunDsv2(absl::StrCat("inspect --model ", dir));
+  EXPECT_THAT(inspect.out, HasSubstr("1 (1 dense, 0 MoE)"));
+  EXPECT_THAT(inspect.out, HasSubstr("2048 / 102400"));
+  Result generated = RunDsv2(absl::StrCat("generate --model ", dir, " --tokens 100000,5,6 --max-tokens 3 --ignore-eos"));
+  EXPECT_EQ(generated.exit_code, 0) << generated.err;
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(generated.out, ' ')).size(), 3u) << generated.out;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dsv2

@@ -1,0 +1,30 @@
+// The subcommands of the `dsv2` tool. Each takes its arguments (after the
+// subcommand name) and writes its product to `out` — standard output in the
+// tool, so results can be piped — while logs and statistics go to standard
+// error. A returned error is printed by main as one line, exit status 1.
+#pragma once
+
+#include <ostream>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/model/config.h"
+
+namespace dsv2::cli {
+
+// dsv2 inspect --model DIR | --config FILE
+absl::Status Inspect(std::span<const std::string> argv, std::ostream& out);
+// The report `inspect` prints: architecture, parameters, KV cache per token.
+std::string InspectReport(const ModelConfig& config);
+
+// dsv2 logits --model DIR --tokens 1,2,3 --out FILE.npy
+absl::Status Logits(std::span<const std::string> argv, std::ostream& out);
+
+// dsv2 generate --model DIR --tokens 1,2,3 --max-tokens N [sampling flags] [--stats]
+absl::Status Generate(std::span<const std::string> argv, std::ostream& out);
+
+// dsv2 make-model --preset lite|v2 --layers N --seed S --out DIR
+absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out);
+
+}  // namespace dsv2::cli
