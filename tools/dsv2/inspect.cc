@@ -22,7 +22,14 @@ std::string Grouped(int64_t value) {
   return out;
 }
 
-std::string Billions(int64_t value) { return absl::StrFormat("%.2fB", value / 1e9); }
+// 235741434880 → "235.74B"; 884608 → "0.88M".
+std::string Count(int64_t value) {
+  return value >= 1e9 ? absl::StrFormat("%.2fB", value / 1e9) : absl::StrFormat("%.2fM", value / 1e6);
+}
+
+std::string Bytes(int64_t value) {
+  return value >= 1e9 ? absl::StrFormat("%.2f GB", value / 1e9) : absl::StrFormat("%.2f MB", value / 1e6);
+}
 
 }  // namespace
 
@@ -68,10 +75,10 @@ std::string InspectReport(const ModelConfig& c) {
              : absl::StrFormat("softmax probability x %g", c.routed_scaling_factor));
   }
   const ParameterCounts params = CountParameters(c);
-  line("parameters", absl::StrCat(Billions(params.total), " total (", Grouped(params.total), ")"));
-  line("activated", absl::StrCat(Billions(params.activated), " per token (",
+  line("parameters", absl::StrCat(Count(params.total), " total (", Grouped(params.total), ")"));
+  line("activated", absl::StrCat(Count(params.activated), " per token (",
                                  Grouped(params.activated), ", embedding table excluded)"));
-  line("weights (bf16)", absl::StrFormat("%.2f GB", params.total * 2 / 1e9));
+  line("weights (bf16)", Bytes(params.total * 2));
   const int64_t kv_elements = c.latent_dim() * c.num_hidden_layers;
   const int64_t mha_elements = 2 * c.num_attention_heads * c.v_head_dim * c.num_hidden_layers;
   line("kv cache / token",
