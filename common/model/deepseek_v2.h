@@ -2,12 +2,18 @@
 // of MLA attention and a dense or MoE SwiGLU FFN, final norm and LM head, in
 // float32 arithmetic over weights read in their stored dtype.
 //
+// A step runs the new tokens of several sequences together: projections,
+// norms and experts over all tokens at once, attention per sequence over its
+// own cache. Every per-token computation is independent of the others in
+// the batch, so a sequence's numbers are the same alone or batched.
+//
 // Attention comes in two exact forms [model reference §2]:
 //  - decompressed: K and V of every cached position are rebuilt from the
 //    latent cache through kv_b (cheap when many queries share them: prefill);
 //  - absorbed: W_UK is folded into the query and W_UV into the output, so
-//    attention is MQA over the 576-wide latents (cheap for decode).
-// kAuto picks the one with fewer multiply-adds for the call at hand.
+//    attention is MQA over the latents (cheap for decode).
+// They agree to float32 rounding; kAuto picks the one with fewer
+// multiply-adds for the chunk at hand.
 //
 // Usage:
 //   ASSIGN_OR_RETURN(auto model, DeepseekV2Model::Load("/models/DeepSeek-V2-Lite"));
@@ -16,8 +22,8 @@
 //   RETURN_IF_ERROR(model->Forward(prompt, cache, {}, &logits));      // prefill
 //   RETURN_IF_ERROR(model->Forward({next}, cache, {}, &logits));      // one decode step
 //
-// Thread safety: Forward is const and may run concurrently for different
-// caches; it uses the process-wide ThreadPool for its kernels.
+// Thread safety: Forward/ForwardBatch are const and may run concurrently for
+// different caches; they use the process-wide ThreadPool for their kernels.
 #pragma once
 
 #include <memory>
@@ -28,17 +34,25 @@
 #include "absl/status/statusor.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
-#include "common/model/latent_kv_cache.h"
+#include "common/model/kv_cache_view.h"
 #include "common/model/rope.h"
+#include "common/model/routed_experts.h"
 #include "common/model/weights.h"
 
 namespace dsv2 {
 
 enum class AttentionForm { kAuto, kDecompressed, kAbsorbed };
 
+// One sequence's share of a batched step.
+struct SequenceChunk {
+  std::span<const int32_t> tokens;  // Run at positions cache->size() … + n − 1.
+  KvCacheView* cache = nullptr;
+  AttentionForm attention = AttentionForm::kAuto;
+  bool all_logits = false;  // Logits of every new token, or of the last only.
+};
+
 struct ForwardOptions {
   AttentionForm attention = AttentionForm::kAuto;
-  // Logits for every new position, or only for the last one.
   bool all_logits = false;
 };
 
@@ -50,12 +64,21 @@ class DeepseekV2Model {
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
+  const ModelWeights& weights() const { return weights_; }
 
-  // Runs `tokens` at positions cache.size() … cache.size() + n − 1, appends
-  // their latents to `cache`, and writes logits, [n, vocab] or [1, vocab],
-  // to `logits`. Token ids outside the vocabulary or a full cache are
-  // InvalidArgument / OutOfRange and leave the cache unchanged.
-  absl::Status Forward(std::span<const int32_t> tokens, LatentKvCache& cache,
+  // Routes the routed experts through `experts` instead of computing them
+  // here (the default). Not thread-safe against running forwards.
+  void SetRoutedExperts(std::shared_ptr<RoutedExperts> experts) { experts_ = std::move(experts); }
+
+  // Runs each chunk's tokens, appends their latents to its cache, and writes
+  // logits rows for the chunks in order ([n, vocab] or [1, vocab] each).
+  // Token ids outside the vocabulary, an empty chunk or a full cache are
+  // InvalidArgument / OutOfRange and change no cache.
+  absl::Status ForwardBatch(std::span<const SequenceChunk> chunks,
+                            std::vector<float>* logits) const;
+
+  // One sequence.
+  absl::Status Forward(std::span<const int32_t> tokens, KvCacheView& cache,
                        const ForwardOptions& options, std::vector<float>* logits) const;
 
   // Whether kAuto uses the absorbed form for n new tokens over a context of
@@ -65,18 +88,19 @@ class DeepseekV2Model {
  private:
   DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, ModelWeights weights);
 
-  // x [n, hidden] (normed) → out [n, hidden]; writes the n latents of `layer`.
-  void Attention(int64_t layer, const float* x, int64_t n, LatentKvCache& cache, bool absorbed,
-                 const std::vector<float>& cos, const std::vector<float>& sin, float* out) const;
+  // Attention of one chunk: q [n, H, qk_head_dim] (pre-RoPE), kv_a [n,
+  // latent] → o [n, H, v]; writes the chunk's latents of `layer`.
+  void ChunkAttention(int64_t layer, const SequenceChunk& chunk, float* q, const float* kv_a,
+                      const float* cos, const float* sin, float* o) const;
   // x [n, hidden] (normed) → out [n, hidden].
-  void Ffn(int64_t layer, const float* x, int64_t n, float* out) const;
-  void Mlp(const MlpWeights& mlp, const float* x, int64_t n, float* out) const;
+  absl::Status Ffn(int64_t layer, const float* x, int64_t n, float* out) const;
 
   ModelConfig config_;
   Checkpoint checkpoint_;  // Owns the mappings that weights_ points into.
   ModelWeights weights_;
   RotaryEmbedding rope_;
   float softmax_scale_;
+  std::shared_ptr<RoutedExperts> experts_;
 };
 
 }  // namespace dsv2

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/model/latent_kv_cache.h"
 #include "common/sampling/sampler.h"
 #include "common/tensor/npy.h"
 #include "gtest/gtest.h"
@@ -170,6 +171,72 @@ TEST(DeepseekV2ModelTest, LoadNamesTheProblem) {
   auto missing = DeepseekV2Model::Load("/nonexistent-model-dir");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("config.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dsv2
+
+namespace dsv2 {
+namespace {
+
+// Batching must not change a sequence's numbers: run three sequences of
+// different lengths together (prefill chunks and decode steps mixed in one
+// batch) and compare bitwise with each run alone.
+TEST(DeepseekV2BatchTest, BatchedStepsEqualSoloRunsBitwise) {
+  for (const std::string model_dir : {"tests/data/tiny-v2", "tests/data/tiny-lite"}) {
+    auto model = DeepseekV2Model::Load(model_dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const int64_t vocab = (*model)->config().vocab_size;
+    const std::vector<std::vector<int32_t>> prompts = {
+        {0, 5, 17, 900, 33, 2047, 1, 64, 65, 66, 3000, 12},
+        {0, 9},
+        {0, 400, 401, 402, 403, 404, 405}};
+    const int steps = 6;
+    // Solo: prefill then greedy decode, logits of every step recorded.
+    std::vector<std::vector<std::vector<float>>> solo(prompts.size());
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      LatentKvCache cache((*model)->config(), 64);
+      std::vector<float> logits;
+      ASSERT_TRUE((*model)->Forward(prompts[s], cache, {.attention = AttentionForm::kDecompressed}, &logits).ok());
+      solo[s].push_back(logits);
+      for (int step = 0; step < steps; ++step) {
+        const int32_t token = ArgMax(logits.data(), vocab);
+        ASSERT_TRUE((*model)->Forward({&token, 1}, cache, {.attention = AttentionForm::kAbsorbed}, &logits).ok());
+        solo[s].push_back(logits);
+      }
+    }
+    // Batched: sequence s joins at step s (continuous batching), so prefill
+    // chunks run beside other sequences' decode steps.
+    std::vector<std::unique_ptr<LatentKvCache>> caches;
+    std::vector<int32_t> next(prompts.size());
+    std::vector<int> done(prompts.size(), -1);  // Steps recorded so far, -1 before prefill.
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      caches.push_back(std::make_unique<LatentKvCache>((*model)->config(), 64));
+    }
+    for (size_t round = 0; round < prompts.size() + steps; ++round) {
+      std::vector<SequenceChunk> chunks;
+      std::vector<size_t> members;
+      for (size_t s = 0; s < prompts.size(); ++s) {
+        if (round < s || done[s] >= steps) continue;
+        if (done[s] < 0) {
+          chunks.push_back({prompts[s], caches[s].get(), AttentionForm::kDecompressed, false});
+        } else {
+          chunks.push_back({{&next[s], 1}, caches[s].get(), AttentionForm::kAbsorbed, false});
+        }
+        members.push_back(s);
+      }
+      if (chunks.empty()) continue;
+      std::vector<float> logits;
+      ASSERT_TRUE((*model)->ForwardBatch(chunks, &logits).ok());
+      for (size_t m = 0; m < members.size(); ++m) {
+        const size_t s = members[m];
+        const std::vector<float> row(logits.begin() + m * vocab, logits.begin() + (m + 1) * vocab);
+        ++done[s];
+        ASSERT_EQ(row, solo[s][done[s]]) << model_dir << " sequence " << s << " step " << done[s];
+        next[s] = ArgMax(row.data(), vocab);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "common/base/logging.h"
 #include "common/base/status_macros.h"
 #include "common/model/deepseek_v2.h"
+#include "common/model/latent_kv_cache.h"
 #include "common/sampling/sampler.h"
 #include "common/tensor/npy.h"
 #include "tools/dsv2/args.h"
