@@ -73,3 +73,47 @@ TEST(SamplerTest, ValidateNamesTheField) {
 
 }  // namespace
 }  // namespace dsv2
+
+namespace dsv2 {
+namespace {
+
+TEST(SamplerTest, MinPDropsUnlikelyTokens) {
+  // Probabilities 0.6, 0.3, 0.1: min_p 0.25 keeps tokens with p >= 0.15.
+  const std::vector<float> logits = {std::log(0.6f), std::log(0.3f), std::log(0.1f)};
+  Sampler sampler({.temperature = 1.0f, .min_p = 0.25f, .seed = 5});
+  std::vector<int> counts(3);
+  for (int i = 0; i < 20000; ++i) ++counts[sampler.Sample(logits.data(), 3)];
+  EXPECT_EQ(counts[2], 0);
+  EXPECT_NEAR(counts[0] / 20000.0, 0.6 / 0.9, 0.02);
+}
+
+TEST(SamplerTest, PenaltiesFollowVllmSemantics) {
+  std::vector<float> logits = {2.0f, -2.0f, 1.0f, 0.5f, 3.0f};
+  const std::vector<int32_t> prompt = {0, 1};
+  const std::vector<int32_t> output = {2, 2, 3};
+  ApplyPenalties({.repetition_penalty = 2.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f},
+                 prompt, output, logits.data(), 5);
+  EXPECT_FLOAT_EQ(logits[0], 1.0f);                      // Prompt, positive: divided.
+  EXPECT_FLOAT_EQ(logits[1], -4.0f);                     // Prompt, negative: multiplied.
+  EXPECT_FLOAT_EQ(logits[2], 0.5f - 0.5f - 2 * 0.25f);   // Output twice.
+  EXPECT_FLOAT_EQ(logits[3], 0.25f - 0.5f - 0.25f);      // Output once.
+  EXPECT_FLOAT_EQ(logits[4], 3.0f);                      // Unseen.
+  EXPECT_FALSE(SamplingParams{.repetition_penalty = 0}.Validate().ok());
+  EXPECT_FALSE(SamplingParams{.presence_penalty = 3}.Validate().ok());
+  EXPECT_FALSE(SamplingParams{.min_p = 1.5f}.Validate().ok());
+}
+
+TEST(SamplerTest, LogprobsAreLogSoftmax) {
+  const std::vector<float> logits = {1.0f, 3.0f, 2.0f};
+  const double norm = std::log(std::exp(1.0) + std::exp(3.0) + std::exp(2.0));
+  EXPECT_NEAR(Logprob(logits.data(), 3, 0), 1.0 - norm, 1e-6);
+  const std::vector<TokenLogprob> top = TopLogprobs(logits.data(), 3, 2);
+  ASSERT_EQ(top.size(), 2u);
+  EXPECT_EQ(top[0].token, 1);
+  EXPECT_NEAR(top[0].logprob, 3.0 - norm, 1e-6);
+  EXPECT_EQ(top[1].token, 2);
+  EXPECT_EQ(TopLogprobs(logits.data(), 3, 10).size(), 3u);
+}
+
+}  // namespace
+}  // namespace dsv2
