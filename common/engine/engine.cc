@@ -1,0 +1,373 @@
+#include "common/engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+
+namespace dsv2 {
+namespace {
+
+constexpr size_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopStringBytes = 256;
+
+// Length of the longest suffix of `text` that is a proper prefix of one of
+// `stops`: text that must be held back because a stop string may be starting.
+size_t StopPrefixHoldback(const std::string& text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const std::string& stop : stops) {
+    for (size_t len = std::min(stop.size() - 1, text.size()); len > hold; --len) {
+      if (text.compare(text.size() - len, len, stop, 0, len) == 0) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+GenerationOutput ErrorOutput(std::string message) {
+  GenerationOutput out;
+  out.error = std::move(message);
+  return out;
+}
+
+}  // namespace
+
+Engine::Engine(const DeepseekV2Model* model, const TextDecoderFactory* text, EngineOptions options)
+    : model_(model),
+      text_(text),
+      options_(std::move(options)),
+      max_model_len_(options_.max_model_len > 0
+                         ? std::min(options_.max_model_len, model->config().max_position_embeddings)
+                         : model->config().max_position_embeddings),
+      cache_(model->config(), options_.block_size,
+             PagedKvCache::BlocksForBudget(model->config(), options_.block_size,
+                                           options_.kv_cache_bytes)),
+      scheduler_(&cache_, SchedulerOptions{options_.max_num_seqs, options_.max_batch_tokens,
+                                           options_.prefix_caching}),
+      last_progress_(std::chrono::steady_clock::now()) {
+  DSV2_LOG(INFO) << "engine: " << cache_.num_blocks() << " KV blocks of " << options_.block_size
+                 << " tokens (" << kv_capacity_tokens() << " tokens, "
+                 << options_.kv_cache_bytes / (1 << 20) << " MiB), max " << options_.max_num_seqs
+                 << " running, " << options_.max_batch_tokens << " tokens per step, "
+                 << options_.max_waiting << " waiting";
+  stats_.kv_blocks_total = cache_.num_blocks();
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+    abort_all_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest request) {
+  const ModelConfig& config = model_->config();
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  if (request.id.empty()) return absl::InvalidArgumentError("request_id must not be empty");
+  if (prompt_len == 0) return absl::InvalidArgumentError("the prompt is empty");
+  for (int64_t i = 0; i < prompt_len; ++i) {
+    if (request.prompt[i] < 0 || request.prompt[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", request.prompt[i],
+                                                     " at index ", i, " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  if (request.max_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", request.max_tokens));
+  }
+  if (request.min_tokens < 0 || request.min_tokens > request.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("min_tokens must be in [0, max_tokens = ",
+                                                   request.max_tokens, "], got ", request.min_tokens));
+  }
+  if (prompt_len + request.max_tokens > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt (", prompt_len, " tokens) + max_tokens (", request.max_tokens,
+        ") exceeds the context limit of ", max_model_len_, " tokens"));
+  }
+  if (prompt_len + request.max_tokens > kv_capacity_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt (", prompt_len, " tokens) + max_tokens (", request.max_tokens,
+        ") exceeds the KV cache capacity of ", kv_capacity_tokens(), " tokens"));
+  }
+  if (absl::Status status = request.sampling.Validate(); !status.ok()) return status;
+  for (int32_t id : request.stop_token_ids) {
+    if (id < 0 || id >= config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop token id ", id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+    }
+  }
+  if (!request.stop.empty() && text_ == nullptr) {
+    return absl::InvalidArgumentError("stop strings need a tokenizer, and this model has none");
+  }
+  if (request.stop.size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxStopStrings, " stop strings"));
+  }
+  for (const std::string& stop : request.stop) {
+    if (stop.empty() || stop.size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop strings must be 1 to ", kMaxStopStringBytes, " bytes long"));
+    }
+  }
+  if (request.logprobs < -1 || request.logprobs > options_.max_logprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("logprobs must be in [0, ", options_.max_logprobs,
+                                                   "], got ", request.logprobs));
+  }
+
+  auto stream = std::make_shared<RequestStream>();
+  auto sequence = std::make_unique<Sequence>(std::move(request), stream, &cache_);
+  Sequence& s = *sequence;
+  s.tokens = s.request.prompt;
+  s.prompt_len = prompt_len;
+  if (!s.request.has_seed) s.request.sampling.seed = std::random_device{}();
+  s.sampler = std::make_unique<Sampler>(s.request.sampling);
+  if (text_ != nullptr) s.decoder = text_->NewDecoder(s.request.skip_special_tokens);
+
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (failed_) return absl::UnavailableError("the engine has failed and is not serving");
+    if (!accepting_) return absl::UnavailableError("the server is shutting down");
+    if (active_ids_.contains(s.request.id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request_id '", s.request.id, "' is already in use by an active request"));
+    }
+    if (static_cast<int64_t>(inbox_.size()) + stats_.waiting >= options_.max_waiting) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the waiting queue is full (", options_.max_waiting, " requests); retry later"));
+    }
+    if (active_ids_.empty()) last_progress_ = std::chrono::steady_clock::now();
+    active_ids_.insert(s.request.id);
+    inbox_.push_back(std::move(sequence));
+  }
+  wake_.notify_all();
+  return stream;
+}
+
+bool Engine::Abort(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!active_ids_.contains(id)) return false;
+    abort_ids_.insert(id);
+  }
+  wake_.notify_all();
+  return true;
+}
+
+void Engine::StopAccepting() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  accepting_ = false;
+}
+
+void Engine::AbortAll() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    abort_all_ = true;
+  }
+  wake_.notify_all();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+int64_t Engine::num_active() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int64_t>(active_ids_.size());
+}
+
+bool Engine::healthy(std::chrono::milliseconds stall_timeout) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (failed_) return false;
+  return active_ids_.empty() || std::chrono::steady_clock::now() - last_progress_ < stall_timeout;
+}
+
+void Engine::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] {
+        return stop_ || !inbox_.empty() || !abort_ids_.empty() || abort_all_ ||
+               (!failed_ && (scheduler_.num_running() > 0 || scheduler_.num_waiting() > 0));
+      });
+      for (auto& sequence : inbox_) scheduler_.AddWaiting(std::move(sequence));
+      inbox_.clear();
+    }
+    ReapCancelled();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stop_) break;
+    }
+    Step();
+  }
+}
+
+void Engine::ReapCancelled() {
+  std::set<std::string> aborts;
+  bool abort_all;
+  bool failed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    aborts.swap(abort_ids_);
+    abort_all = abort_all_;
+    abort_all_ = false;
+    failed = failed_;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (Sequence* sequence : scheduler_.AllSequences()) {
+    if (failed) {
+      Finish(sequence, FinishReason::kError, ErrorOutput("the engine has failed"));
+    } else if (abort_all || aborts.contains(sequence->request.id)) {
+      Finish(sequence, FinishReason::kAbort);
+    } else if (sequence->request.deadline && now >= *sequence->request.deadline) {
+      Finish(sequence, FinishReason::kTimeLimit);
+    }
+  }
+}
+
+void Engine::Step() {
+  const std::vector<ScheduledChunk> plan = scheduler_.Schedule();
+  int64_t computed_prompt_tokens = 0;
+  if (!plan.empty()) {
+    std::vector<SequenceChunk> chunks;
+    chunks.reserve(plan.size());
+    for (const ScheduledChunk& work : plan) {
+      Sequence& s = *work.sequence;
+      const int64_t start = s.kv.size();
+      // Prompt tokens always take the decompressed form and generated tokens
+      // the absorbed one, so a request's numbers do not depend on how its
+      // prompt was chunked or what else shared the step.
+      const bool decode = start >= s.prompt_len;
+      chunks.push_back({std::span<const int32_t>(s.tokens).subspan(start, work.num_tokens), &s.kv,
+                        decode ? AttentionForm::kAbsorbed : AttentionForm::kDecompressed,
+                        work.completes ? ChunkLogits::kLast : ChunkLogits::kNone});
+      computed_prompt_tokens += std::max<int64_t>(0, std::min(s.prompt_len, start + work.num_tokens) - start);
+    }
+    std::vector<float> logits;
+    const absl::Status status = model_->ForwardBatch(chunks, &logits);
+    if (!status.ok()) {
+      DSV2_LOG(ERROR) << "engine step failed: " << status;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        failed_ = true;
+      }
+      for (Sequence* sequence : scheduler_.AllSequences()) {
+        Finish(sequence, FinishReason::kError, ErrorOutput(std::string(status.message())));
+      }
+      if (options_.on_fatal) options_.on_fatal(status);
+      return;
+    }
+    const int64_t vocab = model_->config().vocab_size;
+    int64_t row = 0;
+    for (const ScheduledChunk& work : plan) {
+      Sequence* sequence = work.sequence;
+      if (options_.prefix_caching) sequence->kv.RegisterFullBlocks(sequence->tokens);
+      if (work.completes) Advance(sequence, &logits[row++ * vocab]);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.prompt_tokens += computed_prompt_tokens;
+  stats_.steps += plan.empty() ? 0 : 1;
+  UpdateStatsLocked();
+  last_progress_ = std::chrono::steady_clock::now();
+}
+
+void Engine::UpdateStatsLocked() {
+  const PagedKvCache::Stats kv = cache_.stats();
+  stats_.running = scheduler_.num_running();
+  stats_.waiting = scheduler_.num_waiting();
+  stats_.kv_blocks_used = kv.used_blocks;
+  stats_.kv_blocks_cached = kv.cached_blocks;
+  stats_.kv_usage = static_cast<double>(kv.used_blocks) / std::max<int64_t>(1, kv.num_blocks);
+  stats_.prefix_queries = kv.prefix_queries;
+  stats_.prefix_hits = kv.prefix_hits;
+  stats_.preemptions = scheduler_.num_preemptions();
+}
+
+void Engine::Advance(Sequence* s, const float* raw_logits) {
+  const GenerationRequest& request = s->request;
+  const int64_t vocab = model_->config().vocab_size;
+  const int32_t eos = static_cast<int32_t>(model_->config().eos_token_id);
+  std::vector<float> logits(raw_logits, raw_logits + vocab);
+  ApplyPenalties(request.sampling, std::span<const int32_t>(s->tokens).first(s->prompt_len),
+                 std::span<const int32_t>(s->tokens).subspan(s->prompt_len), logits.data(), vocab);
+  if (s->num_generated() < request.min_tokens) {
+    constexpr float kMasked = -std::numeric_limits<float>::infinity();
+    if (!request.ignore_eos && eos >= 0) logits[eos] = kMasked;
+    for (int32_t id : request.stop_token_ids) logits[id] = kMasked;
+  }
+  const int32_t token = s->sampler->Sample(logits.data(), vocab);
+  s->tokens.push_back(token);
+
+  GenerationOutput out;
+  out.token_ids.push_back(token);
+  if (request.logprobs >= 0) {
+    out.logprobs.push_back({token, Logprob(raw_logits, vocab, token),
+                            TopLogprobs(raw_logits, vocab, request.logprobs)});
+  }
+  const size_t old_size = s->text.size();
+  if (s->decoder) s->text += s->decoder->Append(token);
+
+  std::optional<FinishReason> finish;
+  const bool stop_token = (!request.ignore_eos && token == eos) ||
+                          std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(),
+                                    token) != request.stop_token_ids.end();
+  if (stop_token) finish = FinishReason::kStop;
+  if (!finish && !request.stop.empty() && s->num_generated() >= request.min_tokens) {
+    size_t longest = 0;
+    for (const std::string& stop : request.stop) longest = std::max(longest, stop.size());
+    const size_t from = old_size >= longest ? old_size - longest + 1 : 0;
+    size_t earliest = std::string::npos;
+    for (const std::string& stop : request.stop) {
+      earliest = std::min(earliest, s->text.find(stop, from));
+    }
+    if (earliest != std::string::npos) {
+      finish = FinishReason::kStop;
+      s->text.resize(earliest);  // The stop string and what follows are never sent.
+    }
+  }
+  if (!finish && (s->num_generated() >= request.max_tokens ||
+                  static_cast<int64_t>(s->tokens.size()) >= max_model_len_)) {
+    finish = FinishReason::kLength;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.generation_tokens;
+  }
+  if (finish) return Finish(s, *finish, std::move(out));
+  // Stream the text, less a tail that may be the start of a stop string.
+  const size_t end = s->text.size() - StopPrefixHoldback(s->text, request.stop);
+  if (end > s->text_sent) {
+    out.text = s->text.substr(s->text_sent, end - s->text_sent);
+    s->text_sent = end;
+  }
+  out.usage = {s->prompt_len, s->num_generated(), s->cached_tokens};
+  s->stream->Push(std::move(out));
+}
+
+void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
+  out.finish = reason;
+  out.usage = {s->prompt_len, s->num_generated(), s->cached_tokens};
+  // Text held back for a possible stop string goes out now (Advance has
+  // already cut the text at a stop string that matched).
+  if (s->text.size() > s->text_sent) out.text += s->text.substr(s->text_sent);
+  std::unique_ptr<Sequence> removed = scheduler_.Remove(s);
+  {
+    // The id is free before the client sees the end, so it can be reused at once.
+    std::lock_guard<std::mutex> lock(mutex_);
+    active_ids_.erase(removed->request.id);
+    ++stats_.finished[static_cast<int>(reason)];
+    UpdateStatsLocked();
+  }
+  removed->stream->Push(std::move(out));
+}
+
+}  // namespace dsv2

@@ -1,0 +1,344 @@
+#include "common/engine/engine.h"
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "common/sampling/sampler.h"
+#include "common/tensor/npy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+// Token t reads as one lowercase letter, 'a' + t % 26: enough text to test
+// stop strings that span tokens without a tokenizer.
+class LetterDecoder : public IncrementalTextDecoder {
+ public:
+  std::string Append(int32_t token) override { return std::string(1, char('a' + token % 26)); }
+};
+class LetterDecoderFactory : public TextDecoderFactory {
+ public:
+  std::unique_ptr<IncrementalTextDecoder> NewDecoder(bool) const override {
+    return std::make_unique<LetterDecoder>();
+  }
+};
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  FinishReason finish = FinishReason::kError;
+  Usage usage;
+  std::string error;
+};
+
+Collected Collect(RequestStream& stream) {
+  Collected c;
+  while (true) {
+    auto out = stream.Next(30s);
+    EXPECT_TRUE(out.has_value()) << "stream stalled";
+    if (!out) return c;
+    c.tokens.insert(c.tokens.end(), out->token_ids.begin(), out->token_ids.end());
+    c.text += out->text;
+    c.logprobs.insert(c.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
+    c.usage = out->usage;
+    if (out->finish) {
+      c.finish = *out->finish;
+      c.error = out->error;
+      return c;
+    }
+  }
+}
+
+nlohmann::json Golden(const std::string& dir) {
+  std::ifstream in(dir + "/golden.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = model->release();
+  }
+  static void TearDownTestSuite() { delete model_; }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options = {}) {
+    if (options.kv_cache_bytes == EngineOptions{}.kv_cache_bytes) options.kv_cache_bytes = 16 << 20;
+    return std::make_unique<Engine>(model_, &letters_, options);
+  }
+
+  static GenerationRequest Greedy(std::string id, std::vector<int32_t> prompt, int64_t max_tokens) {
+    GenerationRequest request;
+    request.id = std::move(id);
+    request.prompt = std::move(prompt);
+    request.max_tokens = max_tokens;
+    request.ignore_eos = true;
+    return request;
+  }
+
+  Collected Run(Engine& engine, GenerationRequest request) {
+    auto stream = engine.Submit(std::move(request));
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (!stream.ok()) return {};
+    return Collect(**stream);
+  }
+
+  static DeepseekV2Model* model_;
+  LetterDecoderFactory letters_;
+};
+DeepseekV2Model* EngineTest::model_ = nullptr;
+
+TEST_F(EngineTest, GreedyOutputEqualsTheReference) {
+  const nlohmann::json golden = Golden("tests/data/tiny-v2");
+  const auto expected = golden["generated"].get<std::vector<int32_t>>();
+  auto engine = MakeEngine();
+  const Collected c = Run(*engine, Greedy("g", golden["prompt"].get<std::vector<int32_t>>(),
+                                          static_cast<int64_t>(expected.size())));
+  EXPECT_EQ(c.tokens, expected);
+  EXPECT_EQ(c.finish, FinishReason::kLength);
+  EXPECT_EQ(c.usage.prompt_tokens, 40);
+  EXPECT_EQ(c.usage.completion_tokens, static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(c.text.size(), expected.size());
+}
+
+TEST_F(EngineTest, ConcurrentStreamsEqualTheirSoloRuns) {
+  std::mt19937 rng(17);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 64; ++i) {
+    std::vector<int32_t> prompt(1 + rng() % 60);
+    for (int32_t& t : prompt) t = 2 + static_cast<int32_t>(rng() % 3000);
+    requests.push_back(Greedy("r" + std::to_string(i), prompt, 1 + rng() % 40));
+  }
+  std::vector<Collected> solo;
+  {
+    auto engine = MakeEngine();
+    for (const GenerationRequest& r : requests) solo.push_back(Run(*engine, r));
+  }
+  // All 64 at once, with a small step budget so prefills are chunked and
+  // run beside other requests' decode steps.
+  auto engine = MakeEngine({.max_num_seqs = 64, .max_batch_tokens = 96});
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const GenerationRequest& r : requests) {
+    auto stream = engine->Submit(r);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    streams.push_back(*stream);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Collected c = Collect(*streams[i]);
+    EXPECT_EQ(c.tokens, solo[i].tokens) << requests[i].id;
+    EXPECT_EQ(c.text, solo[i].text);
+    EXPECT_EQ(c.finish, FinishReason::kLength);
+  }
+  EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine->num_active(), 0);
+}
+
+TEST_F(EngineTest, PreemptionRecomputesAndEveryRequestCompletes) {
+  // 6 blocks of 16 tokens: four requests of ~80 tokens cannot all fit.
+  const int64_t block_bytes = 4 * 16 * 64 * 4;  // layers × block × latent × float
+  auto engine = MakeEngine({.block_size = 16, .kv_cache_bytes = 6 * block_bytes});
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> prompt(40);
+    for (int j = 0; j < 40; ++j) prompt[j] = 100 + 7 * i + j;
+    requests.push_back(Greedy("p" + std::to_string(i), prompt, 40));
+    auto stream = engine->Submit(requests.back());
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    streams.push_back(*stream);
+  }
+  std::vector<Collected> results;
+  for (auto& stream : streams) {
+    results.push_back(Collect(*stream));
+    EXPECT_EQ(results.back().finish, FinishReason::kLength);
+  }
+  EXPECT_GT(engine->stats().preemptions, 0);
+  // Recompute gives the same tokens as an uninterrupted run.
+  auto roomy = MakeEngine();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(results[i].tokens, Run(*roomy, requests[i]).tokens) << requests[i].id;
+  }
+  EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+}
+
+TEST_F(EngineTest, AbortAndDeadlineEndRequestsAndReturnTheirBlocks) {
+  auto engine = MakeEngine();
+  auto long_one = engine->Submit(Greedy("long", {5, 6, 7}, 120));
+  ASSERT_TRUE(long_one.ok());
+  ASSERT_TRUE((*long_one)->Next(30s).has_value());  // It is running.
+  EXPECT_TRUE(engine->Abort("long"));
+  EXPECT_FALSE(engine->Abort("nobody"));
+  Collected c = Collect(**long_one);
+  EXPECT_EQ(c.finish, FinishReason::kAbort);
+  EXPECT_LT(c.tokens.size(), 120u);
+
+  GenerationRequest timed = Greedy("timed", {5, 6, 7}, 120);
+  timed.deadline = std::chrono::steady_clock::now() + 5ms;
+  c = Run(*engine, timed);
+  EXPECT_EQ(c.finish, FinishReason::kTimeLimit);
+  EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine->stats().finished[int(FinishReason::kAbort)], 1);
+  EXPECT_EQ(engine->stats().finished[int(FinishReason::kTimeLimit)], 1);
+  // The id is free again once its request ended.
+  EXPECT_EQ(Run(*engine, Greedy("long", {5}, 2)).tokens.size(), 2u);
+}
+
+TEST_F(EngineTest, FullQueueIsResourceExhaustedWhileAdmittedRequestsComplete) {
+  auto engine = MakeEngine({.max_num_seqs = 1, .max_waiting = 2});
+  std::vector<std::shared_ptr<RequestStream>> admitted;
+  int rejected = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto stream = engine->Submit(Greedy("q" + std::to_string(i), {3, 4, 5}, 30));
+    if (stream.ok()) {
+      admitted.push_back(*stream);
+    } else {
+      EXPECT_EQ(stream.status().code(), absl::StatusCode::kResourceExhausted);
+      EXPECT_THAT(stream.status().message(), HasSubstr("waiting queue is full"));
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_GE(admitted.size(), 2u);
+  for (auto& stream : admitted) EXPECT_EQ(Collect(*stream).tokens.size(), 30u);
+}
+
+TEST_F(EngineTest, PrefixCacheHitsKeepOutputsUnchanged) {
+  std::vector<int32_t> system(90);
+  for (int i = 0; i < 90; ++i) system[i] = 10 + (i * 37) % 3000;
+  auto with_question = [&](int32_t q) {
+    std::vector<int32_t> prompt = system;
+    prompt.insert(prompt.end(), {q, q + 1, q + 2});
+    return prompt;
+  };
+  auto uncached = MakeEngine({.block_size = 16, .prefix_caching = false});
+  auto cached = MakeEngine({.block_size = 16});
+  for (int32_t q : {500, 600, 700}) {
+    const Collected expected = Run(*uncached, Greedy("a", with_question(q), 8));
+    const Collected actual = Run(*cached, Greedy("a", with_question(q), 8));
+    EXPECT_EQ(actual.tokens, expected.tokens);
+    EXPECT_EQ(actual.usage.cached_tokens, q == 500 ? 0 : 80);  // 5 full blocks of 16.
+  }
+  EXPECT_EQ(cached->stats().prefix_hits, 160);
+  EXPECT_EQ(cached->stats().prefix_queries, 3 * 93);
+  EXPECT_EQ(uncached->stats().prefix_hits, 0);
+}
+
+TEST_F(EngineTest, StopStringsSpanTokensAndAreNeverStreamed) {
+  auto engine = MakeEngine();
+  const Collected free_run = Run(*engine, Greedy("free", {0, 9, 8, 7}, 12));
+  ASSERT_EQ(free_run.text.size(), 12u);
+  // Stop at the text of generated tokens 5 and 6.
+  GenerationRequest request = Greedy("stop", {0, 9, 8, 7}, 12);
+  request.stop = {free_run.text.substr(5, 2), "never-matches"};
+  auto stream = engine->Submit(request);
+  ASSERT_TRUE(stream.ok());
+  std::string streamed;
+  Collected c;
+  while (auto out = (*stream)->Next(30s)) {
+    streamed += out->text;
+    // Nothing after the stop's start ever goes out.
+    EXPECT_LE(streamed.size(), 5u);
+    if (out->finish) {
+      c.finish = *out->finish;
+      c.usage = out->usage;
+      break;
+    }
+  }
+  EXPECT_EQ(c.finish, FinishReason::kStop);
+  EXPECT_EQ(streamed, free_run.text.substr(0, 5));
+  EXPECT_EQ(c.usage.completion_tokens, 7);
+}
+
+TEST_F(EngineTest, StopTokensMinTokensAndLogprobs) {
+  auto engine = MakeEngine();
+  const Collected free_run = Run(*engine, Greedy("free", {0, 4, 4}, 6));
+  GenerationRequest request = Greedy("stop-id", {0, 4, 4}, 6);
+  request.stop_token_ids = {free_run.tokens[1]};
+  Collected c = Run(*engine, request);
+  EXPECT_EQ(c.finish, FinishReason::kStop);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(free_run.tokens.begin(), free_run.tokens.begin() + 2));
+  // min_tokens masks the stop id until 4 tokens are out.
+  request.min_tokens = 4;
+  request.logprobs = 3;
+  c = Run(*engine, request);
+  EXPECT_GE(c.tokens.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NE(c.tokens[i], free_run.tokens[1]);
+  ASSERT_EQ(c.logprobs.size(), c.tokens.size());
+  EXPECT_EQ(c.logprobs[0].top.size(), 3u);
+  EXPECT_EQ(c.logprobs[0].token, c.tokens[0]);
+  EXPECT_EQ(c.logprobs[0].top[0].token, c.tokens[0]);  // Greedy picks the top token.
+  EXPECT_FLOAT_EQ(c.logprobs[0].logprob, c.logprobs[0].top[0].logprob);
+  EXPECT_LT(c.logprobs[0].logprob, 0.0f);
+}
+
+TEST_F(EngineTest, SeededSamplingIsReproducible) {
+  auto engine = MakeEngine();
+  GenerationRequest request = Greedy("s", {0, 11, 12}, 16);
+  request.sampling = {.temperature = 1.0f, .top_p = 0.9f, .top_k = 50, .repetition_penalty = 1.2f,
+                      .seed = 1234};
+  request.has_seed = true;
+  const Collected a = Run(*engine, request);
+  const Collected b = Run(*engine, request);
+  EXPECT_EQ(a.tokens, b.tokens);
+  request.sampling.seed = 99;
+  EXPECT_NE(Run(*engine, request).tokens, a.tokens);
+}
+
+TEST_F(EngineTest, InvalidRequestsAreRejectedWithTheField) {
+  auto engine = MakeEngine();
+  struct Case {
+    std::function<void(GenerationRequest&)> mutate;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& r) { r.prompt = {}; }, "prompt is empty"},
+      {[](auto& r) { r.prompt = {1, 3200}; }, "prompt token id 3200 at index 1"},
+      {[](auto& r) { r.prompt = {-5}; }, "prompt token id -5"},
+      {[](auto& r) { r.max_tokens = 0; }, "max_tokens must be >= 1"},
+      {[](auto& r) { r.max_tokens = 200; }, "exceeds the context limit of 128"},
+      {[](auto& r) { r.min_tokens = 9; }, "min_tokens"},
+      {[](auto& r) { r.sampling.temperature = -1; }, "temperature"},
+      {[](auto& r) { r.sampling.top_p = 0; }, "top_p"},
+      {[](auto& r) { r.sampling.top_k = -1; }, "top_k"},
+      {[](auto& r) { r.stop_token_ids = {4000}; }, "stop token id 4000"},
+      {[](auto& r) { r.stop = {""}; }, "stop strings"},
+      {[](auto& r) { r.logprobs = 50; }, "logprobs"},
+      {[](auto& r) { r.id = ""; }, "request_id"},
+  };
+  for (const Case& c : cases) {
+    GenerationRequest request = Greedy("bad", {1, 2, 3}, 8);
+    c.mutate(request);
+    auto stream = engine->Submit(request);
+    ASSERT_FALSE(stream.ok()) << c.message;
+    EXPECT_EQ(stream.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(stream.status().message(), HasSubstr(c.message));
+  }
+  // Duplicate id of an active request.
+  auto first = engine->Submit(Greedy("dup", {1, 2}, 100));
+  ASSERT_TRUE(first.ok());
+  auto second = engine->Submit(Greedy("dup", {1, 2}, 4));
+  EXPECT_THAT(second.status().message(), HasSubstr("already in use"));
+  engine->Abort("dup");
+  Collect(**first);
+  // The engine still serves.
+  EXPECT_EQ(Run(*engine, Greedy("ok", {1, 2, 3}, 3)).tokens.size(), 3u);
+}
+
+TEST_F(EngineTest, StopAcceptingIsUnavailable) {
+  auto engine = MakeEngine();
+  engine->StopAccepting();
+  EXPECT_EQ(engine->Submit(Greedy("late", {1}, 2)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace dsv2

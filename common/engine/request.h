@@ -1,0 +1,76 @@
+// What a generation request asks of the engine, and what comes back.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/sampling/sampler.h"
+
+namespace dsv2 {
+
+struct GenerationRequest {
+  std::string id;  // Chosen by the client; unique among active requests.
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  bool has_seed = false;  // Without a seed, a random one is drawn.
+  int64_t max_tokens = 16;
+  int64_t min_tokens = 0;  // EOS and stop ids/strings are ignored before this many.
+  std::vector<int32_t> stop_token_ids;
+  std::vector<std::string> stop;  // Stop strings; the text never includes them.
+  bool ignore_eos = false;
+  int32_t logprobs = -1;  // -1: none; 0: the chosen token's; N: and the top N.
+  bool skip_special_tokens = true;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+};
+
+enum class FinishReason { kStop, kLength, kAbort, kTimeLimit, kError };
+const char* FinishReasonName(FinishReason reason);
+
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;  // Prompt tokens found in the prefix cache.
+};
+
+struct TokenLogprobs {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top;
+};
+
+// One event of a request's stream: new tokens and text, and on the last
+// event the finish reason.
+struct GenerationOutput {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  std::optional<FinishReason> finish;
+  std::string error;  // With kError.
+  Usage usage;        // Cumulative.
+};
+
+// The events of one request, produced by the engine and consumed by one
+// reader (a gRPC stream, the CLI, a test). Thread-safe.
+class RequestStream {
+ public:
+  void Push(GenerationOutput output);
+  // The next event, or nullopt when none arrives before `timeout`.
+  std::optional<GenerationOutput> Next(std::chrono::milliseconds timeout);
+  // Whether the final event has been pushed.
+  bool finished() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<GenerationOutput> events_;
+  bool finished_ = false;
+};
+
+}  // namespace dsv2
