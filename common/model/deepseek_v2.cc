@@ -50,7 +50,8 @@ bool DeepseekV2Model::PrefersAbsorbed(int64_t n, int64_t context) const {
 absl::Status DeepseekV2Model::Forward(std::span<const int32_t> tokens, KvCacheView& cache,
                                       const ForwardOptions& options,
                                       std::vector<float>* logits) const {
-  const SequenceChunk chunk{tokens, &cache, options.attention, options.all_logits};
+  const SequenceChunk chunk{tokens, &cache, options.attention,
+                            options.all_logits ? ChunkLogits::kAll : ChunkLogits::kLast};
   return ForwardBatch({&chunk, 1}, logits);
 }
 
@@ -130,15 +131,16 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
   int64_t rows = 0;
   for (size_t c = 0; c < chunks.size(); ++c) {
     const int64_t n = first_row[c + 1] - first_row[c];
-    const int64_t first = chunks[c].all_logits ? first_row[c] : first_row[c + 1] - 1;
-    const int64_t count = chunks[c].all_logits ? n : 1;
-    cpu::RmsNorm(&h[first * hidden], weights_.final_norm.data(), count, hidden, eps,
-                 &x[rows * hidden]);
-    rows += count;
     chunks[c].cache->set_size(chunks[c].cache->size() + n);
+    if (chunks[c].logits == ChunkLogits::kNone) continue;
+    const bool all = chunks[c].logits == ChunkLogits::kAll;
+    const int64_t count = all ? n : 1;
+    cpu::RmsNorm(&h[(first_row[c + 1] - count) * hidden], weights_.final_norm.data(), count,
+                 hidden, eps, &x[rows * hidden]);
+    rows += count;
   }
   logits->resize(rows * config_.vocab_size);
-  cpu::Linear(x.data(), rows, weights_.lm_head, logits->data());
+  if (rows > 0) cpu::Linear(x.data(), rows, weights_.lm_head, logits->data());
   return absl::OkStatus();
 }
 

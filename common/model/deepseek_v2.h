@@ -43,12 +43,15 @@ namespace dsv2 {
 
 enum class AttentionForm { kAuto, kDecompressed, kAbsorbed };
 
+// Which logits a chunk wants.
+enum class ChunkLogits { kLast, kAll, kNone };
+
 // One sequence's share of a batched step.
 struct SequenceChunk {
   std::span<const int32_t> tokens;  // Run at positions cache->size() … + n − 1.
   KvCacheView* cache = nullptr;
   AttentionForm attention = AttentionForm::kAuto;
-  bool all_logits = false;  // Logits of every new token, or of the last only.
+  ChunkLogits logits = ChunkLogits::kLast;
 };
 
 struct ForwardOptions {
@@ -71,7 +74,8 @@ class DeepseekV2Model {
   void SetRoutedExperts(std::shared_ptr<RoutedExperts> experts) { experts_ = std::move(experts); }
 
   // Runs each chunk's tokens, appends their latents to its cache, and writes
-  // logits rows for the chunks in order ([n, vocab] or [1, vocab] each).
+  // the logits rows the chunks ask for, in chunk order ([n, vocab], [1,
+  // vocab] or none each).
   // Token ids outside the vocabulary, an empty chunk or a full cache are
   // InvalidArgument / OutOfRange and change no cache.
   absl::Status ForwardBatch(std::span<const SequenceChunk> chunks,

@@ -219,9 +219,9 @@ TEST(DeepseekV2BatchTest, BatchedStepsEqualSoloRunsBitwise) {
       for (size_t s = 0; s < prompts.size(); ++s) {
         if (round < s || done[s] >= steps) continue;
         if (done[s] < 0) {
-          chunks.push_back({prompts[s], caches[s].get(), AttentionForm::kDecompressed, false});
+          chunks.push_back({prompts[s], caches[s].get(), AttentionForm::kDecompressed});
         } else {
-          chunks.push_back({{&next[s], 1}, caches[s].get(), AttentionForm::kAbsorbed, false});
+          chunks.push_back({{&next[s], 1}, caches[s].get(), AttentionForm::kAbsorbed});
         }
         members.push_back(s);
       }
