@@ -88,7 +88,9 @@ class Engine {
   // False after a fatal error, or when work is pending and no step has
   // finished for `stall_timeout`.
   bool healthy(std::chrono::milliseconds stall_timeout = std::chrono::seconds(60)) const;
+  const ModelConfig& model_config() const { return model_->config(); }
   int64_t max_model_len() const { return max_model_len_; }
+  int64_t block_size() const { return cache_.block_size(); }
   int64_t kv_capacity_tokens() const { return cache_.num_blocks() * cache_.block_size(); }
 
  private:

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 
@@ -158,6 +159,22 @@ std::vector<std::string> Checkpoint::TensorNames() const {
   names.reserve(tensors_.size());
   for (const auto& [name, info] : tensors_) names.push_back(name);
   return names;
+}
+
+void Checkpoint::Prefault(const std::function<void(int64_t, int64_t)>& progress) const {
+  constexpr int64_t kPage = 4096;
+  const int64_t step = std::max<int64_t>(total_bytes_ / 100, 1);
+  int64_t done = 0, reported = 0;
+  volatile unsigned char sink = 0;
+  for (const auto& [name, info] : tensors_) {
+    const auto* bytes = static_cast<const unsigned char*>(info->data);
+    for (int64_t offset = 0; offset < info->num_bytes; offset += kPage) sink = sink + bytes[offset];
+    done += info->num_bytes;
+    if (done - reported >= step || done == total_bytes_) {
+      progress(done, total_bytes_);
+      reported = done;
+    }
+  }
 }
 
 }  // namespace dsv2

@@ -50,6 +50,11 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   size_t num_files() const { return files_.size(); }
 
+  // Reads every tensor's pages into memory, so that the first requests do
+  // not wait on the disk; calls progress(bytes_done, total_bytes) along the
+  // way (at most every 1% of the total).
+  void Prefault(const std::function<void(int64_t done, int64_t total)>& progress) const;
+
  private:
   Checkpoint() = default;
 

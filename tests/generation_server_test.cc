@@ -1,0 +1,351 @@
+// The public API over real gRPC on a loopback port chosen by the OS, served
+// in this process so the tests can read the engine's stats.
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "common/engine/engine.h"
+#include "common/model/deepseek_v2.h"
+#include "dsv2/v1/generation.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "services/frontend/generation_service.h"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+struct StreamResult {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  v1::Usage usage;
+  int chunks = 0;
+};
+
+class ServerFixture {
+ public:
+  ServerFixture(const std::string& model_dir, EngineOptions options) {
+    auto model = DeepseekV2Model::Load(model_dir);
+    EXPECT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+    engine_ = std::make_unique<Engine>(model_.get(), nullptr, options);
+    service_ = std::make_unique<GenerationService>(engine_.get(), nullptr, model_dir);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    EXPECT_NE(port_, 0);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel_);
+  }
+  ~ServerFixture() {
+    server_->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+
+  v1::Generation::Stub& stub() { return *stub_; }
+  Engine& engine() { return *engine_; }
+
+  StreamResult Generate(const v1::GenerateRequest& request,
+                        std::chrono::milliseconds timeout = 60s) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    return Read(context, request);
+  }
+
+  StreamResult Read(grpc::ClientContext& context, const v1::GenerateRequest& request) {
+    StreamResult result;
+    auto reader = stub_->Generate(&context, request);
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      if (response.has_chunk()) {
+        ++result.chunks;
+        result.tokens.insert(result.tokens.end(), response.chunk().token_ids().begin(),
+                             response.chunk().token_ids().end());
+      } else if (response.has_complete()) {
+        result.tokens.insert(result.tokens.end(), response.complete().token_ids().begin(),
+                             response.complete().token_ids().end());
+        result.finish = response.complete().finish_reason();
+        result.usage = response.complete().usage();
+      }
+    }
+    result.status = reader->Finish();
+    return result;
+  }
+
+ private:
+  std::unique_ptr<DeepseekV2Model> model_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+v1::GenerateRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
+                           uint32_t max_tokens) {
+  v1::GenerateRequest request;
+  request.set_request_id(id);
+  for (int32_t t : prompt) request.mutable_token_ids()->add_ids(t);
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stopping()->set_max_tokens(max_tokens);
+  request.mutable_stopping()->set_ignore_eos(true);
+  return request;
+}
+
+nlohmann::json Golden(const std::string& model) {
+  std::ifstream in("tests/data/" + model + "/golden.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
+}
+
+EngineOptions SmallEngine() { return {.kv_cache_bytes = 32 << 20}; }
+
+class GoldenServerTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenServerTest, GreedyOutputEqualsTheReference) {
+  ServerFixture server("tests/data/" + GetParam(), SmallEngine());
+  const nlohmann::json golden = Golden(GetParam());
+  const auto expected = golden["generated"].get<std::vector<int32_t>>();
+  const StreamResult r = server.Generate(
+      Greedy("g", golden["prompt"].get<std::vector<int32_t>>(), expected.size()));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, expected);
+  EXPECT_EQ(r.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(r.usage.prompt_tokens(), 40u);
+  EXPECT_EQ(r.usage.completion_tokens(), expected.size());
+  EXPECT_GE(r.chunks, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyModels, GoldenServerTest, ::testing::Values("tiny-v2", "tiny-lite"),
+                         [](const auto& info) { return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite"; });
+
+TEST(GenerationServerTest, SixtyFourConcurrentStreamsEqualTheirSoloRuns) {
+  ServerFixture server("tests/data/tiny-v2", {.kv_cache_bytes = 32 << 20, .max_batch_tokens = 256});
+  std::mt19937 rng(5);
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 64; ++i) {
+    std::vector<int32_t> prompt(1 + rng() % 50);
+    for (int32_t& t : prompt) t = 2 + static_cast<int32_t>(rng() % 3000);
+    requests.push_back(Greedy("c" + std::to_string(i), prompt, 1 + rng() % 40));
+  }
+  std::vector<StreamResult> solo;
+  for (const auto& request : requests) solo.push_back(server.Generate(request));
+  std::vector<StreamResult> concurrent(requests.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    clients.emplace_back([&, i] { concurrent[i] = server.Generate(requests[i]); });
+  }
+  for (auto& t : clients) t.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(concurrent[i].status.ok()) << concurrent[i].status.error_message();
+    EXPECT_EQ(concurrent[i].tokens, solo[i].tokens) << requests[i].request_id();
+    EXPECT_EQ(concurrent[i].tokens.size(), requests[i].stopping().max_tokens());
+  }
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+}
+
+// Waits until the engine has no active request (the step thread finishes
+// cancelled requests asynchronously).
+void WaitIdle(Engine& engine) {
+  for (int i = 0; i < 500 && engine.num_active() > 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(engine.num_active(), 0);
+}
+
+TEST(GenerationServerTest, CancellationAndAbortReturnEveryBlock) {
+  ServerFixture server("tests/data/tiny-v2", SmallEngine());
+  {
+    // The client cancels after the first chunk.
+    grpc::ClientContext context;
+    auto reader = server.stub().Generate(&context, Greedy("cancel-me", {0, 5, 6, 7}, 120));
+    v1::GenerateResponse response;
+    ASSERT_TRUE(reader->Read(&response));
+    EXPECT_GT(server.engine().stats().kv_blocks_used, 0);
+    context.TryCancel();
+    while (reader->Read(&response)) {}
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kAbort)], 1);
+
+  // Abort from another call.
+  grpc::ClientContext context;
+  auto reader = server.stub().Generate(&context, Greedy("abort-me", {0, 5, 6, 7}, 120));
+  v1::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  {
+    grpc::ClientContext abort_context;
+    v1::AbortRequest abort;
+    abort.set_request_id("abort-me");
+    v1::AbortResponse abort_response;
+    EXPECT_TRUE(server.stub().Abort(&abort_context, abort, &abort_response).ok());
+  }
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  while (reader->Read(&response)) {
+    if (response.has_complete()) finish = response.complete().finish_reason();
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(finish, v1::FINISH_REASON_ABORT);
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  // Aborting an unknown request is NOT_FOUND.
+  grpc::ClientContext unknown_context;
+  v1::AbortRequest unknown;
+  unknown.set_request_id("nobody");
+  v1::AbortResponse unknown_response;
+  EXPECT_EQ(server.stub().Abort(&unknown_context, unknown, &unknown_response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
+  // One request runs at a time; the one with a deadline waits behind eight
+  // others, each as long as the deadline is a third of, so its deadline
+  // passes while it waits, whatever the machine's speed.
+  ServerFixture server("tests/data/tiny-v2",
+                       {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .prefix_caching = false});
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(server.Generate(Greedy("measure", {0, 1, 2}, 120)).status.ok());
+  const auto one_run = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  std::vector<std::thread> blockers;
+  for (int i = 0; i < 8; ++i) {
+    blockers.emplace_back([&, i] { server.Generate(Greedy("b" + std::to_string(i), {0, 1, 2}, 120)); });
+  }
+  while (server.engine().num_active() < 8) std::this_thread::yield();
+  const StreamResult r = server.Generate(Greedy("late", {0, 1, 2}, 120), 3 * one_run + 20ms);
+  for (auto& t : blockers) t.join();
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.finish, v1::FINISH_REASON_TIME_LIMIT);
+  EXPECT_LT(r.tokens.size(), 120u);
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kTimeLimit)], 1);
+}
+
+TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsComplete) {
+  ServerFixture server("tests/data/tiny-v2",
+                       {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .max_waiting = 2});
+  std::vector<StreamResult> results(12);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 12; ++i) {
+    clients.emplace_back([&, i] { results[i] = server.Generate(Greedy("o" + std::to_string(i), {0, 3, 4}, 60)); });
+  }
+  for (auto& t : clients) t.join();
+  int completed = 0, exhausted = 0;
+  for (const StreamResult& r : results) {
+    if (r.status.ok()) {
+      EXPECT_EQ(r.tokens.size(), 60u);
+      ++completed;
+    } else {
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+      EXPECT_THAT(r.status.error_message(), HasSubstr("waiting queue is full"));
+      ++exhausted;
+    }
+  }
+  EXPECT_GE(completed, 3);
+  EXPECT_GT(exhausted, 0);
+}
+
+TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
+  ServerFixture server("tests/data/tiny-v2", SmallEngine());
+  struct Case {
+    std::string name;
+    std::function<void(v1::GenerateRequest&)> mutate;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"id outside vocabulary", [](auto& r) { r.mutable_token_ids()->set_ids(1, 3200); },
+       "token id 3200 at index 1 is outside the vocabulary"},
+      {"negative id", [](auto& r) { r.mutable_token_ids()->set_ids(0, -7); }, "token id -7"},
+      {"empty ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); }, "prompt is empty"},
+      {"no input", [](auto& r) { r.clear_input(); }, "input is required"},
+      {"beyond context", [](auto& r) { r.mutable_stopping()->set_max_tokens(500); },
+       "exceeds the context limit of 128"},
+      {"zero max_tokens", [](auto& r) { r.mutable_stopping()->set_max_tokens(0); }, "max_tokens"},
+      {"temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); }, "temperature"},
+      {"top_p zero", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, "top_p"},
+      {"top_p above one", [](auto& r) { r.mutable_sampling()->set_top_p(1.5f); }, "top_p"},
+      {"top_k", [](auto& r) { r.mutable_sampling()->set_top_k(-3); }, "top_k"},
+      {"min_p", [](auto& r) { r.mutable_sampling()->set_min_p(2); }, "min_p"},
+      {"repetition", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); }, "repetition_penalty"},
+      {"logprobs", [](auto& r) { r.set_logprobs(-1); }, "logprobs"},
+      {"too many logprobs", [](auto& r) { r.set_logprobs(21); }, "logprobs"},
+      {"no id", [](auto& r) { r.clear_request_id(); }, "request_id is required"},
+      {"stop id", [](auto& r) { r.mutable_stopping()->add_stop_token_ids(99999); }, "stop token id 99999"},
+      {"oversize text", [](auto& r) { r.set_text(std::string(kMaxInputBytes + 1, 'a')); }, "text is"},
+      {"text without tokenizer", [](auto& r) { r.set_text("hello"); }, "no tokenizer"},
+      {"min_tokens", [](auto& r) { r.mutable_stopping()->set_min_tokens(50); }, "min_tokens"},
+  };
+  for (const Case& c : cases) {
+    v1::GenerateRequest request = Greedy("bad", {0, 1, 2}, 8);
+    c.mutate(request);
+    const StreamResult r = server.Generate(request);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_THAT(r.status.error_message(), HasSubstr(c.message)) << c.name;
+    EXPECT_TRUE(r.tokens.empty()) << c.name;
+  }
+  // A duplicate id while the first request is active.
+  grpc::ClientContext context;
+  auto reader = server.stub().Generate(&context, Greedy("dup", {0, 1}, 100));
+  v1::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  const StreamResult dup = server.Generate(Greedy("dup", {0, 1}, 4));
+  EXPECT_EQ(dup.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(dup.status.error_message(), HasSubstr("already in use"));
+  context.TryCancel();
+  while (reader->Read(&response)) {}
+  reader->Finish();
+  // Still serving.
+  const StreamResult ok = server.Generate(Greedy("fine", {0, 1, 2}, 5));
+  EXPECT_TRUE(ok.status.ok());
+  EXPECT_EQ(ok.tokens.size(), 5u);
+}
+
+TEST(GenerationServerTest, PrefixCacheHitsOnASharedSystemPromptKeepOutputs) {
+  ServerFixture uncached("tests/data/tiny-v2",
+                         {.block_size = 16, .kv_cache_bytes = 32 << 20, .prefix_caching = false});
+  ServerFixture cached("tests/data/tiny-v2", {.block_size = 16, .kv_cache_bytes = 32 << 20});
+  std::vector<int32_t> system(70);
+  for (int i = 0; i < 70; ++i) system[i] = 20 + (i * 53) % 3000;
+  for (int32_t question : {100, 200, 300, 400}) {
+    std::vector<int32_t> prompt = system;
+    prompt.insert(prompt.end(), {question, question + 7});
+    const StreamResult expected = uncached.Generate(Greedy("q", prompt, 12));
+    const StreamResult actual = cached.Generate(Greedy("q", prompt, 12));
+    EXPECT_EQ(actual.tokens, expected.tokens);
+    EXPECT_EQ(actual.usage.cached_tokens(), question == 100 ? 0u : 64u);
+  }
+  EXPECT_EQ(cached.engine().stats().prefix_hits, 3 * 64);
+}
+
+TEST(GenerationServerTest, ModelInfoAndSeededSampling) {
+  ServerFixture server("tests/data/tiny-lite", SmallEngine());
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(server.stub().GetModelInfo(&context, {}, &info).ok());
+  EXPECT_EQ(info.vocab_size(), 3200u);
+  EXPECT_EQ(info.max_model_len(), 128u);
+  EXPECT_EQ(info.num_hidden_layers(), 3u);
+  EXPECT_FALSE(info.has_tokenizer());
+  v1::GenerateRequest request = Greedy("s", {0, 8, 9}, 20);
+  request.mutable_sampling()->set_temperature(0.9f);
+  request.mutable_sampling()->set_top_p(0.95f);
+  request.mutable_sampling()->set_seed(77);
+  request.set_logprobs(2);
+  const StreamResult a = server.Generate(request);
+  const StreamResult b = server.Generate(request);
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(a.tokens, b.tokens);
+}
+
+}  // namespace
+}  // namespace dsv2

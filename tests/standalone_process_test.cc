@@ -1,0 +1,224 @@
+// dsv2-standalone as a process: startup, health, and the SIGTERM drain.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "dsv2/v1/generation.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+class StandaloneProcess {
+ public:
+  explicit StandaloneProcess(std::vector<std::string> extra_args) {
+    static int counter = 0;
+    dir_ = testing::TempDir() + "/standalone_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
+    std::filesystem::create_directories(dir_);
+    std::vector<std::string> args = {DSV2_STANDALONE, "--listen=127.0.0.1:0",
+                                     "--port_file=" + dir_ + "/port", "--kv_cache_mib=32"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      freopen((dir_ + "/stderr").c_str(), "w", stderr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~StandaloneProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits for the port file; empty when the process exited first.
+  std::string WaitAddress() {
+    for (int i = 0; i < 3000; ++i) {
+      std::ifstream in(dir_ + "/port");
+      int port = 0;
+      if (in >> port && port > 0) return "127.0.0.1:" + std::to_string(port);
+      int status;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        exit_status_ = status;
+        return "";
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return "";
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+
+  // Exit code, or -1 if it did not exit normally within `timeout`.
+  int WaitExit(std::chrono::seconds timeout = 30s) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (!exited_ && std::chrono::steady_clock::now() < end) {
+      if (waitpid(pid_, &exit_status_, WNOHANG) == pid_) exited_ = true;
+      else std::this_thread::sleep_for(10ms);
+    }
+    return exited_ && WIFEXITED(exit_status_) ? WEXITSTATUS(exit_status_) : -1;
+  }
+
+  std::string Stderr() const {
+    std::ifstream in(dir_ + "/stderr");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int exit_status_ = 0;
+};
+
+v1::GenerateRequest Greedy(const std::string& id, uint32_t max_tokens) {
+  v1::GenerateRequest request;
+  request.set_request_id(id);
+  for (int32_t t : {0, 11, 12, 13}) request.mutable_token_ids()->add_ids(t);
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stopping()->set_max_tokens(max_tokens);
+  request.mutable_stopping()->set_ignore_eos(true);
+  return request;
+}
+
+struct Outcome {
+  grpc::Status status;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  size_t tokens = 0;
+};
+
+Outcome Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse response;
+  Outcome outcome;
+  while (reader->Read(&response)) {
+    if (response.has_chunk()) outcome.tokens += response.chunk().token_ids_size();
+    if (response.has_complete()) {
+      outcome.tokens += response.complete().token_ids_size();
+      outcome.finish = response.complete().finish_reason();
+    }
+  }
+  outcome.status = reader->Finish();
+  return outcome;
+}
+
+HealthCheckResponse::ServingStatus Health(const std::shared_ptr<grpc::Channel>& channel,
+                                          const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 10s);
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
+  if (!status.ok()) return HealthCheckResponse::UNKNOWN;
+  return response.status();
+}
+
+// Runs `count` long requests against a server that serves one at a time,
+// sends SIGTERM once the first has produced tokens, and checks the drain.
+void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
+  StandaloneProcess process({"--model=tests/data/tiny-v2", "--max_num_seqs=1",
+                             "--drain_grace_s=" + std::to_string(grace_s)});
+  const std::string address = process.WaitAddress();
+  ASSERT_FALSE(address.empty()) << process.Stderr();
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = v1::Generation::NewStub(channel);
+  EXPECT_EQ(Health(channel, ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(channel, "dsv2.v1.Generation"), HealthCheckResponse::SERVING);
+
+  // Watch health before the signal: the NOT_SERVING update is pushed to us.
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext watch_context;
+  auto watch = health->Watch(&watch_context, HealthCheckRequest());
+  HealthCheckResponse update;
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
+
+  constexpr int kRequests = 40;
+  std::vector<Outcome> outcomes(kRequests);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kRequests; ++i) {
+    clients.emplace_back([&, i] { outcomes[i] = Generate(*stub, Greedy("d" + std::to_string(i), 120)); });
+  }
+  // Signal once the server is busy: a first request has started streaming.
+  {
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, Greedy("probe", 120));
+    v1::GenerateResponse response;
+    ASSERT_TRUE(reader->Read(&response));
+    process.Signal(SIGTERM);
+    while (reader->Read(&response)) {}
+    reader->Finish();
+  }
+  ASSERT_TRUE(watch->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
+  // New requests are refused while draining (or the server is already gone).
+  const Outcome late = Generate(*stub, Greedy("late", 4));
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  for (auto& t : clients) t.join();
+  int expected = 0;
+  for (const Outcome& o : outcomes) {
+    // Requests admitted before the signal finish (or are aborted when the
+    // grace period ends); those that arrived after it are UNAVAILABLE.
+    if (o.status.ok()) {
+      expected += o.finish == expected_finish;
+    } else {
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+    }
+  }
+  EXPECT_GT(expected, 0);
+  watch_context.TryCancel();
+  EXPECT_EQ(process.WaitExit(), 0) << process.Stderr();
+  EXPECT_THAT(process.Stderr(), HasSubstr("SIGTERM: draining"));
+}
+
+TEST(StandaloneProcessTest, SigtermDrainLetsRunningRequestsFinish) {
+  DrainScenario(/*grace_s=*/60, v1::FINISH_REASON_LENGTH);
+}
+
+TEST(StandaloneProcessTest, SigtermDrainAbortsWhatOutlastsTheGracePeriod) {
+  DrainScenario(/*grace_s=*/0, v1::FINISH_REASON_ABORT);
+}
+
+TEST(StandaloneProcessTest, BadModelExitsWithOneClearLine) {
+  StandaloneProcess process({"--model=/nonexistent-model"});
+  EXPECT_EQ(process.WaitAddress(), "");
+  EXPECT_EQ(process.WaitExit(), 1);
+  EXPECT_THAT(process.Stderr(), HasSubstr("cannot load /nonexistent-model"));
+}
+
+TEST(StandaloneProcessTest, LogsWhatWasLoadedAndWhere) {
+  StandaloneProcess process({"--model=tests/data/tiny-lite"});
+  ASSERT_FALSE(process.WaitAddress().empty()) << process.Stderr();
+  process.Signal(SIGINT);
+  EXPECT_EQ(process.WaitExit(), 0);
+  const std::string log = process.Stderr();
+  EXPECT_THAT(log, HasSubstr("loaded tests/data/tiny-lite: 3 layers"));
+  EXPECT_THAT(log, HasSubstr("reading weights: 100.0%"));
+  EXPECT_THAT(log, HasSubstr("serving tests/data/tiny-lite on 127.0.0.1:"));
+  EXPECT_THAT(log, HasSubstr("SIGINT: draining"));
+}
+
+}  // namespace
+}  // namespace dsv2
