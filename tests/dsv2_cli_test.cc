@@ -1,6 +1,7 @@
 // The dsv2 tool run as a user runs it: a child process, its standard output
 // (the product) and standard error (logs, errors) kept apart.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/tensor/npy.h"
 #include "gmock/gmock.h"
@@ -35,7 +37,10 @@ std::string ReadFile(const std::string& path) {
 }
 
 Result RunDsv2(const std::string& args) {
-  const std::string err_path = testing::TempDir() + "/dsv2_cli_stderr";
+  // Per process and call: ctest runs tests of this binary in parallel.
+  static int calls = 0;
+  const std::string err_path = absl::StrCat(testing::TempDir(), "/dsv2_cli_stderr_", getpid(), "_",
+                                            calls++);
   const std::string command = absl::StrCat(DSV2_BINARY, " ", args, " 2>", err_path);
   Result result;
   FILE* pipe = popen(command.c_str(), "r");
@@ -45,6 +50,7 @@ Result RunDsv2(const std::string& args) {
   const int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   result.err = ReadFile(err_path);
+  std::remove(err_path.c_str());
   return result;
 }
 
@@ -142,6 +148,122 @@ TEST(CliTest, MakeModelWritesAPublishedFormatCheckpointThatRuns) {
   EXPECT_EQ(generated.exit_code, 0) << generated.err;
   EXPECT_EQ(std::vector<std::string>(absl::StrSplit(generated.out, ' ')).size(), 3u) << generated.out;
   std::filesystem::remove_all(dir);
+}
+
+// Tokenizer commands. Expected ids come from Hugging Face tokenizers
+// (tests/data/tokenizer/expected/tiny.jsonl, tools/golden/make_tokenizer_golden.py).
+
+std::string WriteTemp(const std::string& name, const std::string& content) {
+  const std::string path = testing::TempDir() + "/" + name;
+  std::ofstream(path, std::ios::binary) << content;
+  return path;
+}
+
+std::string IdList(const nlohmann::json& ids) {
+  return absl::StrJoin(ids.get<std::vector<int>>(), ",");
+}
+
+TEST(CliTokenizerTest, TokenizeAndDetokenizeMatchHuggingFace) {
+  std::ifstream corpus("tests/data/tokenizer/corpus.jsonl"),
+      expected("tests/data/tokenizer/expected/tiny.jsonl");
+  std::vector<nlohmann::json> texts, ids;
+  for (std::string line; std::getline(corpus, line);) texts.push_back(nlohmann::json::parse(line));
+  for (std::string line; std::getline(expected, line);) ids.push_back(nlohmann::json::parse(line));
+  int checked = 0;
+  for (size_t k = 1; k < ids.size() && checked < 12; k += 97) {
+    if (!ids[k].contains("i") || !texts[ids[k]["i"].get<size_t>()].contains("text")) continue;
+    const std::string text = texts[ids[k]["i"].get<size_t>()]["text"];
+    const std::string file = WriteTemp("tokenize_input.txt", text);
+    Result tokens = RunDsv2(
+        "tokenize --tokenizer tests/data/tiny-v2/tokenizer.json --no-special-tokens --file " +
+        file);
+    ASSERT_EQ(tokens.exit_code, 0) << tokens.err;
+    EXPECT_EQ(tokens.out, "[" + IdList(ids[k]["ids"]) + "]\n") << text;
+    Result back =
+        RunDsv2("detokenize --tokenizer tests/data/tiny-v2 --ids " + IdList(ids[k]["ids"]));
+    ASSERT_EQ(back.exit_code, 0) << back.err;
+    EXPECT_EQ(back.out, text);
+    ++checked;
+  }
+  EXPECT_GE(checked, 10);
+}
+
+TEST(CliTokenizerTest, BadTokenizerInputGetsOneClearLine) {
+  Result both = RunDsv2("tokenize --tokenizer tests/data/tiny-v2 --text a --file b");
+  EXPECT_EQ(both.exit_code, 1);
+  EXPECT_THAT(both.err, HasSubstr("give exactly one of --text and --file"));
+  const std::string bad = WriteTemp("bad_utf8.txt", "caf\xE9");
+  Result invalid = RunDsv2("tokenize --tokenizer tests/data/tiny-v2 --file " + bad);
+  EXPECT_EQ(invalid.exit_code, 1);
+  EXPECT_THAT(invalid.err, HasSubstr("not valid UTF-8"));
+  Result replaced =
+      RunDsv2("tokenize --tokenizer tests/data/tiny-v2 --replace-invalid-utf8 --file " + bad);
+  EXPECT_EQ(replaced.exit_code, 0) << replaced.err;
+  Result unknown = RunDsv2("detokenize --tokenizer tests/data/tiny-v2 --ids 5,99999");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("token id 99999 at index 1 is not in the vocabulary"));
+  EXPECT_EQ(unknown.out, "");
+  Result missing = RunDsv2("tokenize --tokenizer tests/data/no-such.json --text a");
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("cannot open tokenizer file tests/data/no-such.json"));
+}
+
+class PromptCliTest : public ::testing::TestWithParam<std::string> {};
+
+// `generate --prompt` must produce the text of what `generate --tokens`
+// produces for the prompt's ids: BOS (add_bos_token) + the text's ids, or
+// the rendered chat template with --chat.
+TEST_P(PromptCliTest, GeneratePromptStreamsTheTextOfTheGeneratedIds) {
+  const std::string model = "tests/data/" + GetParam();
+  for (bool chat : {false, true}) {
+    const std::string prompt = "The capital of France is";
+    const std::string rendered =
+        chat ? "<\xEF\xBD\x9C"
+               "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>User: " +
+                   prompt + "\n\nAssistant:"
+             : prompt;
+    Result ids = RunDsv2("tokenize --tokenizer " + model + " --no-special-tokens --file " +
+                         WriteTemp("prompt.txt", rendered));
+    ASSERT_EQ(ids.exit_code, 0) << ids.err;
+    std::vector<int> prompt_ids = nlohmann::json::parse(ids.out).get<std::vector<int>>();
+    if (!chat) prompt_ids.insert(prompt_ids.begin(), 0);  // add_bos_token, bos id 0.
+    Result by_ids = RunDsv2("generate --model " + model + " --tokens " +
+                            absl::StrJoin(prompt_ids, ",") + " --max-tokens 12 --ignore-eos");
+    ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+    std::string generated = by_ids.out.substr(0, by_ids.out.size() - 1);
+    absl::StrReplaceAll({{" ", ","}}, &generated);
+    Result text =
+        RunDsv2("detokenize --skip-special-tokens --tokenizer " + model + " --ids " + generated);
+    ASSERT_EQ(text.exit_code, 0) << text.err;
+    Result by_prompt = RunDsv2("generate --model " + model + " --prompt '" + prompt + "'" +
+                               (chat ? " --chat" : "") + " --max-tokens 12 --ignore-eos --stats");
+    ASSERT_EQ(by_prompt.exit_code, 0) << by_prompt.err;
+    EXPECT_EQ(by_prompt.out, text.out) << (chat ? "chat" : "plain");
+    EXPECT_THAT(by_prompt.err, HasSubstr("tokens/s"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyModels, PromptCliTest, ::testing::Values("tiny-v2", "tiny-lite"),
+                         [](const auto& info) {
+                           return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite";
+                         });
+
+TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {
+  const std::string dir = testing::TempDir() + "/model-without-tokenizer";
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    std::filesystem::copy_file(std::string("tests/data/tiny-lite/") + f, dir + "/" + f,
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  Result result = RunDsv2("generate --model " + dir + " --prompt hi --max-tokens 2");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_THAT(result.err, HasSubstr("has no tokenizer.json"));
+  Result chat_alone = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --chat");
+  EXPECT_EQ(chat_alone.exit_code, 1);
+  EXPECT_THAT(chat_alone.err, HasSubstr("--chat needs --prompt"));
+  Result both = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --prompt hi");
+  EXPECT_EQ(both.exit_code, 1);
+  EXPECT_THAT(both.err, HasSubstr("exactly one of --tokens and --prompt"));
 }
 
 }  // namespace

@@ -21,8 +21,17 @@ std::string InspectReport(const ModelConfig& config);
 // dsv2 logits --model DIR --tokens 1,2,3 --out FILE.npy
 absl::Status Logits(std::span<const std::string> argv, std::ostream& out);
 
-// dsv2 generate --model DIR --tokens 1,2,3 --max-tokens N [sampling flags] [--stats]
+// dsv2 generate --model DIR (--tokens 1,2,3 | --prompt TEXT [--chat]) --max-tokens N
+//               [sampling flags] [--stats]
+// With --prompt, DIR/tokenizer.json (and tokenizer_config.json for BOS and
+// the chat template) encodes the prompt and the text streams out as decoded.
 absl::Status Generate(std::span<const std::string> argv, std::ostream& out);
+
+// dsv2 tokenize --tokenizer FILE|DIR (--text TEXT | --file F): the ids as a JSON array.
+absl::Status Tokenize(std::span<const std::string> argv, std::ostream& out);
+
+// dsv2 detokenize --tokenizer FILE|DIR --ids 1,2,3 [--skip-special-tokens]: the text.
+absl::Status Detokenize(std::span<const std::string> argv, std::ostream& out);
 
 // dsv2 make-model --preset lite|v2 --layers N --seed S --out DIR
 absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out);

@@ -13,7 +13,9 @@ constexpr char kUsage[] =
     "commands:\n"
     "  inspect     architecture, parameter counts and KV cache size of a model\n"
     "  logits      float32 logits of every prompt position, as a .npy file\n"
-    "  generate    generate tokens from a prompt of token ids, printed as produced\n"
+    "  generate    generate from token ids or a text prompt, printed as produced\n"
+    "  tokenize    the token ids of a text, as a JSON array\n"
+    "  detokenize  the text of token ids\n"
     "  make-model  write a random-weight checkpoint at the published dimensions\n"
     "\n"
     "Run 'dsv2 COMMAND --help' for a command's flags.\n";
@@ -34,6 +36,10 @@ int main(int argc, char** argv) {
     status = dsv2::cli::Logits(args, std::cout);
   } else if (command == "generate") {
     status = dsv2::cli::Generate(args, std::cout);
+  } else if (command == "tokenize") {
+    status = dsv2::cli::Tokenize(args, std::cout);
+  } else if (command == "detokenize") {
+    status = dsv2::cli::Detokenize(args, std::cout);
   } else if (command == "make-model") {
     status = dsv2::cli::MakeModel(args, std::cout);
   } else {

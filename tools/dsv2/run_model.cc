@@ -9,6 +9,8 @@
 #include "common/model/deepseek_v2.h"
 #include "common/model/latent_kv_cache.h"
 #include "common/sampling/sampler.h"
+#include "common/tokenizer/model_tokenizer.h"
+#include "common/tokenizer/streaming_detokenizer.h"
 #include "common/tensor/npy.h"
 #include "tools/dsv2/args.h"
 #include "tools/dsv2/commands.h"
@@ -45,7 +47,9 @@ absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
 absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
   const std::vector<FlagSpec> flags = {
       {"model", true, "model directory"},
-      {"tokens", true, "comma-separated prompt token ids"},
+      {"tokens", true, "comma-separated prompt token ids (output: generated ids)"},
+      {"prompt", true, "prompt text, tokenized with the model's tokenizer.json (output: text)"},
+      {"chat", false, "with --prompt: send it as a user message through the chat template"},
       {"max-tokens", true, "tokens to generate (default 16)"},
       {"temperature", true, "0 (default) is greedy"},
       {"top-p", true, "nucleus sampling mass in (0, 1] (default 1)"},
@@ -56,7 +60,29 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
   };
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, args.GetTokenIds("tokens"));
+  if (args.Has("tokens") == args.Has("prompt")) {
+    return absl::InvalidArgumentError("give exactly one of --tokens and --prompt");
+  }
+  if (args.Has("chat") && !args.Has("prompt")) {
+    return absl::InvalidArgumentError("--chat needs --prompt");
+  }
+  // With --prompt the model directory's tokenizer turns text into ids and
+  // the generated ids back into text as they arrive.
+  std::optional<ModelTokenizer> tokenizer;
+  std::vector<int32_t> prompt;
+  if (args.Has("prompt")) {
+    ASSIGN_OR_RETURN(tokenizer, ModelTokenizer::Load(dir));
+    const std::string text = *args.Get("prompt");
+    if (args.Has("chat")) {
+      const ChatMessage message{"user", text};
+      ASSIGN_OR_RETURN(prompt, tokenizer->EncodeChat({&message, 1}));
+    } else {
+      ASSIGN_OR_RETURN(prompt, tokenizer->EncodePrompt(text));
+    }
+    if (prompt.empty()) return absl::InvalidArgumentError("--prompt gives no tokens");
+  } else {
+    ASSIGN_OR_RETURN(prompt, args.GetTokenIds("tokens"));
+  }
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
   SamplingParams sampling;
   ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
@@ -88,15 +114,22 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
   const auto decode_start = std::chrono::steady_clock::now();
   int64_t generated = 0, decode_steps = 0;
   const bool stop_at_eos = !args.Has("ignore-eos") && config.eos_token_id >= 0;
+  std::optional<StreamingDetokenizer> text_stream;
+  if (tokenizer) text_stream.emplace(tokenizer->tokenizer(), /*skip_special_tokens=*/true);
   while (true) {
     const int32_t token = sampler.Sample(logits.data(), config.vocab_size);
     if (stop_at_eos && token == config.eos_token_id) break;
-    out << (generated ? " " : "") << token << std::flush;
+    if (text_stream) {
+      out << text_stream->Append(token) << std::flush;
+    } else {
+      out << (generated ? " " : "") << token << std::flush;
+    }
     if (++generated == max_tokens) break;
     RETURN_IF_ERROR(model->Forward({&token, 1}, cache, {}, &logits));
     ++decode_steps;
   }
-  out << "\n";
+  // Text is printed exactly as decoded (no newline added); ids end with one.
+  out << (text_stream ? text_stream->Finish() : "\n") << std::flush;
   const double decode_seconds = SecondsSince(decode_start);
   if (args.Has("stats")) {
     std::cerr << absl::StrFormat(
