@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "services/frontend/generation_service.h"
+#include "services/frontend/text_frontend.h"
 
 namespace dsv2 {
 namespace {
@@ -26,6 +27,7 @@ struct StreamResult {
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
   int chunks = 0;
+  std::string text;
 };
 
 class ServerFixture {
@@ -34,8 +36,11 @@ class ServerFixture {
     auto model = DeepseekV2Model::Load(model_dir);
     EXPECT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
-    engine_ = std::make_unique<Engine>(model_.get(), nullptr, options);
-    service_ = std::make_unique<GenerationService>(engine_.get(), nullptr, model_dir);
+    auto text = TextFrontend::LoadIfPresent(model_dir);
+    EXPECT_TRUE(text.ok()) << text.status();
+    text_ = *std::move(text);
+    engine_ = std::make_unique<Engine>(model_.get(), text_.get(), options);
+    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), model_dir);
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(service_.get());
@@ -50,6 +55,7 @@ class ServerFixture {
   }
 
   v1::Generation::Stub& stub() { return *stub_; }
+  const TextFrontend& text() { return *text_; }
   Engine& engine() { return *engine_; }
 
   StreamResult Generate(const v1::GenerateRequest& request,
@@ -68,9 +74,11 @@ class ServerFixture {
         ++result.chunks;
         result.tokens.insert(result.tokens.end(), response.chunk().token_ids().begin(),
                              response.chunk().token_ids().end());
+        result.text += response.chunk().text();
       } else if (response.has_complete()) {
         result.tokens.insert(result.tokens.end(), response.complete().token_ids().begin(),
                              response.complete().token_ids().end());
+        result.text += response.complete().text();
         result.finish = response.complete().finish_reason();
         result.usage = response.complete().usage();
       }
@@ -81,6 +89,7 @@ class ServerFixture {
 
  private:
   std::unique_ptr<DeepseekV2Model> model_;
+  std::unique_ptr<TextFrontend> text_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<GenerationService> service_;
   std::unique_ptr<grpc::Server> server_;
@@ -162,41 +171,47 @@ void WaitIdle(Engine& engine) {
 
 TEST(GenerationServerTest, CancellationAndAbortReturnEveryBlock) {
   ServerFixture server("tests/data/tiny-v2", SmallEngine());
-  {
-    // The client cancels after the first chunk.
-    grpc::ClientContext context;
-    auto reader = server.stub().Generate(&context, Greedy("cancel-me", {0, 5, 6, 7}, 120));
-    v1::GenerateResponse response;
-    ASSERT_TRUE(reader->Read(&response));
-    EXPECT_GT(server.engine().stats().kv_blocks_used, 0);
-    context.TryCancel();
-    while (reader->Read(&response)) {}
-    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // Sixteen long requests at once; each client cancels its call after its
+  // first chunk, or aborts it through the Abort RPC. However far each got,
+  // every block must come back.
+  constexpr int kClients = 16;
+  std::vector<grpc::StatusCode> codes(kClients);
+  std::vector<v1::FinishReason> finishes(kClients, v1::FINISH_REASON_UNSPECIFIED);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      const std::string id = "x" + std::to_string(i);
+      grpc::ClientContext context;
+      auto reader = server.stub().Generate(&context, Greedy(id, {0, 5, 6, 7}, 120));
+      v1::GenerateResponse response;
+      if (!reader->Read(&response)) return;
+      if (i % 2 == 0) {
+        context.TryCancel();
+      } else {
+        grpc::ClientContext abort_context;
+        v1::AbortRequest abort;
+        abort.set_request_id(id);
+        v1::AbortResponse abort_response;
+        server.stub().Abort(&abort_context, abort, &abort_response);  // NOT_FOUND if it ended.
+      }
+      while (reader->Read(&response)) {
+        if (response.has_complete()) finishes[i] = response.complete().finish_reason();
+      }
+      codes[i] = reader->Finish().error_code();
+    });
   }
+  for (auto& t : clients) t.join();
   WaitIdle(server.engine());
   EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
-  EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kAbort)], 1);
-
-  // Abort from another call.
-  grpc::ClientContext context;
-  auto reader = server.stub().Generate(&context, Greedy("abort-me", {0, 5, 6, 7}, 120));
-  v1::GenerateResponse response;
-  ASSERT_TRUE(reader->Read(&response));
-  {
-    grpc::ClientContext abort_context;
-    v1::AbortRequest abort;
-    abort.set_request_id("abort-me");
-    v1::AbortResponse abort_response;
-    EXPECT_TRUE(server.stub().Abort(&abort_context, abort, &abort_response).ok());
+  EXPECT_GT(server.engine().stats().finished[int(FinishReason::kAbort)], 0);
+  for (int i = 0; i < kClients; ++i) {
+    if (i % 2 == 0) {
+      EXPECT_TRUE(codes[i] == grpc::StatusCode::CANCELLED || codes[i] == grpc::StatusCode::OK);
+    } else {
+      EXPECT_EQ(codes[i], grpc::StatusCode::OK);
+      EXPECT_TRUE(finishes[i] == v1::FINISH_REASON_ABORT || finishes[i] == v1::FINISH_REASON_LENGTH);
+    }
   }
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  while (reader->Read(&response)) {
-    if (response.has_complete()) finish = response.complete().finish_reason();
-  }
-  EXPECT_TRUE(reader->Finish().ok());
-  EXPECT_EQ(finish, v1::FINISH_REASON_ABORT);
-  WaitIdle(server.engine());
-  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
   // Aborting an unknown request is NOT_FOUND.
   grpc::ClientContext unknown_context;
   v1::AbortRequest unknown;
@@ -282,7 +297,12 @@ TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
       {"no id", [](auto& r) { r.clear_request_id(); }, "request_id is required"},
       {"stop id", [](auto& r) { r.mutable_stopping()->add_stop_token_ids(99999); }, "stop token id 99999"},
       {"oversize text", [](auto& r) { r.set_text(std::string(kMaxInputBytes + 1, 'a')); }, "text is"},
-      {"text without tokenizer", [](auto& r) { r.set_text("hello"); }, "no tokenizer"},
+      {"unknown role", [](auto& r) {
+         auto* m = r.mutable_chat()->add_messages();
+         m->set_role("wizard");
+         m->set_content("hi");
+       }, "wizard"},
+      {"empty conversation", [](auto& r) { r.mutable_chat(); }, "no messages"},
       {"min_tokens", [](auto& r) { r.mutable_stopping()->set_min_tokens(50); }, "min_tokens"},
   };
   for (const Case& c : cases) {
@@ -335,7 +355,7 @@ TEST(GenerationServerTest, ModelInfoAndSeededSampling) {
   EXPECT_EQ(info.vocab_size(), 3200u);
   EXPECT_EQ(info.max_model_len(), 128u);
   EXPECT_EQ(info.num_hidden_layers(), 3u);
-  EXPECT_FALSE(info.has_tokenizer());
+  EXPECT_TRUE(info.has_tokenizer());
   v1::GenerateRequest request = Greedy("s", {0, 8, 9}, 20);
   request.mutable_sampling()->set_temperature(0.9f);
   request.mutable_sampling()->set_top_p(0.95f);
@@ -345,6 +365,71 @@ TEST(GenerationServerTest, ModelInfoAndSeededSampling) {
   const StreamResult b = server.Generate(request);
   ASSERT_TRUE(a.status.ok());
   EXPECT_EQ(a.tokens, b.tokens);
+}
+
+TEST(GenerationServerTest, TextAndChatInputStreamTheTokenizersText) {
+  ServerFixture server("tests/data/tiny-v2", SmallEngine());
+  // Tokenize gives the ids a text request is served with.
+  grpc::ClientContext tokenize_context;
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text("The quick brown fox jumps over the lazy dog.");
+  v1::TokenizeResponse ids;
+  ASSERT_TRUE(server.stub().Tokenize(&tokenize_context, tokenize, &ids).ok());
+  const std::vector<int32_t> prompt(ids.token_ids().begin(), ids.token_ids().end());
+  ASSERT_GT(prompt.size(), 3u);
+  EXPECT_EQ(prompt[0], 0);  // BOS.
+
+  v1::GenerateRequest by_text = Greedy("t", {}, 24);
+  by_text.set_text(tokenize.text());
+  const StreamResult text_result = server.Generate(by_text);
+  ASSERT_TRUE(text_result.status.ok()) << text_result.status.error_message();
+  const StreamResult ids_result = server.Generate(Greedy("i", prompt, 24));
+  EXPECT_EQ(text_result.tokens, ids_result.tokens);
+  EXPECT_EQ(text_result.usage.prompt_tokens(), prompt.size());
+  // The streamed text is the detokenized output.
+  EXPECT_EQ(text_result.text, server.text().tokenizer().tokenizer().Decode(text_result.tokens, true));
+  EXPECT_FALSE(text_result.text.empty());
+
+  // Chat goes through the template and ends with the generation prompt.
+  v1::GenerateRequest chat = Greedy("c", {}, 8);
+  auto* system = chat.mutable_chat()->add_messages();
+  system->set_role("system");
+  system->set_content("Be brief.");
+  auto* user = chat.mutable_chat()->add_messages();
+  user->set_role("user");
+  user->set_content("Hi there");
+  const StreamResult chat_result = server.Generate(chat);
+  ASSERT_TRUE(chat_result.status.ok()) << chat_result.status.error_message();
+  auto expected_prompt = server.text().EncodeChat({{"system", "Be brief."}, {"user", "Hi there"}});
+  ASSERT_TRUE(expected_prompt.ok());
+  EXPECT_EQ(chat_result.usage.prompt_tokens(), expected_prompt->size());
+  EXPECT_EQ(chat_result.tokens, server.Generate(Greedy("c2", *expected_prompt, 8)).tokens);
+}
+
+TEST(GenerationServerTest, StopStringsEndTheTextBeforeThem) {
+  ServerFixture server("tests/data/tiny-v2", SmallEngine());
+  v1::GenerateRequest request = Greedy("free", {}, 40);
+  request.set_text("Once upon a time");
+  const StreamResult free_run = server.Generate(request);
+  ASSERT_TRUE(free_run.status.ok());
+  ASSERT_GE(free_run.text.size(), 12u) << free_run.text;
+  // A stop string of two ASCII characters from the middle of the text.
+  size_t start = free_run.text.size() / 3;
+  while (start + 1 < free_run.text.size() &&
+         (static_cast<unsigned char>(free_run.text[start]) >= 0x80 ||
+          static_cast<unsigned char>(free_run.text[start + 1]) >= 0x80)) {
+    ++start;
+  }
+  ASSERT_LT(start + 1, free_run.text.size()) << "no ASCII pair in: " << free_run.text;
+  const std::string stop = free_run.text.substr(start, 2);
+  start = free_run.text.find(stop);
+  request.set_request_id("stopped");
+  request.mutable_stopping()->add_stop(stop);
+  const StreamResult stopped = server.Generate(request);
+  ASSERT_TRUE(stopped.status.ok());
+  EXPECT_EQ(stopped.finish, v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.text, free_run.text.substr(0, start));
+  EXPECT_EQ(stopped.text.find(stop), std::string::npos);
 }
 
 }  // namespace

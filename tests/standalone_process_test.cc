@@ -3,7 +3,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 #include <fstream>
 #include <thread>
 
@@ -135,10 +137,11 @@ HealthCheckResponse::ServingStatus Health(const std::shared_ptr<grpc::Channel>& 
   return response.status();
 }
 
-// Runs `count` long requests against a server that serves one at a time,
-// sends SIGTERM once the first has produced tokens, and checks the drain.
+// Starts long requests, sends SIGTERM once every one of them is streaming,
+// and checks the drain: health turns NOT_SERVING, new requests are refused,
+// the running ones end with `expected_finish`, and the process exits 0.
 void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
-  StandaloneProcess process({"--model=tests/data/tiny-v2", "--max_num_seqs=1",
+  StandaloneProcess process({"--model=tests/data/tiny-v2",
                              "--drain_grace_s=" + std::to_string(grace_s)});
   const std::string address = process.WaitAddress();
   ASSERT_FALSE(address.empty()) << process.Stderr();
@@ -155,39 +158,46 @@ void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
   ASSERT_TRUE(watch->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
 
-  constexpr int kRequests = 40;
+  constexpr int kRequests = 32;
   std::vector<Outcome> outcomes(kRequests);
+  std::mutex mutex;
+  std::condition_variable all_streaming;
+  int streaming = 0;
   std::vector<std::thread> clients;
   for (int i = 0; i < kRequests; ++i) {
-    clients.emplace_back([&, i] { outcomes[i] = Generate(*stub, Greedy("d" + std::to_string(i), 120)); });
+    clients.emplace_back([&, i] {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + 60s);
+      auto reader = stub->Generate(&context, Greedy("d" + std::to_string(i), 120));
+      v1::GenerateResponse response;
+      Outcome& outcome = outcomes[i];
+      bool first = true;
+      while (reader->Read(&response)) {
+        if (first) {
+          std::lock_guard<std::mutex> lock(mutex);
+          if (++streaming == kRequests) all_streaming.notify_one();
+          first = false;
+        }
+        if (response.has_complete()) outcome.finish = response.complete().finish_reason();
+      }
+      outcome.status = reader->Finish();
+    });
   }
-  // Signal once the server is busy: a first request has started streaming.
   {
-    grpc::ClientContext context;
-    auto reader = stub->Generate(&context, Greedy("probe", 120));
-    v1::GenerateResponse response;
-    ASSERT_TRUE(reader->Read(&response));
-    process.Signal(SIGTERM);
-    while (reader->Read(&response)) {}
-    reader->Finish();
+    std::unique_lock<std::mutex> lock(mutex);
+    ASSERT_TRUE(all_streaming.wait_for(lock, 60s, [&] { return streaming == kRequests; }));
   }
+  process.Signal(SIGTERM);
   ASSERT_TRUE(watch->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
   // New requests are refused while draining (or the server is already gone).
   const Outcome late = Generate(*stub, Greedy("late", 4));
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   for (auto& t : clients) t.join();
-  int expected = 0;
   for (const Outcome& o : outcomes) {
-    // Requests admitted before the signal finish (or are aborted when the
-    // grace period ends); those that arrived after it are UNAVAILABLE.
-    if (o.status.ok()) {
-      expected += o.finish == expected_finish;
-    } else {
-      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
-    }
+    EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(o.finish, expected_finish);
   }
-  EXPECT_GT(expected, 0);
   watch_context.TryCancel();
   EXPECT_EQ(process.WaitExit(), 0) << process.Stderr();
   EXPECT_THAT(process.Stderr(), HasSubstr("SIGTERM: draining"));

@@ -332,6 +332,7 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
     if (earliest != std::string::npos) {
       finish = FinishReason::kStop;
       s->text.resize(earliest);  // The stop string and what follows are never sent.
+      s->stopped_by_string = true;
     }
   }
   if (!finish && (s->num_generated() >= request.max_tokens ||
@@ -356,8 +357,9 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
 void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
   out.finish = reason;
   out.usage = {s->prompt_len, s->num_generated(), s->cached_tokens};
-  // Text held back for a possible stop string goes out now (Advance has
-  // already cut the text at a stop string that matched).
+  // Text held back for a possible stop string goes out now, with the end of
+  // an incomplete character, unless a stop string cut the text.
+  if (s->decoder && !s->stopped_by_string) s->text += s->decoder->Finish();
   if (s->text.size() > s->text_sent) out.text += s->text.substr(s->text_sent);
   std::unique_ptr<Sequence> removed = scheduler_.Remove(s);
   {

@@ -21,6 +21,7 @@ using namespace std::chrono_literals;
 class LetterDecoder : public IncrementalTextDecoder {
  public:
   std::string Append(int32_t token) override { return std::string(1, char('a' + token % 26)); }
+  std::string Finish() override { return ""; }
 };
 class LetterDecoderFactory : public TextDecoderFactory {
  public:

@@ -39,6 +39,7 @@ struct Sequence {
   std::unique_ptr<IncrementalTextDecoder> decoder;
   std::string text;             // All generated text so far.
   size_t text_sent = 0;         // Bytes of `text` already streamed.
+  bool stopped_by_string = false;
   bool abort_requested = false;
 
   int64_t num_generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }

@@ -15,6 +15,8 @@ class IncrementalTextDecoder {
   // Text completed by `token` (possibly empty while a UTF-8 character is
   // still incomplete); never part of a character.
   virtual std::string Append(int32_t token) = 0;
+  // What is left when the output ends (an incomplete character as U+FFFD).
+  virtual std::string Finish() = 0;
 };
 
 class TextDecoderFactory {

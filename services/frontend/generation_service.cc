@@ -13,12 +13,12 @@ using namespace std::chrono_literals;
 constexpr size_t kMaxRequestIdBytes = 256;
 constexpr int kMaxChatMessages = 4096;
 
-absl::StatusOr<std::vector<ChatTurn>> ChatTurns(const v1::ChatInput& chat) {
+absl::StatusOr<std::vector<ChatMessage>> ChatMessages(const v1::ChatInput& chat) {
   if (chat.messages_size() > kMaxChatMessages) {
     return absl::InvalidArgumentError(
         absl::StrCat("chat has ", chat.messages_size(), " messages; at most ", kMaxChatMessages));
   }
-  std::vector<ChatTurn> turns;
+  std::vector<ChatMessage> turns;
   size_t total = 0;
   for (const v1::ChatMessage& m : chat.messages()) {
     total += m.content().size();
@@ -48,7 +48,7 @@ absl::StatusOr<std::vector<int32_t>> EncodeInput(const v1::GenerateRequest::Inpu
       }
       return text->EncodeText(text_input);
     case v1::GenerateRequest::kChat: {
-      ASSIGN_OR_RETURN(std::vector<ChatTurn> turns, ChatTurns(chat));
+      ASSIGN_OR_RETURN(std::vector<ChatMessage> turns, ChatMessages(chat));
       if (text == nullptr) {
         return absl::InvalidArgumentError("this model has no tokenizer: send token_ids");
       }

@@ -24,6 +24,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "services/frontend/generation_service.h"
+#include "services/frontend/text_frontend.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -92,8 +93,14 @@ int Serve() {
                  "positive and --kv_cache_mib must hold at least one block\n";
     return 2;
   }
-  Engine engine(model->get(), nullptr, options);
-  GenerationService service(&engine, nullptr, model_dir);
+  auto text = TextFrontend::LoadIfPresent(model_dir);
+  if (!text.ok()) {
+    std::cerr << "dsv2-standalone: cannot load the tokenizer of " << model_dir << ": "
+              << text.status().message() << "\n";
+    return 1;
+  }
+  Engine engine(model->get(), text->get(), options);
+  GenerationService service(&engine, text->get(), model_dir);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

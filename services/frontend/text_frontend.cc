@@ -1,0 +1,40 @@
+#include "services/frontend/text_frontend.h"
+
+#include <filesystem>
+
+#include "common/base/logging.h"
+#include "common/base/status_macros.h"
+#include "common/tokenizer/streaming_detokenizer.h"
+
+namespace dsv2 {
+namespace {
+
+class Detokenizer final : public IncrementalTextDecoder {
+ public:
+  Detokenizer(const Tokenizer& tokenizer, bool skip_special_tokens)
+      : stream_(tokenizer, skip_special_tokens) {}
+  std::string Append(int32_t token) override { return stream_.Append(token); }
+  std::string Finish() override { return stream_.Finish(); }
+
+ private:
+  StreamingDetokenizer stream_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TextFrontend>> TextFrontend::LoadIfPresent(const std::string& dir) {
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
+    DSV2_LOG(WARNING) << dir << " has no tokenizer.json: only token-id input is served";
+    return nullptr;
+  }
+  ASSIGN_OR_RETURN(ModelTokenizer tokenizer, ModelTokenizer::Load(dir));
+  DSV2_LOG(INFO) << "tokenizer: " << tokenizer.tokenizer().VocabSize() << " tokens from " << dir
+                 << "/tokenizer.json";
+  return std::make_unique<TextFrontend>(std::move(tokenizer));
+}
+
+std::unique_ptr<IncrementalTextDecoder> TextFrontend::NewDecoder(bool skip_special_tokens) const {
+  return std::make_unique<Detokenizer>(tokenizer_.tokenizer(), skip_special_tokens);
+}
+
+}  // namespace dsv2
