@@ -117,7 +117,7 @@ TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
   EXPECT_THAT(typo.err, HasSubstr("unknown flag --modle"));
   Result too_long = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --max-tokens 500");
   EXPECT_EQ(too_long.exit_code, 1);
-  EXPECT_THAT(too_long.err, HasSubstr("exceeds the model's context of 128"));
+  EXPECT_THAT(too_long.err, HasSubstr("exceeds the context limit of 128"));
   Result unknown = RunDsv2("frobnicate");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));

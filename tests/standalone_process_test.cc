@@ -230,5 +230,35 @@ TEST(StandaloneProcessTest, LogsWhatWasLoadedAndWhere) {
   EXPECT_THAT(log, HasSubstr("SIGINT: draining"));
 }
 
+// `dsv2 client` against the server prints what `dsv2 generate` prints for
+// the same request flags: text for a prompt, ids for token ids.
+std::string RunTool(const std::string& args) {
+  const std::string command = std::string(DSV2_BINARY) + " " + args + " 2>/dev/null";
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  EXPECT_EQ(pclose(pipe), 0) << command;
+  return out;
+}
+
+TEST(StandaloneProcessTest, ClientPrintsWhatGeneratePrints) {
+  StandaloneProcess process({"--model=tests/data/tiny-v2"});
+  const std::string address = process.WaitAddress();
+  ASSERT_FALSE(address.empty()) << process.Stderr();
+  for (const std::string request :
+       {"--prompt 'The cat sat on' --max-tokens 24", "--prompt 'Hello there' --chat --max-tokens 16",
+        "--tokens 0,40,41,42 --max-tokens 12 --ignore-eos",
+        "--prompt 'Sample me' --temperature 0.7 --top-p 0.9 --top-k 40 --seed 5 --max-tokens 20"}) {
+    const std::string local = RunTool("generate --model tests/data/tiny-v2 " + request);
+    const std::string remote = RunTool("client --addr " + address + " " + request);
+    EXPECT_FALSE(local.empty()) << request;
+    EXPECT_EQ(remote, local) << request;
+  }
+  process.Signal(SIGTERM);
+  EXPECT_EQ(process.WaitExit(), 0);
+}
+
 }  // namespace
 }  // namespace dsv2

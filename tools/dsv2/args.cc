@@ -31,16 +31,20 @@ absl::StatusOr<Args> Args::Parse(std::span<const std::string> argv,
           name == "help" ? "" : absl::StrCat("unknown flag --", name, "\n"), "flags:\n",
           FlagHelp(flags)));
     }
+    if (args.values_.contains(name) && !spec->repeatable) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " is given twice"));
+    }
+    std::vector<std::string>& values = args.values_[name];
     if (!spec->takes_value) {
       if (inline_value) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
-      args.values_[name] = "";
+      values.push_back("");
     } else if (inline_value) {
-      args.values_[name] = *inline_value;
+      values.push_back(*inline_value);
     } else {
       if (i + 1 >= argv.size()) {
         return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       }
-      args.values_[name] = argv[++i];
+      values.push_back(argv[++i]);
     }
   }
   return args;
@@ -49,7 +53,12 @@ absl::StatusOr<Args> Args::Parse(std::span<const std::string> argv,
 std::optional<std::string> Args::Get(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return std::nullopt;
-  return it->second;
+  return it->second.back();
+}
+
+std::vector<std::string> Args::GetAll(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
 }
 
 absl::StatusOr<std::string> Args::Require(const std::string& name) const {

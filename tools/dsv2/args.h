@@ -18,6 +18,7 @@ struct FlagSpec {
   std::string name;  // Without the leading "--".
   bool takes_value = true;
   std::string help;
+  bool repeatable = false;  // May be given several times (see GetAll).
 };
 
 class Args {
@@ -27,6 +28,8 @@ class Args {
 
   bool Has(const std::string& name) const { return values_.contains(name); }
   std::optional<std::string> Get(const std::string& name) const;
+  // Every value of a repeatable flag, in order.
+  std::vector<std::string> GetAll(const std::string& name) const;
   absl::StatusOr<std::string> Require(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double fallback) const;
@@ -34,7 +37,7 @@ class Args {
   absl::StatusOr<std::vector<int32_t>> GetTokenIds(const std::string& name) const;
 
  private:
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> values_;
 };
 
 // "  --name VALUE  help" lines for a usage message.

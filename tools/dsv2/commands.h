@@ -33,6 +33,10 @@ absl::Status Tokenize(std::span<const std::string> argv, std::ostream& out);
 // dsv2 detokenize --tokenizer FILE|DIR --ids 1,2,3 [--skip-special-tokens]: the text.
 absl::Status Detokenize(std::span<const std::string> argv, std::ostream& out);
 
+// dsv2 client --addr ADDR (--tokens 1,2,3 | --prompt TEXT [--chat]) [request flags]
+// The same request flags as generate, served by a running dsv2 server.
+absl::Status Client(std::span<const std::string> argv, std::ostream& out);
+
 // dsv2 make-model --preset lite|v2 --layers N --seed S --out DIR
 absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out);
 

@@ -16,6 +16,7 @@ constexpr char kUsage[] =
     "  generate    generate from token ids or a text prompt, printed as produced\n"
     "  tokenize    the token ids of a text, as a JSON array\n"
     "  detokenize  the text of token ids\n"
+    "  client      generate through a running server (dsv2-standalone), streamed\n"
     "  make-model  write a random-weight checkpoint at the published dimensions\n"
     "\n"
     "Run 'dsv2 COMMAND --help' for a command's flags.\n";
@@ -40,6 +41,8 @@ int main(int argc, char** argv) {
     status = dsv2::cli::Tokenize(args, std::cout);
   } else if (command == "detokenize") {
     status = dsv2::cli::Detokenize(args, std::cout);
+  } else if (command == "client") {
+    status = dsv2::cli::Client(args, std::cout);
   } else if (command == "make-model") {
     status = dsv2::cli::MakeModel(args, std::cout);
   } else {

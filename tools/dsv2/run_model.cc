@@ -1,19 +1,21 @@
-// `dsv2 logits` and `dsv2 generate`: the forward pass driven from the
-// command line.
+// `dsv2 logits` and `dsv2 generate`: the model run from the command line,
+// `generate` through the same engine and request conversion as the server.
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/base/logging.h"
 #include "common/base/status_macros.h"
 #include "common/model/deepseek_v2.h"
+#include "common/engine/engine.h"
 #include "common/model/latent_kv_cache.h"
-#include "common/sampling/sampler.h"
-#include "common/tokenizer/model_tokenizer.h"
-#include "common/tokenizer/streaming_detokenizer.h"
 #include "common/tensor/npy.h"
+#include "services/frontend/generation_service.h"
+#include "services/frontend/text_frontend.h"
 #include "tools/dsv2/args.h"
 #include "tools/dsv2/commands.h"
+#include "tools/dsv2/request_flags.h"
 
 namespace dsv2::cli {
 namespace {
@@ -45,98 +47,56 @@ absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
 }
 
 absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
-  const std::vector<FlagSpec> flags = {
+  std::vector<FlagSpec> flags = {
       {"model", true, "model directory"},
-      {"tokens", true, "comma-separated prompt token ids (output: generated ids)"},
-      {"prompt", true, "prompt text, tokenized with the model's tokenizer.json (output: text)"},
-      {"chat", false, "with --prompt: send it as a user message through the chat template"},
-      {"max-tokens", true, "tokens to generate (default 16)"},
-      {"temperature", true, "0 (default) is greedy"},
-      {"top-p", true, "nucleus sampling mass in (0, 1] (default 1)"},
-      {"top-k", true, "sample among the k most likely tokens; 0 (default) means all"},
-      {"seed", true, "random seed for sampling (default 0)"},
-      {"ignore-eos", false, "keep generating after the end-of-sequence token"},
       {"stats", false, "print prefill and decode tokens per second to standard error"},
   };
+  for (FlagSpec& flag : RequestFlags()) flags.push_back(std::move(flag));
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
-  if (args.Has("tokens") == args.Has("prompt")) {
-    return absl::InvalidArgumentError("give exactly one of --tokens and --prompt");
-  }
-  if (args.Has("chat") && !args.Has("prompt")) {
-    return absl::InvalidArgumentError("--chat needs --prompt");
-  }
-  // With --prompt the model directory's tokenizer turns text into ids and
-  // the generated ids back into text as they arrive.
-  std::optional<ModelTokenizer> tokenizer;
-  std::vector<int32_t> prompt;
-  if (args.Has("prompt")) {
-    ASSIGN_OR_RETURN(tokenizer, ModelTokenizer::Load(dir));
-    const std::string text = *args.Get("prompt");
-    if (args.Has("chat")) {
-      const ChatMessage message{"user", text};
-      ASSIGN_OR_RETURN(prompt, tokenizer->EncodeChat({&message, 1}));
-    } else {
-      ASSIGN_OR_RETURN(prompt, tokenizer->EncodePrompt(text));
-    }
-    if (prompt.empty()) return absl::InvalidArgumentError("--prompt gives no tokens");
-  } else {
-    ASSIGN_OR_RETURN(prompt, args.GetTokenIds("tokens"));
-  }
-  ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
-  SamplingParams sampling;
-  ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
-  ASSIGN_OR_RETURN(double top_p, args.GetDouble("top-p", 1.0));
-  ASSIGN_OR_RETURN(sampling.top_k, args.GetInt("top-k", 0));
-  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
-  sampling.temperature = static_cast<float>(temperature);
-  sampling.top_p = static_cast<float>(top_p);
-  sampling.seed = static_cast<uint64_t>(seed);
-  RETURN_IF_ERROR(sampling.Validate());
-  if (max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be at least 1");
-
+  ASSIGN_OR_RETURN(v1::GenerateRequest request, BuildRequest(args));
   ASSIGN_OR_RETURN(auto model, DeepseekV2Model::Load(dir));
-  const ModelConfig& config = model->config();
-  const int64_t total = static_cast<int64_t>(prompt.size()) + max_tokens;
-  if (total > config.max_position_embeddings) {
+  ASSIGN_OR_RETURN(std::unique_ptr<TextFrontend> text, TextFrontend::LoadIfPresent(dir));
+  if (!request.has_token_ids() && text == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("prompt (", prompt.size(), ") + --max-tokens (", max_tokens,
-                     ") exceeds the model's context of ", config.max_position_embeddings));
+        absl::StrCat(dir, " has no tokenizer.json: give the prompt as --tokens"));
   }
-  LatentKvCache cache(config, total);
-  Sampler sampler(sampling);
-  std::vector<float> logits;
+  // The same conversion and engine as the server, with a KV cache sized for
+  // this one request.
+  ASSIGN_OR_RETURN(GenerationRequest engine_request, ToEngineRequest(request, text.get()));
+  const ModelConfig& config = model->config();
+  EngineOptions options;
+  const int64_t positions = static_cast<int64_t>(engine_request.prompt.size()) + engine_request.max_tokens;
+  const int64_t blocks = (positions + options.block_size - 1) / options.block_size;
+  options.kv_cache_bytes = blocks * config.num_hidden_layers * options.block_size *
+                           config.latent_dim() * static_cast<int64_t>(sizeof(float));
+  Engine engine(model.get(), text.get(), options);
 
-  const auto prefill_start = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(model->Forward(prompt, cache, {}, &logits));
-  const double prefill_seconds = SecondsSince(prefill_start);
-
-  const auto decode_start = std::chrono::steady_clock::now();
-  int64_t generated = 0, decode_steps = 0;
-  const bool stop_at_eos = !args.Has("ignore-eos") && config.eos_token_id >= 0;
-  std::optional<StreamingDetokenizer> text_stream;
-  if (tokenizer) text_stream.emplace(tokenizer->tokenizer(), /*skip_special_tokens=*/true);
+  const int64_t prompt_tokens = static_cast<int64_t>(engine_request.prompt.size());
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(std::shared_ptr<RequestStream> stream, engine.Submit(std::move(engine_request)));
+  OutputPrinter printer(request, out);
+  std::optional<std::chrono::steady_clock::time_point> first_token;
+  int64_t generated = 0;
   while (true) {
-    const int32_t token = sampler.Sample(logits.data(), config.vocab_size);
-    if (stop_at_eos && token == config.eos_token_id) break;
-    if (text_stream) {
-      out << text_stream->Append(token) << std::flush;
-    } else {
-      out << (generated ? " " : "") << token << std::flush;
-    }
-    if (++generated == max_tokens) break;
-    RETURN_IF_ERROR(model->Forward({&token, 1}, cache, {}, &logits));
-    ++decode_steps;
+    std::optional<GenerationOutput> output = stream->Next(std::chrono::seconds(1));
+    if (!output) continue;
+    if (!output->token_ids.empty() && !first_token) first_token = std::chrono::steady_clock::now();
+    generated += static_cast<int64_t>(output->token_ids.size());
+    printer.Print(output->token_ids, output->text);
+    if (!output->finish) continue;
+    if (*output->finish == FinishReason::kError) return absl::InternalError(output->error);
+    break;
   }
-  // Text is printed exactly as decoded (no newline added); ids end with one.
-  out << (text_stream ? text_stream->Finish() : "\n") << std::flush;
-  const double decode_seconds = SecondsSince(decode_start);
-  if (args.Has("stats")) {
+  printer.Finish();
+  if (args.Has("stats") && first_token) {
+    const double prefill = std::chrono::duration<double>(*first_token - start).count();
+    const double decode = SecondsSince(*first_token);
     std::cerr << absl::StrFormat(
         "prefill: %d tokens in %.3f s (%.1f tokens/s)\n"
         "decode:  %d tokens in %.3f s (%.2f tokens/s)\n",
-        prompt.size(), prefill_seconds, prompt.size() / prefill_seconds, decode_steps,
-        decode_seconds, decode_steps > 0 ? decode_steps / decode_seconds : 0.0);
+        prompt_tokens, prefill, prompt_tokens / prefill, generated - 1, decode,
+        generated > 1 ? (generated - 1) / decode : 0.0);
   }
   return absl::OkStatus();
 }
