@@ -341,5 +341,41 @@ TEST_F(EngineTest, StopAcceptingIsUnavailable) {
   EXPECT_EQ(engine->Submit(Greedy("late", {1}, 2)).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A failing expert computation is fatal: in-flight requests end with an
+// error, health turns false, on_fatal fires once and new requests are
+// refused. (The failure is real: the routed experts report an error.)
+class FailingExperts : public RoutedExperts {
+ public:
+  absl::Status Compute(int64_t, const float*, int64_t, int64_t, const int32_t*, const float*,
+                       float*) override {
+    return absl::UnavailableError("expert worker gone");
+  }
+};
+
+TEST(EngineFatalTest, ExpertFailureIsFatalAndReported) {
+  auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  (*model)->SetRoutedExperts(std::make_shared<FailingExperts>());
+  std::atomic<int> fatal_calls{0};
+  Engine engine(model->get(), nullptr,
+                {.kv_cache_bytes = 8 << 20, .on_fatal = [&](const absl::Status& status) {
+                   EXPECT_THAT(status.message(), HasSubstr("expert worker gone"));
+                   ++fatal_calls;
+                 }});
+  GenerationRequest request;
+  request.id = "doomed";
+  request.prompt = {0, 1, 2};
+  auto stream = engine.Submit(request);
+  ASSERT_TRUE(stream.ok());
+  const Collected c = Collect(**stream);
+  EXPECT_EQ(c.finish, FinishReason::kError);
+  EXPECT_THAT(c.error, HasSubstr("expert worker gone"));
+  EXPECT_EQ(fatal_calls.load(), 1);
+  EXPECT_FALSE(engine.healthy());
+  request.id = "after";
+  EXPECT_EQ(engine.Submit(request).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+}
+
 }  // namespace
 }  // namespace dsv2
