@@ -1,118 +1,24 @@
 #include "kernels/cpu/ops.h"
 
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
-#include <vector>
+#include <cstdlib>
+#include <string_view>
 
 #include "common/base/thread_pool.h"
+#include "kernels/cpu/linear_kernels.h"
 
 namespace dsv2::cpu {
+namespace internal {
 namespace {
 
-const bool kHaveAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                       __builtin_cpu_supports("f16c");
-
-// ---- AVX2/FMA -------------------------------------------------------------
-// Loads 8 consecutive weights as float32.
-template <DType kType>
-__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const void* base, int64_t i) {
-  if constexpr (kType == DType::kF32) {
-    return _mm256_loadu_ps(static_cast<const float*>(base) + i);
-  } else {
-    const __m128i half =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
-    if constexpr (kType == DType::kF16) {
-      return _mm256_cvtph_ps(half);
-    } else {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
-    }
-  }
-}
-
-__attribute__((target("avx2,fma"))) inline float HorizontalSum(__m256 v) {
-  const __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-  return _mm_cvtss_f32(_mm_add_ss(sum2, _mm_movehdup_ps(sum2)));
-}
-
-// Dot products of one weight row with kTokens rows of x. Every token's sum
-// has the same structure (four accumulators over 32-wide steps, then 8-wide
-// steps, then a scalar tail) whatever kTokens is, so results are identical
-// however tokens are grouped.
-template <DType kType, int kTokens>
-__attribute__((target("avx2,fma,f16c"))) void DotRowAvx2(const void* w, const float* const* x,
-                                                         int64_t k, float* out) {
-  __m256 acc[kTokens][4];
-  for (int t = 0; t < kTokens; ++t) {
-    for (int a = 0; a < 4; ++a) acc[t][a] = _mm256_setzero_ps();
-  }
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    const __m256 w0 = Load8<kType>(w, i), w1 = Load8<kType>(w, i + 8);
-    const __m256 w2 = Load8<kType>(w, i + 16), w3 = Load8<kType>(w, i + 24);
-    for (int t = 0; t < kTokens; ++t) {
-      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + i), acc[t][0]);
-      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + i + 8), acc[t][1]);
-      acc[t][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x[t] + i + 16), acc[t][2]);
-      acc[t][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x[t] + i + 24), acc[t][3]);
-    }
-  }
-  for (; i + 8 <= k; i += 8) {
-    const __m256 w0 = Load8<kType>(w, i);
-    for (int t = 0; t < kTokens; ++t) {
-      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + i), acc[t][0]);
-    }
-  }
-  for (int t = 0; t < kTokens; ++t) {
-    float tail = 0.0f;
-    for (int64_t j = i; j < k; ++j) tail += LoadAsFloat(w, kType, j) * x[t][j];
-    const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]),
-                                     _mm256_add_ps(acc[t][2], acc[t][3]));
-    out[t] = HorizontalSum(sum) + tail;
-  }
-}
-
-template <DType kType>
-void LinearRowsAvx2(const float* x, int64_t n, int64_t x_stride, const WeightMatrix& w,
-                    int64_t row_begin, int64_t row_end, float* y) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const char* row = w.row_ptr(r);
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) {
-      const float* xs[4] = {x + t * x_stride, x + (t + 1) * x_stride, x + (t + 2) * x_stride,
-                            x + (t + 3) * x_stride};
-      float out[4];
-      DotRowAvx2<kType, 4>(row, xs, w.cols, out);
-      for (int j = 0; j < 4; ++j) y[(t + j) * w.rows + r] = out[j];
-    }
-    for (; t < n; ++t) {
-      const float* xs[1] = {x + t * x_stride};
-      DotRowAvx2<kType, 1>(row, xs, w.cols, &y[t * w.rows + r]);
-    }
-  }
-}
-
-template <DType kType>
-__attribute__((target("avx2,fma,f16c"))) void AxpyRowAvx2(float alpha, const void* w, int64_t n,
-                                                          float* y) {
-  const __m256 a = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, Load8<kType>(w, i), _mm256_loadu_ps(y + i)));
-  }
-  for (; i < n; ++i) y[i] += alpha * LoadAsFloat(w, kType, i);
-}
-
-__attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b, int64_t n) {
-  const float* xs[1] = {b};
-  float out;
-  DotRowAvx2<DType::kF32, 1>(a, xs, n, &out);
-  return out;
-}
-
 // ---- Portable ---------------------------------------------------------------
+// Eight partial sums (element i goes to sum i % 8), added pairwise.
 float DotRowPortable(const void* w, DType dtype, const float* x, int64_t k) {
   float partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < k; ++i) partial[i % 8] += LoadAsFloat(w, dtype, i) * x[i];
@@ -120,59 +26,151 @@ float DotRowPortable(const void* w, DType dtype, const float* x, int64_t k) {
          ((partial[4] + partial[5]) + (partial[6] + partial[7]));
 }
 
-void LinearRows(const float* x, int64_t n, int64_t x_stride, const WeightMatrix& w,
-                int64_t row_begin, int64_t row_end, float* y) {
-  if (kHaveAvx2) {
-    switch (w.dtype) {
-      case DType::kBF16: return LinearRowsAvx2<DType::kBF16>(x, n, x_stride, w, row_begin, row_end, y);
-      case DType::kF16: return LinearRowsAvx2<DType::kF16>(x, n, x_stride, w, row_begin, row_end, y);
-      case DType::kF32: return LinearRowsAvx2<DType::kF32>(x, n, x_stride, w, row_begin, row_end, y);
-    }
-  }
+void LinearRowsPortable(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   for (int64_t r = row_begin; r < row_end; ++r) {
-    for (int64_t t = 0; t < n; ++t) {
-      y[t * w.rows + r] = DotRowPortable(w.row_ptr(r), w.dtype, x + t * x_stride, w.cols);
+    for (int64_t t = 0; t < a.n; ++t) {
+      a.y[t * a.w.rows + r] =
+          DotRowPortable(a.w.row_ptr(r), a.w.dtype, a.x + t * a.x_stride, a.w.cols);
     }
   }
 }
 
-void AxpyRow(float alpha, const void* w, DType dtype, int64_t n, float* y) {
-  if (kHaveAvx2) {
-    switch (dtype) {
-      case DType::kBF16: return AxpyRowAvx2<DType::kBF16>(alpha, w, n, y);
-      case DType::kF16: return AxpyRowAvx2<DType::kF16>(alpha, w, n, y);
-      case DType::kF32: return AxpyRowAvx2<DType::kF32>(alpha, w, n, y);
-    }
-  }
+void AxpyPortable(float alpha, const void* w, DType dtype, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * LoadAsFloat(w, dtype, i);
+}
+
+float DotPortable(const float* a, const float* b, int64_t n) {
+  return DotRowPortable(a, DType::kF32, b, n);
+}
+
+void LinearPortable(const LinearArgs& a, bool parallel) {
+  ForRowRuns(a.w.rows, 1, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.w.cols * a.n)),
+             parallel, [&](const RowRun& run) { LinearRowsPortable(a, run.begin, run.end); });
 }
 
 }  // namespace
 
-bool UsingAvx2() { return kHaveAvx2; }
-
-void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t x_stride,
-            bool parallel) {
-  if (x_stride == 0) x_stride = w.cols;
-  if (!parallel) return LinearRows(x, n, x_stride, w, 0, w.rows, y);
-  // At least ~32K multiply-adds per chunk, so small products stay on one thread.
-  const int64_t min_rows = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, w.cols * n));
-  ThreadPool::Default().ParallelFor(w.rows, min_rows, [&](int64_t begin, int64_t end) {
-    LinearRows(x, n, x_stride, w, begin, end, y);
+void ForRowRuns(int64_t rows, int64_t unit, int64_t min_rows, bool parallel,
+                const std::function<void(const RowRun&)>& body) {
+  ThreadPool& pool = ThreadPool::Default();
+  const int threads = pool.num_threads();
+  const int64_t units = (rows + unit - 1) / unit;
+  const int64_t min_units = std::max<int64_t>(1, (min_rows + unit - 1) / unit);
+  if (!parallel || threads == 1 || units <= min_units) return body(RowRun{0, rows, 0, 0});
+  std::atomic<int64_t> next{0};
+  // Claims the next run: [begin, end) in rows, empty when the work is done.
+  auto claim = [&](int64_t& begin, int64_t& end) {
+    int64_t first = next.load(std::memory_order_relaxed);
+    int64_t take = 0;
+    do {
+      if (first >= units) {
+        begin = end = rows;
+        return;
+      }
+      take = std::min(units - first, std::max(min_units, (units - first) / (2 * threads)));
+    } while (!next.compare_exchange_weak(first, first + take, std::memory_order_relaxed));
+    begin = first * unit;
+    end = std::min(rows, (first + take) * unit);
+  };
+  // One task per thread; each runs until no work is left.
+  pool.ParallelFor(threads, 1, [&](int64_t, int64_t) {
+    RowRun run;
+    claim(run.begin, run.end);
+    while (run.begin < run.end) {
+      claim(run.next_begin, run.next_end);
+      body(run);
+      run = RowRun{run.next_begin, run.next_end, 0, 0};
+    }
   });
 }
 
-void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y) {
-  for (int64_t r = 0; r < w.rows; ++r) AxpyRow(a[r], w.row_ptr(r), w.dtype, w.cols, y);
+const IsaKernels& PortableKernels() {
+  static const IsaKernels kernels{"portable", LinearPortable, AxpyPortable, DotPortable};
+  return kernels;
 }
 
-float Dot(const float* a, const float* b, int64_t n) {
-  if (kHaveAvx2) return DotAvx2(a, b, n);
-  return DotRowPortable(a, DType::kF32, b, n);
+}  // namespace internal
+
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+// F16C (half-precision conversions) from CPUID leaf 1; not every compiler's
+// __builtin_cpu_supports knows its name.
+bool CpuHasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
 }
+
+bool CpuHas(std::string_view isa) {
+  if (isa == "avx512") {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && CpuHasF16c();
+  }
+  if (isa == "avx2") {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c();
+  }
+  return isa == "portable";
+}
+#else
+bool CpuHas(std::string_view isa) { return isa == "portable"; }
+#endif
+
+const internal::IsaKernels* KernelsFor(std::string_view isa) {
+  if (!CpuHas(isa)) return nullptr;
+  if (isa == "avx512") return internal::Avx512Kernels();
+  if (isa == "avx2") return internal::Avx2Kernels();
+  return &internal::PortableKernels();
+}
+
+// The widest ISA the CPU has, or DSV2_CPU_ISA where it names a narrower one
+// the CPU has.
+const internal::IsaKernels* ChooseKernels() {
+  const char* forced = std::getenv("DSV2_CPU_ISA");
+  if (forced != nullptr) {
+    if (const internal::IsaKernels* kernels = KernelsFor(forced)) return kernels;
+  }
+  for (std::string_view isa : {"avx512", "avx2"}) {
+    if (const internal::IsaKernels* kernels = KernelsFor(isa)) return kernels;
+  }
+  return &internal::PortableKernels();
+}
+
+// The kernels in use; chosen on first use (safe from static initializers).
+std::atomic<const internal::IsaKernels*>& ActiveKernels() {
+  static std::atomic<const internal::IsaKernels*> active{ChooseKernels()};
+  return active;
+}
+
+const internal::IsaKernels& Kernels() { return *ActiveKernels().load(std::memory_order_relaxed); }
+
+}  // namespace
+
+const char* KernelIsa() { return Kernels().name; }
+
+bool SetKernelIsa(std::string_view isa) {
+  const internal::IsaKernels* kernels = KernelsFor(isa);
+  if (kernels == nullptr) return false;
+  ActiveKernels().store(kernels);
+  return true;
+}
+
+bool UsingAvx2() { return &Kernels() != &internal::PortableKernels(); }
+
+void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t x_stride,
+            bool parallel) {
+  if (n <= 0 || w.rows <= 0) return;
+  if (w.cols == 0) return std::fill(y, y + n * w.rows, 0.0f);  // Empty sums.
+  Kernels().linear(internal::LinearArgs{x, n, x_stride == 0 ? w.cols : x_stride, w, y}, parallel);
+}
+
+void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y) {
+  for (int64_t r = 0; r < w.rows; ++r) Kernels().axpy(a[r], w.row_ptr(r), w.dtype, w.cols, y);
+}
+
+float Dot(const float* a, const float* b, int64_t n) { return Kernels().dot(a, b, n); }
 
 void Axpy(float alpha, const float* x, float* y, int64_t n) {
-  AxpyRow(alpha, x, DType::kF32, n, y);
+  Kernels().axpy(alpha, x, DType::kF32, n, y);
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* y,

@@ -4,11 +4,18 @@
 // tokens are processed together (a sequence's numbers are the same alone or
 // in a batch).
 //
-// AVX2/FMA paths are chosen at run time where the CPU has them, portable
-// loops elsewhere; tests compare both against double-precision sums.
+// The instruction set is chosen once, at first use, from the CPU's features:
+// AVX-512 (the widest), AVX2/FMA, or portable loops; each fixes its own
+// accumulation structure, and tests compare every one against
+// double-precision sums. Linear never copies or repacks the weights (they are
+// memory-mapped checkpoint tensors): it converts them to float32 as it reads
+// them, in registers or, for many tokens, into a small per-thread buffer that
+// the tokens share. Design and measured figures: docs/performance.md, "CPU
+// kernels".
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "kernels/cpu/weight_matrix.h"
 
@@ -44,7 +51,15 @@ void SiluMul(const float* gate, const float* up, float* out, int64_t n);
 // Row `row` of an embedding matrix, converted to float32.
 void EmbeddingRow(const WeightMatrix& table, int64_t row, float* out);
 
-// True when the AVX2/FMA paths are in use.
+// True when the AVX2/FMA or AVX-512 paths are in use.
 bool UsingAvx2();
+
+// The instruction set in use: "avx512", "avx2" or "portable". The default is
+// the widest the CPU has; DSV2_CPU_ISA names a narrower one.
+const char* KernelIsa();
+
+// Switches every op to `isa` if this CPU has it (false otherwise). For tests
+// and benchmarks; not to be called while other threads run ops.
+bool SetKernelIsa(std::string_view isa);
 
 }  // namespace dsv2::cpu

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -47,8 +48,8 @@ class LinearTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(LinearTest, MatchesDoublePrecisionOnAwkwardShapes) {
   std::mt19937 rng(7);
-  for (auto [n, rows, cols] : {std::tuple{1, 1, 1}, {1, 7, 31}, {3, 33, 65}, {5, 130, 257},
-                               {9, 64, 2048}, {4, 1, 100}}) {
+  for (auto [n, rows, cols] :
+       {std::tuple{1, 1, 1}, {1, 7, 31}, {3, 33, 65}, {5, 130, 257}, {9, 64, 2048}, {4, 1, 100}}) {
     TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
     std::normal_distribution<float> dist;
     std::vector<float> x(n * cols);
@@ -58,7 +59,8 @@ TEST_P(LinearTest, MatchesDoublePrecisionOnAwkwardShapes) {
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         double expected = 0;
-        for (int64_t c = 0; c < cols; ++c) expected += double(w.full[r * cols + c]) * x[t * cols + c];
+        for (int64_t c = 0; c < cols; ++c)
+          expected += double(w.full[r * cols + c]) * x[t * cols + c];
         ASSERT_NEAR(y[t * rows + r], expected, SumTolerance(cols))
             << "n=" << n << " rows=" << rows << " cols=" << cols << " t=" << t << " r=" << r;
       }
@@ -106,6 +108,102 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
     double expected = 1.0;
     for (int64_t r = 0; r < rows; ++r) expected += double(a[r]) * w.full[r * cols + c];
     ASSERT_NEAR(acc[c], expected, SumTolerance(rows));
+  }
+}
+
+// The instruction sets this CPU can run (the default one first).
+std::vector<std::string> AvailableIsas() {
+  std::vector<std::string> isas = {KernelIsa()};
+  for (const char* isa : {"avx512", "avx2", "portable"}) {
+    if (isa != isas[0] && SetKernelIsa(isa)) isas.push_back(isa);
+  }
+  SetKernelIsa(isas[0]);
+  return isas;
+}
+
+// Runs the ops on one instruction set for the scope's life.
+class IsaScope {
+ public:
+  explicit IsaScope(const std::string& isa) : previous_(KernelIsa()) { SetKernelIsa(isa); }
+  ~IsaScope() { SetKernelIsa(previous_); }
+
+ private:
+  std::string previous_;
+};
+
+// Token counts on both sides of every tiling boundary: the streaming path's
+// groups of 3 (up to 12 tokens), the panel path's tiles of 6 with their
+// merged remainders (13 on), and its token blocks.
+constexpr int64_t kTokenCounts[] = {1, 2, 3, 4, 7, 12, 13, 14, 19, 32, 97};
+
+TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
+  std::mt19937 rng(5);
+  // 2100 columns: three k blocks on the panel path and a 4-column tail.
+  for (auto [rows, cols] : {std::pair{37, 100}, {130, 1040}, {67, 2100}}) {
+    TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+    const int64_t n = 40;
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (float& v : x) v = dist(rng);
+    for (const std::string& isa : AvailableIsas()) {
+      IsaScope scope(isa);
+      for (int64_t tokens : {int64_t{1}, int64_t{5}, n}) {
+        std::vector<float> y(tokens * rows);
+        Linear(x.data(), tokens, w.view, y.data());
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            double expected = 0;
+            for (int64_t c = 0; c < cols; ++c) {
+              expected += double(w.full[r * cols + c]) * x[t * cols + c];
+            }
+            ASSERT_NEAR(y[t * rows + r], expected, SumTolerance(cols))
+                << isa << " n=" << tokens << " rows=" << rows << " cols=" << cols << " t=" << t
+                << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
+  std::mt19937 rng(13);
+  const int64_t rows = 67, cols = 2100, stride = cols + 5;  // Strided input, as kv_b reads it.
+  TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+  std::normal_distribution<float> dist;
+  const int64_t max_n = 97;
+  std::vector<float> x(max_n * stride);
+  for (float& v : x) v = dist(rng);
+  for (const std::string& isa : AvailableIsas()) {
+    IsaScope scope(isa);
+    std::vector<float> alone(max_n * rows);  // Each token on its own.
+    for (int64_t t = 0; t < max_n; ++t) {
+      Linear(x.data() + t * stride, 1, w.view, alone.data() + t * rows, stride);
+    }
+    for (int64_t n : kTokenCounts) {
+      // Tokens [first, first + n): the same token sits at another place in each batch.
+      const int64_t first = (max_n - n) / 2;
+      std::vector<float> batched(n * rows), serial(n * rows);
+      Linear(x.data() + first * stride, n, w.view, batched.data(), stride);
+      Linear(x.data() + first * stride, n, w.view, serial.data(), stride, /*parallel=*/false);
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t r = 0; r < rows; ++r) {
+          ASSERT_EQ(batched[t * rows + r], alone[(first + t) * rows + r])  // Bitwise.
+              << isa << " n=" << n << " t=" << t << " r=" << r;
+          ASSERT_EQ(serial[t * rows + r], batched[t * rows + r]) << isa << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(LinearTest, NoColumnsGivesZeros) {
+  const std::vector<uint16_t> none;
+  const WeightMatrix w{GetParam(), 5, 0, none.data()};
+  for (int64_t n : {1, 20}) {
+    std::vector<float> y(n * 5, 1.0f);
+    Linear(nullptr, n, w, y.data());
+    for (float v : y) EXPECT_EQ(v, 0.0f);
   }
 }
 

@@ -1,0 +1,210 @@
+// End-to-end decode and prefill throughput of the CPU forward pass on a
+// real-dimension checkpoint (`dsv2 make-model --preset lite --layers 4`),
+// next to this machine's rooflines measured in the same run:
+//  - decode at batch B: one step runs B sequences' next tokens together
+//    (the engine's batched step); the roofline is memory bandwidth divided
+//    by the bytes a step actually reads (every non-expert weight, the
+//    distinct routed experts the batch selected, and the KV cache);
+//  - prefill of a 512-token prompt: the floating-point rate of the
+//    projection and expert GEMMs over the whole prefill time, against the
+//    measured fp32 FMA peak.
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "bench/roofline.h"
+#include "bench/stats.h"
+#include "common/model/deepseek_v2.h"
+#include "common/model/latent_kv_cache.h"
+#include "common/model/weights.h"
+
+namespace dsv2::bench {
+namespace {
+
+// Counts what the routed experts read and compute, then computes them here.
+class CountingExperts : public RoutedExperts {
+ public:
+  explicit CountingExperts(const ModelWeights& weights) : local_(weights), weights_(weights) {}
+
+  absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
+                       const float* w, float* out) override {
+    const std::set<int32_t> distinct(ids, ids + n * k);
+    const MlpWeights& e = weights_.layers[layer].experts[0];
+    const int64_t expert_params = e.gate.rows * e.gate.cols * 3;
+    bytes_ += static_cast<int64_t>(distinct.size()) * expert_params * 2;
+    flops_ += 2 * n * k * expert_params;
+    return local_.Compute(layer, x, n, k, ids, w, out);
+  }
+  void Reset() { bytes_ = flops_ = 0; }
+  int64_t bytes() const { return bytes_; }
+  int64_t flops() const { return flops_; }
+
+ private:
+  LocalRoutedExperts local_;
+  const ModelWeights& weights_;
+  int64_t bytes_ = 0, flops_ = 0;
+};
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, std::mt19937& rng) {
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % vocab);
+  return tokens;
+}
+
+int Main(int argc, char** argv) {
+  const Flags flags(argc, argv);
+  if (flags.Has("help") || flags.Get("model", "").empty() ||
+      !flags.Unknown({"model", "batches", "steps", "context", "prefill-len", "reps", "json"}).empty()) {
+    std::fprintf(stderr,
+                 "usage: decode_bench --model DIR [--batches 1,8,32,64] [--steps 8] [--context 64]\n"
+                 "                    [--prefill-len 512] [--reps 3] [--json]\n");
+    return flags.Has("help") ? 0 : 2;
+  }
+  const int steps = static_cast<int>(flags.GetInt("steps", 8));
+  const int64_t context = flags.GetInt("context", 64);
+  const int64_t prefill_len = flags.GetInt("prefill-len", 512);
+  const int reps = static_cast<int>(flags.GetInt("reps", 3));
+  const bool json = flags.Has("json");
+  std::vector<int64_t> batches;
+  for (const std::string& b : {flags.Get("batches", "1,8,32,64")}) {
+    size_t pos = 0;
+    while (pos < b.size()) {
+      const size_t comma = b.find(',', pos);
+      batches.push_back(std::stol(b.substr(pos, comma - pos)));
+      pos = comma == std::string::npos ? b.size() : comma + 1;
+    }
+  }
+
+  auto loaded = DeepseekV2Model::Load(flags.Get("model", ""));
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "decode_bench: %s\n", std::string(loaded.status().message()).c_str());
+    return 1;
+  }
+  DeepseekV2Model& model = **loaded;
+  const ModelConfig& config = model.config();
+  model.checkpoint().Prefault([](int64_t, int64_t) {});
+  auto experts = std::make_shared<CountingExperts>(model.weights());
+  model.SetRoutedExperts(experts);
+
+  // Weights every step reads whole: all but the routed experts and the
+  // embedding table (one row per token).
+  int64_t fixed_bytes = 0, fixed_params_per_token = 0;
+  for (const TensorSpec& spec : ExpectedTensors(config)) {
+    if (spec.expert >= 0 || spec.name == "model.embed_tokens.weight") continue;
+    fixed_bytes += spec.numel() * 2;
+    if (spec.shape.size() == 2) fixed_params_per_token += spec.numel();
+  }
+  const int64_t kv_bytes_per_position = config.num_hidden_layers * config.latent_dim() * 4;
+
+  ReadBandwidthProbe probe(std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20) << 20);
+  const Roofline roofline = MeasureRoofline(probe, 3);
+  if (!json) {
+    std::printf("model %s: %lld layers, hidden %lld, %lld experts (%lld per token)\n",
+                flags.Get("model", "").c_str(), (long long)config.num_hidden_layers,
+                (long long)config.hidden_size, (long long)config.n_routed_experts,
+                (long long)config.num_experts_per_tok);
+    std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n\n",
+                roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
+                roofline.fma_gflop_per_s_best, roofline.best_fma_isa.c_str(), roofline.threads);
+    std::printf("%6s %10s %10s %12s %12s %8s\n", "batch", "step ms", "tokens/s", "MB/step",
+                "roofline t/s", "%roof");
+  }
+
+  std::mt19937 rng(1);
+  struct BatchResult {
+    int64_t batch;
+    double step_ms, tokens_per_s, mb_per_step, roofline_tokens_per_s;
+  };
+  std::vector<BatchResult> results;
+  for (int64_t batch : batches) {
+    std::vector<std::unique_ptr<LatentKvCache>> caches;
+    std::vector<int32_t> next(batch);
+    std::vector<float> logits;
+    for (int64_t s = 0; s < batch; ++s) {
+      caches.push_back(std::make_unique<LatentKvCache>(config, context + steps + 2));
+      const std::vector<int32_t> prompt = RandomTokens(context, config.vocab_size, rng);
+      if (!model.Forward(prompt, *caches.back(), {.attention = AttentionForm::kDecompressed}, &logits).ok()) return 1;
+      next[s] = static_cast<int32_t>(rng() % config.vocab_size);
+    }
+    std::vector<double> times, bytes;
+    for (int step = 0; step < steps; ++step) {
+      std::vector<SequenceChunk> chunks;
+      for (int64_t s = 0; s < batch; ++s) {
+        chunks.push_back({{&next[s], 1}, caches[s].get(), AttentionForm::kAbsorbed});
+      }
+      experts->Reset();
+      const double start = NowSeconds();
+      if (!model.ForwardBatch(chunks, &logits).ok()) return 1;
+      times.push_back(NowSeconds() - start);
+      bytes.push_back(static_cast<double>(fixed_bytes + experts->bytes() +
+                                          batch * (context + step + 1) * kv_bytes_per_position));
+      for (int64_t s = 0; s < batch; ++s) next[s] = static_cast<int32_t>(rng() % config.vocab_size);
+    }
+    const double t = Median(times);
+    const double step_bytes = Median(bytes);
+    const double roof = batch * roofline.bandwidth_gb_per_s_best * 1e9 / step_bytes;
+    results.push_back({batch, t * 1e3, batch / t, step_bytes / 1e6, roof});
+    if (!json) {
+      std::printf("%6lld %10.1f %10.2f %12.1f %12.2f %7.1f%%\n", (long long)batch, t * 1e3,
+                  batch / t, step_bytes / 1e6, roof, 100.0 * (batch / t) / roof);
+      std::fflush(stdout);
+    }
+  }
+
+  // Prefill: one prompt, decompressed attention, logits of the last token.
+  std::vector<double> prefill_times;
+  int64_t gemm_flops = 0;
+  for (int r = 0; r < reps; ++r) {
+    LatentKvCache cache(config, prefill_len);
+    const std::vector<int32_t> prompt = RandomTokens(prefill_len, config.vocab_size, rng);
+    std::vector<float> logits;
+    experts->Reset();
+    const double start = NowSeconds();
+    if (!model.Forward(prompt, cache, {.attention = AttentionForm::kDecompressed}, &logits).ok()) return 1;
+    prefill_times.push_back(NowSeconds() - start);
+    // Projections, dense and shared FFNs, routers over every token (the LM
+    // head over the last one only), plus the routed experts' products.
+    const int64_t lm_head = config.vocab_size * config.hidden_size;
+    gemm_flops = 2 * (prefill_len * (fixed_params_per_token - lm_head) + lm_head) + experts->flops();
+  }
+  const double prefill_t = Median(prefill_times);
+  const double gflops = gemm_flops / prefill_t / 1e9;
+  const double ratio_32 = [&] {
+    double one = 0, thirty_two = 0;
+    for (const BatchResult& r : results) {
+      if (r.batch == 1) one = r.tokens_per_s;
+      if (r.batch == 32) thirty_two = r.tokens_per_s;
+    }
+    return one > 0 ? thirty_two / one : 0.0;
+  }();
+  if (json) {
+    std::printf("{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"decode\": [",
+                roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best);
+    for (size_t i = 0; i < results.size(); ++i) {
+      const BatchResult& r = results[i];
+      std::printf("%s{\"batch\": %lld, \"step_ms\": %.2f, \"tokens_per_s\": %.3f, "
+                  "\"mb_per_step\": %.1f, \"roofline_tokens_per_s\": %.3f}",
+                  i ? ", " : "", (long long)r.batch, r.step_ms, r.tokens_per_s, r.mb_per_step,
+                  r.roofline_tokens_per_s);
+    }
+    std::printf("], \"batch32_over_batch1\": %.2f, \"prefill\": {\"tokens\": %lld, \"seconds\": %.3f, "
+                "\"tokens_per_s\": %.1f, \"gemm_gflop_per_s\": %.1f, \"pct_fma_peak\": %.1f}}\n",
+                ratio_32, (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
+                100.0 * gflops / roofline.fma_gflop_per_s_best);
+  } else {
+    std::printf("\nbatch 32 / batch 1 throughput: %.2fx\n", ratio_32);
+    std::printf("prefill %lld tokens: %.2f s, %.1f tokens/s; projection and expert GEMMs %.1f "
+                "GFLOP/s = %.1f%% of the FMA peak (over the whole prefill time)\n",
+                (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
+                100.0 * gflops / roofline.fma_gflop_per_s_best);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2::bench
+
+int main(int argc, char** argv) { return dsv2::bench::Main(argc, argv); }

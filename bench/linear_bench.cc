@@ -1,0 +1,309 @@
+// cpu::Linear on DeepSeek-V2-Lite's projection and expert shapes (bf16
+// weights), next to this machine's rooflines measured in the same run:
+//
+//  - decode (n = 1): GB/s of weight bytes read, as a share of the measured
+//    memory read bandwidth. Weights are cold, as in a real decode step (the
+//    model is far larger than the last-level cache): each call reads the
+//    next of enough copies of the matrix to exceed the cache several times;
+//  - small batches (n = 8, 32, 64): time relative to n = 1 on the same cold
+//    weights, and the throughput ratio n · t(1) / t(n);
+//  - prefill (n = 512): GFLOP/s as a share of the measured fp32 FMA peak.
+//
+// Each repetition measures the roofline right before the kernel and keeps
+// the ratio, so that the noise of a shared machine cancels; the figures are
+// medians over repetitions. A few outputs of every shape are checked against
+// a double-precision sum.
+//
+// Floors (docs/performance.md): n = 1 at ≥ 90% of the read bandwidth on the
+// large matrices, n = 32 throughput ≥ 8× n = 1 (t32/t1 ≤ 4), n = 512 at ≥ 50%
+// of the FMA peak; the last column says which of them a shape meets.
+//
+//   linear_bench [--reps 7] [--shapes q_proj,kv_a_proj,...] [--cold-mib N]
+//                [--isa avx512|avx2|portable] [--json]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench/roofline.h"
+#include "bench/stats.h"
+#include "common/base/thread_pool.h"
+#include "common/tensor/dtype.h"
+#include "kernels/cpu/ops.h"
+
+namespace dsv2::bench {
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t out, in;  // nn.Linear [out_features, in_features].
+};
+
+// DeepSeek-V2-Lite (hidden 2048, 16 heads, kv_lora_rank 512, expert width
+// 1408, dense width 10944, vocabulary 102400).
+constexpr Shape kShapes[] = {
+    {"q_proj", 3072, 2048},    {"kv_a_proj", 576, 2048},    {"kv_b_proj", 4096, 512},
+    {"o_proj", 2048, 2048},    {"expert_up", 1408, 2048},   {"expert_down", 2048, 1408},
+    {"dense_up", 10944, 2048}, {"dense_down", 2048, 10944}, {"lm_head", 102400, 2048},
+};
+
+constexpr int64_t kBatchTokens[] = {1, 8, 32, 64};
+constexpr int64_t kPrefillTokens = 512;
+
+// A cheap deterministic generator of values in [-1, 1).
+struct Noise {
+  uint64_t state;
+  float Next() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<float>(state >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+};
+
+// `copies` identical bf16 matrices, back to back.
+struct ColdWeights {
+  std::vector<uint16_t> data;
+  int64_t copies = 0;
+  WeightMatrix Copy(const Shape& s, int64_t c) const {
+    return WeightMatrix{DType::kBF16, s.out, s.in, data.data() + c * s.out * s.in};
+  }
+};
+
+ColdWeights MakeWeights(const Shape& s, int64_t cold_bytes) {
+  const int64_t elements = s.out * s.in;
+  ColdWeights w;
+  w.copies = std::max<int64_t>(1, (cold_bytes + elements * 2 - 1) / (elements * 2));
+  w.data.resize(w.copies * elements);
+  Noise noise{0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(elements)};
+  for (int64_t i = 0; i < elements; ++i) w.data[i] = FloatToBF16(noise.Next());
+  ThreadPool::Default().ParallelFor(w.copies - 1, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin + 1; c < end + 1; ++c) {
+      std::memcpy(w.data.data() + c * elements, w.data.data(), elements * 2);
+    }
+  });
+  return w;
+}
+
+// Seconds per call: calls cycle through the copies, at least `min_calls` of
+// them and for at least `min_seconds`.
+double TimeCalls(const Shape& s, const ColdWeights& w, const float* x, int64_t n, float* y,
+                 int64_t& next_copy, int64_t min_calls, double min_seconds) {
+  int64_t calls = 0;
+  const double start = NowSeconds();
+  double elapsed = 0;
+  do {
+    cpu::Linear(x, n, w.Copy(s, next_copy), y);
+    next_copy = (next_copy + 1) % w.copies;
+    ++calls;
+    elapsed = NowSeconds() - start;
+  } while (calls < min_calls || elapsed < min_seconds);
+  return elapsed / static_cast<double>(calls);
+}
+
+// Largest |y - double-precision reference| over a few outputs of each token.
+double MaxError(const Shape& s, const ColdWeights& w, const float* x, int64_t n, const float* y) {
+  double worst = 0;
+  for (int64_t t = 0; t < n; t += std::max<int64_t>(1, n / 4)) {
+    for (int64_t r = 0; r < s.out; r += std::max<int64_t>(1, s.out / 7)) {
+      double sum = 0;
+      for (int64_t c = 0; c < s.in; ++c) {
+        sum += static_cast<double>(BF16ToFloat(w.data[r * s.in + c])) * x[t * s.in + c];
+      }
+      worst = std::max(worst, std::fabs(sum - y[t * s.out + r]));
+    }
+  }
+  return worst;
+}
+
+struct ShapeResult {
+  Shape shape;
+  int64_t copies = 0;
+  double decode_us = 0, decode_gb_per_s = 0, decode_pct_bw = 0;
+  double batch_time_ratio[4] = {1, 0, 0, 0};  // t(n) / t(1) per kBatchTokens.
+  double batch_us[4] = {0, 0, 0, 0};
+  bool prefill = false;
+  double prefill_ms = 0, prefill_gflop_per_s = 0, prefill_pct_peak = 0;
+  double max_error = 0;
+};
+
+ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidthProbe& probe,
+                     const std::vector<std::string>& bw_methods, const std::string& fma_isa) {
+  ShapeResult result;
+  result.shape = s;
+  const ColdWeights w = MakeWeights(s, cold_bytes);
+  result.copies = w.copies;
+  const double matrix_bytes = static_cast<double>(s.out * s.in * 2);
+  const bool prefill = s.out * s.in <= 64ll << 20;  // Not the 100K-row lm_head.
+  const int64_t max_n = prefill ? kPrefillTokens : kBatchTokens[3];
+  std::vector<float> x(max_n * s.in), y(max_n * s.out);
+  Noise noise{12345};
+  for (float& v : x) v = noise.Next();
+
+  int64_t next_copy = 0;
+  std::vector<double> us[4], gbs, pct_bw, ratio[4], gflops, pct_peak, ms;
+  TimeCalls(s, w, x.data(), 1, y.data(), next_copy, w.copies, 0);  // Warm-up.
+  for (int rep = 0; rep < reps; ++rep) {
+    double bandwidth = 0;  // The best of the leading load styles, just measured.
+    for (const std::string& method : bw_methods)
+      bandwidth = std::max(bandwidth, probe.Pass(method));
+    double t1 = 0;
+    for (int b = 0; b < 4; ++b) {
+      // Every copy once: the weights always come from memory.
+      const double t =
+          TimeCalls(s, w, x.data(), kBatchTokens[b], y.data(), next_copy, w.copies, 0.02);
+      if (b == 0) {
+        t1 = t;
+        gbs.push_back(matrix_bytes / t * 1e-9);
+        pct_bw.push_back(100.0 * gbs.back() / bandwidth);
+      }
+      us[b].push_back(t * 1e6);
+      ratio[b].push_back(t / t1);
+    }
+    if (prefill) {
+      const double peak = FmaPass(fma_isa, 0.1);
+      const double t = TimeCalls(s, w, x.data(), kPrefillTokens, y.data(), next_copy, 2, 0.2);
+      ms.push_back(t * 1e3);
+      gflops.push_back(2.0 * static_cast<double>(kPrefillTokens * s.out * s.in) / t * 1e-9);
+      pct_peak.push_back(100.0 * gflops.back() / peak);
+    }
+  }
+  result.decode_us = Median(us[0]);
+  result.decode_gb_per_s = Median(gbs);
+  result.decode_pct_bw = Median(pct_bw);
+  for (int b = 0; b < 4; ++b) {
+    result.batch_us[b] = Median(us[b]);
+    result.batch_time_ratio[b] = Median(ratio[b]);
+  }
+  result.prefill = prefill;
+  if (prefill) {
+    result.prefill_ms = Median(ms);
+    result.prefill_gflop_per_s = Median(gflops);
+    result.prefill_pct_peak = Median(pct_peak);
+  }
+  // Accuracy of the last call (n = 512 or 64) on copy 0 (all copies are equal).
+  cpu::Linear(x.data(), max_n, w.Copy(s, 0), y.data());
+  result.max_error = MaxError(s, w, x.data(), max_n, y.data());
+  return result;
+}
+
+int Main(int argc, char** argv) {
+  const Flags flags(argc, argv);
+  if (flags.Has("help") || !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "json"}).empty()) {
+    std::fprintf(
+        stderr,
+        "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
+        "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
+        " at least 1024)]\n"
+        "                    [--isa avx512|avx2|portable (default: the widest)] [--json]\n");
+    return flags.Has("help") ? 0 : 2;
+  }
+  const std::string isa = flags.Get("isa", "");
+  if (!isa.empty() && !cpu::SetKernelIsa(isa)) {
+    std::fprintf(stderr, "linear_bench: this CPU cannot run --isa %s\n", isa.c_str());
+    return 2;
+  }
+  const int reps = static_cast<int>(flags.GetInt("reps", 7));
+  const int64_t cold_bytes =
+      flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20)) << 20;
+  const std::string wanted = "," + flags.Get("shapes", "") + ",";
+  const bool json = flags.Has("json");
+
+  ReadBandwidthProbe probe(cold_bytes);
+  const Roofline roofline = MeasureRoofline(probe, 3);
+  // The two best load styles at start; each repetition keeps the better.
+  std::vector<NamedFigure> styles = roofline.bandwidth_gb_per_s;
+  std::sort(styles.begin(), styles.end(),
+            [](const NamedFigure& a, const NamedFigure& b) { return a.value > b.value; });
+  // The FMA peak of the instruction set the kernels use (the widest when
+  // they are portable).
+  const std::string kernel_isa = cpu::KernelIsa();
+  const std::string fma_isa = kernel_isa == "avx2" ? "avx2" : roofline.best_fma_isa;
+  double fma_at_start = 0;
+  for (const NamedFigure& f : roofline.fma_gflop_per_s) {
+    if (f.name == fma_isa) fma_at_start = f.value;
+  }
+  std::vector<std::string> bw_methods;
+  for (size_t i = 0; i < std::min<size_t>(2, styles.size()); ++i)
+    bw_methods.push_back(styles[i].name);
+  if (!json) {
+    std::printf("cpu::Linear, bf16 weights, kernels %s, %d threads; medians of %d repetitions\n",
+                cpu::KernelIsa(), roofline.threads, reps);
+    std::printf(
+        "roofline at start: read %.1f GB/s (%s, %.0f MiB), FMA %.1f GFLOP/s (%s);\n"
+        "each repetition re-measures them next to the kernel (read: the better of %s)\n"
+        "and keeps the ratio\n",
+        roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
+        static_cast<double>(probe.bytes()) / 1048576.0, fma_at_start, fma_isa.c_str(),
+        (bw_methods[0] + (bw_methods.size() > 1 ? " and " + bw_methods[1] : "")).c_str());
+    std::printf("\n%-12s %6s %6s %7s | %9s %7s %6s | %7s %7s %7s %8s | %8s %8s %6s | %8s | %s\n",
+                "shape", "out", "in", "MiB", "n=1 us", "GB/s", "%bw", "t8/t1", "t32/t1", "t64/t1",
+                "thr32/1", "n=512 ms", "GFLOP/s", "%peak", "max err", "floors");
+    std::fflush(stdout);
+  }
+  std::vector<ShapeResult> results;
+  for (const Shape& s : kShapes) {
+    if (wanted != ",," && wanted.find(std::string(",") + s.name + ",") == std::string::npos) {
+      continue;
+    }
+    const ShapeResult r = RunShape(s, reps, cold_bytes, probe, bw_methods, fma_isa);
+    results.push_back(r);
+    if (json) continue;
+    std::printf("%-12s %6lld %6lld %7.1f | %9.1f %7.2f %5.1f%% | %7.2f %7.2f %7.2f %7.1fx | ",
+                s.name, static_cast<long long>(s.out), static_cast<long long>(s.in),
+                static_cast<double>(s.out * s.in * 2) / 1048576.0, r.decode_us, r.decode_gb_per_s,
+                r.decode_pct_bw, r.batch_time_ratio[1], r.batch_time_ratio[2],
+                r.batch_time_ratio[3], 32.0 / r.batch_time_ratio[2]);
+    if (r.prefill) {
+      std::printf("%8.2f %8.1f %5.1f%% | ", r.prefill_ms, r.prefill_gflop_per_s,
+                  r.prefill_pct_peak);
+    } else {
+      std::printf("%8s %8s %6s | ", "-", "-", "-");
+    }
+    std::printf("%8.1e | bw %s, thr32 %s, peak %s\n", r.max_error,
+                r.decode_pct_bw >= 90 ? "ok" : "LOW",
+                32.0 / r.batch_time_ratio[2] >= 8 ? "ok" : "LOW",
+                !r.prefill                 ? "-"
+                : r.prefill_pct_peak >= 50 ? "ok"
+                                           : "LOW");
+    std::fflush(stdout);
+  }
+  if (json) {
+    std::printf(
+        "{\"kernels\": \"%s\", \"threads\": %d, \"reps\": %d, \"weight_dtype\": \"bf16\", "
+        "\"roofline_at_start\": {\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, "
+        "\"fma_isa\": \"%s\"}, \"shapes\": [",
+        cpu::KernelIsa(), roofline.threads, reps, roofline.bandwidth_gb_per_s_best, fma_at_start,
+        fma_isa.c_str());
+    for (size_t i = 0; i < results.size(); ++i) {
+      const ShapeResult& r = results[i];
+      std::printf(
+          "%s{\"name\": \"%s\", \"out\": %lld, \"in\": %lld, \"weight_copies\": %lld, "
+          "\"n1_us\": %.2f, \"n1_gb_per_s\": %.3f, \"n1_pct_bandwidth\": %.2f, ",
+          i ? ", " : "", r.shape.name, static_cast<long long>(r.shape.out),
+          static_cast<long long>(r.shape.in), static_cast<long long>(r.copies), r.decode_us,
+          r.decode_gb_per_s, r.decode_pct_bw);
+      for (int b = 1; b < 4; ++b) {
+        const long long n = kBatchTokens[b];
+        std::printf(
+            "\"n%lld_us\": %.2f, \"n%lld_time_ratio\": %.3f, \"n%lld_throughput_ratio\": %.2f, ", n,
+            r.batch_us[b], n, r.batch_time_ratio[b], n,
+            static_cast<double>(n) / r.batch_time_ratio[b]);
+      }
+      if (r.prefill) {
+        std::printf("\"n512_ms\": %.3f, \"n512_gflop_per_s\": %.2f, \"n512_pct_fma_peak\": %.2f, ",
+                    r.prefill_ms, r.prefill_gflop_per_s, r.prefill_pct_peak);
+      }
+      std::printf("\"max_abs_error\": %.3e}", r.max_error);
+    }
+    std::printf("]}\n");
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2::bench
+
+int main(int argc, char** argv) { return dsv2::bench::Main(argc, argv); }

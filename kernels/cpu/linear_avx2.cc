@@ -1,0 +1,272 @@
+// AVX2/FMA implementations of the Linear kernels, for CPUs without AVX-512.
+//
+// Accumulation structure of every output (fixed for this ISA): one 8-lane
+// float32 accumulator; k advances in steps of 8 from 0, the last partial step
+// zero padded in both operands; then the lanes are summed by the fixed tree
+// of Reduce8. Weights are converted to float32 in registers as they stream
+// in: up to 3 tokens, 8 concurrent runs of rows one token at a time (as the
+// AVX-512 streaming path); more, tiles of kRows rows × kTokens tokens (16 ymm
+// registers: 8 sums, 4 weights, 1 input).
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels/cpu/linear_kernels.h"
+
+#define DSV2_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DSV2_AVX2_INLINE DSV2_AVX2 inline __attribute__((always_inline))
+
+namespace dsv2::cpu::internal {
+namespace {
+
+constexpr int kRows = 4;
+constexpr int kTokens = 2;
+
+// 8 consecutive weights from element i, as float32.
+template <DType kType>
+DSV2_AVX2_INLINE __m256 Load8(const void* base, int64_t i) {
+  if constexpr (kType == DType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  } else {
+    const __m128i half =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    if constexpr (kType == DType::kF16) {
+      return _mm256_cvtph_ps(half);
+    } else {  // bf16 is the top half of a float32.
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+    }
+  }
+}
+
+// The last `count` (< 8) weights from element i, zero padded.
+template <DType kType>
+DSV2_AVX2_INLINE __m256 Load8Tail(const void* base, int64_t i, int64_t count) {
+  alignas(32) float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t j = 0; j < count; ++j) lanes[j] = LoadAsFloat(base, kType, i + j);
+  return _mm256_load_ps(lanes);
+}
+
+DSV2_AVX2_INLINE __m256i TailMask(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The fixed horizontal sum: lane i + lane i+4, then i+2, then i+1.
+DSV2_AVX2_INLINE float Reduce8(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+// out[r * T + t] = dot(w row r, x token t) over k elements.
+template <DType kType, int T>
+DSV2_AVX2 void Tile(const void* const* w, const float* x, int64_t x_stride, int64_t k, float* out) {
+  __m256 acc[kRows][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 wv[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) wv[r] = Load8<kType>(w[r], i);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x + t * x_stride + i);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  if (i < k) {
+    const __m256i mask = TailMask(k - i);
+    __m256 wv[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) wv[r] = Load8Tail<kType>(w[r], i, k - i);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const __m256 xv = _mm256_maskload_ps(x + t * x_stride + i, mask);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) out[r * T + t] = Reduce8(acc[r][t]);
+  }
+}
+
+template <DType kType, int T>
+void Tokens(const LinearArgs& a, const void* const* rows, int valid_rows, int64_t row, int64_t t) {
+  float out[kRows * T];
+  Tile<kType, T>(rows, a.x + t * a.x_stride, a.x_stride, a.w.cols, out);
+  for (int r = 0; r < valid_rows; ++r) {
+    for (int j = 0; j < T; ++j) a.y[(t + j) * a.w.rows + row + r] = out[r * T + j];
+  }
+}
+
+// Few tokens (decode): as the AVX-512 streaming path, a thread reads its rows
+// as kStreams concurrent runs, one row of each per tile, prefetching 1 KiB
+// ahead in every run; one token at a time (8 sums + 1 input + 1 weight of the
+// 16 registers), later tokens re-reading the tile's rows from L1.
+constexpr int kStreams = 8;
+constexpr int64_t kStreamMaxTokens = 3;
+constexpr int64_t kStreamPrefetchBytes = 1024;
+
+// out[r] = dot(w row r, x) for kStreams rows; the same operations per output
+// as Tile.
+template <DType kType>
+DSV2_AVX2 void StreamTile(const void* const* w, const float* x, int64_t k, float* out) {
+  __m256 acc[kStreams];
+#pragma GCC unroll 8
+  for (int r = 0; r < kStreams; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    if ((i & 31) == 0) {
+#pragma GCC unroll 8
+      for (int r = 0; r < kStreams; ++r) {
+        _mm_prefetch(static_cast<const char*>(w[r]) + i * DTypeSize(kType) + kStreamPrefetchBytes,
+                     _MM_HINT_T0);
+      }
+    }
+    const __m256 xv = _mm256_loadu_ps(x + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < kStreams; ++r) acc[r] = _mm256_fmadd_ps(Load8<kType>(w[r], i), xv, acc[r]);
+  }
+  if (i < k) {
+    const __m256 xv = _mm256_maskload_ps(x + i, TailMask(k - i));
+#pragma GCC unroll 8
+    for (int r = 0; r < kStreams; ++r) {
+      acc[r] = _mm256_fmadd_ps(Load8Tail<kType>(w[r], i, k - i), xv, acc[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kStreams; ++r) out[r] = Reduce8(acc[r]);
+}
+
+template <DType kType>
+void StreamRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t run = (row_end - row_begin) / kStreams;  // Rows per run.
+  const int64_t tiles = run + ((row_end - row_begin) % kStreams != 0);
+  for (int64_t j = 0; j < tiles; ++j) {
+    // Tile j takes row j of every run; the last tile takes the rows left
+    // over after the runs (repeating its last one: those sums are not stored).
+    int valid = kStreams;
+    int64_t rows[kStreams];
+    if (j < run) {
+      for (int r = 0; r < kStreams; ++r) rows[r] = row_begin + r * run + j;
+    } else {
+      valid = static_cast<int>(row_end - (row_begin + kStreams * run));
+      for (int r = 0; r < kStreams; ++r) {
+        rows[r] = row_begin + kStreams * run + std::min(r, valid - 1);
+      }
+    }
+    const void* w[kStreams];
+    for (int r = 0; r < kStreams; ++r) w[r] = a.w.row_ptr(rows[r]);
+    for (int64_t t = 0; t < a.n; ++t) {
+      float out[kStreams];
+      StreamTile<kType>(w, a.x + t * a.x_stride, a.w.cols, out);
+      for (int r = 0; r < valid; ++r) a.y[t * a.w.rows + rows[r]] = out[r];
+    }
+  }
+}
+
+template <DType kType>
+void LinearRowsTyped(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  if (a.n <= kStreamMaxTokens) return StreamRows<kType>(a, row_begin, row_end);
+  for (int64_t row = row_begin; row < row_end; row += kRows) {
+    const int valid = static_cast<int>(std::min<int64_t>(kRows, row_end - row));
+    const void* rows[kRows];
+    // A partial tile repeats its last row; those results are dropped.
+    for (int r = 0; r < kRows; ++r) rows[r] = a.w.row_ptr(row + std::min(r, valid - 1));
+    int64_t t = 0;
+    for (; t + kTokens <= a.n; t += kTokens) Tokens<kType, kTokens>(a, rows, valid, row, t);
+    for (; t < a.n; ++t) Tokens<kType, 1>(a, rows, valid, row, t);
+  }
+}
+
+void LinearRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  switch (a.w.dtype) {
+    case DType::kBF16:
+      return LinearRowsTyped<DType::kBF16>(a, row_begin, row_end);
+    case DType::kF16:
+      return LinearRowsTyped<DType::kF16>(a, row_begin, row_end);
+    case DType::kF32:
+      return LinearRowsTyped<DType::kF32>(a, row_begin, row_end);
+  }
+}
+
+void Linear(const LinearArgs& a, bool parallel) {
+  // At least ~32K multiply-adds per run, so that small products stay on one thread.
+  const int64_t min_rows = 32768 / std::max<int64_t>(1, a.w.cols * a.n);
+  ForRowRuns(a.w.rows, a.n <= kStreamMaxTokens ? kStreams : kRows, min_rows, parallel,
+             [&](const RowRun& run) { LinearRows(a, run.begin, run.end); });
+}
+
+template <DType kType>
+DSV2_AVX2 void AxpyTyped(float alpha, const void* w, int64_t n, float* y) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, Load8<kType>(w, i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += alpha * LoadAsFloat(w, kType, i);
+}
+
+void Axpy(float alpha, const void* w, DType dtype, int64_t n, float* y) {
+  switch (dtype) {
+    case DType::kBF16:
+      return AxpyTyped<DType::kBF16>(alpha, w, n, y);
+    case DType::kF16:
+      return AxpyTyped<DType::kF16>(alpha, w, n, y);
+    case DType::kF32:
+      return AxpyTyped<DType::kF32>(alpha, w, n, y);
+  }
+}
+
+// Four accumulators over 32-wide steps, then 8-wide steps into the first,
+// then a zero-padded tail; summed as (0 + 1) + (2 + 3), then Reduce8.
+DSV2_AVX2 float Dot(const float* a, const float* b, int64_t n) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      acc[j] =
+          _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * j), _mm256_loadu_ps(b + i + 8 * j), acc[j]);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
+  }
+  if (i < n) {
+    const __m256i mask = TailMask(n - i);
+    acc[0] =
+        _mm256_fmadd_ps(_mm256_maskload_ps(a + i, mask), _mm256_maskload_ps(b + i, mask), acc[0]);
+  }
+  return Reduce8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+}
+
+}  // namespace
+
+const IsaKernels* Avx2Kernels() {
+  static const IsaKernels kernels{"avx2", Linear, Axpy, Dot};
+  return &kernels;
+}
+
+}  // namespace dsv2::cpu::internal
+
+#else  // Not x86: no such kernels.
+
+#include "kernels/cpu/linear_kernels.h"
+
+namespace dsv2::cpu::internal {
+const IsaKernels* Avx2Kernels() { return nullptr; }
+}  // namespace dsv2::cpu::internal
+
+#endif

@@ -1,0 +1,58 @@
+// Internal to kernels/cpu: the per-ISA implementations behind cpu::Linear and
+// the vector helpers. ops.cc picks one set once, from the CPU's features.
+//
+// Every implementation fixes, per output element, how its dot product is
+// accumulated (vector width, accumulator count, k order, tail, horizontal
+// reduction); blocking over rows and tokens never changes it. That is what
+// makes a token's numbers independent of the batch and of the thread count.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "kernels/cpu/weight_matrix.h"
+
+namespace dsv2::cpu::internal {
+
+// One Linear call: y[n, w.rows] = x[n, w.cols] · wᵀ, x rows `x_stride` apart.
+struct LinearArgs {
+  const float* x = nullptr;
+  int64_t n = 0;
+  int64_t x_stride = 0;
+  WeightMatrix w;
+  float* y = nullptr;
+};
+
+// A run of rows handed to a thread, and the run that thread will do next
+// (empty when none), so that the body can prefetch its first weights.
+struct RowRun {
+  int64_t begin = 0, end = 0;
+  int64_t next_begin = 0, next_end = 0;
+};
+
+// Calls body(run) over [0, rows) in runs of whole `unit`s (the last run ends
+// at `rows`), each at least `min_rows` long: on ThreadPool::Default() when
+// `parallel`, else on the calling thread in one run. Runs are handed out as
+// threads ask for them and shrink as the work runs out ("guided"
+// scheduling): long runs first, which keeps the weights streaming
+// sequentially, and short ones at the end, so that the threads finish
+// together even when a core of this shared machine is slowed down. Each
+// thread claims its next run before starting the current one.
+void ForRowRuns(int64_t rows, int64_t unit, int64_t min_rows, bool parallel,
+                const std::function<void(const RowRun& run)>& body);
+
+struct IsaKernels {
+  const char* name;
+  // The whole Linear; threaded with ForRowRuns when `parallel`.
+  void (*linear)(const LinearArgs& args, bool parallel);
+  // y[i] += alpha · w[i] for i < n, w in `dtype`.
+  void (*axpy)(float alpha, const void* w, DType dtype, int64_t n, float* y);
+  float (*dot)(const float* a, const float* b, int64_t n);
+};
+
+const IsaKernels& PortableKernels();
+// nullptr when built without support for the ISA (never on x86-64 GCC/Clang).
+const IsaKernels* Avx2Kernels();
+const IsaKernels* Avx512Kernels();
+
+}  // namespace dsv2::cpu::internal
