@@ -74,7 +74,6 @@ class Scheduler {
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_preemptions() const { return preemptions_; }
-  const SchedulerOptions& options() const { return options_; }
 
  private:
   void Preempt(Sequence* sequence);
