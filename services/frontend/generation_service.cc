@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
 #include "common/base/status_macros.h"
 
 namespace dsv2 {
@@ -11,6 +12,7 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr size_t kMaxRequestIdBytes = 256;
+constexpr std::chrono::seconds kAbortWait{10};
 constexpr int kMaxChatMessages = 4096;
 
 absl::StatusOr<std::vector<ChatMessage>> ChatMessages(const v1::ChatInput& chat) {
@@ -164,14 +166,21 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
   if (!stream.ok()) return ToGrpcStatus(stream.status());
 
   ++active_streams_;
-  bool aborted = false;  // Abort sent on behalf of a vanished client.
+  // When the client goes away the request is aborted, and the handler waits
+  // a bounded time for the engine to confirm before it lets go.
+  std::optional<std::chrono::steady_clock::time_point> aborted_at;
   grpc::Status result = grpc::Status::OK;
   while (true) {
     std::optional<GenerationOutput> output = (*stream)->Next(50ms);
     if (!output) {
-      if (!aborted && context->IsCancelled()) {
-        engine_->Abort(id);  // The client went away; the engine frees the request.
-        aborted = true;
+      if (!aborted_at && context->IsCancelled()) {
+        engine_->Abort(id);
+        aborted_at = std::chrono::steady_clock::now();
+      } else if (aborted_at && std::chrono::steady_clock::now() - *aborted_at > kAbortWait) {
+        DSV2_LOG(WARNING) << "request " << id << " not ended " << kAbortWait.count()
+                          << " s after its abort; leaving it to the engine";
+        result = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+        break;
       }
       continue;
     }
@@ -187,9 +196,9 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
     } else {
       FillOutput(*output, response.mutable_chunk());
     }
-    if (!aborted && !writer->Write(response)) {
+    if (!aborted_at && !writer->Write(response)) {
       engine_->Abort(id);
-      aborted = true;
+      aborted_at = std::chrono::steady_clock::now();
     }
     if (output->finish) break;
   }
