@@ -1,0 +1,75 @@
+// dsv2-controller: the control plane of the disaggregated cluster
+// (dsv2.internal.Controller): membership with leases, the expert placement
+// and the versioned cluster map. It keeps no state of its own.
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/base/logging.h"
+#include "common/model/config.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "services/controller/controller_service.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory (its config.json decides the placement).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50050", "Address to serve on; port 0: the OS chooses.");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
+ABSL_FLAG(int64_t, replicas, 1, "Expert workers holding each routing group (or slice).");
+ABSL_FLAG(int64_t, lease_ms, 3000, "A worker that does not renew within this is marked dead.");
+
+int main(int argc, char** argv) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::SetProgramUsageMessage("The control plane of a dsv2-serve cluster.");
+  absl::ParseCommandLine(argc, argv);
+
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) {
+    std::cerr << "dsv2-controller: --model is required (see --help)\n";
+    return 2;
+  }
+  auto config = dsv2::LoadModelConfig((std::filesystem::path(model) / "config.json").string());
+  if (!config.ok()) {
+    std::cerr << "dsv2-controller: " << config.status().message() << "\n";
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_replicas) < 1 || absl::GetFlag(FLAGS_lease_ms) < 10) {
+    std::cerr << "dsv2-controller: --replicas must be >= 1 and --lease_ms >= 10\n";
+    return 2;
+  }
+  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas),
+                                  std::chrono::milliseconds(absl::GetFlag(FLAGS_lease_ms)));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "dsv2-controller: cannot listen on " << absl::GetFlag(FLAGS_listen) << "\n";
+    return 1;
+  }
+  DSV2_LOG(INFO) << "controller for " << model << " on port " << port << ", replicas "
+                 << absl::GetFlag(FLAGS_replicas) << ", lease " << absl::GetFlag(FLAGS_lease_ms)
+                 << " ms";
+  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    std::ofstream(path + ".tmp") << port << "\n";
+    std::filesystem::rename(path + ".tmp", path);
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": shutting down";
+  service.Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
