@@ -1,5 +1,7 @@
 #include "common/transport/inprocess_transport.h"
 
+#include "common/transport/core_transport_impl.h"
+
 #include <condition_variable>
 #include <deque>
 #include <thread>
@@ -75,6 +77,8 @@ class InProcessEndpoint : public std::enable_shared_from_this<InProcessEndpoint>
 };
 
 }  // namespace internal
+
+template class internal::CoreTransport<internal::InProcessEndpoint>;
 
 using internal::InProcessEndpoint;
 
@@ -346,32 +350,5 @@ absl::StatusOr<std::unique_ptr<InProcessTransport>> InProcessTransport::Create(
   return std::unique_ptr<InProcessTransport>(new InProcessTransport(std::move(endpoint)));
 }
 
-InProcessTransport::InProcessTransport(std::shared_ptr<InProcessEndpoint> endpoint)
-    : endpoint_(std::move(endpoint)) {}
-
-InProcessTransport::~InProcessTransport() { Shutdown(); }
-
-std::string InProcessTransport::address() const { return endpoint_->address(); }
-PeerId InProcessTransport::id() const { return endpoint_->id(); }
-
-void InProcessTransport::SetRequestHandler(RequestHandler handler) {
-  endpoint_->dispatcher().SetHandler(std::move(handler));
-}
-void InProcessTransport::SetAllowedPeers(absl::flat_hash_set<PeerId> peers) {
-  endpoint_->dispatcher().filter().Set(std::move(peers));
-}
-void InProcessTransport::AllowAllPeers() { endpoint_->dispatcher().filter().AllowAll(); }
-MessageBuffer InProcessTransport::AllocatePayload(size_t bytes) {
-  return endpoint_->Allocate(bytes);
-}
-
-void InProcessTransport::Call(std::string_view peer_address, Message request, absl::Time deadline,
-                              CallCallback done) {
-  endpoint_->Call(peer_address, std::move(request), deadline, std::move(done));
-}
-
-TransportCounters InProcessTransport::counters() const { return endpoint_->counters().Snapshot(); }
-
-void InProcessTransport::Shutdown() { endpoint_->Shutdown(); }
 
 }  // namespace dsv2::transport

@@ -24,6 +24,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/transport/core_transport.h"
 #include "common/transport/transport.h"
 
 namespace dsv2::transport {
@@ -68,26 +69,13 @@ class InProcessNetwork {
   uint64_t next_name_ = 0;
 };
 
-class InProcessTransport : public Transport {
+class InProcessTransport final : public internal::CoreTransport<internal::InProcessEndpoint> {
  public:
   static absl::StatusOr<std::unique_ptr<InProcessTransport>> Create(
       std::shared_ptr<InProcessNetwork> network, InProcessTransportOptions options);
-  ~InProcessTransport() override;
-
-  std::string address() const override;
-  PeerId id() const override;
-  void SetRequestHandler(RequestHandler handler) override;
-  void SetAllowedPeers(absl::flat_hash_set<PeerId> peers) override;
-  void AllowAllPeers() override;
-  MessageBuffer AllocatePayload(size_t bytes) override;
-  void Call(std::string_view peer_address, Message request, absl::Time deadline,
-            CallCallback done) override;
-  TransportCounters counters() const override;
-  void Shutdown() override;
 
  private:
-  explicit InProcessTransport(std::shared_ptr<internal::InProcessEndpoint> endpoint);
-  std::shared_ptr<internal::InProcessEndpoint> endpoint_;
+  explicit InProcessTransport(std::shared_ptr<internal::InProcessEndpoint> core) : CoreTransport(std::move(core)) {}
 };
 
 }  // namespace dsv2::transport

@@ -1,5 +1,7 @@
 #include "common/transport/nccl_transport.h"
 
+#include "common/transport/core_transport_impl.h"
+
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -80,6 +82,7 @@ class NcclCore : public std::enable_shared_from_this<NcclCore> {
   void Shutdown();
 
   const NcclTransportOptions& options() const { return options_; }
+  PeerId id() const { return options_.id; }
   const std::string& address() const { return address_; }
   Counters& counters() { return counters_; }
   RequestDispatcher& dispatcher() { return dispatcher_; }
@@ -550,6 +553,8 @@ void NcclCore::SendReply(int peer, Message reply) {
 
 }  // namespace internal
 
+template class internal::CoreTransport<internal::NcclCore>;
+
 // ---------------------------------------------------------------------------
 // NcclTransport
 
@@ -567,24 +572,5 @@ absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(NcclTranspo
   return std::unique_ptr<NcclTransport>(new NcclTransport(std::move(core)));
 }
 
-NcclTransport::NcclTransport(std::shared_ptr<internal::NcclCore> core) : core_(std::move(core)) {}
-NcclTransport::~NcclTransport() { Shutdown(); }
-
-std::string NcclTransport::address() const { return core_->address(); }
-PeerId NcclTransport::id() const { return core_->options().id; }
-void NcclTransport::SetRequestHandler(RequestHandler handler) {
-  core_->dispatcher().SetHandler(std::move(handler));
-}
-void NcclTransport::SetAllowedPeers(absl::flat_hash_set<PeerId> peers) {
-  core_->dispatcher().filter().Set(std::move(peers));
-}
-void NcclTransport::AllowAllPeers() { core_->dispatcher().filter().AllowAll(); }
-MessageBuffer NcclTransport::AllocatePayload(size_t bytes) { return core_->Allocate(bytes); }
-void NcclTransport::Call(std::string_view peer_address, Message request, absl::Time deadline,
-                         CallCallback done) {
-  core_->Call(peer_address, std::move(request), deadline, std::move(done));
-}
-TransportCounters NcclTransport::counters() const { return core_->counters().Snapshot(); }
-void NcclTransport::Shutdown() { core_->Shutdown(); }
 
 }  // namespace dsv2::transport

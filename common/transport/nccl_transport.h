@@ -38,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/transport/core_transport.h"
 #include "common/transport/transport.h"
 
 namespace dsv2::transport {
@@ -61,29 +62,16 @@ struct NcclTransportOptions {
   absl::Duration idle_backoff = absl::Microseconds(50);
 };
 
-class NcclTransport : public Transport {
+class NcclTransport final : public internal::CoreTransport<internal::NcclCore> {
  public:
   // A new communicator id (ncclGetUniqueId), hex-encoded for the cluster map.
   static absl::StatusOr<std::string> NewUniqueId();
   // Joins the communicator; blocks until all nranks have joined or
   // round_timeout passes.
   static absl::StatusOr<std::unique_ptr<NcclTransport>> Create(NcclTransportOptions options);
-  ~NcclTransport() override;
-
-  std::string address() const override;
-  PeerId id() const override;
-  void SetRequestHandler(RequestHandler handler) override;
-  void SetAllowedPeers(absl::flat_hash_set<PeerId> peers) override;
-  void AllowAllPeers() override;
-  MessageBuffer AllocatePayload(size_t bytes) override;
-  void Call(std::string_view peer_address, Message request, absl::Time deadline,
-            CallCallback done) override;
-  TransportCounters counters() const override;
-  void Shutdown() override;
 
  private:
-  explicit NcclTransport(std::shared_ptr<internal::NcclCore> core);
-  std::shared_ptr<internal::NcclCore> core_;
+  explicit NcclTransport(std::shared_ptr<internal::NcclCore> core) : CoreTransport(std::move(core)) {}
 };
 
 }  // namespace dsv2::transport

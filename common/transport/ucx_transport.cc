@@ -1,5 +1,7 @@
 #include "common/transport/ucx_transport.h"
 
+#include "common/transport/core_transport_impl.h"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/epoll.h>
@@ -163,6 +165,7 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   void Shutdown();
 
   const UcxTransportOptions& options() const { return options_; }
+  PeerId id() const { return options_.id; }
   const std::string& address() const { return address_; }
   Counters& counters() { return counters_; }
   RequestDispatcher& dispatcher() { return dispatcher_; }
@@ -1149,6 +1152,8 @@ void UcxCore::Deliver(Message message, ReplyRoute reply_to) {
 
 }  // namespace internal
 
+template class internal::CoreTransport<internal::UcxCore>;
+
 // ---------------------------------------------------------------------------
 // UcxTransport
 
@@ -1158,25 +1163,6 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(UcxTransportO
   return std::unique_ptr<UcxTransport>(new UcxTransport(std::move(core)));
 }
 
-UcxTransport::UcxTransport(std::shared_ptr<internal::UcxCore> core) : core_(std::move(core)) {}
-UcxTransport::~UcxTransport() { Shutdown(); }
-
-std::string UcxTransport::address() const { return core_->address(); }
-PeerId UcxTransport::id() const { return core_->options().id; }
-void UcxTransport::SetRequestHandler(RequestHandler handler) {
-  core_->dispatcher().SetHandler(std::move(handler));
-}
-void UcxTransport::SetAllowedPeers(absl::flat_hash_set<PeerId> peers) {
-  core_->dispatcher().filter().Set(std::move(peers));
-}
-void UcxTransport::AllowAllPeers() { core_->dispatcher().filter().AllowAll(); }
-MessageBuffer UcxTransport::AllocatePayload(size_t bytes) { return core_->Allocate(bytes); }
-void UcxTransport::Call(std::string_view peer_address, Message request, absl::Time deadline,
-                        CallCallback done) {
-  core_->Call(peer_address, std::move(request), deadline, std::move(done));
-}
-TransportCounters UcxTransport::counters() const { return core_->counters().Snapshot(); }
-void UcxTransport::Shutdown() { core_->Shutdown(); }
 absl::StatusOr<std::string> UcxTransport::DescribeConnection(std::string_view peer_address) {
   return core_->DescribeConnection(peer_address);
 }

@@ -56,6 +56,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/transport/core_transport.h"
 #include "common/transport/transport.h"
 
 namespace dsv2::transport {
@@ -85,23 +86,11 @@ struct UcxTransportOptions {
   uint64_t max_payload_bytes = kMaxFramePayloadBytes;
 };
 
-class UcxTransport : public Transport {
+class UcxTransport final : public internal::CoreTransport<internal::UcxCore> {
  public:
   // Initializes UCX (reading UCX_* environment variables), registers the
   // pool, opens the listener (kListener) and starts the progress thread.
   static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(UcxTransportOptions options);
-  ~UcxTransport() override;
-
-  std::string address() const override;
-  PeerId id() const override;
-  void SetRequestHandler(RequestHandler handler) override;
-  void SetAllowedPeers(absl::flat_hash_set<PeerId> peers) override;
-  void AllowAllPeers() override;
-  MessageBuffer AllocatePayload(size_t bytes) override;
-  void Call(std::string_view peer_address, Message request, absl::Time deadline,
-            CallCallback done) override;
-  TransportCounters counters() const override;
-  void Shutdown() override;
 
   // The UCX transports carrying traffic to `peer_address` ("tcp/lo",
   // "sysv/memory", ...), once connected; for logs and tests.
@@ -116,8 +105,7 @@ class UcxTransport : public Transport {
                                  absl::Span<const uint8_t> payload);
 
  private:
-  explicit UcxTransport(std::shared_ptr<internal::UcxCore> core);
-  std::shared_ptr<internal::UcxCore> core_;
+  explicit UcxTransport(std::shared_ptr<internal::UcxCore> core) : CoreTransport(std::move(core)) {}
 };
 
 // The frame AM id this transport registers; exposed so tests can inject raw
