@@ -247,27 +247,46 @@ TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
 }
 
 TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsComplete) {
+  // One request runs and two wait: the queue is full. Those three are put
+  // in through the engine directly so the queue is full before any call
+  // arrives; the calls made meanwhile are refused, and the admitted
+  // requests then complete.
   ServerFixture server("tests/data/tiny-v2",
                        {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .max_waiting = 2});
-  std::vector<StreamResult> results(12);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < 12; ++i) {
-    clients.emplace_back([&, i] { results[i] = server.Generate(Greedy("o" + std::to_string(i), {0, 3, 4}, 60)); });
-  }
-  for (auto& t : clients) t.join();
-  int completed = 0, exhausted = 0;
-  for (const StreamResult& r : results) {
-    if (r.status.ok()) {
-      EXPECT_EQ(r.tokens.size(), 60u);
-      ++completed;
-    } else {
-      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-      EXPECT_THAT(r.status.error_message(), HasSubstr("waiting queue is full"));
-      ++exhausted;
+  std::vector<std::shared_ptr<RequestStream>> admitted;
+  std::vector<size_t> tokens(3, 0);
+  for (int i = 0; i < 3; ++i) {
+    GenerationRequest request;
+    request.id = "held" + std::to_string(i);
+    request.prompt = {0, 3, 4};
+    request.max_tokens = 120;
+    request.ignore_eos = true;
+    auto stream = server.engine().Submit(request);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    admitted.push_back(*stream);
+    if (i == 0) {  // Running before the others queue behind it.
+      auto first = admitted[0]->Next(30s);
+      ASSERT_TRUE(first.has_value());
+      tokens[0] += first->token_ids.size();
     }
   }
-  EXPECT_GE(completed, 3);
-  EXPECT_GT(exhausted, 0);
+  const StreamResult refused = server.Generate(Greedy("over", {0, 3, 4}, 60));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("waiting queue is full"));
+  for (int i = 0; i < 3; ++i) {
+    while (auto out = admitted[i]->Next(30s)) {
+      tokens[i] += out->token_ids.size();
+      if (out->finish) {
+        EXPECT_EQ(*out->finish, FinishReason::kLength);
+        break;
+      }
+    }
+    EXPECT_EQ(tokens[i], 120u);
+  }
+  // Served again once the queue drained.
+  const StreamResult later = server.Generate(Greedy("later", {0, 3, 4}, 8));
+  EXPECT_TRUE(later.status.ok()) << later.status.error_message();
+  EXPECT_EQ(later.tokens.size(), 8u);
 }
 
 TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {

@@ -200,6 +200,8 @@ void Engine::Loop() {
       });
       for (auto& sequence : inbox_) scheduler_.AddWaiting(std::move(sequence));
       inbox_.clear();
+      // Submit bounds inbox + waiting: keep the count exact as they move.
+      stats_.waiting = scheduler_.num_waiting();
     }
     ReapCancelled();
     {
