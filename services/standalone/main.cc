@@ -156,9 +156,10 @@ int Serve() {
     }
   }
 
-  // Drain.
-  health->Shutdown();
+  // Drain: refuse new requests before health says so, so that a client
+  // that sees NOT_SERVING is never admitted.
   engine.StopAccepting();
+  health->Shutdown();
   const auto grace = std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s));
   const auto drain_start = std::chrono::steady_clock::now();
   while (engine.num_active() > 0 && std::chrono::steady_clock::now() - drain_start < grace) {
