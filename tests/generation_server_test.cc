@@ -1,6 +1,8 @@
 // The public API over real gRPC on a loopback port chosen by the OS, served
 // in this process so the tests can read the engine's stats.
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -55,6 +57,7 @@ class ServerFixture {
   }
 
   v1::Generation::Stub& stub() { return *stub_; }
+  DeepseekV2Model& model() { return *model_; }
   const TextFrontend& text() { return *text_; }
   Engine& engine() { return *engine_; }
 
@@ -246,42 +249,75 @@ TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
   EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kTimeLimit)], 1);
 }
 
+// The model's own experts, behind a gate the test opens: while it is shut
+// the engine's step waits inside the MoE layer, so the queue stays full
+// for as long as the test needs, whatever the machine's speed.
+class GatedExperts : public RoutedExperts {
+ public:
+  explicit GatedExperts(const ModelWeights& weights) : local_(weights) {}
+  absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
+                       const float* weights, float* out) override {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      entered_ = true;
+      entered_cv_.notify_all();
+      open_cv_.wait(lock, [&] { return open_; });
+    }
+    return local_.Compute(layer, x, n, k, ids, weights, out);
+  }
+  void WaitEntered() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    entered_cv_.wait(lock, [&] { return entered_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = true;
+    open_cv_.notify_all();
+  }
+
+ private:
+  LocalRoutedExperts local_;
+  std::mutex mutex_;
+  std::condition_variable entered_cv_, open_cv_;
+  bool entered_ = false, open_ = false;
+};
+
 TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsComplete) {
-  // One request runs and two wait: the queue is full. Those three are put
-  // in through the engine directly so the queue is full before any call
-  // arrives; the calls made meanwhile are refused, and the admitted
-  // requests then complete.
+  // One request runs (held at the gate) and two wait: the queue is full, and
+  // the call made meanwhile is refused; the admitted requests then complete.
   ServerFixture server("tests/data/tiny-v2",
                        {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .max_waiting = 2});
+  auto gate = std::make_shared<GatedExperts>(server.model().weights());
+  server.model().SetRoutedExperts(gate);
+  // Opened on every exit, so a failed assertion cannot leave the engine stuck.
+  const std::unique_ptr<GatedExperts, void (*)(GatedExperts*)> open_on_exit(gate.get(),
+                                                                           [](GatedExperts* g) { g->Open(); });
   std::vector<std::shared_ptr<RequestStream>> admitted;
-  std::vector<size_t> tokens(3, 0);
   for (int i = 0; i < 3; ++i) {
     GenerationRequest request;
     request.id = "held" + std::to_string(i);
     request.prompt = {0, 3, 4};
-    request.max_tokens = 120;
+    request.max_tokens = 60;
     request.ignore_eos = true;
     auto stream = server.engine().Submit(request);
     ASSERT_TRUE(stream.ok()) << stream.status();
     admitted.push_back(*stream);
-    if (i == 0) {  // Running before the others queue behind it.
-      auto first = admitted[0]->Next(30s);
-      ASSERT_TRUE(first.has_value());
-      tokens[0] += first->token_ids.size();
-    }
+    if (i == 0) gate->WaitEntered();  // Running before the others queue behind it.
   }
   const StreamResult refused = server.Generate(Greedy("over", {0, 3, 4}, 60));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(refused.status.error_message(), HasSubstr("waiting queue is full"));
-  for (int i = 0; i < 3; ++i) {
-    while (auto out = admitted[i]->Next(30s)) {
-      tokens[i] += out->token_ids.size();
+  gate->Open();
+  for (auto& stream : admitted) {
+    size_t tokens = 0;
+    while (auto out = stream->Next(30s)) {
+      tokens += out->token_ids.size();
       if (out->finish) {
         EXPECT_EQ(*out->finish, FinishReason::kLength);
         break;
       }
     }
-    EXPECT_EQ(tokens[i], 120u);
+    EXPECT_EQ(tokens, 60u);
   }
   // Served again once the queue drained.
   const StreamResult later = server.Generate(Greedy("later", {0, 3, 4}, 8));

@@ -237,6 +237,10 @@ void Engine::ReapCancelled() {
 
 void Engine::Step() {
   const std::vector<ScheduledChunk> plan = scheduler_.Schedule();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.waiting = scheduler_.num_waiting();  // Admitted ones no longer wait.
+  }
   int64_t computed_prompt_tokens = 0;
   if (!plan.empty()) {
     std::vector<SequenceChunk> chunks;
@@ -261,10 +265,12 @@ void Engine::Step() {
         std::lock_guard<std::mutex> lock(mutex_);
         failed_ = true;
       }
+      // Reported before the requests end, so whoever sees their errors
+      // also sees the engine failed.
+      if (options_.on_fatal) options_.on_fatal(status);
       for (Sequence* sequence : scheduler_.AllSequences()) {
         Finish(sequence, FinishReason::kError, ErrorOutput(std::string(status.message())));
       }
-      if (options_.on_fatal) options_.on_fatal(status);
       return;
     }
     const int64_t vocab = model_->config().vocab_size;
