@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/status_macros.h"
 
 namespace dsv2 {
 namespace {
@@ -29,10 +30,17 @@ size_t StopPrefixHoldback(const std::string& text, const std::vector<std::string
   return hold;
 }
 
-GenerationOutput ErrorOutput(std::string message) {
+GenerationOutput ErrorOutput(absl::Status status) {
   GenerationOutput out;
-  out.error = std::move(message);
+  out.error = std::move(status);
   return out;
+}
+
+// A step that failed this way lost only its own work: the routed experts of
+// a remote worker were unreachable or too slow. Its sequences end with the
+// error; everything else carries on.
+bool IsTransient(const absl::Status& status) {
+  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status);
 }
 
 }  // namespace
@@ -226,7 +234,8 @@ void Engine::ReapCancelled() {
   const auto now = std::chrono::steady_clock::now();
   for (Sequence* sequence : scheduler_.AllSequences()) {
     if (failed) {
-      Finish(sequence, FinishReason::kError, ErrorOutput("the engine has failed"));
+      Finish(sequence, FinishReason::kError,
+             ErrorOutput(absl::InternalError("the engine has failed")));
     } else if (abort_all || aborts.contains(sequence->request.id)) {
       Finish(sequence, FinishReason::kAbort);
     } else if (sequence->request.deadline && now >= *sequence->request.deadline) {
@@ -258,7 +267,20 @@ void Engine::Step() {
       computed_prompt_tokens += std::max<int64_t>(0, std::min(s.prompt_len, start + work.num_tokens) - start);
     }
     std::vector<float> logits;
-    const absl::Status status = model_->ForwardBatch(chunks, &logits);
+    const absl::Status status = Forward(chunks, &logits);
+    if (!status.ok() && IsTransient(status)) {
+      DSV2_LOG(WARNING) << "engine step failed; ending its " << plan.size()
+                        << " request(s): " << status;
+      // The caches' sizes only grow when a forward succeeds, so nothing
+      // else needs undoing.
+      for (const ScheduledChunk& work : plan) {
+        Finish(work.sequence, FinishReason::kError, ErrorOutput(status));
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      UpdateStatsLocked();
+      last_progress_ = std::chrono::steady_clock::now();
+      return;
+    }
     if (!status.ok()) {
       DSV2_LOG(ERROR) << "engine step failed: " << status;
       {
@@ -269,7 +291,7 @@ void Engine::Step() {
       // also sees the engine failed.
       if (options_.on_fatal) options_.on_fatal(status);
       for (Sequence* sequence : scheduler_.AllSequences()) {
-        Finish(sequence, FinishReason::kError, ErrorOutput(std::string(status.message())));
+        Finish(sequence, FinishReason::kError, ErrorOutput(status));
       }
       return;
     }
@@ -286,6 +308,44 @@ void Engine::Step() {
   stats_.steps += plan.empty() ? 0 : 1;
   UpdateStatsLocked();
   last_progress_ = std::chrono::steady_clock::now();
+}
+
+absl::Status Engine::Forward(std::span<const SequenceChunk> chunks, std::vector<float>* logits) {
+  const int64_t m = std::min<int64_t>(options_.micro_batches, static_cast<int64_t>(chunks.size()));
+  if (m <= 1) return model_->ForwardBatch(chunks, logits);
+  // Micro-batches of about equal token counts, each a contiguous run of
+  // chunks, run concurrently: while one waits for its routed experts on
+  // the data plane, another computes (kernels take turns on the pool).
+  // Every sequence's numbers are independent of its batch, so the split
+  // changes no output.
+  int64_t total = 0;
+  for (const SequenceChunk& chunk : chunks) total += static_cast<int64_t>(chunk.tokens.size());
+  std::vector<size_t> begin{0};
+  int64_t seen = 0;
+  for (size_t c = 0; c < chunks.size() && static_cast<int64_t>(begin.size()) < m; ++c) {
+    seen += static_cast<int64_t>(chunks[c].tokens.size());
+    if (seen * m >= total * static_cast<int64_t>(begin.size()) && c + 1 < chunks.size()) {
+      begin.push_back(c + 1);
+    }
+  }
+  begin.push_back(chunks.size());
+  const size_t parts = begin.size() - 1;
+  std::vector<std::vector<float>> part_logits(parts);
+  std::vector<absl::Status> part_status(parts);
+  auto run = [&](size_t p) {
+    part_status[p] = model_->ForwardBatch(chunks.subspan(begin[p], begin[p + 1] - begin[p]),
+                                          &part_logits[p]);
+  };
+  std::vector<std::thread> helpers;
+  for (size_t p = 1; p < parts; ++p) helpers.emplace_back(run, p);
+  run(0);
+  for (std::thread& helper : helpers) helper.join();
+  logits->clear();
+  for (size_t p = 0; p < parts; ++p) {
+    RETURN_IF_ERROR(part_status[p]);
+    logits->insert(logits->end(), part_logits[p].begin(), part_logits[p].end());
+  }
+  return absl::OkStatus();
 }
 
 void Engine::UpdateStatsLocked() {

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,7 +43,12 @@ struct EngineOptions {
   int64_t max_model_len = 0;                // Prompt + output; 0: the model's context.
   bool prefix_caching = true;
   int32_t max_logprobs = 20;
-  // Called once, from the step thread, if the engine fails fatally.
+  // Micro-batches a step is split into (1–4), run concurrently so that one
+  // computes while another's routed experts are on remote workers.
+  int64_t micro_batches = 1;
+  // Called once, from the step thread, if the engine fails fatally. A step
+  // failing UNAVAILABLE or DEADLINE_EXCEEDED (remote experts unreachable or
+  // late) is not fatal: the requests in that step end with that error.
   std::function<void(const absl::Status&)> on_fatal;
 };
 
@@ -96,6 +102,8 @@ class Engine {
  private:
   void Loop();
   void Step();
+  // ForwardBatch over options_.micro_batches concurrent micro-batches.
+  absl::Status Forward(std::span<const SequenceChunk> chunks, std::vector<float>* logits);
   // Finishes aborted and timed-out sequences.
   void ReapCancelled();
   // Samples the next token of a sequence whose pending tokens were computed.

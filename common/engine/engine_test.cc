@@ -51,7 +51,7 @@ Collected Collect(RequestStream& stream) {
     c.usage = out->usage;
     if (out->finish) {
       c.finish = *out->finish;
-      c.error = out->error;
+      c.error = std::string(out->error.message());
       return c;
     }
   }
@@ -126,22 +126,27 @@ TEST_F(EngineTest, ConcurrentStreamsEqualTheirSoloRuns) {
     for (const GenerationRequest& r : requests) solo.push_back(Run(*engine, r));
   }
   // All 64 at once, with a small step budget so prefills are chunked and
-  // run beside other requests' decode steps.
-  auto engine = MakeEngine({.max_num_seqs = 64, .max_batch_tokens = 96});
-  std::vector<std::shared_ptr<RequestStream>> streams;
-  for (const GenerationRequest& r : requests) {
-    auto stream = engine->Submit(r);
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    streams.push_back(*stream);
+  // run beside other requests' decode steps; steps split into 1 and 3
+  // concurrent micro-batches.
+  for (int64_t micro_batches : {1, 3}) {
+    SCOPED_TRACE(micro_batches);
+    auto engine = MakeEngine(
+        {.max_num_seqs = 64, .max_batch_tokens = 96, .micro_batches = micro_batches});
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const GenerationRequest& r : requests) {
+      auto stream = engine->Submit(r);
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const Collected c = Collect(*streams[i]);
+      EXPECT_EQ(c.tokens, solo[i].tokens) << requests[i].id;
+      EXPECT_EQ(c.text, solo[i].text);
+      EXPECT_EQ(c.finish, FinishReason::kLength);
+    }
+    EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+    EXPECT_EQ(engine->num_active(), 0);
   }
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const Collected c = Collect(*streams[i]);
-    EXPECT_EQ(c.tokens, solo[i].tokens) << requests[i].id;
-    EXPECT_EQ(c.text, solo[i].text);
-    EXPECT_EQ(c.finish, FinishReason::kLength);
-  }
-  EXPECT_EQ(engine->stats().kv_blocks_used, 0);
-  EXPECT_EQ(engine->num_active(), 0);
 }
 
 TEST_F(EngineTest, PreemptionRecomputesAndEveryRequestCompletes) {
@@ -344,22 +349,39 @@ TEST_F(EngineTest, StopAcceptingIsUnavailable) {
 // A failing expert computation is fatal: in-flight requests end with an
 // error, health turns false, on_fatal fires once and new requests are
 // refused. (The failure is real: the routed experts report an error.)
+// Routed experts that fail with `status` while `failing` is set, else
+// compute locally.
 class FailingExperts : public RoutedExperts {
  public:
-  absl::Status Compute(int64_t, const float*, int64_t, int64_t, const int32_t*, const float*,
-                       float*) override {
-    return absl::UnavailableError("expert worker gone");
+  FailingExperts(const DeepseekV2Model& model, absl::Status status)
+      : local_(model.config(), model.weights()), status_(std::move(status)) {}
+
+  absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
+                       const float* weights, float* out,
+                       absl::FunctionRef<void()> meanwhile) override {
+    if (failing) {
+      meanwhile();
+      return status_;
+    }
+    return local_.Compute(layer, x, n, k, ids, weights, out, meanwhile);
   }
+
+  std::atomic<bool> failing{true};
+
+ private:
+  LocalRoutedExperts local_;
+  absl::Status status_;
 };
 
 TEST(EngineFatalTest, ExpertFailureIsFatalAndReported) {
   auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
   ASSERT_TRUE(model.ok()) << model.status();
-  (*model)->SetRoutedExperts(std::make_shared<FailingExperts>());
+  (*model)->SetRoutedExperts(
+      std::make_shared<FailingExperts>(**model, absl::InternalError("expert weights corrupt")));
   std::atomic<int> fatal_calls{0};
   Engine engine(model->get(), nullptr,
                 {.kv_cache_bytes = 8 << 20, .on_fatal = [&](const absl::Status& status) {
-                   EXPECT_THAT(status.message(), HasSubstr("expert worker gone"));
+                   EXPECT_THAT(status.message(), HasSubstr("expert weights corrupt"));
                    ++fatal_calls;
                  }});
   GenerationRequest request;
@@ -369,12 +391,54 @@ TEST(EngineFatalTest, ExpertFailureIsFatalAndReported) {
   ASSERT_TRUE(stream.ok());
   const Collected c = Collect(**stream);
   EXPECT_EQ(c.finish, FinishReason::kError);
-  EXPECT_THAT(c.error, HasSubstr("expert worker gone"));
+  EXPECT_THAT(c.error, HasSubstr("expert weights corrupt"));
   EXPECT_EQ(fatal_calls.load(), 1);
   EXPECT_FALSE(engine.healthy());
   request.id = "after";
   EXPECT_EQ(engine.Submit(request).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+}
+
+// Unreachable expert workers end the requests of the failed step with
+// UNAVAILABLE; the engine stays healthy and serves the next ones exactly.
+TEST(EngineFatalTest, UnreachableExpertsEndTheStepsRequestsOnly) {
+  auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  GenerationRequest request;
+  request.id = "reference";
+  request.prompt = {0, 5, 9, 14};
+  request.max_tokens = 6;
+  request.ignore_eos = true;
+  std::vector<int32_t> expected;
+  {
+    Engine engine(model->get(), nullptr, {.kv_cache_bytes = 8 << 20});
+    auto stream = engine.Submit(request);
+    ASSERT_TRUE(stream.ok());
+    expected = Collect(**stream).tokens;
+  }
+  auto experts = std::make_shared<FailingExperts>(
+      **model, absl::UnavailableError("expert worker 10.0.0.7 is unreachable"));
+  (*model)->SetRoutedExperts(experts);
+  int fatal_calls = 0;
+  Engine engine(model->get(), nullptr,
+                {.kv_cache_bytes = 8 << 20, .on_fatal = [&](const absl::Status&) { ++fatal_calls; }});
+  request.id = "unlucky";
+  auto stream = engine.Submit(request);
+  ASSERT_TRUE(stream.ok());
+  const Collected failed = Collect(**stream);
+  EXPECT_EQ(failed.finish, FinishReason::kError);
+  EXPECT_THAT(failed.error, HasSubstr("unreachable"));
+  EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+  EXPECT_TRUE(engine.healthy());
+
+  experts->failing = false;
+  request.id = "lucky";
+  stream = engine.Submit(request);
+  ASSERT_TRUE(stream.ok());
+  const Collected ok = Collect(**stream);
+  EXPECT_EQ(ok.finish, FinishReason::kLength);
+  EXPECT_EQ(ok.tokens, expected);
+  EXPECT_EQ(fatal_calls, 0);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "common/sampling/sampler.h"
 
 namespace dsv2 {
@@ -52,7 +53,7 @@ struct GenerationOutput {
   std::string text;
   std::vector<TokenLogprobs> logprobs;
   std::optional<FinishReason> finish;
-  std::string error;  // With kError.
+  absl::Status error;  // With kError: why; its code is the call's status code.
   Usage usage;        // Cumulative.
 };
 

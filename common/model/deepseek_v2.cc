@@ -19,7 +19,7 @@ DeepseekV2Model::DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, Mode
       weights_(std::move(weights)),
       rope_(config_),
       softmax_scale_(static_cast<float>(config_.SoftmaxScale())),
-      experts_(std::make_shared<LocalRoutedExperts>(weights_)) {}
+      experts_(std::make_shared<LocalRoutedExperts>(config_, weights_)) {}
 
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(const std::string& dir) {
   const auto start = std::chrono::steady_clock::now();
@@ -251,11 +251,15 @@ absl::Status DeepseekV2Model::Ffn(int64_t layer, const float* x, int64_t n, floa
     cpu::Softmax(&scores[i * num_experts], num_experts);
     SelectExperts(config_, &scores[i * num_experts], &ids[i * k], &weights[i * k]);
   }
-  RETURN_IF_ERROR(experts_->Compute(layer, x, n, k, ids.data(), weights.data(), out));
-  // Shared experts, added unscaled.
-  if (config_.n_shared_experts > 0) {
-    std::vector<float> shared(n * hidden);
+  // Shared experts, computed while the routed ones are away, added unscaled
+  // after them.
+  std::vector<float> shared;
+  RETURN_IF_ERROR(experts_->Compute(layer, x, n, k, ids.data(), weights.data(), out, [&] {
+    if (config_.n_shared_experts == 0) return;
+    shared.resize(n * hidden);
     RunMlp(lw.shared, x, n, shared.data());
+  }));
+  if (!shared.empty()) {
     for (int64_t i = 0; i < n * hidden; ++i) out[i] += shared[i];
   }
   return absl::OkStatus();

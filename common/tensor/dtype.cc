@@ -82,4 +82,22 @@ void ConvertToFloat(const void* data, DType dtype, int64_t n, float* out) {
   }
 }
 
+void ConvertFromFloat(const float* data, int64_t n, DType dtype, void* out) {
+  switch (dtype) {
+    case DType::kBF16: {
+      auto* o = static_cast<uint16_t*>(out);
+      for (int64_t i = 0; i < n; ++i) o[i] = FloatToBF16(data[i]);
+      return;
+    }
+    case DType::kF16: {
+      auto* o = static_cast<uint16_t*>(out);
+      for (int64_t i = 0; i < n; ++i) o[i] = FloatToF16(data[i]);
+      return;
+    }
+    case DType::kF32:
+      std::memcpy(out, data, static_cast<size_t>(n) * sizeof(float));
+      return;
+  }
+}
+
 }  // namespace dsv2

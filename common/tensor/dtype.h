@@ -52,5 +52,7 @@ inline float LoadAsFloat(const void* data, DType dtype, int64_t index) {
 
 // Converts `n` elements of `dtype` starting at `data` to float32.
 void ConvertToFloat(const void* data, DType dtype, int64_t n, float* out);
+// Converts `n` float32 values to `dtype` (rounding to nearest even).
+void ConvertFromFloat(const float* data, int64_t n, DType dtype, void* out);
 
 }  // namespace dsv2

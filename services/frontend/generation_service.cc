@@ -186,9 +186,9 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
     }
     v1::GenerateResponse response;
     if (output->finish == FinishReason::kError) {
-      response.mutable_error()->set_code(grpc::StatusCode::INTERNAL);
-      response.mutable_error()->set_message(output->error);
-      result = grpc::Status(grpc::StatusCode::INTERNAL, output->error);
+      result = ToGrpcStatus(output->error);
+      response.mutable_error()->set_code(result.error_code());
+      response.mutable_error()->set_message(result.error_message());
     } else if (output->finish) {
       v1::Complete* complete = response.mutable_complete();
       complete->set_finish_reason(ToProto(*output->finish));
