@@ -254,16 +254,18 @@ TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
 // for as long as the test needs, whatever the machine's speed.
 class GatedExperts : public RoutedExperts {
  public:
-  explicit GatedExperts(const ModelWeights& weights) : local_(weights) {}
+  explicit GatedExperts(const DeepseekV2Model& model)
+      : local_(model.config(), model.weights()) {}
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
-                       const float* weights, float* out) override {
+                       const float* weights, float* out,
+                       absl::FunctionRef<void()> meanwhile) override {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       entered_ = true;
       entered_cv_.notify_all();
       open_cv_.wait(lock, [&] { return open_; });
     }
-    return local_.Compute(layer, x, n, k, ids, weights, out);
+    return local_.Compute(layer, x, n, k, ids, weights, out, meanwhile);
   }
   void WaitEntered() {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -287,7 +289,7 @@ TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsCompl
   // the call made meanwhile is refused; the admitted requests then complete.
   ServerFixture server("tests/data/tiny-v2",
                        {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .max_waiting = 2});
-  auto gate = std::make_shared<GatedExperts>(server.model().weights());
+  auto gate = std::make_shared<GatedExperts>(server.model());
   server.model().SetRoutedExperts(gate);
   // Opened on every exit, so a failed assertion cannot leave the engine stuck.
   const std::unique_ptr<GatedExperts, void (*)(GatedExperts*)> open_on_exit(gate.get(),

@@ -161,20 +161,27 @@ std::vector<std::string> Checkpoint::TensorNames() const {
   return names;
 }
 
-void Checkpoint::Prefault(const std::function<void(int64_t, int64_t)>& progress) const {
+int64_t Checkpoint::Prefault(const std::function<void(int64_t, int64_t)>& progress,
+                             const std::function<bool(std::string_view)>& want) const {
   constexpr int64_t kPage = 4096;
-  const int64_t step = std::max<int64_t>(total_bytes_ / 100, 1);
+  int64_t total = 0;
+  for (const auto& [name, info] : tensors_) {
+    if (!want || want(name)) total += info->num_bytes;
+  }
+  const int64_t step = std::max<int64_t>(total / 100, 1);
   int64_t done = 0, reported = 0;
   volatile unsigned char sink = 0;
   for (const auto& [name, info] : tensors_) {
+    if (want && !want(name)) continue;
     const auto* bytes = static_cast<const unsigned char*>(info->data);
     for (int64_t offset = 0; offset < info->num_bytes; offset += kPage) sink = sink + bytes[offset];
     done += info->num_bytes;
-    if (done - reported >= step || done == total_bytes_) {
-      progress(done, total_bytes_);
+    if (done - reported >= step || done == total) {
+      progress(done, total);
       reported = done;
     }
   }
+  return total;
 }
 
 }  // namespace dsv2

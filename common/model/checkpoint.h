@@ -50,10 +50,12 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   size_t num_files() const { return files_.size(); }
 
-  // Reads every tensor's pages into memory, so that the first requests do
-  // not wait on the disk; calls progress(bytes_done, total_bytes) along the
-  // way (at most every 1% of the total).
-  void Prefault(const std::function<void(int64_t done, int64_t total)>& progress) const;
+  // Reads the pages of every tensor (or those whose name `want` accepts)
+  // into memory, so that the first requests do not wait on the disk; calls
+  // progress(bytes_done, bytes_to_read) along the way (at most every 1%).
+  // Returns the bytes read. The rest stays on disk until first touched.
+  int64_t Prefault(const std::function<void(int64_t done, int64_t total)>& progress,
+                   const std::function<bool(std::string_view name)>& want = nullptr) const;
 
  private:
   Checkpoint() = default;

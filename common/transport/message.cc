@@ -166,6 +166,13 @@ MessageBuffer AllocateFrom(BufferPool* pool, size_t size) {
 
 absl::StatusOr<Message> NewDispatch(const FrameTag& tag, uint32_t token_count, uint32_t hidden_size,
                                     uint32_t top_k, DType dtype, BufferPool* pool) {
+  return NewDispatch(tag, token_count, hidden_size, top_k, dtype,
+                     [pool](size_t bytes) { return AllocateFrom(pool, bytes); });
+}
+
+absl::StatusOr<Message> NewDispatch(const FrameTag& tag, uint32_t token_count, uint32_t hidden_size,
+                                    uint32_t top_k, DType dtype,
+                                    absl::FunctionRef<MessageBuffer(size_t)> allocate) {
   absl::StatusOr<DispatchLayout> layout =
       ComputeDispatchLayout(token_count, hidden_size, top_k, dtype);
   if (!layout.ok()) return layout.status();
@@ -179,7 +186,7 @@ absl::StatusOr<Message> NewDispatch(const FrameTag& tag, uint32_t token_count, u
   message.header.hidden_size = hidden_size;
   message.header.top_k = top_k;
   message.header.payload_length = layout->total_bytes;
-  message.payload = AllocateFrom(pool, layout->total_bytes);
+  message.payload = allocate(layout->total_bytes);
   uint8_t* p = message.payload.data();
   // Zero the alignment padding so payloads are deterministic on the wire.
   const uint64_t act_end = layout->activations_offset + layout->activations_bytes;
@@ -225,6 +232,11 @@ absl::StatusOr<Message> MakeDispatch(const FrameTag& tag, uint32_t hidden_size, 
 }
 
 absl::StatusOr<Message> NewCombine(const FrameHeader& request, DType dtype, BufferPool* pool) {
+  return NewCombine(request, dtype, [pool](size_t bytes) { return AllocateFrom(pool, bytes); });
+}
+
+absl::StatusOr<Message> NewCombine(const FrameHeader& request, DType dtype,
+                                   absl::FunctionRef<MessageBuffer(size_t)> allocate) {
   absl::StatusOr<uint64_t> bytes =
       CombinePayloadBytes(request.token_count, request.hidden_size, dtype);
   if (!bytes.ok()) return bytes.status();
@@ -239,7 +251,7 @@ absl::StatusOr<Message> NewCombine(const FrameHeader& request, DType dtype, Buff
   message.header.hidden_size = request.hidden_size;
   message.header.top_k = 0;
   message.header.payload_length = *bytes;
-  message.payload = AllocateFrom(pool, *bytes);
+  message.payload = allocate(*bytes);
   return message;
 }
 

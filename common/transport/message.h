@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/transport/frame.h"
@@ -133,6 +134,10 @@ struct FrameTag {
 // `pool` may be null (heap). Padding bytes are zeroed.
 absl::StatusOr<Message> NewDispatch(const FrameTag& tag, uint32_t token_count, uint32_t hidden_size,
                                     uint32_t top_k, DType dtype, BufferPool* pool);
+// The same with the payload from `allocate(bytes)` (e.g. Transport::AllocatePayload).
+absl::StatusOr<Message> NewDispatch(const FrameTag& tag, uint32_t token_count, uint32_t hidden_size,
+                                    uint32_t top_k, DType dtype,
+                                    absl::FunctionRef<MessageBuffer(size_t)> allocate);
 
 // A dispatch Message holding copies of the three sections. `activations` is
 // [T, hidden_size] of `dtype` as bytes; `expert_ids` and `weights` are [T, K].
@@ -145,6 +150,9 @@ absl::StatusOr<Message> MakeDispatch(const FrameTag& tag, uint32_t hidden_size, 
 // request.hidden_size] of `dtype`, tag fields copied); the caller fills the
 // payload in place.
 absl::StatusOr<Message> NewCombine(const FrameHeader& request, DType dtype, BufferPool* pool);
+// The same with the payload from `allocate(bytes)`.
+absl::StatusOr<Message> NewCombine(const FrameHeader& request, DType dtype,
+                                   absl::FunctionRef<MessageBuffer(size_t)> allocate);
 
 // An error Message carrying `status`.
 Message MakeErrorMessage(const absl::Status& status);

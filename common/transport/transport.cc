@@ -47,6 +47,11 @@ MessageBuffer IncomingRequest::AllocatePayload(size_t bytes) {
   return sink_ != nullptr ? sink_->AllocatePayload(bytes) : MessageBuffer::Heap(bytes);
 }
 
+absl::StatusOr<Message> IncomingRequest::NewCombine(DType dtype) {
+  return transport::NewCombine(header_, dtype,
+                               [this](size_t bytes) { return AllocatePayload(bytes); });
+}
+
 absl::Status IncomingRequest::Respond(Message response) {
   if (sink_ == nullptr) return absl::FailedPreconditionError("request already answered");
   absl::Status problem = ValidateCombineFor(header_, response.header);

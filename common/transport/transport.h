@@ -107,6 +107,9 @@ class IncomingRequest {
 
   // A payload buffer for the reply, from the transport's registered pool.
   MessageBuffer AllocatePayload(size_t bytes);
+  // A combine reply of this request's shape in `dtype`, its payload from
+  // the pool, for the handler to fill and Respond with.
+  absl::StatusOr<Message> NewCombine(DType dtype);
 
   // Sends `response`, a combine frame answering this request (see
   // NewCombine); request_id and sender are filled in. If `response` is not a

@@ -85,7 +85,7 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
     generated += static_cast<int64_t>(output->token_ids.size());
     printer.Print(output->token_ids, output->text);
     if (!output->finish) continue;
-    if (*output->finish == FinishReason::kError) return absl::InternalError(output->error);
+    if (*output->finish == FinishReason::kError) return output->error;
     break;
   }
   printer.Finish();

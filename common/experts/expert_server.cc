@@ -1,0 +1,167 @@
+#include "common/experts/expert_server.h"
+
+#include <map>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+#include "common/model/routed_experts.h"
+
+namespace dsv2 {
+
+using transport::IncomingRequest;
+
+// Shared with the transport's handler, which may outlive the server.
+struct ExpertServer::Queue {
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::deque<IncomingRequest> requests;  // Guarded by mutex.
+  bool stopped = false;                  // Guarded by mutex.
+  Stats stats;                           // Guarded by mutex.
+};
+
+ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& transport,
+                           ExpertServerOptions options)
+    : model_(model), options_(options), queue_(std::make_shared<Queue>()) {
+  transport.SetRequestHandler([queue = queue_](IncomingRequest request) {
+    std::unique_lock<std::mutex> lock(queue->mutex);
+    if (queue->stopped) {
+      lock.unlock();
+      request.RespondError(absl::UnavailableError("expert server stopped"));
+      return;
+    }
+    queue->requests.push_back(std::move(request));
+    queue->ready.notify_one();
+  });
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ExpertServer::~ExpertServer() {
+  std::deque<IncomingRequest> left;
+  {
+    std::lock_guard<std::mutex> lock(queue_->mutex);
+    queue_->stopped = true;
+    left.swap(queue_->requests);
+    queue_->ready.notify_all();
+  }
+  thread_.join();
+  for (IncomingRequest& request : left) {
+    request.RespondError(absl::UnavailableError("expert server stopped"));
+  }
+}
+
+ExpertServer::Stats ExpertServer::stats() const {
+  std::lock_guard<std::mutex> lock(queue_->mutex);
+  return queue_->stats;
+}
+
+void ExpertServer::Loop() {
+  while (true) {
+    std::deque<IncomingRequest> batch;
+    {
+      std::unique_lock<std::mutex> lock(queue_->mutex);
+      queue_->ready.wait(lock, [&] { return queue_->stopped || !queue_->requests.empty(); });
+      if (queue_->stopped) return;
+      if (options_.batch_window > absl::ZeroDuration()) {
+        const auto until = std::chrono::steady_clock::now() +
+                           absl::ToChronoNanoseconds(options_.batch_window);
+        queue_->ready.wait_until(lock, until, [&] { return queue_->stopped; });
+        if (queue_->stopped) return;
+      }
+      batch.swap(queue_->requests);
+    }
+    ComputeBatch(batch);
+  }
+}
+
+void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
+  const ModelConfig& config = model_.config();
+  const int64_t hidden = config.hidden_size;
+  struct Valid {
+    IncomingRequest* request;
+    transport::DispatchView view;
+  };
+  std::map<uint32_t, std::vector<Valid>> by_layer;
+  for (IncomingRequest& request : batch) {
+    const transport::FrameHeader& header = request.header();
+    absl::StatusOr<transport::DispatchView> view =
+        transport::ParseDispatch(header, request.payload());
+    absl::Status status = view.status();
+    if (status.ok() && header.hidden_size != hidden) {
+      status = absl::InvalidArgumentError(absl::StrCat("dispatch hidden size ", header.hidden_size,
+                                                       " != the model's ", hidden));
+    }
+    if (status.ok() && (header.layer >= config.num_hidden_layers ||
+                        !model_.weights().layers[header.layer].is_moe)) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("dispatch for layer ", header.layer, ", which has no routed experts"));
+    }
+    if (status.ok()) status = transport::ValidateRouting(*view, config.n_routed_experts);
+    if (!status.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(queue_->mutex);
+        ++queue_->stats.invalid_requests;
+      }
+      request.RespondError(status);
+      continue;
+    }
+    by_layer[header.layer].push_back({&request, *view});
+  }
+
+  std::vector<float> x, weights, partials;
+  std::vector<int32_t> ids;
+  for (auto& [layer, requests] : by_layer) {
+    // One K for the batch: the widest; narrower requests' rows are padded.
+    uint32_t k = 0;
+    int64_t rows = 0;
+    for (const Valid& v : requests) {
+      k = std::max(k, v.request->header().top_k);
+      rows += v.request->header().token_count;
+    }
+    x.resize(rows * hidden);
+    ids.assign(rows * k, -1);
+    weights.assign(rows * k, 0.0f);
+    int64_t row = 0;
+    for (const Valid& v : requests) {
+      const transport::FrameHeader& h = v.request->header();
+      ConvertToFloat(v.view.activations.data(), h.dtype, int64_t{h.token_count} * hidden,
+                     &x[row * hidden]);
+      for (uint32_t t = 0; t < h.token_count; ++t) {
+        std::copy_n(&v.view.expert_ids[t * h.top_k], h.top_k, &ids[(row + t) * k]);
+        std::copy_n(&v.view.weights[t * h.top_k], h.top_k, &weights[(row + t) * k]);
+      }
+      row += h.token_count;
+    }
+    std::vector<int32_t> source(rows);
+    std::iota(source.begin(), source.end(), 0);
+    partials.resize(rows * hidden);
+    ComputeExpertRows(model_.weights().layers[layer], x.data(), source, k, ids.data(),
+                      weights.data(), partials.data());
+    {
+      // Counted before answering, so a caller that has its answer sees it.
+      std::lock_guard<std::mutex> lock(queue_->mutex);
+      queue_->stats.requests += static_cast<int64_t>(requests.size());
+      queue_->stats.rows += rows;
+    }
+    row = 0;
+    for (const Valid& v : requests) {
+      const transport::FrameHeader& h = v.request->header();
+      absl::StatusOr<transport::Message> reply = v.request->NewCombine(h.dtype);
+      if (!reply.ok()) {
+        v.request->RespondError(reply.status());
+      } else {
+        ConvertFromFloat(&partials[row * hidden], int64_t{h.token_count} * hidden, h.dtype,
+                         reply->payload.data());
+        if (absl::Status s = v.request->Respond(*std::move(reply)); !s.ok()) {
+          DSV2_LOG(WARNING) << "expert server: cannot answer a dispatch: " << s;
+        }
+      }
+      row += h.token_count;
+    }
+  }
+  std::lock_guard<std::mutex> lock(queue_->mutex);
+  ++queue_->stats.batches;
+}
+
+}  // namespace dsv2

@@ -1,0 +1,203 @@
+#include "common/experts/remote_experts.h"
+
+#include <future>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+
+namespace dsv2 {
+
+std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map) {
+  if (map.placement.num_units == 0) return nullptr;
+  auto route = std::make_shared<ExpertRoute>();
+  route->placement = map.placement;
+  for (const std::string& id : map.expert_workers) {
+    std::string address;
+    bool alive = false;
+    for (const ClusterMap::Worker& w : map.workers) {
+      if (w.info.id == id) {
+        address = w.info.data_address;
+        alive = w.state == WorkerState::kAlive;
+      }
+    }
+    route->addresses.push_back(address);
+    route->alive.push_back(alive);
+  }
+  return route;
+}
+
+RemoteRoutedExperts::RemoteRoutedExperts(const ModelConfig& config,
+                                         transport::Transport& transport,
+                                         RemoteExpertsOptions options)
+    : hidden_(config.hidden_size),
+      granule_size_(CombineGranuleSize(config)),
+      transport_(transport),
+      options_(options) {}
+
+void RemoteRoutedExperts::SetRoute(std::shared_ptr<const ExpertRoute> route) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  route_ = std::move(route);
+  suspect_until_.clear();  // A new map has the latest word on liveness.
+}
+
+RemoteRoutedExperts::Stats RemoteRoutedExperts::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void RemoteRoutedExperts::Suspect(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  suspect_until_[address] = absl::Now() + options_.suspect_time;
+}
+
+int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn) {
+  std::vector<int32_t> candidates;
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int32_t w : route.placement.unit_workers[unit]) {
+    if (!route.alive[w]) continue;
+    auto it = suspect_until_.find(route.addresses[w]);
+    if (it != suspect_until_.end() && it->second > now) continue;
+    candidates.push_back(w);
+  }
+  if (candidates.empty()) return -1;
+  return candidates[(turn + unit) % candidates.size()];
+}
+
+absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t n, int64_t k,
+                                          const int32_t* ids, const float* weights, float* out,
+                                          absl::FunctionRef<void()> meanwhile) {
+  const ExpertRows rows = GroupByGranule(n, k, ids, weights, granule_size_);
+  const int64_t num_rows = rows.size();
+  std::shared_ptr<const ExpertRoute> route;
+  uint64_t turn;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    route = route_;
+    turn = turn_++;
+  }
+  bool ran_meanwhile = false;
+  Stats call;  // This call's share of the stats.
+  call.calls = 1;
+  auto finish = [&](absl::Status status) {
+    if (!ran_meanwhile) meanwhile();
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.calls += call.calls;
+    stats_.tokens += call.tokens;
+    stats_.token_workers += call.token_workers;
+    stats_.max_workers_per_token = std::max(stats_.max_workers_per_token, call.max_workers_per_token);
+    stats_.dispatches += call.dispatches;
+    stats_.resends += call.resends;
+    stats_.failures += status.ok() ? 0 : 1;
+    return status;
+  };
+  if (route == nullptr) {
+    return finish(absl::UnavailableError("no expert placement yet (the cluster map has none)"));
+  }
+
+  std::vector<int32_t> unit(num_rows), worker(num_rows);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    unit[r] = route->placement.UnitOf(static_cast<int32_t>(rows.granule[r] * granule_size_));
+  }
+  std::vector<float> partials(num_rows * hidden_);
+  std::vector<int64_t> todo(num_rows);
+  for (int64_t r = 0; r < num_rows; ++r) todo[r] = r;
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  const int64_t act_bytes = hidden_ * DTypeSize(options_.dispatch_dtype);
+
+  while (!todo.empty()) {
+    std::map<int32_t, std::vector<int64_t>> by_worker;  // Rows ascending per worker.
+    for (int64_t r : todo) {
+      const int32_t w = PickWorker(*route, unit[r], turn);
+      if (w < 0) {
+        const int32_t u = unit[r];
+        return finish(absl::UnavailableError(absl::StrCat(
+            "experts [", route->placement.unit_begin[u], ", ", route->placement.unit_begin[u + 1],
+            ") have no reachable expert worker")));
+      }
+      worker[r] = w;
+      by_worker[w].push_back(r);
+    }
+    todo.clear();
+
+    struct InFlight {
+      int32_t worker;
+      const std::vector<int64_t>* rows;
+      std::future<absl::StatusOr<transport::Message>> reply;
+    };
+    std::vector<InFlight> calls;
+    for (const auto& [w, mine] : by_worker) {
+      absl::StatusOr<transport::Message> dispatch = transport::NewDispatch(
+          {.step_id = turn, .layer = static_cast<uint32_t>(layer)},
+          static_cast<uint32_t>(mine.size()), static_cast<uint32_t>(hidden_),
+          static_cast<uint32_t>(k), options_.dispatch_dtype,
+          [this](size_t bytes) { return transport_.AllocatePayload(bytes); });
+      if (!dispatch.ok()) return finish(dispatch.status());
+      absl::StatusOr<transport::DispatchSpans> spans =
+          transport::DispatchSpansOf(dispatch->header, dispatch->payload.span());
+      if (!spans.ok()) return finish(spans.status());
+      for (size_t i = 0; i < mine.size(); ++i) {
+        const int64_t r = mine[i];
+        ConvertFromFloat(x + int64_t{rows.token[r]} * hidden_, hidden_, options_.dispatch_dtype,
+                         spans->activations.data() + i * act_bytes);
+        std::copy_n(&rows.ids[r * k], k, &spans->expert_ids[i * k]);
+        std::copy_n(&rows.weights[r * k], k, &spans->weights[i * k]);
+      }
+      calls.push_back({w, &mine,
+                       transport::CallFuture(transport_, route->addresses[w],
+                                             *std::move(dispatch), deadline)});
+      ++call.dispatches;
+    }
+    if (!ran_meanwhile) {
+      meanwhile();
+      ran_meanwhile = true;
+    }
+
+    absl::Status error;
+    for (InFlight& c : calls) {
+      absl::StatusOr<transport::Message> reply = c.reply.get();
+      if (reply.ok()) {
+        absl::StatusOr<absl::Span<const uint8_t>> sums =
+            transport::ParseCombine(reply->header, reply->payload.span());
+        if (!sums.ok()) {
+          error.Update(sums.status());
+          continue;
+        }
+        const int64_t row_bytes = hidden_ * DTypeSize(reply->header.dtype);
+        for (size_t i = 0; i < c.rows->size(); ++i) {
+          ConvertToFloat(sums->data() + i * row_bytes, reply->header.dtype, hidden_,
+                         &partials[(*c.rows)[i] * hidden_]);
+        }
+      } else if (absl::IsUnavailable(reply.status())) {
+        DSV2_LOG(WARNING) << "expert worker " << route->addresses[c.worker]
+                          << " unreachable; resending its rows: " << reply.status();
+        Suspect(route->addresses[c.worker]);
+        todo.insert(todo.end(), c.rows->begin(), c.rows->end());
+        call.resends += static_cast<int64_t>(c.rows->size());
+      } else {
+        error.Update(reply.status());
+      }
+    }
+    if (!error.ok()) return finish(error);
+  }
+
+  SumRowPartials(rows, partials.data(), n, hidden_, out);
+  // Rows of a token are adjacent: count the distinct workers it reached.
+  call.tokens = n;
+  for (int64_t r = 0; r < num_rows;) {
+    std::vector<int32_t> reached;
+    const int32_t t = rows.token[r];
+    for (; r < num_rows && rows.token[r] == t; ++r) {
+      if (std::find(reached.begin(), reached.end(), worker[r]) == reached.end()) {
+        reached.push_back(worker[r]);
+      }
+    }
+    call.token_workers += static_cast<int64_t>(reached.size());
+    call.max_workers_per_token =
+        std::max<int64_t>(call.max_workers_per_token, static_cast<int64_t>(reached.size()));
+  }
+  return finish(absl::OkStatus());
+}
+
+}  // namespace dsv2

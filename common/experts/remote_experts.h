@@ -1,0 +1,95 @@
+// The attention worker's side of the data plane: RoutedExperts computed by
+// expert workers.
+//
+// Per MoE layer, the tokens' routing is regrouped into (token, granule) rows
+// (common/model/routed_experts.h); each row goes to one live worker holding
+// its granule's placement unit, one dispatch per worker, activations in the
+// dispatch dtype. While the dispatches are away the caller's `meanwhile`
+// runs (the shared experts). The combine replies' partial sums are added per
+// token in granule order — the same numbers LocalRoutedExperts computes,
+// given the same rounding of activations and partials to the wire dtypes.
+//
+// Replicas: a unit on several live workers is sent to one of them, turn by
+// turn. A worker whose call fails UNAVAILABLE is avoided (until the next
+// route or `suspect_time`) and its rows are sent again to another replica
+// within the same call; when a unit has no reachable worker left, Compute
+// fails UNAVAILABLE naming the unit, and a call past `timeout` fails
+// DEADLINE_EXCEEDED — the engine then ends that step's requests.
+//
+// Thread safety: Compute may run concurrently (micro-batches); SetRoute may
+// be called at any time (calls in flight keep the route they started with).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "common/cluster/cluster_state.h"
+#include "common/model/routed_experts.h"
+#include "common/tensor/dtype.h"
+#include "common/transport/transport.h"
+
+namespace dsv2 {
+
+// Where a cluster map places the routed experts: per placement unit, the
+// data addresses of the workers holding it and whether each is alive.
+struct ExpertRoute {
+  ExpertPlacement placement;
+  std::vector<std::string> addresses;  // By placement worker index.
+  std::vector<bool> alive;             // By placement worker index.
+};
+
+// The route of `map`; nullptr when it has no placement.
+std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map);
+
+struct RemoteExpertsOptions {
+  DType dispatch_dtype = DType::kBF16;  // Activations on the wire; the reply uses the same.
+  absl::Duration timeout = absl::Seconds(5);
+  absl::Duration suspect_time = absl::Seconds(2);
+};
+
+class RemoteRoutedExperts final : public RoutedExperts {
+ public:
+  struct Stats {
+    int64_t calls = 0;                 // Compute calls.
+    int64_t tokens = 0;                // Tokens routed.
+    int64_t token_workers = 0;         // Σ over tokens of distinct workers reached.
+    int64_t max_workers_per_token = 0;
+    int64_t dispatches = 0;            // Messages sent (including resends).
+    int64_t resends = 0;               // Rows sent again to another replica.
+    int64_t failures = 0;              // Compute calls that failed.
+  };
+
+  // `transport` must outlive this object.
+  RemoteRoutedExperts(const ModelConfig& config, transport::Transport& transport,
+                      RemoteExpertsOptions options);
+
+  void SetRoute(std::shared_ptr<const ExpertRoute> route);
+
+  absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
+                       const float* weights, float* out,
+                       absl::FunctionRef<void()> meanwhile) override;
+
+  Stats stats() const;
+
+ private:
+  // A live, unsuspected worker of `unit`, turn by turn; -1 when none.
+  int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn);
+  void Suspect(const std::string& address);
+
+  const int64_t hidden_;
+  const int64_t granule_size_;
+  transport::Transport& transport_;
+  const RemoteExpertsOptions options_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<const ExpertRoute> route_;                     // Guarded by mutex_.
+  absl::flat_hash_map<std::string, absl::Time> suspect_until_;  // Guarded by mutex_.
+  uint64_t turn_ = 0;                                            // Guarded by mutex_.
+  Stats stats_;                                                  // Guarded by mutex_.
+};
+
+}  // namespace dsv2

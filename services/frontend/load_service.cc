@@ -1,0 +1,24 @@
+#include "services/frontend/load_service.h"
+
+#include <algorithm>
+
+namespace dsv2 {
+
+grpc::Status LoadService::GetLoad(grpc::ServerContext* context,
+                                  const internal::GetLoadRequest* request,
+                                  internal::Load* response) {
+  const EngineStats stats = engine_->stats();
+  response->set_kv_blocks_total(stats.kv_blocks_total);
+  // The figures are copied at different moments of a step, so the clamp
+  // keeps a momentary overlap from reading as negative.
+  response->set_kv_blocks_free(
+      std::max<int64_t>(0, stats.kv_blocks_total - stats.kv_blocks_used - stats.kv_blocks_cached));
+  response->set_kv_blocks_cached(stats.kv_blocks_cached);
+  response->set_running(stats.running);
+  response->set_waiting(stats.waiting);
+  response->set_block_size(engine_->block_size());
+  response->set_serving(serving_ == nullptr || serving_());
+  return grpc::Status::OK;
+}
+
+}  // namespace dsv2

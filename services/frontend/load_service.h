@@ -1,0 +1,32 @@
+// dsv2.internal.AttentionWorker over an Engine: the load an attention worker
+// reports to the router, which chooses a worker per request from it.
+//
+// Thread safety: gRPC calls it from many threads; Engine::stats() is
+// thread-safe and `serving` must be too.
+#pragma once
+
+#include <functional>
+#include <utility>
+
+#include "common/engine/engine.h"
+#include "dsv2/internal/attention.grpc.pb.h"
+
+namespace dsv2 {
+
+class LoadService final : public internal::AttentionWorker::Service {
+ public:
+  // `engine` must outlive the service. `serving` says whether the worker
+  // takes new requests (false while draining, failed or missing expert
+  // groups); null means always.
+  LoadService(const Engine* engine, std::function<bool()> serving)
+      : engine_(engine), serving_(std::move(serving)) {}
+
+  grpc::Status GetLoad(grpc::ServerContext* context, const internal::GetLoadRequest* request,
+                       internal::Load* response) override;
+
+ private:
+  const Engine* engine_;
+  std::function<bool()> serving_;
+};
+
+}  // namespace dsv2

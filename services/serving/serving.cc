@@ -1,0 +1,217 @@
+#include "services/serving/serving.h"
+
+#include <signal.h>
+
+#include <charconv>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/base/logging.h"
+#include "dsv2/v1/generation.grpc.pb.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+ABSL_FLAG(int64_t, kv_cache_mib, 1024, "Memory budget of the paged KV cache, in MiB.");
+ABSL_FLAG(int64_t, block_size, 64, "Token positions per KV cache block.");
+ABSL_FLAG(int64_t, max_num_seqs, 64, "Requests running at once, at most.");
+ABSL_FLAG(int64_t, max_batch_tokens, 2048, "Tokens per engine step (prefill is chunked to fit).");
+ABSL_FLAG(int64_t, max_waiting, 256, "Waiting requests at most; more get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_model_len, 0, "Prompt + output tokens at most; 0: the model's context.");
+ABSL_FLAG(bool, prefix_caching, true, "Share KV blocks of common prompt prefixes.");
+ABSL_FLAG(int64_t, micro_batches, 1,
+          "Micro-batches per step (1-4), run concurrently so that one computes while another's "
+          "routed experts are on the data plane.");
+ABSL_FLAG(std::string, data_plane_dtype, "bf16",
+          "Activations and partial sums on the data plane: bf16 (half the bytes) or f32 (exact).");
+ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running requests may take to finish.");
+ABSL_FLAG(double, stall_timeout_s, 60,
+          "Health turns NOT_SERVING when work is pending and no step finished for this long.");
+ABSL_FLAG(bool, prefault, true, "Read the weights this process needs into memory before serving.");
+
+namespace dsv2 {
+
+using namespace std::chrono_literals;
+
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const ModelConfig& config) {
+  EngineOptions options{
+      .block_size = absl::GetFlag(FLAGS_block_size),
+      .kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mib) << 20,
+      .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+      .max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens),
+      .max_waiting = absl::GetFlag(FLAGS_max_waiting),
+      .max_model_len = absl::GetFlag(FLAGS_max_model_len),
+      .prefix_caching = absl::GetFlag(FLAGS_prefix_caching),
+      .micro_batches = absl::GetFlag(FLAGS_micro_batches),
+  };
+  if (options.block_size < 1 || options.max_num_seqs < 1 || options.max_batch_tokens < 1 ||
+      options.max_waiting < 0) {
+    return absl::InvalidArgumentError(
+        "--block_size, --max_num_seqs and --max_batch_tokens must be positive, --max_waiting >= 0");
+  }
+  if (PagedKvCache::BlocksForBudget(config, options.block_size, options.kv_cache_bytes) < 1) {
+    return absl::InvalidArgumentError("--kv_cache_mib must hold at least one block");
+  }
+  if (options.micro_batches < 1 || options.micro_batches > 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--micro_batches must be in [1, 4], not ", options.micro_batches));
+  }
+  return options;
+}
+
+absl::StatusOr<DType> DataPlaneDTypeFromFlag() {
+  const std::string name = absl::GetFlag(FLAGS_data_plane_dtype);
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f32") return DType::kF32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--data_plane_dtype must be bf16 or f32, not '", name, "'"));
+}
+
+bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* expert) {
+  // model.layers.{L}.mlp.experts.{E}.{gate,up,down}_proj.weight
+  auto number = [&](std::string_view prefix, int64_t* out) {
+    if (!name.starts_with(prefix)) return false;
+    name.remove_prefix(prefix.size());
+    const auto [end, error] = std::from_chars(name.data(), name.data() + name.size(), *out);
+    if (error != std::errc() || end == name.data()) return false;
+    name.remove_prefix(end - name.data());
+    return true;
+  };
+  return number("model.layers.", layer) && number(".mlp.experts.", expert) &&
+         name.starts_with(".");
+}
+
+absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
+    const std::string& dir, const std::function<bool(std::string_view)>& want) {
+  const auto start = std::chrono::steady_clock::now();
+  auto model = DeepseekV2Model::Load(dir);
+  if (!model.ok()) return model.status();
+  if (absl::GetFlag(FLAGS_prefault)) {
+    auto last_log = start;
+    const int64_t bytes = (*model)->checkpoint().Prefault(
+        [&](int64_t done, int64_t total) {
+          const auto now = std::chrono::steady_clock::now();
+          if (now - last_log >= 2s || done == total) {
+            DSV2_LOG(INFO) << absl::StrFormat("reading weights: %.1f%% of %.2f GB",
+                                              100.0 * done / total, total / 1e9);
+            last_log = now;
+          }
+        },
+        want);
+    DSV2_LOG(INFO) << absl::StrFormat(
+        "%.2f GB of %.2f GB of weights in memory in %.2f s", bytes / 1e9,
+        (*model)->checkpoint().total_bytes() / 1e9,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return model;
+}
+
+void BlockTerminationSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+void WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::filesystem::rename(tmp, path);
+}
+
+int ServeEngine(const ServeParams& params) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(params.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.RegisterService(params.generation);
+  for (grpc::Service* service : params.services) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    DSV2_LOG(ERROR) << params.program << ": cannot listen on " << params.listen;
+    return 1;
+  }
+  Engine& engine = *params.engine;
+  const std::chrono::milliseconds stall_timeout(
+      static_cast<int64_t>(absl::GetFlag(FLAGS_stall_timeout_s) * 1000));
+  auto healthy = [&] {
+    return engine.healthy(stall_timeout) && (!params.ready || params.ready());
+  };
+  // "" answers for the process, the service name for the API; both follow
+  // the engine and the extra readiness, and turn NOT_SERVING when draining.
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  bool serving = healthy();
+  health->SetServingStatus(serving);
+  health->SetServingStatus(v1::Generation::service_full_name(), serving);
+  const std::string host = params.listen.substr(0, params.listen.rfind(':'));
+  DSV2_LOG(INFO) << params.program << ": serving " << params.model_dir << " on " << host << ":"
+                 << port;
+  if (params.on_listening) {
+    if (absl::Status s = params.on_listening(port); !s.ok()) {
+      DSV2_LOG(ERROR) << params.program << ": " << s;
+      server->Shutdown(std::chrono::system_clock::now() + 2s);
+      return 1;
+    }
+  }
+  WritePortFile(params.port_file, port);
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  while (true) {
+    const timespec tick{0, 200'000'000};
+    const int signal = sigtimedwait(&signals, nullptr, &tick);
+    if (params.fatal != nullptr && *params.fatal) {
+      health->Shutdown();
+      DSV2_LOG(ERROR) << "fatal engine error: shutting down";
+      server->Shutdown(std::chrono::system_clock::now() + 2s);
+      return 1;
+    }
+    if (signal == SIGINT || signal == SIGTERM) {
+      DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": draining";
+      break;
+    }
+    if (const bool now = healthy(); now != serving) {
+      DSV2_LOG(WARNING) << "health: " << (now ? "SERVING again" : "NOT_SERVING");
+      health->SetServingStatus(now);
+      health->SetServingStatus(v1::Generation::service_full_name(), now);
+      serving = now;
+    }
+  }
+
+  if (params.on_drain) params.on_drain();
+  // Refuse new requests before health says so, so that a client that sees
+  // NOT_SERVING is never admitted.
+  engine.StopAccepting();
+  health->Shutdown();
+  const auto grace = std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s));
+  const auto drain_start = std::chrono::steady_clock::now();
+  while (engine.num_active() > 0 && std::chrono::steady_clock::now() - drain_start < grace) {
+    std::this_thread::sleep_for(50ms);
+  }
+  if (engine.num_active() > 0) {
+    DSV2_LOG(WARNING) << "grace period over: aborting " << engine.num_active() << " request(s)";
+    engine.AbortAll();
+  }
+  // Let the streams send their last events; until then late requests are
+  // still answered UNAVAILABLE rather than cut off by the shutdown.
+  const auto streams_deadline = std::chrono::steady_clock::now() + 5s;
+  while (params.generation->active_streams() > 0 &&
+         std::chrono::steady_clock::now() < streams_deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  server->Shutdown(std::chrono::system_clock::now() + 2s);
+  DSV2_LOG(INFO) << "drained; exiting";
+  return 0;
+}
+
+}  // namespace dsv2

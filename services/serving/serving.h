@@ -1,0 +1,75 @@
+// What the processes that run an Engine share (dsv2-standalone and
+// dsv2-attention): the engine and model flags, loading with progress logs,
+// and the gRPC serving loop with health, signals and drain.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/engine/engine.h"
+#include "common/model/deepseek_v2.h"
+#include "common/tensor/dtype.h"
+#include "grpcpp/grpcpp.h"
+#include "services/frontend/generation_service.h"
+
+namespace dsv2 {
+
+// The engine options of the --kv_cache_mib, --block_size, --max_num_seqs,
+// --max_batch_tokens, --max_waiting, --max_model_len, --prefix_caching and
+// --micro_batches flags. InvalidArgument names a bad flag.
+absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const ModelConfig& config);
+
+// --data_plane_dtype: the dtype of activations and partial sums on the data
+// plane (bf16 or f32).
+absl::StatusOr<DType> DataPlaneDTypeFromFlag();
+
+// Whether a checkpoint tensor belongs to a routed expert; if so, its layer
+// and expert.
+bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* expert);
+
+// Loads the model of `dir` and, with --prefault, reads the tensors `want`
+// accepts (all when null) into memory, logging progress.
+absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
+    const std::string& dir, const std::function<bool(std::string_view)>& want = nullptr);
+
+struct ServeParams {
+  std::string program;  // For messages: "dsv2-standalone".
+  std::string model_dir;
+  std::string listen;   // host:port; port 0: the OS chooses.
+  std::string port_file;
+  Engine* engine = nullptr;
+  GenerationService* generation = nullptr;  // Over `engine`; its health follows the engine.
+  std::vector<grpc::Service*> services;     // Others to serve.
+  // Extra readiness beyond the engine's health (e.g. every expert group has
+  // a live worker); null: always ready.
+  std::function<bool()> ready;
+  // Once listening, with the bound port (e.g. to register with the
+  // controller). A non-OK status ends serving with exit code 1.
+  std::function<absl::Status(int port)> on_listening;
+  // At SIGINT/SIGTERM, before new requests are refused (e.g. leave the
+  // cluster so the router stops choosing this worker).
+  std::function<void()> on_drain;
+  const std::atomic<bool>* fatal = nullptr;  // Set by the engine's on_fatal.
+};
+
+// Serves until SIGINT/SIGTERM (drain: health NOT_SERVING, new requests
+// UNAVAILABLE, running ones finish within --drain_grace_s or are aborted;
+// returns 0) or a fatal engine error (returns 1). Health is NOT_SERVING
+// while the engine is stalled (--stall_timeout_s) or `ready` is false.
+// The caller blocks SIGINT and SIGTERM in every thread before starting
+// threads (BlockTerminationSignals).
+int ServeEngine(const ServeParams& params);
+
+// Blocks SIGINT and SIGTERM in the calling thread and the threads it starts
+// later, so that ServeEngine (or sigwait) takes them.
+void BlockTerminationSignals();
+
+// Writes `port` to `path` atomically (no-op for an empty path).
+void WritePortFile(const std::string& path, int port);
+
+}  // namespace dsv2
