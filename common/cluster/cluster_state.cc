@@ -1,8 +1,23 @@
 #include "common/cluster/cluster_state.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace dsv2 {
+
+const ClusterMap::Worker* ClusterMap::Find(const std::string& id) const {
+  for (const Worker& worker : workers) {
+    if (worker.info.id == id) return &worker;
+  }
+  return nullptr;
+}
+
+ClusterState::ClusterState(ModelConfig config, int64_t replicas, Clock::duration lease,
+                           uint64_t epoch)
+    : config_(std::move(config)), replicas_(replicas), lease_(lease) {
+  map_.epoch = epoch;
+}
 
 absl::Status ClusterState::Register(const WorkerInfo& info, Clock::time_point now) {
   if (info.id.empty()) return absl::InvalidArgumentError("worker id must not be empty");
@@ -13,9 +28,49 @@ absl::Status ClusterState::Register(const WorkerInfo& info, Clock::time_point no
     return absl::InvalidArgumentError(
         absl::StrCat("expert worker ", info.id, " has no data_address"));
   }
+  // Every worker sends on the data plane (attention workers dispatch), and
+  // receivers admit senders by this id.
+  if (info.peer_id == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("worker ", info.id, " has no peer_id"));
+  }
+  for (const auto& [id, entry] : workers_) {
+    if (id != info.id && entry.state != WorkerState::kDead && entry.info.peer_id == info.peer_id) {
+      return absl::AlreadyExistsError(absl::StrCat("peer_id ", info.peer_id, " of worker ", info.id,
+                                                   " is held by worker ", id));
+    }
+  }
+  auto it = workers_.find(info.id);
+  if (it != workers_.end() && it->second.state == WorkerState::kAlive && it->second.info == info) {
+    // A retried registration: nothing changed, so no new map version.
+    it->second.lease_end = now + lease_;
+    return absl::OkStatus();
+  }
+  const bool has_slot = std::find(slots_.begin(), slots_.end(), info.id) != slots_.end();
+  if (info.role == WorkerRole::kExpert) {
+    if (!has_slot) AssignSlot(info.id);
+  } else if (has_slot) {
+    RemoveSlot(info.id);  // An expert worker came back as an attention worker.
+  }
   workers_[info.id] = Entry{info, WorkerState::kAlive, now + lease_};
   Publish();
   return absl::OkStatus();
+}
+
+void ClusterState::AssignSlot(const std::string& id) {
+  for (std::string& slot : slots_) {
+    auto dead = workers_.find(slot);
+    if (dead != workers_.end() && dead->second.state == WorkerState::kDead) {
+      // The newcomer serves the dead worker's units; the placement stays.
+      workers_.erase(dead);
+      slot = id;
+      return;
+    }
+  }
+  slots_.push_back(id);
+}
+
+void ClusterState::RemoveSlot(const std::string& id) {
+  slots_.erase(std::remove(slots_.begin(), slots_.end(), id), slots_.end());
 }
 
 absl::Status ClusterState::Heartbeat(const std::string& id, Clock::time_point now) {
@@ -34,6 +89,7 @@ absl::Status ClusterState::Drain(const std::string& id) {
   }
   if (it->second.state != WorkerState::kDraining) {
     it->second.state = WorkerState::kDraining;
+    RemoveSlot(id);
     Publish();
   }
   return absl::OkStatus();
@@ -43,7 +99,7 @@ bool ClusterState::ExpireLeases(Clock::time_point now) {
   bool changed = false;
   for (auto& [id, entry] : workers_) {
     if (entry.state != WorkerState::kDead && entry.lease_end < now) {
-      entry.state = WorkerState::kDead;
+      entry.state = WorkerState::kDead;  // An expert keeps its slot.
       changed = true;
     }
   }
@@ -53,21 +109,23 @@ bool ClusterState::ExpireLeases(Clock::time_point now) {
 
 void ClusterState::Publish() {
   ClusterMap next;
+  next.epoch = map_.epoch;
   next.version = map_.version + 1;
-  for (const auto& [id, entry] : workers_) {
-    next.workers.push_back({entry.info, entry.state});
-    if (entry.info.role == WorkerRole::kExpert && entry.state == WorkerState::kAlive) {
-      next.expert_workers.push_back(id);
-    }
+  for (const auto& [id, entry] : workers_) next.workers.push_back({entry.info, entry.state});
+  next.expert_workers = slots_;
+  const auto slots = static_cast<int64_t>(slots_.size());
+  if (slots > 0) {
+    // With fewer slots than replicas, each unit gets every slot.
+    absl::StatusOr<ExpertPlacement> placement =
+        PlaceExperts(config_, slots, std::min(replicas_, slots));
+    if (placement.ok()) next.placement = *std::move(placement);
   }
-  const int64_t live = static_cast<int64_t>(next.expert_workers.size());
-  // With fewer live workers than replicas, each unit gets every live worker.
-  absl::StatusOr<ExpertPlacement> placement =
-      live > 0 ? PlaceExperts(config_, live, std::min(replicas_, live))
-               : absl::StatusOr<ExpertPlacement>(absl::UnavailableError("no expert workers"));
-  if (placement.ok()) {
-    next.placement = *std::move(placement);
-    next.complete = true;
+  next.complete = next.placement.num_units > 0;
+  for (const std::vector<int32_t>& holders : next.placement.unit_workers) {
+    const bool served = std::any_of(holders.begin(), holders.end(), [&](int32_t w) {
+      return workers_.at(slots_[w]).state == WorkerState::kAlive;
+    });
+    next.complete = next.complete && served;
   }
   map_ = std::move(next);
 }

@@ -1,6 +1,8 @@
 #include "services/controller/controller_service.h"
 
+#include "absl/time/clock.h"
 #include "common/base/logging.h"
+#include "common/cluster/cluster_map_proto.h"
 
 namespace dsv2 {
 namespace {
@@ -11,46 +13,16 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-internal::WorkerState ToProto(WorkerState state) {
-  switch (state) {
-    case WorkerState::kAlive: return internal::WORKER_STATE_ALIVE;
-    case WorkerState::kDraining: return internal::WORKER_STATE_DRAINING;
-    case WorkerState::kDead: return internal::WORKER_STATE_DEAD;
-  }
-  return internal::WORKER_STATE_UNSPECIFIED;
-}
-
 }  // namespace
 
-internal::ClusterMap ToProto(const ClusterMap& map) {
-  internal::ClusterMap out;
-  out.set_version(map.version);
-  out.set_complete(map.complete);
-  for (const ClusterMap::Worker& w : map.workers) {
-    internal::Worker* worker = out.add_workers();
-    internal::WorkerInfo* info = worker->mutable_info();
-    info->set_worker_id(w.info.id);
-    info->set_role(w.info.role == WorkerRole::kExpert ? internal::ROLE_EXPERT
-                                                      : internal::ROLE_ATTENTION);
-    info->set_grpc_address(w.info.grpc_address);
-    info->set_data_address(w.info.data_address);
-    info->set_capacity(static_cast<uint64_t>(w.info.capacity));
-    worker->set_state(ToProto(w.state));
-  }
-  if (map.complete) {
-    for (int64_t u = 0; u < map.placement.num_units; ++u) {
-      internal::PlacementUnit* unit = out.add_placement();
-      unit->set_expert_begin(map.placement.unit_begin[u]);
-      unit->set_expert_end(map.placement.unit_begin[u + 1]);
-      for (int32_t w : map.placement.unit_workers[u]) unit->add_worker_ids(map.expert_workers[w]);
-    }
-  }
-  return out;
-}
-
 ControllerService::ControllerService(ModelConfig config, int64_t replicas,
-                                     std::chrono::milliseconds lease)
-    : lease_(lease), state_(std::move(config), replicas, lease) {
+                                     std::chrono::milliseconds lease,
+                                     std::chrono::milliseconds warmup)
+    : lease_(lease),
+      epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
+      warm_at_(ClusterState::Clock::now() + warmup),
+      state_(std::move(config), replicas, lease, epoch_),
+      warm_(warmup <= std::chrono::milliseconds(0)) {
   expirer_ = std::thread([this] { ExpireLoop(); });
 }
 
@@ -70,8 +42,16 @@ void ControllerService::Shutdown() {
 void ControllerService::ExpireLoop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
-    changed_.wait_for(lock, std::max<std::chrono::milliseconds>(lease_ / 4, 10ms));
+    auto wake = ClusterState::Clock::now() + std::max<std::chrono::milliseconds>(lease_ / 4, 10ms);
+    if (!warm_) wake = std::min(wake, warm_at_);
+    changed_.wait_until(lock, wake);
     if (stop_) break;
+    if (!warm_ && ClusterState::Clock::now() >= warm_at_) {
+      warm_ = true;
+      DSV2_LOG(INFO) << "warm-up over: publishing cluster map version " << state_.map().version
+                     << " (" << state_.map().workers.size() << " workers)";
+      changed_.notify_all();
+    }
     if (state_.ExpireLeases(ClusterState::Clock::now())) {
       DSV2_LOG(WARNING) << "lease lapsed; cluster map version " << state_.map().version;
       changed_.notify_all();
@@ -82,20 +62,14 @@ void ControllerService::ExpireLoop() {
 grpc::Status ControllerService::Register(grpc::ServerContext*,
                                          const internal::RegisterRequest* request,
                                          internal::RegisterResponse* response) {
-  const internal::WorkerInfo& w = request->worker();
-  if (w.role() != internal::ROLE_ATTENTION && w.role() != internal::ROLE_EXPERT) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "role must be attention or expert");
-  }
-  const WorkerInfo info{w.worker_id(),
-                        w.role() == internal::ROLE_EXPERT ? WorkerRole::kExpert
-                                                          : WorkerRole::kAttention,
-                        w.grpc_address(), w.data_address(), static_cast<int64_t>(w.capacity())};
+  absl::StatusOr<WorkerInfo> info = FromProto(request->worker());
+  if (!info.ok()) return ToGrpc(info.status());
   std::lock_guard<std::mutex> lock(mutex_);
-  if (absl::Status status = state_.Register(info, ClusterState::Clock::now()); !status.ok()) {
+  if (absl::Status status = state_.Register(*info, ClusterState::Clock::now()); !status.ok()) {
     return ToGrpc(status);
   }
-  DSV2_LOG(INFO) << "registered " << info.id << " at " << info.grpc_address
-                 << "; cluster map version " << state_.map().version;
+  DSV2_LOG(INFO) << "registered " << info->id << " at " << info->grpc_address << " (peer id "
+                 << info->peer_id << "); cluster map version " << state_.map().version;
   response->set_lease_ms(static_cast<uint32_t>(lease_.count()));
   response->set_map_version(state_.map().version);
   changed_.notify_all();
@@ -118,6 +92,7 @@ grpc::Status ControllerService::GetClusterMap(grpc::ServerContext*,
                                               const internal::GetClusterMapRequest*,
                                               internal::ClusterMap* response) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!warm_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller warming up");
   *response = ToProto(state_.map());
   return grpc::Status::OK;
 }
@@ -125,18 +100,23 @@ grpc::Status ControllerService::GetClusterMap(grpc::ServerContext*,
 grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
                                                 const internal::WatchRequest* request,
                                                 grpc::ServerWriter<internal::ClusterMap>* writer) {
-  uint64_t sent = request->known_version();
+  // The map the watcher holds; a map of another epoch is newer whatever
+  // its version (this controller restarted versions at 1).
+  uint64_t known_epoch = request->known_epoch();
+  uint64_t known_version = request->known_version();
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_ && !context->IsCancelled()) {
-    if (state_.map().version > sent) {
+    if (warm_ && state_.map().NewerThan(known_epoch, known_version)) {
       const internal::ClusterMap map = ToProto(state_.map());
-      sent = map.version();
+      known_epoch = map.epoch();
+      known_version = map.version();
       lock.unlock();
       if (!writer->Write(map)) return grpc::Status::OK;  // The watcher went away.
       lock.lock();
       continue;
     }
-    // Woken by changes; the timeout notices cancelled watchers.
+    // Woken by changes and the end of the warm-up; the timeout notices
+    // cancelled watchers.
     changed_.wait_for(lock, 100ms);
   }
   return grpc::Status::OK;

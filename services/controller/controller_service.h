@@ -1,6 +1,13 @@
 // dsv2.internal.Controller over a ClusterState: registration, leases, the
 // watched cluster map and drain. A background thread expires leases.
 //
+// Its maps carry its epoch (its start time in µs since the Unix epoch), so
+// watchers tell them from an earlier controller's. For `warmup` after start
+// it publishes nothing (GetClusterMap answers UNAVAILABLE, watch streams
+// wait) while Register, Heartbeat and Drain work: live workers learn of the
+// restart from a refused heartbeat and register again, so the first map
+// published is the whole cluster rather than whoever came back first.
+//
 // Thread safety: gRPC calls it from many threads; one mutex guards the state.
 #pragma once
 
@@ -16,7 +23,8 @@ namespace dsv2 {
 
 class ControllerService final : public internal::Controller::Service {
  public:
-  ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease);
+  ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease,
+                    std::chrono::milliseconds warmup);
   ~ControllerService() override;  // Stops the lease thread and ends watches.
 
   grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* request,
@@ -26,8 +34,7 @@ class ControllerService final : public internal::Controller::Service {
   grpc::Status GetClusterMap(grpc::ServerContext* context,
                              const internal::GetClusterMapRequest* request,
                              internal::ClusterMap* response) override;
-  grpc::Status WatchClusterMap(grpc::ServerContext* context,
-                               const internal::WatchRequest* request,
+  grpc::Status WatchClusterMap(grpc::ServerContext* context, const internal::WatchRequest* request,
                                grpc::ServerWriter<internal::ClusterMap>* writer) override;
   grpc::Status Drain(grpc::ServerContext* context, const internal::DrainRequest* request,
                      internal::DrainResponse* response) override;
@@ -35,18 +42,21 @@ class ControllerService final : public internal::Controller::Service {
   // Ends every watch stream (before the server shuts down).
   void Shutdown();
 
+  uint64_t epoch() const { return epoch_; }
+
  private:
+  // Expires leases, and ends the warm-up.
   void ExpireLoop();
 
   const std::chrono::milliseconds lease_;
+  const uint64_t epoch_;
+  const ClusterState::Clock::time_point warm_at_;  // When the warm-up ends.
   std::mutex mutex_;
-  std::condition_variable changed_;  // Map version changed, or shutting down.
+  std::condition_variable changed_;  // Map changed, warm-up ended, or shutting down.
   ClusterState state_;               // Guarded by mutex_.
+  bool warm_ = false;                // Guarded by mutex_.
   bool stop_ = false;                // Guarded by mutex_.
   std::thread expirer_;
 };
-
-// The wire form of a cluster map.
-internal::ClusterMap ToProto(const ClusterMap& map);
 
 }  // namespace dsv2

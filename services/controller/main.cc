@@ -22,6 +22,9 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50050", "Address to serve on; port 0: 
 ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
 ABSL_FLAG(int64_t, replicas, 1, "Expert workers holding each routing group (or slice).");
 ABSL_FLAG(int64_t, lease_ms, 3000, "A worker that does not renew within this is marked dead.");
+ABSL_FLAG(int64_t, warmup_ms, -1,
+          "After start, publish no cluster map for this long, so live workers re-register "
+          "first (-1: the lease).");
 
 int main(int argc, char** argv) {
   sigset_t signals;
@@ -42,12 +45,18 @@ int main(int argc, char** argv) {
     std::cerr << "dsv2-controller: " << config.status().message() << "\n";
     return 1;
   }
-  if (absl::GetFlag(FLAGS_replicas) < 1 || absl::GetFlag(FLAGS_lease_ms) < 10) {
-    std::cerr << "dsv2-controller: --replicas must be >= 1 and --lease_ms >= 10\n";
+  if (absl::GetFlag(FLAGS_replicas) < 1 || absl::GetFlag(FLAGS_lease_ms) < 10 ||
+      absl::GetFlag(FLAGS_warmup_ms) < -1) {
+    std::cerr << "dsv2-controller: --replicas must be >= 1, --lease_ms >= 10 and --warmup_ms >= "
+                 "-1\n";
     return 2;
   }
-  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas),
-                                  std::chrono::milliseconds(absl::GetFlag(FLAGS_lease_ms)));
+  const std::chrono::milliseconds lease(absl::GetFlag(FLAGS_lease_ms));
+  const std::chrono::milliseconds warmup =
+      absl::GetFlag(FLAGS_warmup_ms) < 0
+          ? lease
+          : std::chrono::milliseconds(absl::GetFlag(FLAGS_warmup_ms));
+  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas), lease, warmup);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -60,8 +69,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   DSV2_LOG(INFO) << "controller for " << model << " on port " << port << ", replicas "
-                 << absl::GetFlag(FLAGS_replicas) << ", lease " << absl::GetFlag(FLAGS_lease_ms)
-                 << " ms";
+                 << absl::GetFlag(FLAGS_replicas) << ", lease " << lease.count() << " ms, warm-up "
+                 << warmup.count() << " ms, epoch " << service.epoch();
   if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
     std::ofstream(path + ".tmp") << port << "\n";
     std::filesystem::rename(path + ".tmp", path);

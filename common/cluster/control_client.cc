@@ -1,0 +1,263 @@
+#include "common/cluster/control_client.h"
+
+#include <algorithm>
+#include <random>
+
+#include "common/base/logging.h"
+#include "common/cluster/cluster_map_proto.h"
+#include "grpcpp/grpcpp.h"
+
+namespace dsv2 {
+namespace {
+
+// Register and Drain: long enough for a loaded controller; Stop cancels
+// calls in flight, so this never delays shutdown.
+constexpr absl::Duration kCallTimeout = absl::Seconds(5);
+
+absl::Status ToAbsl(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+}  // namespace
+
+uint32_t RandomPeerId() {
+  std::random_device device;
+  std::uniform_int_distribution<uint32_t> id(1, UINT32_MAX);
+  return id(device);
+}
+
+std::unique_ptr<ControlClient> ControlClient::Start(ControlClientOptions options,
+                                                    ModelConfig config, MapCallback on_map) {
+  std::unique_ptr<ControlClient> client(
+      new ControlClient(std::move(options), std::move(config), std::move(on_map)));
+  if (client->options_.self.has_value()) {
+    client->member_ = std::thread([c = client.get()] { c->MemberLoop(); });
+  }
+  client->watcher_ = std::thread([c = client.get()] { c->WatchLoop(); });
+  return client;
+}
+
+ControlClient::ControlClient(ControlClientOptions options, ModelConfig config, MapCallback on_map)
+    : options_(std::move(options)), config_(std::move(config)), on_map_(std::move(on_map)) {
+  // gRPC's default reconnect backoff grows to two minutes; a restarted
+  // controller must be found again within a few retry intervals.
+  grpc::ChannelArguments args;
+  const int retry_ms =
+      static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.retry_interval)));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, retry_ms);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5 * retry_ms);
+  stub_ = internal::Controller::NewStub(
+      grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args));
+}
+
+ControlClient::~ControlClient() { Stop(); }
+
+void ControlClient::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+    for (grpc::ClientContext* context : in_flight_) context->TryCancel();
+  }
+  cv_.notify_all();
+  std::lock_guard<std::mutex> join(join_mutex_);
+  if (member_.joinable()) member_.join();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+std::optional<ClusterMap> ControlClient::map() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return map_;
+}
+
+bool ControlClient::WaitForMap(const std::function<bool(const ClusterMap&)>& pred,
+                               absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const auto satisfied = [&] { return map_.has_value() && pred(*map_); };
+  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return stop_ || satisfied(); });
+  return satisfied();
+}
+
+ControlClient::Stats ControlClient::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+absl::Status ControlClient::Drain() {
+  if (!options_.self.has_value()) {
+    return absl::FailedPreconditionError("a watch-only control client has no worker to drain");
+  }
+  internal::DrainRequest request;
+  request.set_worker_id(options_.self->id);
+  internal::DrainResponse response;
+  const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
+    return stub_->Drain(context, request, &response);
+  });
+  if (!status.ok()) return ToAbsl(status);
+  std::lock_guard<std::mutex> lock(mutex_);
+  drained_ = true;
+  return absl::OkStatus();
+}
+
+grpc::Status ControlClient::Call(absl::Duration timeout,
+                                 const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stop_) return grpc::Status(grpc::StatusCode::CANCELLED, "control client stopped");
+    in_flight_.push_back(&context);
+  }
+  const grpc::Status status = call(&context);
+  std::lock_guard<std::mutex> lock(mutex_);
+  in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), &context));
+  return status;
+}
+
+bool ControlClient::Stopping() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stop_;
+}
+
+bool ControlClient::SleepUntil(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return stop_; });
+  return !stop_;
+}
+
+grpc::Status ControlClient::RegisterSelf(absl::Duration* lease) {
+  internal::RegisterRequest request;
+  *request.mutable_worker() = ToProto(*options_.self);
+  internal::RegisterResponse response;
+  const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
+    return stub_->Register(context, request, &response);
+  });
+  if (!status.ok()) return status;
+  *lease = absl::Milliseconds(response.lease_ms());
+  bool drain_again = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.registrations;
+    drain_again = drained_;
+  }
+  DSV2_LOG(INFO) << "registered " << options_.self->id << " with controller " << options_.controller
+                 << " (lease " << response.lease_ms() << " ms, map version "
+                 << response.map_version() << ")";
+  if (drain_again) {
+    // The controller does not remember a drain across its restarts.
+    internal::DrainRequest drain;
+    drain.set_worker_id(options_.self->id);
+    internal::DrainResponse drained;
+    const grpc::Status s = Call(kCallTimeout, [&](grpc::ClientContext* context) {
+      return stub_->Drain(context, drain, &drained);
+    });
+    if (!s.ok()) DSV2_LOG(WARNING) << "draining again failed: " << s.error_message();
+  }
+  return grpc::Status::OK;
+}
+
+void ControlClient::MemberLoop() {
+  // Failures repeat every retry interval while the controller is away; only
+  // a change of error is logged.
+  std::string last_error;
+  const auto log_error = [&](const char* what, const grpc::Status& status) {
+    const std::string error = std::string(what) + ": " + status.error_message();
+    if (error != last_error) DSV2_LOG(WARNING) << options_.self->id << ": " << error;
+    last_error = error;
+  };
+  bool registered = false;
+  absl::Duration period;
+  absl::Time next_heartbeat;
+  while (true) {
+    if (!registered) {
+      absl::Duration lease;
+      const grpc::Status status = RegisterSelf(&lease);
+      if (status.ok()) {
+        registered = true;
+        last_error.clear();
+        period = std::max(lease / 3, absl::Milliseconds(10));
+        next_heartbeat = absl::Now() + period;
+      } else {
+        if (Stopping()) return;  // The call was cancelled.
+        log_error("register", status);
+        if (!SleepUntil(absl::Now() + options_.retry_interval)) return;
+        continue;
+      }
+    }
+    if (!SleepUntil(next_heartbeat)) return;
+    internal::HeartbeatRequest request;
+    request.set_worker_id(options_.self->id);
+    internal::HeartbeatResponse response;
+    const grpc::Status status = Call(period, [&](grpc::ClientContext* context) {
+      return stub_->Heartbeat(context, request, &response);
+    });
+    if (status.ok()) {
+      last_error.clear();
+      next_heartbeat = absl::Now() + period;
+      continue;
+    }
+    if (Stopping()) return;  // The call was cancelled.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.heartbeat_failures;
+    }
+    log_error("heartbeat", status);
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      registered = false;  // A new controller, or our lease lapsed: register now.
+    } else {
+      next_heartbeat = absl::Now() + std::min(options_.retry_interval, period);
+    }
+  }
+}
+
+void ControlClient::WatchLoop() {
+  bool failing = false;  // Log an outage once, not every retry.
+  while (true) {
+    grpc::ClientContext context;
+    internal::WatchRequest request;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stop_) return;
+      // Resume from the map held: only newer ones (or another epoch's) come.
+      if (map_.has_value()) {
+        request.set_known_epoch(map_->epoch);
+        request.set_known_version(map_->version);
+      }
+      in_flight_.push_back(&context);
+    }
+    std::unique_ptr<grpc::ClientReader<internal::ClusterMap>> reader =
+        stub_->WatchClusterMap(&context, request);
+    internal::ClusterMap wire;
+    while (reader->Read(&wire)) {
+      failing = false;
+      absl::StatusOr<ClusterMap> map = FromProto(wire, config_);
+      if (!map.ok()) {
+        DSV2_LOG(ERROR) << "skipping cluster map version " << wire.version() << " of epoch "
+                        << wire.epoch() << ": " << map.status().message();
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (map_.has_value() && !map->NewerThan(map_->epoch, map_->version)) continue;
+        map_ = *map;
+        ++stats_.maps_received;
+      }
+      cv_.notify_all();
+      if (on_map_) on_map_(*map);
+    }
+    const grpc::Status status = reader->Finish();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), &context));
+      if (stop_) return;
+    }
+    if (!failing) {
+      DSV2_LOG(WARNING) << "cluster map watch on " << options_.controller << " ended: "
+                        << (status.ok() ? "controller closed it" : status.error_message())
+                        << "; reconnecting";
+    }
+    failing = true;
+    if (!SleepUntil(absl::Now() + options_.retry_interval)) return;
+  }
+}
+
+}  // namespace dsv2
