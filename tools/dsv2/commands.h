@@ -37,6 +37,10 @@ absl::Status Detokenize(std::span<const std::string> argv, std::ostream& out);
 // The same request flags as generate, served by a running dsv2 server.
 absl::Status Client(std::span<const std::string> argv, std::ostream& out);
 
+// `dsv2 health --addr A [--service S] [--wait SECONDS]`: prints the server's
+// health; an error unless SERVING.
+absl::Status Health(std::span<const std::string> argv, std::ostream& out);
+
 // dsv2 make-model --preset lite|v2 --layers N --seed S --out DIR
 absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out);
 

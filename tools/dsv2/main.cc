@@ -16,7 +16,8 @@ constexpr char kUsage[] =
     "  generate    generate from token ids or a text prompt, printed as produced\n"
     "  tokenize    the token ids of a text, as a JSON array\n"
     "  detokenize  the text of token ids\n"
-    "  client      generate through a running server (dsv2-standalone), streamed\n"
+    "  client      generate through a running server (dsv2-standalone, dsv2-router), streamed\n"
+    "  health      a server's grpc.health.v1 status (exit 0 when SERVING)\n"
     "  make-model  write a random-weight checkpoint at the published dimensions\n"
     "\n"
     "Run 'dsv2 COMMAND --help' for a command's flags.\n";
@@ -37,6 +38,8 @@ int main(int argc, char** argv) {
     status = dsv2::cli::Logits(args, std::cout);
   } else if (command == "generate") {
     status = dsv2::cli::Generate(args, std::cout);
+  } else if (command == "health") {
+    status = dsv2::cli::Health(args, std::cout);
   } else if (command == "tokenize") {
     status = dsv2::cli::Tokenize(args, std::cout);
   } else if (command == "detokenize") {

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# A dsv2-serve cluster on this machine's loopback: controller, expert
+# workers, attention workers and the router, each a background process.
+#
+#   deploy/local/cluster.sh up --model DIR --attention N --experts M [--replicas R]
+#       starts every process, waits until the router is healthy, prints the
+#       router's address and returns.
+#   deploy/local/cluster.sh down      stops them all (SIGTERM, then SIGKILL after 20 s)
+#   deploy/local/cluster.sh status    lists them with their health
+#
+# Options of `up`:
+#   --state DIR             where pids, ports and logs go (default build/cluster)
+#   --router-port P         the router's port (default 0: the OS chooses)
+#   --attention-flags "..." extra flags for every dsv2-attention (e.g. --micro_batches=2)
+#   --expert-flags "..."    extra flags for every dsv2-expert
+#   --timeout S             seconds to wait for the router's health (default 120)
+# Binaries come from $BUILD_DIR (default build/); build them first
+# (scripts/build.sh dsv2 dsv2-controller dsv2-router dsv2-attention dsv2-expert).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+build="${BUILD_DIR:-$root/build}"
+dsv2="$build/tools/dsv2/dsv2"
+
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+command="${1:-}"
+[ -n "$command" ] || usage
+shift
+state="$build/cluster"
+model="" attention=1 experts=2 replicas=1 router_port=0 timeout=120
+attention_flags="" expert_flags=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) model="$2"; shift 2 ;;
+    --attention) attention="$2"; shift 2 ;;
+    --experts) experts="$2"; shift 2 ;;
+    --replicas) replicas="$2"; shift 2 ;;
+    --state) state="$2"; shift 2 ;;
+    --router-port) router_port="$2"; shift 2 ;;
+    --attention-flags) attention_flags="$2"; shift 2 ;;
+    --expert-flags) expert_flags="$2"; shift 2 ;;
+    --timeout) timeout="$2"; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "cluster.sh: unknown option $1" >&2; usage ;;
+  esac
+done
+
+# The processes of the cluster in start order: name per line in $state/procs.
+procs() { [ -f "$state/procs" ] && cat "$state/procs" || true; }
+alive() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
+address() { [ -s "$state/$1.port" ] && echo "127.0.0.1:$(cat "$state/$1.port")"; }
+
+# start NAME BINARY ARGS...: runs it in the background, waits for its port.
+start() {
+  local name="$1" binary="$2"
+  shift 2
+  rm -f "$state/$name.port"
+  nohup "$binary" --port_file "$state/$name.port" "$@" >"$state/$name.log" 2>&1 &
+  echo $! >"$state/$name.pid"
+  echo "$name" >>"$state/procs"
+  for _ in $(seq 1 $((timeout * 10))); do
+    [ -s "$state/$name.port" ] && return 0
+    alive "$name" || { echo "cluster.sh: $name exited:" >&2; tail -5 "$state/$name.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "cluster.sh: $name did not start within ${timeout} s" >&2
+  return 1
+}
+
+stop_all() {
+  local names
+  names="$(procs | tac)"  # Router first, controller last.
+  for name in $names; do alive "$name" && kill -TERM "$(cat "$state/$name.pid")" 2>/dev/null || true; done
+  for name in $names; do
+    for _ in $(seq 1 200); do alive "$name" || break; sleep 0.1; done
+    if alive "$name"; then
+      echo "cluster.sh: $name did not stop; killing it" >&2
+      kill -KILL "$(cat "$state/$name.pid")" 2>/dev/null || true
+    fi
+  done
+  rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state/router.addr"
+}
+
+case "$command" in
+  up)
+    [ -n "$model" ] || { echo "cluster.sh up: --model is required" >&2; exit 2; }
+    model="$(cd "$model" && pwd)"
+    for b in controller/dsv2-controller router/dsv2-router attention/dsv2-attention \
+             expert/dsv2-expert; do
+      [ -x "$build/services/$b" ] || { echo "cluster.sh: $build/services/$b is missing; build it first" >&2; exit 1; }
+    done
+    mkdir -p "$state"
+    if [ -n "$(procs)" ]; then
+      echo "cluster.sh: stopping the cluster left in $state"
+      stop_all
+    fi
+    trap 'echo "cluster.sh: startup failed; stopping what started" >&2; stop_all' ERR
+    start controller "$build/services/controller/dsv2-controller" --model "$model" \
+      --listen 127.0.0.1:0 --replicas "$replicas"
+    controller="$(address controller)"
+    for i in $(seq 1 "$experts"); do
+      # shellcheck disable=SC2086
+      start "expert-$i" "$build/services/expert/dsv2-expert" --model "$model" \
+        --controller "$controller" --worker_id "expert-$i" $expert_flags
+    done
+    for i in $(seq 1 "$attention"); do
+      # shellcheck disable=SC2086
+      start "attention-$i" "$build/services/attention/dsv2-attention" --model "$model" \
+        --controller "$controller" --worker_id "attention-$i" --kv_cache_mib 64 $attention_flags
+    done
+    start router "$build/services/router/dsv2-router" --model "$model" \
+      --controller "$controller" --listen "127.0.0.1:$router_port"
+    router="$(address router)"
+    if ! "$dsv2" health --addr "$router" --wait "$timeout" >/dev/null; then
+      echo "cluster.sh: the router at $router did not turn healthy within ${timeout} s" >&2
+      false
+    fi
+    trap - ERR
+    echo "$router" >"$state/router.addr"
+    echo "$router"
+    ;;
+  down)
+    stop_all
+    ;;
+  status)
+    [ -n "$(procs)" ] || { echo "no cluster in $state"; exit 0; }
+    printf '%-14s %-8s %-22s %s\n' NAME PID ADDRESS HEALTH
+    for name in $(procs); do
+      pid="$(cat "$state/$name.pid" 2>/dev/null || echo -)"
+      addr="$(address "$name" || echo -)"
+      if alive "$name"; then
+        health="$("$dsv2" health --addr "$addr" 2>/dev/null || true)"
+      else
+        health="exited (log $state/$name.log)"
+      fi
+      printf '%-14s %-8s %-22s %s\n' "$name" "$pid" "$addr" "${health:-NOT_SERVING}"
+    done
+    ;;
+  *) usage ;;
+esac

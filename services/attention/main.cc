@@ -1,0 +1,141 @@
+// dsv2-attention: an attention worker of a dsv2-serve cluster. It holds the
+// embedding, attention, dense layers, shared experts, LM head and the paged
+// latent KV cache, runs the engine, and serves the public API (to the
+// router) and its load. At every MoE layer it dispatches the tokens to the
+// expert workers of the cluster map over the UCX data plane.
+//
+// Health is SERVING while the engine is healthy and every routed expert has
+// a live worker. SIGINT/SIGTERM: leave the cluster (the router stops
+// choosing this worker), then drain as dsv2-standalone does.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+#include "common/cluster/control_client.h"
+#include "common/experts/remote_experts.h"
+#include "common/transport/ucx_transport.h"
+#include "services/frontend/generation_service.h"
+#include "services/frontend/load_service.h"
+#include "services/frontend/text_frontend.h"
+#include "services/serving/serving.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
+ABSL_FLAG(std::string, controller, "", "The controller's host:port.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:0",
+          "gRPC address to serve on (the router connects here); port 0: the OS chooses.");
+ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
+ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
+          "Data-plane (UCX) address to bind; its host is what expert workers reach.");
+ABSL_FLAG(std::string, worker_id, "", "Stable id in the cluster map; default attention@host:port.");
+ABSL_FLAG(int64_t, expert_timeout_ms, 5000,
+          "A MoE layer whose expert workers do not answer within this fails its step's requests.");
+
+namespace dsv2 {
+namespace {
+
+int Serve() {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  const std::string controller = absl::GetFlag(FLAGS_controller);
+  if (model_dir.empty() || controller.empty()) {
+    std::cerr << "dsv2-attention: --model and --controller are required (see --help)\n";
+    return 2;
+  }
+  // Everything but the routed experts, which live on the expert workers.
+  auto model = LoadModelForServing(model_dir, [](std::string_view name) {
+    int64_t layer, expert;
+    return !ParseRoutedExpertTensor(name, &layer, &expert);
+  });
+  if (!model.ok()) {
+    std::cerr << "dsv2-attention: cannot load " << model_dir << ": " << model.status().message()
+              << "\n";
+    return 1;
+  }
+  const ModelConfig& config = (*model)->config();
+  auto options = EngineOptionsFromFlags(config);
+  auto dtype = DataPlaneDTypeFromFlag();
+  if (!options.ok() || !dtype.ok()) {
+    std::cerr << "dsv2-attention: "
+              << (options.ok() ? dtype.status() : options.status()).message() << "\n";
+    return 2;
+  }
+  std::atomic<bool> fatal{false};
+  options->on_fatal = [&fatal](const absl::Status&) { fatal = true; };
+  auto text = TextFrontend::LoadIfPresent(model_dir);
+  if (!text.ok()) {
+    std::cerr << "dsv2-attention: cannot load the tokenizer: " << text.status().message() << "\n";
+    return 1;
+  }
+  auto data_plane = transport::UcxTransport::Create(
+      {.id = RandomPeerId(), .listen_address = absl::GetFlag(FLAGS_data_listen)});
+  if (!data_plane.ok()) {
+    std::cerr << "dsv2-attention: data plane: " << data_plane.status().message() << "\n";
+    return 1;
+  }
+  auto experts = std::make_shared<RemoteRoutedExperts>(
+      config, **data_plane,
+      RemoteExpertsOptions{.dispatch_dtype = *dtype,
+                           .timeout = absl::Milliseconds(absl::GetFlag(FLAGS_expert_timeout_ms))});
+  (*model)->SetRoutedExperts(experts);
+
+  Engine engine(model->get(), text->get(), *options);
+  GenerationService generation(&engine, text->get(), model_dir);
+  std::atomic<bool> complete{false}, draining{false};
+  LoadService load(&engine, [&] { return complete && !draining && engine.healthy(); });
+  std::unique_ptr<ControlClient> control;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const int code = ServeEngine({
+      .program = "dsv2-attention",
+      .model_dir = model_dir,
+      .listen = listen,
+      .port_file = absl::GetFlag(FLAGS_port_file),
+      .engine = &engine,
+      .generation = &generation,
+      .services = {&load},
+      .ready = [&] { return complete.load(); },
+      .on_listening =
+          [&](int port) {
+            const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+            WorkerInfo self{
+                .id = absl::GetFlag(FLAGS_worker_id).empty() ? "attention@" + address
+                                                             : absl::GetFlag(FLAGS_worker_id),
+                .role = WorkerRole::kAttention,
+                .grpc_address = address,
+                .data_address = (*data_plane)->address(),
+                .capacity = engine.stats().kv_blocks_total * options->block_size,
+                .peer_id = (*data_plane)->id(),
+            };
+            DSV2_LOG(INFO) << "joining the cluster at " << controller << " as " << self.id
+                           << " (data plane " << self.data_address << ")";
+            control = ControlClient::Start({.controller = controller, .self = self}, config,
+                                           [&](const ClusterMap& map) {
+                                             experts->SetRoute(RouteFromMap(map));
+                                             complete = map.complete;
+                                           });
+            return absl::OkStatus();
+          },
+      .on_drain =
+          [&] {
+            draining = true;
+            if (absl::Status s = control->Drain(); !s.ok()) {
+              DSV2_LOG(WARNING) << "could not leave the cluster: " << s;
+            }
+          },
+      .fatal = &fatal,
+  });
+  if (control) control->Stop();
+  (*data_plane)->Shutdown();
+  return code;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) {
+  dsv2::BlockTerminationSignals();
+  absl::SetProgramUsageMessage("An attention worker of a dsv2-serve cluster.");
+  absl::ParseCommandLine(argc, argv);
+  return dsv2::Serve();
+}

@@ -1,0 +1,173 @@
+// dsv2-expert: an expert worker of a dsv2-serve cluster. It serves the
+// routed experts the controller places on it to the attention workers over
+// the UCX data plane, batching the tokens that arrive from all of them
+// within --batch_window_us per expert. It reads only its placed experts'
+// weights into memory (others stay on disk until touched, e.g. while the
+// placement moves). Its gRPC port serves health only.
+//
+// SIGINT/SIGTERM: leave the placement (Drain), keep answering for
+// --drain_s while attention workers move to the new map, then exit 0.
+#include <signal.h>
+
+#include <iostream>
+#include <set>
+#include <thread>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+#include "common/cluster/control_client.h"
+#include "common/experts/expert_server.h"
+#include "common/transport/ucx_transport.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "services/serving/serving.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
+ABSL_FLAG(std::string, controller, "", "The controller's host:port.");
+ABSL_FLAG(std::string, listen, "127.0.0.1:0", "gRPC address (health); port 0: the OS chooses.");
+ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
+ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
+          "Data-plane (UCX) address to bind; its host is what attention workers reach.");
+ABSL_FLAG(std::string, worker_id, "", "Stable id in the cluster map; default expert@host:port.");
+ABSL_FLAG(int64_t, batch_window_us, 100,
+          "After a dispatch arrives, wait this long for others to batch with it.");
+ABSL_FLAG(double, drain_s, 2, "On SIGTERM, seconds to keep serving after leaving the placement.");
+ABSL_DECLARE_FLAG(bool, prefault);
+
+namespace dsv2 {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Reads the weights of the experts placed on worker `id` that are not in
+// memory yet.
+void PrefaultPlacedExperts(const DeepseekV2Model& model, const ClusterMap& map,
+                           const std::string& id, std::set<int64_t>* resident) {
+  const auto slot = std::find(map.expert_workers.begin(), map.expert_workers.end(), id);
+  if (slot == map.expert_workers.end() || map.placement.num_units == 0) return;
+  std::set<int64_t> wanted;
+  for (int32_t e : map.placement.ExpertsOf(static_cast<int32_t>(slot - map.expert_workers.begin()))) {
+    if (!resident->contains(e)) wanted.insert(e);
+  }
+  if (wanted.empty()) return;
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t bytes = model.checkpoint().Prefault(
+      [](int64_t, int64_t) {},
+      [&](std::string_view name) {
+        int64_t layer, expert;
+        return ParseRoutedExpertTensor(name, &layer, &expert) && wanted.contains(expert);
+      });
+  resident->insert(wanted.begin(), wanted.end());
+  DSV2_LOG(INFO) << "placed on this worker: " << resident->size() << " of "
+                 << model.config().n_routed_experts << " experts per layer; read "
+                 << absl::StrCat(bytes / 1e6) << " MB in "
+                 << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+                 << " s";
+}
+
+int Serve() {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  const std::string controller = absl::GetFlag(FLAGS_controller);
+  if (model_dir.empty() || controller.empty()) {
+    std::cerr << "dsv2-expert: --model and --controller are required (see --help)\n";
+    return 2;
+  }
+  // Nothing is read yet: the placement decides which experts.
+  auto model = DeepseekV2Model::Load(model_dir);
+  if (!model.ok()) {
+    std::cerr << "dsv2-expert: cannot load " << model_dir << ": " << model.status().message()
+              << "\n";
+    return 1;
+  }
+  const ModelConfig& config = (*model)->config();
+  if (config.n_routed_experts == 0) {
+    std::cerr << "dsv2-expert: " << model_dir << " has no routed experts\n";
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_batch_window_us) < 0) {
+    std::cerr << "dsv2-expert: --batch_window_us must be >= 0\n";
+    return 2;
+  }
+  auto data_plane = transport::UcxTransport::Create(
+      {.id = RandomPeerId(), .listen_address = absl::GetFlag(FLAGS_data_listen)});
+  if (!data_plane.ok()) {
+    std::cerr << "dsv2-expert: data plane: " << data_plane.status().message() << "\n";
+    return 1;
+  }
+  // Until the first map, serve nobody.
+  (*data_plane)->SetAllowedPeers({});
+  ExpertServer server(
+      **model, **data_plane,
+      {.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us))});
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (grpc_server == nullptr || port == 0) {
+    std::cerr << "dsv2-expert: cannot listen on " << listen << "\n";
+    return 1;
+  }
+  const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+  WorkerInfo self{
+      .id = absl::GetFlag(FLAGS_worker_id).empty() ? "expert@" + address
+                                                   : absl::GetFlag(FLAGS_worker_id),
+      .role = WorkerRole::kExpert,
+      .grpc_address = address,
+      .data_address = (*data_plane)->address(),
+      .peer_id = (*data_plane)->id(),
+  };
+  DSV2_LOG(INFO) << "dsv2-expert: " << self.id << " serving " << model_dir << ", data plane "
+                 << self.data_address << "; joining the cluster at " << controller;
+  std::set<int64_t> resident;
+  const bool prefault = absl::GetFlag(FLAGS_prefault);
+  auto control = ControlClient::Start(
+      {.controller = controller, .self = self}, config, [&](const ClusterMap& map) {
+        // Serve the cluster's workers only (attention workers dispatch).
+        absl::flat_hash_set<transport::PeerId> peers;
+        for (const ClusterMap::Worker& w : map.workers) {
+          if (w.state != WorkerState::kDead) peers.insert(w.info.peer_id);
+        }
+        (*data_plane)->SetAllowedPeers(std::move(peers));
+        if (prefault) PrefaultPlacedExperts(**model, map, self.id, &resident);
+      });
+  WritePortFile(absl::GetFlag(FLAGS_port_file), port);
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": leaving the placement";
+  grpc_server->GetHealthCheckService()->Shutdown();
+  if (absl::Status s = control->Drain(); !s.ok()) {
+    DSV2_LOG(WARNING) << "could not leave the placement: " << s;
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_s)));
+  control->Stop();
+  (*data_plane)->Shutdown();
+  grpc_server->Shutdown(std::chrono::system_clock::now() + 1s);
+  const ExpertServer::Stats stats = server.stats();
+  DSV2_LOG(INFO) << "served " << stats.requests << " dispatches (" << stats.rows << " rows in "
+                 << stats.batches << " batches); exiting";
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) {
+  dsv2::BlockTerminationSignals();
+  absl::SetProgramUsageMessage("An expert worker of a dsv2-serve cluster.");
+  absl::ParseCommandLine(argc, argv);
+  return dsv2::Serve();
+}

@@ -1,0 +1,169 @@
+// dsv2-router: the public API (dsv2.v1.Generation) of a disaggregated
+// cluster. It watches the controller's cluster map and forwards each call to
+// an attention worker chosen by load (services/router/router_service.h),
+// with grpc.health.v1 and server reflection.
+//
+// Health ("" and dsv2.v1.Generation) is SERVING while the last cluster map
+// is complete and lists at least one live attention worker.
+// SIGINT/SIGTERM drain: new calls get UNAVAILABLE, health turns NOT_SERVING,
+// running streams may finish within --drain_grace_s and are then cancelled
+// (the workers abort them), and the process exits 0.
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "common/base/logging.h"
+#include "common/cluster/cluster_state.h"
+#include "common/cluster/control_client.h"
+#include "common/model/config.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "services/router/router_service.h"
+
+ABSL_FLAG(std::string, controller, "", "host:port of dsv2-controller.");
+ABSL_FLAG(std::string, model, "",
+          "Model directory; only its config.json is read (to check cluster maps against).");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50052",
+          "Address to serve on; port 0 lets the OS choose (see --port_file).");
+ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
+ABSL_FLAG(int64_t, load_interval_ms, 50, "How often each attention worker's load is polled.");
+ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running streams may take to finish.");
+
+namespace dsv2 {
+namespace {
+
+using namespace std::chrono_literals;
+
+int Serve() {
+  const std::string controller = absl::GetFlag(FLAGS_controller);
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (controller.empty() || model_dir.empty()) {
+    std::cerr << "dsv2-router: --controller and --model are required (see --help)\n";
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_load_interval_ms) < 1 || absl::GetFlag(FLAGS_drain_grace_s) < 0) {
+    std::cerr << "dsv2-router: --load_interval_ms must be >= 1 and --drain_grace_s >= 0\n";
+    return 2;
+  }
+  auto config = LoadModelConfig((std::filesystem::path(model_dir) / "config.json").string());
+  if (!config.ok()) {
+    std::cerr << "dsv2-router: " << config.status().message() << "\n";
+    return 1;
+  }
+
+  RouterService router(RouterOptions{
+      .load_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_load_interval_ms))});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.RegisterService(&router);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "dsv2-router: cannot listen on " << absl::GetFlag(FLAGS_listen) << "\n";
+    return 1;
+  }
+  // Not serving until a map says the cluster can serve.
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(v1::Generation::service_full_name(), false);
+  health->SetServingStatus("", false);
+
+  std::mutex health_mutex;
+  bool draining = false;  // Guarded by health_mutex: the maps no longer decide health.
+  std::optional<bool> serving;
+  auto on_map = [&](const ClusterMap& map) {
+    std::vector<AttentionEndpoint> workers;
+    for (const ClusterMap::Worker& w : map.workers) {
+      // Draining workers finish the calls they have (those hold their own
+      // channel) but take no new ones.
+      if (w.info.role == WorkerRole::kAttention && w.state == WorkerState::kAlive) {
+        workers.push_back({w.info.id, w.info.grpc_address});
+      }
+    }
+    const bool ready = map.complete && !workers.empty();
+    DSV2_LOG(INFO) << "cluster map " << map.version << ": " << workers.size()
+                   << " live attention worker(s), " << (map.complete ? "complete" : "incomplete");
+    router.SetWorkers(std::move(workers));
+    router.SetServing(map.complete);
+    std::lock_guard<std::mutex> lock(health_mutex);
+    if (draining || serving == ready) return;
+    serving = ready;
+    health->SetServingStatus(v1::Generation::service_full_name(), ready);
+    health->SetServingStatus("", ready);
+    DSV2_LOG(INFO) << "health: " << (ready ? "SERVING" : "NOT_SERVING");
+  };
+  std::unique_ptr<ControlClient> client = ControlClient::Start(
+      ControlClientOptions{.controller = controller, .self = std::nullopt}, *config, on_map);
+  if (client == nullptr) {
+    std::cerr << "dsv2-router: cannot start the control client for " << controller << "\n";
+    return 1;
+  }
+
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  DSV2_LOG(INFO) << "router on " << listen.substr(0, listen.rfind(':')) << ":" << port
+                 << ", controller " << controller;
+  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::filesystem::rename(tmp, path);
+  }
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": draining";
+
+  // Refuse new calls before health says so, so that a client that sees
+  // NOT_SERVING is never admitted.
+  router.StopAccepting();
+  {
+    std::lock_guard<std::mutex> lock(health_mutex);
+    draining = true;
+  }
+  health->Shutdown();
+  const auto grace = std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s));
+  const auto drain_start = std::chrono::steady_clock::now();
+  while (router.active_streams() > 0 && std::chrono::steady_clock::now() - drain_start < grace) {
+    std::this_thread::sleep_for(50ms);
+  }
+  if (router.active_streams() > 0) {
+    DSV2_LOG(WARNING) << "grace period over: cancelling " << router.active_streams()
+                      << " stream(s)";
+  }
+  // Cancels what is left; the forwarded calls are cancelled with them.
+  server->Shutdown(std::chrono::system_clock::now() + 1s);
+  client->Stop();
+  DSV2_LOG(INFO) << "drained; exiting";
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) {
+  // Signals are taken by sigwait in Serve, so every thread blocks them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::SetProgramUsageMessage(
+      "Serves the public API of a dsv2-serve cluster, forwarding to its attention workers.");
+  absl::ParseCommandLine(argc, argv);
+  return dsv2::Serve();
+}
