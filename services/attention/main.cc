@@ -83,7 +83,9 @@ int Serve() {
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir);
   std::atomic<bool> complete{false}, draining{false};
-  LoadService load(&engine, [&] { return complete && !draining && engine.healthy(); });
+  LoadService load(
+      &engine, [&] { return complete && !draining && engine.healthy(); },
+      [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); });
   std::unique_ptr<ControlClient> control;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const int code = ServeEngine({

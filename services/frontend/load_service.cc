@@ -18,6 +18,8 @@ grpc::Status LoadService::GetLoad(grpc::ServerContext* context,
   response->set_waiting(stats.waiting);
   response->set_block_size(engine_->block_size());
   response->set_serving(serving_ == nullptr || serving_());
+  response->set_generation_tokens(stats.generation_tokens);
+  if (data_plane_) data_plane_(response->mutable_data_plane());
   return grpc::Status::OK;
 }
 

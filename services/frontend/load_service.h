@@ -18,8 +18,10 @@ class LoadService final : public internal::AttentionWorker::Service {
   // `engine` must outlive the service. `serving` says whether the worker
   // takes new requests (false while draining, failed or missing expert
   // groups); null means always.
-  LoadService(const Engine* engine, std::function<bool()> serving)
-      : engine_(engine), serving_(std::move(serving)) {}
+  // `data_plane` (nullable) fills in the data-plane figures.
+  LoadService(const Engine* engine, std::function<bool()> serving,
+              std::function<void(internal::DataPlaneStats*)> data_plane = nullptr)
+      : engine_(engine), serving_(std::move(serving)), data_plane_(std::move(data_plane)) {}
 
   grpc::Status GetLoad(grpc::ServerContext* context, const internal::GetLoadRequest* request,
                        internal::Load* response) override;
@@ -27,6 +29,7 @@ class LoadService final : public internal::AttentionWorker::Service {
  private:
   const Engine* engine_;
   std::function<bool()> serving_;
+  std::function<void(internal::DataPlaneStats*)> data_plane_;
 };
 
 }  // namespace dsv2

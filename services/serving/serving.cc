@@ -118,6 +118,21 @@ void BlockTerminationSignals() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 }
 
+void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,
+                        internal::DataPlaneStats* out) {
+  const RemoteRoutedExperts::Stats stats = experts.stats();
+  out->set_moe_calls(stats.calls);
+  out->set_tokens(stats.tokens);
+  out->set_token_workers(stats.token_workers);
+  out->set_max_workers_per_token(stats.max_workers_per_token);
+  out->set_resends(stats.resends);
+  out->set_failures(stats.failures);
+  const transport::TransportCounters counters = transport.counters();
+  out->set_messages_sent(counters.messages_sent);
+  out->set_bytes_sent(counters.bytes_sent);
+  out->set_bytes_received(counters.bytes_received);
+}
+
 void WritePortFile(const std::string& path, int port) {
   if (path.empty()) return;
   const std::string tmp = path + ".tmp";

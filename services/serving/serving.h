@@ -12,8 +12,10 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
+#include "common/experts/remote_experts.h"
 #include "common/model/deepseek_v2.h"
 #include "common/tensor/dtype.h"
+#include "dsv2/internal/attention.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "services/frontend/generation_service.h"
 
@@ -68,6 +70,11 @@ int ServeEngine(const ServeParams& params);
 // Blocks SIGINT and SIGTERM in the calling thread and the threads it starts
 // later, so that ServeEngine (or sigwait) takes them.
 void BlockTerminationSignals();
+
+// The data-plane figures of an attention worker (or dsv2-standalone) for
+// its Load report.
+void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,
+                        internal::DataPlaneStats* out);
 
 // Writes `port` to `path` atomically (no-op for an empty path).
 void WritePortFile(const std::string& path, int port);

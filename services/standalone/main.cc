@@ -80,7 +80,9 @@ int Serve() {
 
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir);
-  LoadService load(&engine, [] { return true; });
+  LoadService load(&engine, [] { return true; }, [&](internal::DataPlaneStats* stats) {
+    FillDataPlaneStats(*experts, **attention_side, stats);
+  });
   const int code = ServeEngine({
       .program = "dsv2-standalone",
       .model_dir = model_dir,
