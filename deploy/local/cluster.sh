@@ -91,7 +91,7 @@ case "$command" in
     done
     mkdir -p "$state"
     if [ -n "$(procs)" ]; then
-      echo "cluster.sh: stopping the cluster left in $state"
+      echo "cluster.sh: stopping the cluster left in $state" >&2
       stop_all
     fi
     trap 'echo "cluster.sh: startup failed; stopping what started" >&2; stop_all' ERR
