@@ -84,6 +84,11 @@ stop_all() {
 case "$command" in
   up)
     [ -n "$model" ] || { echo "cluster.sh up: --model is required" >&2; exit 2; }
+    [ -f "$model/config.json" ] || { echo "cluster.sh up: $model has no config.json" >&2; exit 2; }
+    for pair in "attention:$attention" "experts:$experts" "replicas:$replicas" "timeout:$timeout"; do
+      [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || { echo "cluster.sh up: --${pair%%:*} must be a positive integer, not '${pair#*:}'" >&2; exit 2; }
+    done
+    [ "$replicas" -le "$experts" ] || { echo "cluster.sh up: --replicas $replicas needs at least as many --experts (have $experts)" >&2; exit 2; }
     model="$(cd "$model" && pwd)"
     for b in controller/dsv2-controller router/dsv2-router attention/dsv2-attention \
              expert/dsv2-expert; do

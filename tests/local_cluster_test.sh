@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# deploy/local/cluster.sh as a user runs it: `up` returns the router's
+# address once it is healthy, `status` lists every process SERVING, a chat
+# request through the router streams the same text as dsv2-standalone
+# (same data-plane dtype), bad options are refused, and `down` stops every
+# process. Usage: local_cluster_test.sh BUILD_DIR (run from the repo root).
+set -euo pipefail
+build="$1"
+export BUILD_DIR="$build"
+state="$(mktemp -d)"
+cluster=deploy/local/cluster.sh
+dsv2="$build/tools/dsv2/dsv2"
+cleanup() {
+  "$cluster" down --state "$state" >/dev/null 2>&1 || true
+  [ -n "${standalone:-}" ] && { kill "$standalone" 2>/dev/null || true; wait "$standalone" 2>/dev/null || true; }
+  rm -rf "$state"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for f in "$state"/*.log; do echo "== $f"; tail -5 "$f"; done; exit 1; }
+
+# Refused options change nothing.
+if "$cluster" up --model tests/data/tiny-lite --state "$state" --experts 0 2>"$state/err"; then
+  fail "--experts 0 was accepted"
+fi
+grep -q "experts must be a positive integer" "$state/err" || fail "unclear error: $(cat "$state/err")"
+
+addr="$("$cluster" up --model tests/data/tiny-lite --attention 1 --experts 2 --state "$state" \
+  --timeout 60)" || fail "up failed"
+[[ "$addr" =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "up printed '$addr', not an address"
+"$dsv2" health --addr "$addr" >/dev/null || fail "router not healthy after up"
+
+status="$("$cluster" status --state "$state")"
+echo "$status"
+for name in controller expert-1 expert-2 attention-1 router; do
+  echo "$status" | grep -Eq "^$name +[0-9]+ +127\.0\.0\.1:[0-9]+ +SERVING$" || fail "$name not SERVING"
+done
+
+"$build/services/standalone/dsv2-standalone" --model tests/data/tiny-lite --listen 127.0.0.1:0 \
+  --port_file "$state/standalone.port.txt" --kv_cache_mib 32 2>"$state/standalone.txt" &
+standalone=$!
+for _ in $(seq 1 300); do [ -s "$state/standalone.port.txt" ] && break; sleep 0.1; done
+request=(--chat --prompt "What is the capital of France?" --max-tokens 24)
+via_cluster="$("$dsv2" client --addr "$addr" "${request[@]}")" || fail "client through the router failed"
+via_standalone="$("$dsv2" client --addr "127.0.0.1:$(cat "$state/standalone.port.txt")" "${request[@]}")"
+[ -n "$via_cluster" ] || fail "empty answer"
+[ "$via_cluster" == "$via_standalone" ] || fail "cluster '$via_cluster' != standalone '$via_standalone'"
+
+pids="$(cat "$state"/*.pid)"
+"$cluster" down --state "$state" 2>"$state/down.err"
+if grep -q "killing" "$state/down.err"; then fail "down had to kill: $(cat "$state/down.err")"; fi
+for pid in $pids; do
+  if kill -0 "$pid" 2>/dev/null; then fail "process $pid still running after down"; fi
+done
+"$cluster" status --state "$state" | grep -q "no cluster" || fail "status after down"
+echo "PASS"
