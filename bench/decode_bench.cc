@@ -27,16 +27,17 @@ namespace {
 // Counts what the routed experts read and compute, then computes them here.
 class CountingExperts : public RoutedExperts {
  public:
-  explicit CountingExperts(const ModelWeights& weights) : local_(weights), weights_(weights) {}
+  explicit CountingExperts(const DeepseekV2Model& model)
+      : local_(model.config(), model.weights()), weights_(model.weights()) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
-                       const float* w, float* out) override {
+                       const float* w, float* out, absl::FunctionRef<void()> meanwhile) override {
     const std::set<int32_t> distinct(ids, ids + n * k);
     const MlpWeights& e = weights_.layers[layer].experts[0];
     const int64_t expert_params = e.gate.rows * e.gate.cols * 3;
     bytes_ += static_cast<int64_t>(distinct.size()) * expert_params * 2;
     flops_ += 2 * n * k * expert_params;
-    return local_.Compute(layer, x, n, k, ids, w, out);
+    return local_.Compute(layer, x, n, k, ids, w, out, meanwhile);
   }
   void Reset() { bytes_ = flops_ = 0; }
   int64_t bytes() const { return bytes_; }
@@ -86,7 +87,7 @@ int Main(int argc, char** argv) {
   DeepseekV2Model& model = **loaded;
   const ModelConfig& config = model.config();
   model.checkpoint().Prefault([](int64_t, int64_t) {});
-  auto experts = std::make_shared<CountingExperts>(model.weights());
+  auto experts = std::make_shared<CountingExperts>(model);
   model.SetRoutedExperts(experts);
 
   // Weights every step reads whole: all but the routed experts and the
