@@ -24,7 +24,13 @@ ABSL_FLAG(int64_t, replicas, 1, "Expert workers holding each routing group (or s
 ABSL_FLAG(int64_t, lease_ms, 3000, "A worker that does not renew within this is marked dead.");
 ABSL_FLAG(int64_t, warmup_ms, -1,
           "After start, publish no cluster map for this long, so live workers re-register "
-          "first (-1: the lease).");
+          "first (-1: the lease + 1.5 s).");
+
+// How long a live worker may take to find a restarted controller: its
+// control channel reconnects with a backoff of at most 5 x 200 ms (+ 20%
+// jitter; ControlClient), then its next heartbeat (every lease/3, covered
+// by the lease) is refused and it registers again.
+constexpr std::chrono::milliseconds kReconnectAllowance(1500);
 
 int main(int argc, char** argv) {
   sigset_t signals;
@@ -54,7 +60,7 @@ int main(int argc, char** argv) {
   const std::chrono::milliseconds lease(absl::GetFlag(FLAGS_lease_ms));
   const std::chrono::milliseconds warmup =
       absl::GetFlag(FLAGS_warmup_ms) < 0
-          ? lease
+          ? lease + kReconnectAllowance
           : std::chrono::milliseconds(absl::GetFlag(FLAGS_warmup_ms));
   dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas), lease, warmup);
   grpc::EnableDefaultHealthCheckService(true);

@@ -1,0 +1,756 @@
+// The disaggregated cluster as processes on loopback: dsv2-controller,
+// dsv2-expert workers, dsv2-attention workers and dsv2-router, started by
+// tests/cluster_process.h. Greedy outputs through the router must equal
+// dsv2-standalone's token for token, through expert worker deaths (with and
+// without replicas), a controller restart, malformed data-plane messages
+// and client cancellation.
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/transport/frame.h"
+#include "common/transport/message.h"
+#include "common/transport/transport.h"
+#include "common/transport/ucx_transport.h"
+#include "dsv2/v1/generation.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/cluster_process.h"
+
+namespace dsv2 {
+namespace {
+
+using ::dsv2::testutil::ChildProcess;
+using ::dsv2::testutil::Cluster;
+using ::dsv2::testutil::FindWorker;
+using ::dsv2::testutil::GetClusterMap;
+using ::dsv2::testutil::GetLoad;
+using ::dsv2::testutil::HealthOf;
+using ::dsv2::testutil::WaitFor;
+using ::grpc::health::v1::HealthCheckResponse;
+using namespace std::chrono_literals;
+
+constexpr char kTinyV2[] = "tests/data/tiny-v2";
+constexpr char kTinyLite[] = "tests/data/tiny-lite";
+
+const testutil::ClusterBinaries kBinaries = {
+    .controller = DSV2_CONTROLLER,
+    .expert = DSV2_EXPERT,
+    .attention = DSV2_ATTENTION,
+    .router = DSV2_ROUTER,
+};
+
+// The prompts every test draws from: different lengths (2 to 23 tokens), so
+// prefill chunks and decode steps of different sequences share batches.
+constexpr int kPrompts = 8;
+// The reference length; every request's output is a prefix of it (greedy,
+// ignore_eos). Prompt + output fits the tiny models' 128 positions.
+constexpr uint32_t kLongTokens = 100;
+
+std::vector<int32_t> Prompt(int index) {
+  std::vector<int32_t> ids;
+  const int length = 2 + 3 * (index % kPrompts);
+  for (int j = 0; j < length; ++j) ids.push_back(2 + (5 + 37 * index + 101 * j) % 3100);
+  return ids;
+}
+
+v1::GenerateRequest Greedy(const std::string& id, int prompt, uint32_t max_tokens) {
+  v1::GenerateRequest request;
+  request.set_request_id(id);
+  for (int32_t t : Prompt(prompt)) request.mutable_token_ids()->add_ids(t);
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stopping()->set_max_tokens(max_tokens);
+  request.mutable_stopping()->set_ignore_eos(true);
+  return request;
+}
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  std::chrono::duration<double> elapsed{};
+};
+
+// One Generate call to its end. `on_tokens` is told the number of tokens so
+// far after every response.
+Outcome Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request,
+                 std::chrono::seconds deadline,
+                 const std::function<void(size_t)>& on_tokens = nullptr) {
+  const auto start = std::chrono::steady_clock::now();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + deadline);
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse response;
+  Outcome outcome;
+  while (reader->Read(&response)) {
+    if (response.has_chunk()) {
+      outcome.tokens.insert(outcome.tokens.end(), response.chunk().token_ids().begin(),
+                            response.chunk().token_ids().end());
+    }
+    if (response.has_complete()) {
+      outcome.tokens.insert(outcome.tokens.end(), response.complete().token_ids().begin(),
+                            response.complete().token_ids().end());
+      outcome.finish = response.complete().finish_reason();
+    }
+    if (on_tokens) on_tokens(outcome.tokens.size());
+  }
+  outcome.status = reader->Finish();
+  outcome.elapsed = std::chrono::steady_clock::now() - start;
+  return outcome;
+}
+
+// Concurrent Generate calls, one thread each, started at construction.
+class Traffic {
+ public:
+  Traffic(const std::string& address, std::vector<v1::GenerateRequest> requests,
+          std::chrono::seconds deadline = 30s)
+      : requests_(std::move(requests)),
+        stub_(v1::Generation::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        outcomes_(requests_.size()),
+        tokens_(requests_.size(), 0),
+        ended_(requests_.size(), false) {
+    for (size_t i = 0; i < requests_.size(); ++i) {
+      threads_.emplace_back([this, i, deadline] {
+        Outcome outcome = Generate(*stub_, requests_[i], deadline, [&](size_t n) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          tokens_[i] = n;
+          changed_.notify_all();
+        });
+        std::lock_guard<std::mutex> lock(mutex_);
+        outcomes_[i] = std::move(outcome);
+        ended_[i] = true;
+        changed_.notify_all();
+      });
+    }
+  }
+  ~Traffic() { Join(); }
+
+  // Waits until every call has received `tokens` tokens or ended.
+  bool WaitTokens(size_t tokens, std::chrono::milliseconds timeout = 30s) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] {
+      for (size_t i = 0; i < tokens_.size(); ++i) {
+        if (!ended_[i] && tokens_[i] < tokens) return false;
+      }
+      return true;
+    });
+  }
+
+  const std::vector<Outcome>& Join() {
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    return outcomes_;
+  }
+  const std::vector<v1::GenerateRequest>& requests() const { return requests_; }
+
+ private:
+  const std::vector<v1::GenerateRequest> requests_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<Outcome> outcomes_;  // Guarded by mutex_ until joined.
+  std::vector<size_t> tokens_;     // Guarded by mutex_.
+  std::vector<bool> ended_;        // Guarded by mutex_.
+  std::vector<std::thread> threads_;
+};
+
+// `count` requests over the prompts, request i on prompt i % kPrompts with
+// max_tokens base + i % 5 (different lengths end at different steps).
+std::vector<v1::GenerateRequest> Requests(const std::string& prefix, int count, uint32_t base) {
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < count; ++i) {
+    requests.push_back(Greedy(prefix + std::to_string(i), i % kPrompts,
+                              std::min<uint32_t>(kLongTokens, base + i % 5)));
+  }
+  return requests;
+}
+
+int PromptOf(const v1::GenerateRequest& request) {
+  for (int p = 0; p < kPrompts; ++p) {
+    const std::vector<int32_t> ids = Prompt(p);
+    if (std::equal(ids.begin(), ids.end(), request.token_ids().ids().begin(),
+                   request.token_ids().ids().end())) {
+      return p;
+    }
+  }
+  return -1;
+}
+
+// dsv2-standalone's greedy outputs of kLongTokens for every prompt.
+struct Reference {
+  std::vector<std::vector<int32_t>> outputs;  // By prompt.
+  std::string error;                          // Why there are none.
+};
+
+Reference ComputeReference(const std::string& model) {
+  const std::string dir = testutil::NewTestDir("reference");
+  Reference reference;
+  {
+    ChildProcess standalone("standalone", dir, DSV2_STANDALONE,
+                            {"--model=" + model, "--listen=127.0.0.1:0", "--kv_cache_mib=4"});
+    if (!standalone.WaitPort()) {
+      reference.error = "dsv2-standalone did not start: " + standalone.Log();
+      return reference;
+    }
+    std::vector<v1::GenerateRequest> requests;
+    for (int p = 0; p < kPrompts; ++p) {
+      requests.push_back(Greedy("reference" + std::to_string(p), p, kLongTokens));
+    }
+    Traffic traffic(standalone.address(), requests);
+    for (const Outcome& o : traffic.Join()) {
+      if (!o.status.ok() || o.tokens.size() != kLongTokens) {
+        reference.error =
+            "dsv2-standalone failed: " + o.status.error_message() + "\n" + standalone.Log();
+        return reference;
+      }
+      reference.outputs.push_back(o.tokens);
+    }
+  }
+  std::filesystem::remove_all(dir);
+  return reference;
+}
+
+// The reference of `model`, computed once per process on a thread of its
+// own: ask early, so that it runs while a cluster starts.
+std::shared_future<Reference> StandaloneOutputs(const std::string& model) {
+  static std::mutex mutex;
+  static std::map<std::string, std::shared_future<Reference>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, added] = cache.try_emplace(model);
+  if (added) it->second = std::async(std::launch::async, ComputeReference, model).share();
+  return it->second;
+}
+
+// Every outcome succeeded with finish LENGTH and the standalone's tokens.
+void ExpectStandaloneOutputs(const std::vector<Outcome>& outcomes,
+                             const std::vector<v1::GenerateRequest>& requests,
+                             const std::shared_future<Reference>& reference) {
+  const Reference& ref = reference.get();
+  ASSERT_TRUE(ref.error.empty()) << ref.error;
+  ASSERT_EQ(outcomes.size(), requests.size());
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    const Outcome& o = outcomes[i];
+    const v1::GenerateRequest& request = requests[i];
+    ASSERT_TRUE(o.status.ok()) << request.request_id() << ": " << o.status.error_code() << " "
+                               << o.status.error_message();
+    EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH) << request.request_id();
+    const int prompt = PromptOf(request);
+    ASSERT_GE(prompt, 0);
+    const std::vector<int32_t>& full = ref.outputs[prompt];
+    const std::vector<int32_t> expected(full.begin(),
+                                        full.begin() + request.stopping().max_tokens());
+    EXPECT_EQ(o.tokens, expected) << request.request_id() << " (prompt " << prompt << ")";
+  }
+}
+
+// Runs `requests` through the router and checks them against the reference.
+void ExpectRouterServesStandaloneOutputs(Cluster& cluster,
+                                         const std::vector<v1::GenerateRequest>& requests,
+                                         const std::shared_future<Reference>& reference) {
+  Traffic traffic(cluster.router().address(), requests);
+  ExpectStandaloneOutputs(traffic.Join(), requests, reference);
+}
+
+internal::Load LoadOf(ChildProcess& attention) {
+  internal::Load load;
+  const grpc::Status status = GetLoad(attention.address(), &load);
+  EXPECT_TRUE(status.ok()) << attention.name() << ": " << status.error_message();
+  return load;
+}
+
+// Every running attention worker soon holds no request and every KV block is
+// free or only cached.
+void ExpectAllBlocksReturned(Cluster& cluster) {
+  for (int i = 0; i < cluster.num_attention(); ++i) {
+    ChildProcess& worker = cluster.attention(i);
+    if (!worker.running()) continue;
+    internal::Load load;
+    const bool idle = WaitFor(
+        [&] {
+          return GetLoad(worker.address(), &load).ok() && load.running() == 0 &&
+                 load.waiting() == 0 &&
+                 load.kv_blocks_free() + load.kv_blocks_cached() == load.kv_blocks_total();
+        },
+        5s);
+    EXPECT_TRUE(idle) << worker.name() << ": " << load.DebugString();
+    EXPECT_GT(load.kv_blocks_total(), 0);
+  }
+}
+
+// Every process of the cluster but those named in `dead` is still running.
+void ExpectAllAliveBut(Cluster& cluster, const std::set<std::string>& dead) {
+  for (ChildProcess* p : cluster.All()) {
+    if (dead.contains(p->name())) {
+      EXPECT_FALSE(p->running()) << p->Describe();
+    } else {
+      EXPECT_TRUE(p->running()) << p->Describe() << "\n" << p->Log();
+    }
+  }
+}
+
+int64_t ConfigValue(const std::string& model, const std::string& field) {
+  std::ifstream in(model + "/config.json");
+  return nlohmann::json::parse(in).at(field).get<int64_t>();
+}
+
+// ---------------------------------------------------------------------------
+// Greedy outputs equal dsv2-standalone's, per model, topology and
+// micro-batching.
+
+struct Topology {
+  const char* model;
+  int attention;
+  int experts;
+  int micro_batches;
+};
+
+void PrintTo(const Topology& t, std::ostream* os) {
+  *os << t.model << " " << t.attention << "A" << t.experts << "E mb" << t.micro_batches;
+}
+
+class ClusterOutputsTest : public ::testing::TestWithParam<Topology> {};
+
+TEST_P(ClusterOutputsTest, GreedyOutputsEqualStandalone) {
+  const Topology& t = GetParam();
+  const std::shared_future<Reference> reference = StandaloneOutputs(t.model);
+  Cluster cluster({.binaries = kBinaries,
+                   .model = t.model,
+                   .attention = t.attention,
+                   .experts = t.experts,
+                   .attention_flags = {"--micro_batches=" + std::to_string(t.micro_batches)}});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("r", 2 * kPrompts, 12), reference);
+  for (int i = 0; i < cluster.num_attention(); ++i) {
+    const internal::Load load = LoadOf(cluster.attention(i));
+    // The router spread the requests, and each worker's MoE layers really
+    // went over the data plane.
+    EXPECT_GT(load.generation_tokens(), 0) << cluster.attention(i).name();
+    EXPECT_GT(load.data_plane().tokens(), 0) << cluster.attention(i).name();
+    EXPECT_GT(load.data_plane().bytes_sent(), 0) << cluster.attention(i).name();
+    EXPECT_EQ(load.data_plane().failures(), 0) << cluster.attention(i).name();
+  }
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {});
+}
+
+std::string TopologyName(const ::testing::TestParamInfo<Topology>& info) {
+  const Topology& t = info.param;
+  return std::string(t.model == kTinyV2 ? "TinyV2" : "TinyLite") + "_" +
+         std::to_string(t.attention) + "Attention" + std::to_string(t.experts) +
+         "Experts_MicroBatches" + std::to_string(t.micro_batches);
+}
+
+const Topology kTopologies[] = {
+    {kTinyV2, 1, 2, 1},   {kTinyV2, 1, 2, 2},   {kTinyV2, 2, 3, 1},   {kTinyV2, 2, 3, 2},
+    {kTinyLite, 1, 2, 1}, {kTinyLite, 1, 2, 2}, {kTinyLite, 2, 3, 1}, {kTinyLite, 2, 3, 2},
+};
+
+INSTANTIATE_TEST_SUITE_P(Topologies, ClusterOutputsTest, ::testing::ValuesIn(kTopologies),
+                         TopologyName);
+
+// ---------------------------------------------------------------------------
+
+// With one expert worker per routing group, group-limited routing reaches at
+// most topk_group workers per token (and, in practice, more than one).
+TEST(ClusterTest, TokensReachAtMostTopkGroupWorkers) {
+  const int64_t groups = ConfigValue(kTinyV2, "n_group");
+  const int64_t topk_group = ConfigValue(kTinyV2, "topk_group");
+  ASSERT_GT(topk_group, 1);
+  ASSERT_GT(groups, topk_group);
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries,
+                   .model = kTinyV2,
+                   .attention = 2,
+                   .experts = static_cast<int>(groups)});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("r", kPrompts, 16), reference);
+  // Each worker also directly, so that each has traffic whatever the router chose.
+  for (int i = 0; i < cluster.num_attention(); ++i) {
+    Traffic direct(cluster.attention(i).address(), Requests("d", kPrompts, 8));
+    ExpectStandaloneOutputs(direct.Join(), direct.requests(), reference);
+  }
+  for (int i = 0; i < cluster.num_attention(); ++i) {
+    const internal::DataPlaneStats stats = LoadOf(cluster.attention(i)).data_plane();
+    SCOPED_TRACE(cluster.attention(i).name() + ": " + stats.DebugString());
+    EXPECT_GT(stats.tokens(), 0);
+    EXPECT_LE(stats.max_workers_per_token(), topk_group);
+    EXPECT_GT(stats.max_workers_per_token(), 1);
+    EXPECT_LE(stats.token_workers(), stats.tokens() * topk_group);
+    EXPECT_GT(stats.token_workers(), stats.tokens());
+  }
+  ExpectAllAliveBut(cluster, {});
+}
+
+// With two replicas of every group, a SIGKILLed expert worker costs no
+// request: its rows go to the replicas, outputs stay the same.
+TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster(
+      {.binaries = kBinaries, .model = kTinyV2, .attention = 1, .experts = 3, .replicas = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+
+  {
+    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens));
+    ASSERT_TRUE(traffic.WaitTokens(4));
+    cluster.expert(1).Kill(SIGKILL);
+    ExpectStandaloneOutputs(traffic.Join(), traffic.requests(), reference);
+  }
+  // The lease lapses: the map says so, and is still complete.
+  internal::ClusterMap map;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        if (!GetClusterMap(cluster.controller_address(), &map).ok()) return false;
+        const internal::Worker* w = FindWorker(map, "expert-2");
+        return w != nullptr && w->state() == internal::WORKER_STATE_DEAD;
+      },
+      10s))
+      << map.DebugString();
+  EXPECT_TRUE(map.complete());
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+
+  const internal::DataPlaneStats stats = LoadOf(cluster.attention(0)).data_plane();
+  EXPECT_GT(stats.resends(), 0) << stats.DebugString();
+  EXPECT_EQ(stats.failures(), 0) << stats.DebugString();
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {"expert-2"});
+}
+
+// Without replicas, losing an expert worker fails the requests that need it
+// at once (UNAVAILABLE), the router turns NOT_SERVING once its lease lapses,
+// and a new expert worker takes over its slot: SERVING again, same outputs.
+TEST(ClusterTest, LostExpertWorkerFailsFastAndANewOneTakesItsSlot) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster(
+      {.binaries = kBinaries, .model = kTinyV2, .attention = 1, .experts = 3, .replicas = 1});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+
+  {
+    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens), 30s);
+    ASSERT_TRUE(traffic.WaitTokens(2));
+    cluster.expert(1).Kill(SIGKILL);
+    for (const Outcome& o : traffic.Join()) {
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << o.status.error_message() << " after " << o.tokens.size() << " tokens";
+      EXPECT_LT(o.elapsed, 10s);
+    }
+  }
+  const bool not_serving = WaitFor(
+      [&] { return HealthOf(cluster.router().address()) == HealthCheckResponse::NOT_SERVING; },
+      10s);
+  ASSERT_TRUE(not_serving) << cluster.Logs();
+  internal::ClusterMap map;
+  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  EXPECT_FALSE(map.complete()) << map.DebugString();
+  {
+    // Refused at once while the map is incomplete.
+    auto stub = v1::Generation::NewStub(
+        grpc::CreateChannel(cluster.router().address(), grpc::InsecureChannelCredentials()));
+    const Outcome refused = Generate(*stub, Greedy("refused", 0, 4), 30s);
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_LT(refused.elapsed, 10s);
+  }
+
+  ASSERT_TRUE(cluster.AddExpert("expert-4"));
+  const bool serving = WaitFor(
+      [&] { return HealthOf(cluster.router().address()) == HealthCheckResponse::SERVING; }, 10s);
+  ASSERT_TRUE(serving) << cluster.Logs();
+  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  EXPECT_TRUE(map.complete());
+  EXPECT_EQ(FindWorker(map, "expert-2"), nullptr)
+      << "expert-4 took its slot: " << map.DebugString();
+  ASSERT_NE(FindWorker(map, "expert-4"), nullptr) << map.DebugString();
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {"expert-2"});
+}
+
+// The controller dies while requests stream: serving goes on over the last
+// map; a new controller on the same port gets every worker back by itself.
+TEST(ClusterTest, ControllerRestartWhileServing) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries, .model = kTinyV2, .attention = 2, .experts = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  internal::ClusterMap first;
+  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &first).ok());
+  ASSERT_TRUE(reference.get().error.empty()) << reference.get().error;
+
+  // Rounds of concurrent requests until told to stop, each checked.
+  std::atomic<bool> stop{false};
+  std::atomic<int> rounds{0};
+  std::mutex mutex;
+  std::vector<std::string> problems;
+  std::thread client([&] {
+    for (int round = 0; !stop; ++round) {
+      Traffic traffic(cluster.router().address(),
+                      Requests("c" + std::to_string(round) + "-", 4, 8 + round % 9));
+      const std::vector<Outcome>& outcomes = traffic.Join();
+      for (size_t i = 0; i < outcomes.size(); ++i) {
+        const Outcome& o = outcomes[i];
+        const v1::GenerateRequest& request = traffic.requests()[i];
+        const std::vector<int32_t>& full = reference.get().outputs[PromptOf(request)];
+        if (!o.status.ok() ||
+            o.tokens != std::vector<int32_t>(full.begin(),
+                                             full.begin() + request.stopping().max_tokens())) {
+          std::lock_guard<std::mutex> lock(mutex);
+          problems.push_back(request.request_id() + ": " + std::to_string(o.status.error_code()) +
+                             " " + o.status.error_message() + ", " +
+                             std::to_string(o.tokens.size()) + " tokens");
+        }
+      }
+      ++rounds;
+    }
+  });
+  auto rounds_reach = [&](int n) { return WaitFor([&] { return rounds >= n; }, 30s); };
+
+  EXPECT_TRUE(rounds_reach(2));
+  cluster.controller().Kill(SIGKILL);
+  // Two leases without a controller: nobody notices but the watchers.
+  const int before = rounds;
+  std::this_thread::sleep_for(1200ms);
+  EXPECT_TRUE(rounds_reach(before + 2));
+  EXPECT_EQ(HealthOf(cluster.router().address()), HealthCheckResponse::SERVING);
+
+  // The default warm-up must outlast the workers' way back (their control
+  // channels' reconnect backoff plus a heartbeat period); a shorter one
+  // would publish a map without some live workers, whose dispatches the
+  // expert workers would then refuse.
+  ASSERT_TRUE(cluster.RestartController({"--warmup_ms=-1"}));
+  internal::ClusterMap map;
+  const bool back = WaitFor(
+      [&] {
+        if (!GetClusterMap(cluster.controller_address(), &map).ok() || !map.complete()) {
+          return false;
+        }
+        for (const std::string id : {"expert-1", "expert-2", "attention-1", "attention-2"}) {
+          const internal::Worker* w = FindWorker(map, id);
+          if (w == nullptr || w->state() != internal::WORKER_STATE_ALIVE) return false;
+        }
+        return true;
+      },
+      15s);
+  EXPECT_TRUE(back) << map.DebugString() << cluster.Logs();
+  EXPECT_NE(map.epoch(), first.epoch());
+  EXPECT_EQ(map.workers_size(), 4) << map.DebugString();
+  const int after = rounds;
+  EXPECT_TRUE(rounds_reach(after + 2));
+  stop = true;
+  client.join();
+  EXPECT_TRUE(problems.empty()) << testing::PrintToString(problems) << cluster.Logs();
+
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {});
+}
+
+// Garbage and malformed frames sent to an expert worker's data address are
+// dropped or answered INVALID_ARGUMENT; the worker lives on and the cluster
+// keeps serving the same outputs.
+TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
+  using transport::FrameHeader;
+  using transport::FrameType;
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries, .model = kTinyV2, .attention = 1, .experts = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("before", kPrompts, 8), reference);
+
+  internal::ClusterMap map;
+  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  const internal::Worker* attention = FindWorker(map, "attention-1");
+  ASSERT_NE(attention, nullptr);
+  // The expert workers serve the map's members only: send as the attention
+  // worker does, so that malformed dispatches reach the expert server.
+  auto sender = transport::UcxTransport::Create({.id = attention->info().peer_id()});
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  const uint32_t hidden = static_cast<uint32_t>(ConfigValue(kTinyV2, "hidden_size"));
+  const int32_t experts = static_cast<int32_t>(ConfigValue(kTinyV2, "n_routed_experts"));
+  const uint32_t layers = static_cast<uint32_t>(ConfigValue(kTinyV2, "num_hidden_layers"));
+  const uint32_t moe_layer = static_cast<uint32_t>(ConfigValue(kTinyV2, "first_k_dense_replace"));
+  constexpr uint32_t kTokens = 3, kTopK = 2;
+
+  auto dispatch = [&](uint32_t layer, uint32_t hidden_size, std::vector<int32_t> ids,
+                      std::vector<float> weights) {
+    std::vector<uint8_t> activations(size_t{kTokens} * hidden_size * 2);
+    for (size_t i = 0; i < activations.size(); i += 2) {
+      activations[i + 1] = 0x3f;  // bf16 0.5 .. 1: finite activations.
+      activations[i] = static_cast<uint8_t>(i);
+    }
+    absl::StatusOr<transport::Message> message =
+        transport::MakeDispatch({.step_id = 1, .layer = layer}, hidden_size, kTopK, DType::kBF16,
+                                activations, ids, weights, nullptr);
+    EXPECT_TRUE(message.ok()) << message.status();
+    return *std::move(message);
+  };
+  const std::vector<int32_t> good_ids = {0, 5, 1, experts - 1, 7, -1};
+  const std::vector<float> good_weights = {0.5f, 0.25f, 1.0f, 0.125f, 2.0f, 0.0f};
+
+  for (const internal::Worker& worker : map.workers()) {
+    if (worker.info().role() != internal::ROLE_EXPERT) continue;
+    const std::string address = worker.info().data_address();
+    SCOPED_TRACE(worker.info().worker_id() + " at " + address);
+
+    // Bytes that are no frame at all, and frames that fail to decode.
+    std::vector<uint8_t> garbage(64);
+    for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<uint8_t>(i * 131 + 7);
+    const std::vector<uint8_t> payload(256, 0xab);
+    EXPECT_TRUE((*sender)->SendRawForTesting(address, garbage, payload).ok());
+    EXPECT_TRUE(
+        (*sender)->SendRawForTesting(address, absl::MakeConstSpan(garbage).first(10), {}).ok());
+    transport::Message valid = dispatch(moe_layer, hidden, good_ids, good_weights);
+    valid.header.sender = attention->info().peer_id();
+    transport::EncodedHeader header = transport::EncodeHeader(valid.header);
+    std::vector<uint8_t> bytes(header.begin(), header.end());
+    bytes[33] ^= 0x40;  // token_count, under the checksum.
+    EXPECT_TRUE((*sender)->SendRawForTesting(address, bytes, valid.payload.span()).ok());
+    bytes.assign(header.begin(), header.end());
+    EXPECT_TRUE((*sender)
+                    ->SendRawForTesting(address, bytes,
+                                        valid.payload.span().first(valid.payload.size() - 16))
+                    .ok());
+    // A frame with extra bytes after the header.
+    bytes.push_back(0);
+    EXPECT_TRUE((*sender)->SendRawForTesting(address, bytes, valid.payload.span()).ok());
+    // A well-formed dispatch from a sender outside the cluster.
+    FrameHeader stranger = valid.header;
+    stranger.sender = attention->info().peer_id() ^ 0x5a5a5a5a;
+    header = transport::EncodeHeader(stranger);
+    EXPECT_TRUE((*sender)->SendRawForTesting(address, header, valid.payload.span()).ok());
+    // A combine and an error frame nobody asked for.
+    FrameHeader combine = valid.header;
+    combine.type = FrameType::kCombine;
+    combine.top_k = 0;
+    combine.payload_length = size_t{kTokens} * hidden * 2;
+    header = transport::EncodeHeader(combine);
+    EXPECT_TRUE(
+        (*sender)
+            ->SendRawForTesting(address, header, std::vector<uint8_t>(combine.payload_length, 1))
+            .ok());
+    FrameHeader error = combine;
+    error.type = FrameType::kError;
+    error.dtype = DType::kBF16;
+    error.payload_length = 3;
+    header = transport::EncodeHeader(error);
+    EXPECT_TRUE((*sender)->SendRawForTesting(address, header, {1, 2, 3}).ok());
+
+    // Well-framed dispatches with bad contents: answered INVALID_ARGUMENT.
+    auto call = [&](transport::Message message) {
+      return transport::CallAndWait(**sender, address, std::move(message), absl::Seconds(5))
+          .status();
+    };
+    std::vector<int32_t> ids = good_ids;
+    ids[2] = experts;
+    EXPECT_EQ(call(dispatch(moe_layer, hidden, ids, good_weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    ids[2] = -7;
+    EXPECT_EQ(call(dispatch(moe_layer, hidden, ids, good_weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    std::vector<float> weights = good_weights;
+    weights[1] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_EQ(call(dispatch(moe_layer, hidden, good_ids, weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    weights[1] = std::numeric_limits<float>::infinity();
+    EXPECT_EQ(call(dispatch(moe_layer, hidden, good_ids, weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(call(dispatch(0, hidden, good_ids, good_weights)).code(),  // A dense layer.
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(call(dispatch(layers, hidden, good_ids, good_weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(call(dispatch(moe_layer, hidden / 2, good_ids, good_weights)).code(),
+              absl::StatusCode::kInvalidArgument);
+    // After all that, a good dispatch on the same connection is computed.
+    absl::StatusOr<transport::Message> reply = transport::CallAndWait(
+        **sender, address, dispatch(moe_layer, hidden, good_ids, good_weights), absl::Seconds(5));
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->header.type, FrameType::kCombine);
+    EXPECT_EQ(reply->header.token_count, kTokens);
+  }
+  const transport::TransportCounters counters = (*sender)->counters();
+  (*sender)->Shutdown();
+
+  ExpectAllAliveBut(cluster, {});
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  EXPECT_EQ(LoadOf(cluster.attention(0)).data_plane().failures(), 0);
+  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  EXPECT_TRUE(map.complete());
+  for (int i = 0; i < cluster.num_experts(); ++i) {
+    const internal::Worker* w = FindWorker(map, cluster.expert(i).name());
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(w->state(), internal::WORKER_STATE_ALIVE);
+  }
+  EXPECT_EQ(counters.calls_failed, 2u * 7u) << counters.ToString();
+  ExpectAllBlocksReturned(cluster);
+}
+
+// A client that cancels a long request through the router ends it on the
+// attention worker, which frees its blocks long before it would have ended.
+TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
+  // Slow experts: about 3 × 10 ms per token, so 120 tokens take seconds.
+  Cluster cluster({.binaries = kBinaries,
+                   .model = kTinyV2,
+                   .attention = 1,
+                   .experts = 2,
+                   .expert_flags = {"--batch_window_us=10000"}});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  constexpr uint32_t kMaxTokens = 120;
+  auto stub = v1::Generation::NewStub(
+      grpc::CreateChannel(cluster.router().address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Generate(&context, Greedy("cancel-me", 1, kMaxTokens));
+  v1::GenerateResponse response;
+  size_t tokens = 0;
+  while (tokens < 3 && reader->Read(&response)) tokens += response.chunk().token_ids_size();
+  ASSERT_GE(tokens, 3u);
+  const internal::Load busy = LoadOf(cluster.attention(0));
+  EXPECT_EQ(busy.running(), 1) << busy.DebugString();
+  EXPECT_LT(busy.kv_blocks_free() + busy.kv_blocks_cached(), busy.kv_blocks_total());
+
+  const auto cancelled_at = std::chrono::steady_clock::now();
+  context.TryCancel();
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  internal::Load load;
+  const bool freed = WaitFor(
+      [&] {
+        return GetLoad(cluster.attention(0).address(), &load).ok() && load.running() == 0 &&
+               load.waiting() == 0 &&
+               load.kv_blocks_free() + load.kv_blocks_cached() == load.kv_blocks_total();
+      },
+      3s);
+  EXPECT_TRUE(freed) << load.DebugString();
+  EXPECT_LT(std::chrono::steady_clock::now() - cancelled_at, 3s);
+  // Ended, not finished: far fewer tokens than asked for, and no more since.
+  EXPECT_LT(load.generation_tokens(), kMaxTokens / 2) << load.DebugString();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(LoadOf(cluster.attention(0)).generation_tokens(), load.generation_tokens());
+  ExpectAllAliveBut(cluster, {});
+}
+
+}  // namespace
+}  // namespace dsv2
