@@ -486,6 +486,51 @@ TEST(ClusterTest, LostExpertWorkerFailsFastAndANewOneTakesItsSlot) {
   ExpectAllAliveBut(cluster, {"expert-2"});
 }
 
+// An attention worker dies mid-stream: its requests end UNAVAILABLE at the
+// router after the tokens they had (nothing hangs), the other worker's
+// requests finish with the standalone outputs, and new requests avoid the
+// dead worker.
+TEST(ClusterTest, AttentionWorkerDeathFailsOnlyItsRequests) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries, .model = kTinyV2, .attention = 2, .experts = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  {
+    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens), 30s);
+    ASSERT_TRUE(traffic.WaitTokens(4));
+    cluster.attention(0).Kill(SIGKILL);
+    const std::vector<Outcome>& outcomes = traffic.Join();
+    const Reference& ref = reference.get();
+    ASSERT_TRUE(ref.error.empty()) << ref.error;
+    int failed = 0, finished = 0;
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      const Outcome& o = outcomes[i];
+      const std::vector<int32_t>& full = ref.outputs[PromptOf(traffic.requests()[i])];
+      if (o.status.ok()) {
+        ++finished;
+        EXPECT_EQ(o.tokens, full);
+        continue;
+      }
+      ++failed;
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+      EXPECT_NE(o.status.error_message().find("mid-stream"), std::string::npos)
+          << o.status.error_message();
+      EXPECT_LT(o.elapsed, 10s);
+      // What was streamed before the failure is the true prefix.
+      ASSERT_GE(o.tokens.size(), 4u);
+      ASSERT_LE(o.tokens.size(), full.size());
+      EXPECT_TRUE(std::equal(o.tokens.begin(), o.tokens.end(), full.begin()));
+    }
+    // The router spread the requests over both workers.
+    EXPECT_GT(failed, 0);
+    EXPECT_GT(finished, 0);
+  }
+  EXPECT_EQ(HealthOf(cluster.router().address()), HealthCheckResponse::SERVING);
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {"attention-1"});
+}
+
 // The controller dies while requests stream: serving goes on over the last
 // map; a new controller on the same port gets every worker back by itself.
 TEST(ClusterTest, ControllerRestartWhileServing) {
