@@ -4,6 +4,7 @@
 #include <random>
 
 #include "common/base/logging.h"
+#include "common/cluster/grpc_keepalive.h"
 #include "common/cluster/cluster_map_proto.h"
 #include "grpcpp/grpcpp.h"
 
@@ -46,6 +47,7 @@ ControlClient::ControlClient(ControlClientOptions options, ModelConfig config, M
       static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.retry_interval)));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, retry_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5 * retry_ms);
+  SetClientKeepalive(&args);
   stub_ = internal::Controller::NewStub(
       grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args));
 }
@@ -86,16 +88,19 @@ absl::Status ControlClient::Drain() {
   if (!options_.self.has_value()) {
     return absl::FailedPreconditionError("a watch-only control client has no worker to drain");
   }
+  // Remembered before asking, so that a registration after a failed call
+  // (the controller restarting) drains again.
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    drained_ = true;
+  }
   internal::DrainRequest request;
   request.set_worker_id(options_.self->id);
   internal::DrainResponse response;
   const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
     return stub_->Drain(context, request, &response);
   });
-  if (!status.ok()) return ToAbsl(status);
-  std::lock_guard<std::mutex> lock(mutex_);
-  drained_ = true;
-  return absl::OkStatus();
+  return ToAbsl(status);
 }
 
 grpc::Status ControlClient::Call(absl::Duration timeout,

@@ -68,10 +68,11 @@ class ControlClient {
   // Waits until the last map satisfies `pred` (called with the client's
   // lock held: it must not call the client); false at timeout or Stop.
   bool WaitForMap(const std::function<bool(const ClusterMap&)>& pred, absl::Duration timeout);
-  // Asks the controller to drain `self`. Once it succeeds, the client drains
-  // again after any later registration (a restarted controller does not
-  // remember). FailedPrecondition without `self`; the controller's error
-  // (e.g. NOT_FOUND before the first registration) otherwise.
+  // Asks the controller to drain `self`. From then on the client drains
+  // again after every later registration, whether this call succeeded or
+  // not (a restarted controller does not remember; one restarting now did
+  // not hear). FailedPrecondition without `self`; the controller's error
+  // (e.g. UNAVAILABLE while it restarts) otherwise.
   absl::Status Drain();
   // Ends the threads promptly, cancelling calls in flight. Idempotent.
   void Stop();

@@ -165,6 +165,34 @@ TEST_P(ExpertsTest, ReplicasTakeOverAndAUnitWithoutWorkerIsUnavailable) {
   EXPECT_EQ(single.experts().stats().failures, 1);
 }
 
+// A worker that answers with errors (here: as a worker of another model
+// would) is that worker's failure: its rows go to a replica, and without
+// one the layer fails UNAVAILABLE naming it — never the caller's own
+// (fatal) error.
+TEST_P(ExpertsTest, AWorkerAnsweringErrorsIsRoutedAround) {
+  const Batch b = RandomBatch(*model_, 16, 11);
+  auto refuse = [](transport::IncomingRequest request) {
+    request.RespondError(absl::InvalidArgumentError("dispatch hidden size 64 != the model's 32"));
+  };
+  std::vector<float> expected, out;
+  {
+    Cluster reference(*model_, 1, 1, DType::kBF16);
+    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
+  }
+  Cluster replicated(*model_, 2, 2, DType::kBF16);
+  replicated.transport(0).SetRequestHandler(refuse);
+  ASSERT_TRUE(replicated.Compute(b, layer_, &out).ok());
+  EXPECT_EQ(out, expected);
+  EXPECT_GT(replicated.experts().stats().resends, 0);
+
+  Cluster single(*model_, 2, 1, DType::kBF16);
+  single.transport(1).SetRequestHandler(refuse);
+  const absl::Status status = single.Compute(b, layer_, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr("last failure"));
+  EXPECT_THAT(status.message(), HasSubstr("hidden size 64"));
+}
+
 TEST_P(ExpertsTest, TokensReachAtMostTopkGroupWorkers) {
   const ModelConfig& c = model_->config();
   const int64_t workers = c.n_group > 1 ? c.n_group : 3;

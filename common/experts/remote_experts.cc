@@ -105,6 +105,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
   for (int64_t r = 0; r < num_rows; ++r) todo[r] = r;
   const absl::Time deadline = absl::Now() + options_.timeout;
   const int64_t act_bytes = hidden_ * DTypeSize(options_.dispatch_dtype);
+  std::string last_failure;  // The latest worker failure, for the error.
 
   while (!todo.empty()) {
     std::map<int32_t, std::vector<int64_t>> by_worker;  // Rows ascending per worker.
@@ -114,7 +115,8 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
         const int32_t u = unit[r];
         return finish(absl::UnavailableError(absl::StrCat(
             "experts [", route->placement.unit_begin[u], ", ", route->placement.unit_begin[u + 1],
-            ") have no reachable expert worker")));
+            ") have no reachable expert worker",
+            last_failure.empty() ? "" : absl::StrCat(" (last failure: ", last_failure, ")"))));
       }
       worker[r] = w;
       by_worker[w].push_back(r);
@@ -157,26 +159,27 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
     absl::Status error;
     for (InFlight& c : calls) {
       absl::StatusOr<transport::Message> reply = c.reply.get();
-      if (reply.ok()) {
-        absl::StatusOr<absl::Span<const uint8_t>> sums =
-            transport::ParseCombine(reply->header, reply->payload.span());
-        if (!sums.ok()) {
-          error.Update(sums.status());
-          continue;
-        }
+      absl::StatusOr<absl::Span<const uint8_t>> sums =
+          reply.ok() ? transport::ParseCombine(reply->header, reply->payload.span())
+                     : absl::StatusOr<absl::Span<const uint8_t>>(reply.status());
+      if (sums.ok()) {
         const int64_t row_bytes = hidden_ * DTypeSize(reply->header.dtype);
         for (size_t i = 0; i < c.rows->size(); ++i) {
           ConvertToFloat(sums->data() + i * row_bytes, reply->header.dtype, hidden_,
                          &partials[(*c.rows)[i] * hidden_]);
         }
-      } else if (absl::IsUnavailable(reply.status())) {
+      } else if (absl::IsDeadlineExceeded(sums.status()) || absl::IsCancelled(sums.status())) {
+        error.Update(sums.status());  // Out of time, or shutting down: no resend.
+      } else {
+        // Unreachable, overloaded, or answering what it should not (an error
+        // frame, a malformed reply: e.g. another model's worker). That
+        // worker's failure, not this process's: its rows go to a replica.
         DSV2_LOG(WARNING) << "expert worker " << route->addresses[c.worker]
-                          << " unreachable; resending its rows: " << reply.status();
+                          << " failed; resending its rows: " << sums.status();
         Suspect(route->addresses[c.worker]);
+        last_failure = absl::StrCat(route->addresses[c.worker], ": ", sums.status().ToString());
         todo.insert(todo.end(), c.rows->begin(), c.rows->end());
         call.resends += static_cast<int64_t>(c.rows->size());
-      } else {
-        error.Update(reply.status());
       }
     }
     if (!error.ok()) return finish(error);

@@ -10,11 +10,13 @@
 // given the same rounding of activations and partials to the wire dtypes.
 //
 // Replicas: a unit on several live workers is sent to one of them, turn by
-// turn. A worker whose call fails UNAVAILABLE is avoided (until the next
-// route or `suspect_time`) and its rows are sent again to another replica
-// within the same call; when a unit has no reachable worker left, Compute
-// fails UNAVAILABLE naming the unit, and a call past `timeout` fails
-// DEADLINE_EXCEEDED — the engine then ends that step's requests.
+// turn. A worker whose call fails — unreachable, overloaded, an error frame
+// or a malformed reply (a remote problem is never this process's fatal
+// error) — is avoided (until the next route or `suspect_time`) and its rows
+// are sent again to another replica within the same call; when a unit has
+// no worker left, Compute fails UNAVAILABLE naming the unit and the last
+// failure, and a call past `timeout` fails DEADLINE_EXCEEDED — the engine
+// then ends that step's requests.
 //
 // Thread safety: Compute may run concurrently (micro-batches); SetRoute may
 // be called at any time (calls in flight keep the route they started with).

@@ -5,7 +5,8 @@
 #   deploy/local/cluster.sh up --model DIR --attention N --experts M [--replicas R]
 #       starts every process, waits until the router is healthy, prints the
 #       router's address and returns.
-#   deploy/local/cluster.sh down      stops them all (SIGTERM, then SIGKILL after 20 s)
+#   deploy/local/cluster.sh down      stops them, router first: each tier drains (SIGTERM)
+#                                     and exits before the next (SIGKILL after 60 s)
 #   deploy/local/cluster.sh status    lists them with their health
 #
 # Options of `up`:
@@ -21,7 +22,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
@@ -67,16 +68,28 @@ start() {
   return 1
 }
 
+# Stops the cluster tier by tier — router, attention workers, expert
+# workers, controller — each tier draining (SIGTERM) and gone before the
+# next is told, so that running requests finish and workers can still
+# leave the cluster at the controller. SIGKILL after 60 s (past the
+# default 30 s drain grace).
 stop_all() {
-  local names
-  names="$(procs | tac)"  # Router first, controller last.
-  for name in $names; do alive "$name" && kill -TERM "$(cat "$state/$name.pid")" 2>/dev/null || true; done
-  for name in $names; do
-    for _ in $(seq 1 200); do alive "$name" || break; sleep 0.1; done
-    if alive "$name"; then
-      echo "cluster.sh: $name did not stop; killing it" >&2
-      kill -KILL "$(cat "$state/$name.pid")" 2>/dev/null || true
-    fi
+  local tier name
+  for tier in router attention- expert- controller; do
+    local names=()
+    for name in $(procs); do
+      [[ "$name" == "$tier"* ]] && names+=("$name")
+    done
+    for name in "${names[@]}"; do
+      alive "$name" && kill -TERM "$(cat "$state/$name.pid")" 2>/dev/null || true
+    done
+    for name in "${names[@]}"; do
+      for _ in $(seq 1 600); do alive "$name" || break; sleep 0.1; done
+      if alive "$name"; then
+        echo "cluster.sh: $name did not stop; killing it" >&2
+        kill -KILL "$(cat "$state/$name.pid")" 2>/dev/null || true
+      fi
+    done
   done
   rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state/router.addr"
 }
@@ -90,9 +103,9 @@ case "$command" in
     done
     [ "$replicas" -le "$experts" ] || { echo "cluster.sh up: --replicas $replicas needs at least as many --experts (have $experts)" >&2; exit 2; }
     model="$(cd "$model" && pwd)"
-    for b in controller/dsv2-controller router/dsv2-router attention/dsv2-attention \
-             expert/dsv2-expert; do
-      [ -x "$build/services/$b" ] || { echo "cluster.sh: $build/services/$b is missing; build it first" >&2; exit 1; }
+    for b in services/controller/dsv2-controller services/router/dsv2-router \
+             services/attention/dsv2-attention services/expert/dsv2-expert tools/dsv2/dsv2; do
+      [ -x "$build/$b" ] || { echo "cluster.sh: $build/$b is missing; build it first" >&2; exit 1; }
     done
     mkdir -p "$state"
     if [ -n "$(procs)" ]; then

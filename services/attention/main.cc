@@ -111,11 +111,15 @@ int Serve() {
             };
             DSV2_LOG(INFO) << "joining the cluster at " << controller << " as " << self.id
                            << " (data plane " << self.data_address << ")";
-            control = ControlClient::Start({.controller = controller, .self = self}, config,
-                                           [&](const ClusterMap& map) {
-                                             experts->SetRoute(RouteFromMap(map));
-                                             complete = map.complete;
-                                           });
+            control = ControlClient::Start(
+                {.controller = controller, .self = self}, config,
+                [&, id = self.id](const ClusterMap& map) {
+                  experts->SetRoute(RouteFromMap(map));
+                  // Ready once the map lists this worker alive: the expert
+                  // workers admit its dispatches from that same map.
+                  const ClusterMap::Worker* me = map.Find(id);
+                  complete = map.complete && me != nullptr && me->state == WorkerState::kAlive;
+                });
             return absl::OkStatus();
           },
       .on_drain =

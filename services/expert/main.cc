@@ -10,6 +10,9 @@
 #include <signal.h>
 
 #include <iostream>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -44,31 +47,85 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Reads the weights of the experts placed on worker `id` that are not in
-// memory yet.
-void PrefaultPlacedExperts(const DeepseekV2Model& model, const ClusterMap& map,
-                           const std::string& id, std::set<int64_t>* resident) {
-  const auto slot = std::find(map.expert_workers.begin(), map.expert_workers.end(), id);
-  if (slot == map.expert_workers.end() || map.placement.num_units == 0) return;
-  std::set<int64_t> wanted;
-  for (int32_t e : map.placement.ExpertsOf(static_cast<int32_t>(slot - map.expert_workers.begin()))) {
-    if (!resident->contains(e)) wanted.insert(e);
+// Reads the weights of the experts placed on this worker into memory, on a
+// thread of its own: the map callback, which admits the cluster's peers,
+// never waits for the disk. Reading stops early at shutdown.
+class ExpertPrefaulter {
+ public:
+  ExpertPrefaulter(const DeepseekV2Model& model, std::string id)
+      : model_(model), id_(std::move(id)), thread_([this] { Loop(); }) {}
+  ~ExpertPrefaulter() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
   }
-  if (wanted.empty()) return;
-  const auto start = std::chrono::steady_clock::now();
-  const int64_t bytes = model.checkpoint().Prefault(
-      [](int64_t, int64_t) {},
-      [&](std::string_view name) {
-        int64_t layer, expert;
-        return ParseRoutedExpertTensor(name, &layer, &expert) && wanted.contains(expert);
-      });
-  resident->insert(wanted.begin(), wanted.end());
-  DSV2_LOG(INFO) << "placed on this worker: " << resident->size() << " of "
-                 << model.config().n_routed_experts << " experts per layer; read "
-                 << absl::StrCat(bytes / 1e6) << " MB in "
-                 << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-                 << " s";
-}
+
+  // Reads what `map` places here (the latest map wins).
+  void Update(const ClusterMap& map) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      pending_ = map;
+    }
+    wake_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      ClusterMap map;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || pending_.has_value(); });
+        if (stop_) return;
+        map = *std::move(pending_);
+        pending_.reset();
+      }
+      Read(map);
+    }
+  }
+
+  bool Stopping() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stop_;
+  }
+
+  void Read(const ClusterMap& map) {
+    const auto slot = std::find(map.expert_workers.begin(), map.expert_workers.end(), id_);
+    if (slot == map.expert_workers.end() || map.placement.num_units == 0) return;
+    std::set<int64_t> wanted;
+    for (int32_t e :
+         map.placement.ExpertsOf(static_cast<int32_t>(slot - map.expert_workers.begin()))) {
+      if (!resident_.contains(e)) wanted.insert(e);
+    }
+    if (wanted.empty()) return;
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t bytes = model_.checkpoint().Prefault(
+        [](int64_t, int64_t) {},
+        [&](std::string_view name) {
+          int64_t layer, expert;
+          return ParseRoutedExpertTensor(name, &layer, &expert) && wanted.contains(expert) &&
+                 !Stopping();
+        });
+    resident_.insert(wanted.begin(), wanted.end());
+    DSV2_LOG(INFO) << "placed on this worker: " << resident_.size() << " of "
+                   << model_.config().n_routed_experts << " experts per layer; read "
+                   << absl::StrCat(bytes / 1e6) << " MB in "
+                   << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
+                   << " s";
+  }
+
+  const DeepseekV2Model& model_;
+  const std::string id_;
+  std::set<int64_t> resident_;  // Only the thread touches it.
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;                 // Guarded by mutex_.
+  std::optional<ClusterMap> pending_;  // Guarded by mutex_.
+  std::thread thread_;                 // Last: starts after the members above.
+};
 
 int Serve() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
@@ -127,8 +184,8 @@ int Serve() {
   };
   DSV2_LOG(INFO) << "dsv2-expert: " << self.id << " serving " << model_dir << ", data plane "
                  << self.data_address << "; joining the cluster at " << controller;
-  std::set<int64_t> resident;
-  const bool prefault = absl::GetFlag(FLAGS_prefault);
+  std::optional<ExpertPrefaulter> prefaulter;
+  if (absl::GetFlag(FLAGS_prefault)) prefaulter.emplace(**model, self.id);
   auto control = ControlClient::Start(
       {.controller = controller, .self = self}, config, [&](const ClusterMap& map) {
         // Serve the cluster's workers only (attention workers dispatch).
@@ -137,7 +194,7 @@ int Serve() {
           if (w.state != WorkerState::kDead) peers.insert(w.info.peer_id);
         }
         (*data_plane)->SetAllowedPeers(std::move(peers));
-        if (prefault) PrefaultPlacedExperts(**model, map, self.id, &resident);
+        if (prefaulter) prefaulter->Update(map);
       });
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 

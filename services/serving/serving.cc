@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/base/logging.h"
+#include "common/cluster/grpc_keepalive.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -146,6 +147,7 @@ int ServeEngine(const ServeParams& params) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(params.listen, grpc::InsecureServerCredentials(), &port);
+  AllowClientKeepalive(&builder);
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.RegisterService(params.generation);
   for (grpc::Service* service : params.services) builder.RegisterService(service);
