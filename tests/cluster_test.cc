@@ -599,6 +599,11 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   EXPECT_TRUE(back) << map.DebugString() << cluster.Logs();
   EXPECT_NE(map.epoch(), first.epoch());
   EXPECT_EQ(map.workers_size(), 4) << map.DebugString();
+  // The workers' slot hints put the placement back as it was.
+  ASSERT_EQ(map.placement_size(), first.placement_size());
+  for (int u = 0; u < map.placement_size(); ++u) {
+    EXPECT_EQ(map.placement(u).DebugString(), first.placement(u).DebugString()) << u;
+  }
   const int after = rounds;
   EXPECT_TRUE(rounds_reach(after + 2));
   stop = true;

@@ -80,6 +80,7 @@ internal::ClusterMap ToProto(const ClusterMap& map) {
     *worker->mutable_info() = ToProto(w.info);
     worker->set_state(ToProto(w.state));
   }
+  for (const std::string& id : map.expert_workers) out.add_expert_slots(id);
   for (int64_t u = 0; u < map.placement.num_units; ++u) {
     internal::PlacementUnit* unit = out.add_placement();
     unit->set_expert_begin(map.placement.unit_begin[u]);
@@ -122,7 +123,6 @@ absl::StatusOr<ClusterMap> FromProto(const internal::ClusterMap& map, const Mode
   ExpertPlacement& p = out.placement;
   p.num_units = units;
   p.unit_workers.resize(units);
-  int64_t max_replicas = 0;
   uint32_t next_begin = 0;
   for (int u = 0; u < units; ++u) {
     const internal::PlacementUnit& unit = map.placement(u);
@@ -160,7 +160,6 @@ absl::StatusOr<ClusterMap> FromProto(const internal::ClusterMap& map, const Mode
     }
     p.unit_begin.push_back(static_cast<int32_t>(unit.expert_begin()));
     next_begin = unit.expert_end();
-    max_replicas = std::max<int64_t>(max_replicas, unit.worker_ids_size());
   }
   if (next_begin != static_cast<uint64_t>(config.n_routed_experts)) {
     return absl::InvalidArgumentError(absl::StrCat("placement ends at expert ", next_begin,
@@ -169,23 +168,28 @@ absl::StatusOr<ClusterMap> FromProto(const internal::ClusterMap& map, const Mode
   }
   p.unit_begin.push_back(static_cast<int32_t>(next_begin));
 
-  // Index the workers replica by replica, which reproduces the controller's
-  // slot order (see the header).
+  // The slots, in the controller's order; the units index into them.
   std::map<std::string, int32_t> index;
-  for (int r = 0; r < max_replicas; ++r) {
-    for (int u = 0; u < units; ++u) {
-      const internal::PlacementUnit& unit = map.placement(u);
-      if (r >= unit.worker_ids_size()) continue;
-      const std::string& id = unit.worker_ids(r);
-      if (index.emplace(id, static_cast<int32_t>(out.expert_workers.size())).second) {
-        out.expert_workers.push_back(id);
-      }
+  for (const std::string& id : map.expert_slots()) {
+    auto it = by_id.find(id);
+    if (it == by_id.end() || it->second->info.role != WorkerRole::kExpert) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert slot ", index.size(), " names ", id, ", not a listed expert worker"));
     }
+    if (!index.emplace(id, static_cast<int32_t>(out.expert_workers.size())).second) {
+      return absl::InvalidArgumentError(absl::StrCat("expert worker ", id, " holds two slots"));
+    }
+    out.expert_workers.push_back(id);
   }
   p.worker_units.resize(out.expert_workers.size());
   for (int u = 0; u < units; ++u) {
     for (const std::string& id : map.placement(u).worker_ids()) {
-      const int32_t w = index.at(id);
+      auto slot = index.find(id);
+      if (slot == index.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("placement unit ", u, " names worker ", id, ", which holds no slot"));
+      }
+      const int32_t w = slot->second;
       p.unit_workers[u].push_back(w);
       p.worker_units[w].push_back(u);  // Ascending: u grows.
     }

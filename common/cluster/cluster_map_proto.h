@@ -21,13 +21,10 @@ absl::StatusOr<WorkerInfo> FromProto(const internal::WorkerInfo& info);
 // Units list their workers by id (dead ones included; see ClusterMap).
 internal::ClusterMap ToProto(const ClusterMap& map);
 
-// Rebuilds the map, with `expert_workers` and the placement's num_units,
-// unit_begin, unit_workers and worker_units derived from the wire units.
-// `expert_workers` lists the workers the units name, in order of first
-// appearance scanning replica by replica (every unit's first worker, then
-// every unit's second, ...): the controller's slot order whenever every slot
-// holds a unit (slots holding nothing do not appear on the wire). The
-// placement does not depend on that order, only its indexes do.
+// Rebuilds the map: `expert_workers` from the wire's expert_slots (the
+// controller's slot order, which workers send back as their slot hint), and
+// the placement's num_units, unit_begin, unit_workers and worker_units from
+// the wire units.
 //
 // InvalidArgument, naming the unit and the problem, unless: the units are
 // contiguous from expert 0 to config.n_routed_experts, each names at least

@@ -19,7 +19,8 @@ ClusterState::ClusterState(ModelConfig config, int64_t replicas, Clock::duration
   map_.epoch = epoch;
 }
 
-absl::Status ClusterState::Register(const WorkerInfo& info, Clock::time_point now) {
+absl::Status ClusterState::Register(const WorkerInfo& info, Clock::time_point now,
+                                    int64_t slot_hint) {
   if (info.id.empty()) return absl::InvalidArgumentError("worker id must not be empty");
   if (info.grpc_address.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("worker ", info.id, " has no grpc_address"));
@@ -47,16 +48,16 @@ absl::Status ClusterState::Register(const WorkerInfo& info, Clock::time_point no
   }
   const bool has_slot = std::find(slots_.begin(), slots_.end(), info.id) != slots_.end();
   if (info.role == WorkerRole::kExpert) {
-    if (!has_slot) AssignSlot(info.id);
+    if (!has_slot) AssignSlot(info.id, slot_hint);
   } else if (has_slot) {
     RemoveSlot(info.id);  // An expert worker came back as an attention worker.
   }
-  workers_[info.id] = Entry{info, WorkerState::kAlive, now + lease_};
+  workers_[info.id] = Entry{info, WorkerState::kAlive, now + lease_, slot_hint};
   Publish();
   return absl::OkStatus();
 }
 
-void ClusterState::AssignSlot(const std::string& id) {
+void ClusterState::AssignSlot(const std::string& id, int64_t slot_hint) {
   for (std::string& slot : slots_) {
     auto dead = workers_.find(slot);
     if (dead != workers_.end() && dead->second.state == WorkerState::kDead) {
@@ -66,7 +67,14 @@ void ClusterState::AssignSlot(const std::string& id) {
       return;
     }
   }
-  slots_.push_back(id);
+  auto at = slots_.end();
+  if (slot_hint >= 0) {
+    at = std::find_if(slots_.begin(), slots_.end(), [&](const std::string& slot) {
+      const int64_t hint = workers_.at(slot).slot_hint;
+      return hint < 0 || hint > slot_hint;
+    });
+  }
+  slots_.insert(at, id);
 }
 
 void ClusterState::RemoveSlot(const std::string& id) {

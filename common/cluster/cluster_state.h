@@ -92,8 +92,11 @@ class ClusterState {
   // worker that registers again with other addresses replaces its old entry.
   // InvalidArgument for a missing id, grpc_address, peer_id or (experts)
   // data_address; AlreadyExists when another worker that is not dead holds
-  // the same peer_id.
-  absl::Status Register(const WorkerInfo& info, Clock::time_point now);
+  // the same peer_id. `slot_hint` (expert workers; -1: none) is the slot the
+  // worker held under a previous controller: a new slot is inserted among
+  // the hinted ones in hint order, so after a restart the slots — and the
+  // placement — come back as they were.
+  absl::Status Register(const WorkerInfo& info, Clock::time_point now, int64_t slot_hint = -1);
   // Renews a lease. NotFound for an unknown or dead worker: it must register.
   absl::Status Heartbeat(const std::string& id, Clock::time_point now);
   // Takes a worker out of the placement (its slot is removed) while it
@@ -109,10 +112,12 @@ class ClusterState {
     WorkerInfo info;
     WorkerState state = WorkerState::kAlive;
     Clock::time_point lease_end;
+    int64_t slot_hint = -1;
   };
   // Gives expert worker `id` a slot: the first one of a dead worker (whose
-  // entry is removed), else a new one at the end.
-  void AssignSlot(const std::string& id);
+  // entry is removed); else, with a hint, a new one before the first slot
+  // of a greater (or no) hint; else a new one at the end.
+  void AssignSlot(const std::string& id, int64_t slot_hint);
   void RemoveSlot(const std::string& id);
   // Rebuilds the map from the entries and slots and bumps its version.
   void Publish();

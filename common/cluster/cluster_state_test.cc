@@ -1,5 +1,7 @@
 #include "common/cluster/cluster_state.h"
 
+#include <algorithm>
+
 #include "gtest/gtest.h"
 
 namespace dsv2 {
@@ -187,6 +189,28 @@ TEST(ClusterStateTest, ANewWorkerTakesTheFirstDeadSlot) {
   EXPECT_EQ(state.map().expert_workers, (Ids{"e4", "e5", "e3", "e1"}));
   EXPECT_EQ(Holders(state.map()), (std::vector<Ids>{{"e4"}, {"e5"}, {"e3"}, {"e1"}}));
   EXPECT_TRUE(state.map().complete);
+}
+
+// A restarted controller hears the workers back in any order; their slot
+// hints put them back in their old slots, so the placement does not move.
+TEST(ClusterStateTest, SlotHintsRestoreThePlacementAfterARestart) {
+  const auto t0 = Clock::time_point{};
+  ClusterState before(V2Routing(), 2, 5s);
+  for (const char* id : {"e1", "e2", "e3", "e4"}) ASSERT_TRUE(before.Register(Expert(id), t0).ok());
+  const ClusterMap& old_map = before.map();
+
+  ClusterState after(V2Routing(), 2, 5s, /*epoch=*/2);
+  for (const char* id : {"e3", "e1", "e4", "e2"}) {
+    const auto slot = std::find(old_map.expert_workers.begin(), old_map.expert_workers.end(), id);
+    ASSERT_TRUE(after.Register(Expert(id), t0, slot - old_map.expert_workers.begin()).ok());
+  }
+  EXPECT_EQ(after.map().expert_workers, old_map.expert_workers);
+  EXPECT_EQ(Holders(after.map()), Holders(old_map));
+
+  // Without hints the order is the registration order: the placement moves.
+  ClusterState unhinted(V2Routing(), 2, 5s, /*epoch=*/3);
+  for (const char* id : {"e3", "e1", "e4", "e2"}) ASSERT_TRUE(unhinted.Register(Expert(id), t0).ok());
+  EXPECT_NE(Holders(unhinted.map()), Holders(old_map));
 }
 
 TEST(ClusterStateTest, DrainRemovesTheSlotAndRePlaces) {

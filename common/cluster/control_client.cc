@@ -132,6 +132,15 @@ bool ControlClient::SleepUntil(absl::Time deadline) {
 grpc::Status ControlClient::RegisterSelf(absl::Duration* lease) {
   internal::RegisterRequest request;
   *request.mutable_worker() = ToProto(*options_.self);
+  {
+    // The slot held under the last map, for a restarted controller.
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (map_.has_value()) {
+      const auto& slots = map_->expert_workers;
+      const auto slot = std::find(slots.begin(), slots.end(), options_.self->id);
+      if (slot != slots.end()) request.set_slot_hint(1 + (slot - slots.begin()));
+    }
+  }
   internal::RegisterResponse response;
   const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
     return stub_->Register(context, request, &response);

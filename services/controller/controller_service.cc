@@ -65,7 +65,9 @@ grpc::Status ControllerService::Register(grpc::ServerContext*,
   absl::StatusOr<WorkerInfo> info = FromProto(request->worker());
   if (!info.ok()) return ToGrpc(info.status());
   std::lock_guard<std::mutex> lock(mutex_);
-  if (absl::Status status = state_.Register(*info, ClusterState::Clock::now()); !status.ok()) {
+  if (absl::Status status = state_.Register(*info, ClusterState::Clock::now(),
+                                           static_cast<int64_t>(request->slot_hint()) - 1);
+      !status.ok()) {
     return ToGrpc(status);
   }
   DSV2_LOG(INFO) << "registered " << info->id << " at " << info->grpc_address << " (peer id "
