@@ -282,7 +282,7 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context,
     // Ids must be unique among active calls across the cluster, not only on
     // one worker, so that Abort finds one. An empty id is left to the
     // worker, which rejects it.
-    if (!id.empty() && !calls_.emplace(id, nullptr).second) {
+    if (!id.empty() && !calls_.emplace(id, ActiveCall{}).second) {
       return grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           absl::StrCat("request_id '", id, "' is already in use by an active request"));
@@ -302,6 +302,13 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context,
     std::shared_ptr<Worker> worker;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (!id.empty() && calls_[id].aborted) {
+        // Aborted before it reached a worker (or between attempts).
+        v1::GenerateResponse aborted;
+        aborted.mutable_complete()->set_finish_reason(v1::FINISH_REASON_ABORT);
+        writer->Write(aborted);
+        return grpc::Status::OK;
+      }
       worker = ChooseLocked(tried, tokens);
       if (worker == nullptr) {
         if (round > 0) break;
@@ -312,7 +319,7 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context,
       if (round > 0) ++counters_.retries;
       ++counters_.forwarded[worker->endpoint.id];
       ++worker->active;
-      if (!id.empty()) calls_[id] = worker;
+      if (!id.empty()) calls_[id].worker = worker;
     }
     tried.insert(worker->endpoint.id);
     Attempt attempt = Stream(context, *request, writer, *worker);
@@ -325,6 +332,10 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context,
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !attempt.wrote) {
       // Nothing reached the client, so another worker can serve the request
       // from the start.
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!id.empty()) calls_[id].worker = nullptr;
+      }
       failure = Unavailable(absl::StrCat("attention worker ", worker->endpoint.id,
                                          " is unavailable: ", status.error_message()));
       if (round == 0) {
@@ -387,12 +398,15 @@ grpc::Status RouterService::Abort(grpc::ServerContext* context, const v1::AbortR
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = calls_.find(request->request_id());
-    if (it != calls_.end()) worker = it->second;
+    if (it == calls_.end()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("no active request '", request->request_id(), "'"));
+    }
+    // Remembered, so that a call not on a worker right now is not sent to one.
+    it->second.aborted = true;
+    worker = it->second.worker;
   }
-  if (worker == nullptr) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("no active request '", request->request_id(), "'"));
-  }
+  if (worker == nullptr) return grpc::Status::OK;
   return worker->generation->Abort(ForwardContext(context, /*bounded=*/true).get(), *request,
                                    response);
 }

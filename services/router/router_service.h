@@ -160,9 +160,13 @@ class RouterService final : public v1::Generation::Service {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Worker>> workers_;          // By id.
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // By address.
-  // Active Generate calls by request id, with the worker serving each (null
-  // before it is forwarded), for Abort.
-  std::map<std::string, std::shared_ptr<Worker>> calls_;
+  // An active Generate call: the worker serving it (null before it is
+  // forwarded and between attempts) and whether Abort asked to end it.
+  struct ActiveCall {
+    std::shared_ptr<Worker> worker;
+    bool aborted = false;
+  };
+  std::map<std::string, ActiveCall> calls_;  // By request id; guarded by mutex_.
   bool serving_ = false;
   bool accepting_ = true;
   int64_t active_streams_ = 0;
