@@ -82,9 +82,10 @@ int Serve() {
 
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir);
-  std::atomic<bool> complete{false}, draining{false};
+  // Ready: the map is complete and lists this worker alive.
+  std::atomic<bool> ready{false}, draining{false};
   LoadService load(
-      &engine, [&] { return complete && !draining && engine.healthy(); },
+      &engine, [&] { return ready && !draining && engine.healthy(); },
       [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); });
   std::unique_ptr<ControlClient> control;
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -96,7 +97,7 @@ int Serve() {
       .engine = &engine,
       .generation = &generation,
       .services = {&load},
-      .ready = [&] { return complete.load(); },
+      .ready = [&] { return ready.load(); },
       .on_listening =
           [&](int port) {
             const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
@@ -118,7 +119,7 @@ int Serve() {
                   // Ready once the map lists this worker alive: the expert
                   // workers admit its dispatches from that same map.
                   const ClusterMap::Worker* me = map.Find(id);
-                  complete = map.complete && me != nullptr && me->state == WorkerState::kAlive;
+                  ready = map.complete && me != nullptr && me->state == WorkerState::kAlive;
                 });
             return absl::OkStatus();
           },
