@@ -323,7 +323,10 @@ TEST(RouterTest, GreedyOutputThroughTheRouterEqualsTheWorkers) {
   // Three direct calls to a, three forwarded to one of them each.
   EXPECT_EQ(a.calls().generate_calls() + b.calls().generate_calls(), 6);
   const RouterCounters counters = router.service().counters();
-  EXPECT_EQ(counters.forwarded.at("a") + counters.forwarded.at("b"), 3);
+  // Either worker may have taken all three (the choice follows load).
+  int64_t forwarded = 0;
+  for (const auto& [worker, count] : counters.forwarded) forwarded += count;
+  EXPECT_EQ(forwarded, 3);
   EXPECT_EQ(counters.retries, 0);
 
   // Text input, Tokenize and GetModelInfo are forwarded too.
