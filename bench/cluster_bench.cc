@@ -69,6 +69,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/stats.h"
+#include "common/base/process.h"
 #include "common/model/config.h"
 #include "dsv2/internal/attention.grpc.pb.h"
 #include "dsv2/v1/generation.grpc.pb.h"
@@ -657,16 +658,11 @@ int Main(int argc, char** argv) {
   fs::create_directories(o.state);
 
   // SIGINT/SIGTERM: stop what we started, then exit.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  BlockTerminationSignals();
   Standalone standalone(o);
   Cluster cluster(o);
   std::thread([&] {
-    int sig;
-    sigwait(&signals, &sig);
+    WaitForTerminationSignal();
     interrupted = true;
     Log("interrupted; stopping the servers");
     if (const pid_t child = foreground.load(); child != 0) kill(child, SIGTERM);

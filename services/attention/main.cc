@@ -14,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/remote_experts.h"
 #include "common/transport/ucx_transport.h"

@@ -1,16 +1,15 @@
 // dsv2-controller: the control plane of the disaggregated cluster
 // (dsv2.internal.Controller): membership with leases, the expert placement
 // and the versioned cluster map. It keeps no state of its own.
-#include <signal.h>
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/base/logging.h"
+#include "common/base/process.h"
 #include "common/cluster/grpc_keepalive.h"
 #include "common/model/config.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -34,11 +33,7 @@ ABSL_FLAG(int64_t, warmup_ms, -1,
 constexpr std::chrono::milliseconds kReconnectAllowance(1500);
 
 int main(int argc, char** argv) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  dsv2::BlockTerminationSignals();
   absl::SetProgramUsageMessage("The control plane of a dsv2-serve cluster.");
   absl::ParseCommandLine(argc, argv);
 
@@ -79,13 +74,9 @@ int main(int argc, char** argv) {
   DSV2_LOG(INFO) << "controller for " << model << " on port " << port << ", replicas "
                  << absl::GetFlag(FLAGS_replicas) << ", lease " << lease.count() << " ms, warm-up "
                  << warmup.count() << " ms, epoch " << service.epoch();
-  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
-    std::ofstream(path + ".tmp") << port << "\n";
-    std::filesystem::rename(path + ".tmp", path);
-  }
-  int signal = 0;
-  sigwait(&signals, &signal);
-  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": shutting down";
+  dsv2::WritePortFile(absl::GetFlag(FLAGS_port_file), port);
+  const int signal = dsv2::WaitForTerminationSignal();
+  DSV2_LOG(INFO) << dsv2::TerminationSignalName(signal) << ": shutting down";
   service.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

@@ -7,10 +7,8 @@
 //
 // SIGINT/SIGTERM: leave the placement (Drain), keep answering for
 // --drain_s while attention workers move to the new map, then exit 0.
-#include <signal.h>
-
-#include <iostream>
 #include <condition_variable>
+#include <iostream>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -22,6 +20,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/expert_server.h"
 #include "common/transport/ucx_transport.h"
@@ -198,13 +197,8 @@ int Serve() {
       });
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal = 0;
-  sigwait(&signals, &signal);
-  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": leaving the placement";
+  const int signal = WaitForTerminationSignal();
+  DSV2_LOG(INFO) << TerminationSignalName(signal) << ": leaving the placement";
   grpc_server->GetHealthCheckService()->Shutdown();
   if (absl::Status s = control->Drain(); !s.ok()) {
     DSV2_LOG(WARNING) << "could not leave the placement: " << s;

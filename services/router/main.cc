@@ -8,11 +8,9 @@
 // SIGINT/SIGTERM drain: new calls get UNAVAILABLE, health turns NOT_SERVING,
 // running streams may finish within --drain_grace_s and are then cancelled
 // (the workers abort them), and the process exits 0.
-#include <signal.h>
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -22,6 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/base/logging.h"
+#include "common/base/process.h"
 #include "common/cluster/cluster_state.h"
 #include "common/cluster/control_client.h"
 #include "common/model/config.h"
@@ -114,19 +113,10 @@ int Serve() {
   const std::string listen = absl::GetFlag(FLAGS_listen);
   DSV2_LOG(INFO) << "router on " << listen.substr(0, listen.rfind(':')) << ":" << port
                  << ", controller " << controller;
-  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp) << port << "\n";
-    std::filesystem::rename(tmp, path);
-  }
+  WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int signal = 0;
-  sigwait(&signals, &signal);
-  DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": draining";
+  const int signal = WaitForTerminationSignal();
+  DSV2_LOG(INFO) << TerminationSignalName(signal) << ": draining";
 
   // Refuse new calls before health says so, so that a client that sees
   // NOT_SERVING is never admitted.
@@ -156,12 +146,9 @@ int Serve() {
 }  // namespace dsv2
 
 int main(int argc, char** argv) {
-  // Signals are taken by sigwait in Serve, so every thread blocks them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Signals are taken by WaitForTerminationSignal in Serve, so every thread
+  // blocks them.
+  dsv2::BlockTerminationSignals();
   absl::SetProgramUsageMessage(
       "Serves the public API of a dsv2-serve cluster, forwarding to its attention workers.");
   absl::ParseCommandLine(argc, argv);

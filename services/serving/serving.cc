@@ -1,17 +1,14 @@
 #include "services/serving/serving.h"
 
-#include <signal.h>
-
 #include <charconv>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/base/logging.h"
+#include "common/base/process.h"
 #include "common/cluster/grpc_keepalive.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -111,14 +108,6 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
   return model;
 }
 
-void BlockTerminationSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-}
-
 void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,
                         internal::DataPlaneStats* out) {
   const RemoteRoutedExperts::Stats stats = experts.stats();
@@ -132,13 +121,6 @@ void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Tra
   out->set_messages_sent(counters.messages_sent);
   out->set_bytes_sent(counters.bytes_sent);
   out->set_bytes_received(counters.bytes_received);
-}
-
-void WritePortFile(const std::string& path, int port) {
-  if (path.empty()) return;
-  const std::string tmp = path + ".tmp";
-  std::ofstream(tmp) << port << "\n";
-  std::filesystem::rename(tmp, path);
 }
 
 int ServeEngine(const ServeParams& params) {
@@ -180,21 +162,16 @@ int ServeEngine(const ServeParams& params) {
   }
   WritePortFile(params.port_file, port);
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
   while (true) {
-    const timespec tick{0, 200'000'000};
-    const int signal = sigtimedwait(&signals, nullptr, &tick);
+    const int signal = WaitForTerminationSignal(absl::Milliseconds(200));
     if (params.fatal != nullptr && *params.fatal) {
       health->Shutdown();
       DSV2_LOG(ERROR) << "fatal engine error: shutting down";
       server->Shutdown(std::chrono::system_clock::now() + 2s);
       return 1;
     }
-    if (signal == SIGINT || signal == SIGTERM) {
-      DSV2_LOG(INFO) << (signal == SIGINT ? "SIGINT" : "SIGTERM") << ": draining";
+    if (signal != 0) {
+      DSV2_LOG(INFO) << TerminationSignalName(signal) << ": draining";
       break;
     }
     if (const bool now = healthy(); now != serving) {

@@ -64,19 +64,12 @@ struct ServeParams {
 // returns 0) or a fatal engine error (returns 1). Health is NOT_SERVING
 // while the engine is stalled (--stall_timeout_s) or `ready` is false.
 // The caller blocks SIGINT and SIGTERM in every thread before starting
-// threads (BlockTerminationSignals).
+// threads (BlockTerminationSignals, common/base/process.h).
 int ServeEngine(const ServeParams& params);
-
-// Blocks SIGINT and SIGTERM in the calling thread and the threads it starts
-// later, so that ServeEngine (or sigwait) takes them.
-void BlockTerminationSignals();
 
 // The data-plane figures of an attention worker (or dsv2-standalone) for
 // its Load report.
 void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,
                         internal::DataPlaneStats* out);
-
-// Writes `port` to `path` atomically (no-op for an empty path).
-void WritePortFile(const std::string& path, int port);
 
 }  // namespace dsv2

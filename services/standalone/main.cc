@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/base/process.h"
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
 #include "common/transport/inprocess_transport.h"
