@@ -16,21 +16,16 @@
 #include "nlohmann/json.hpp"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/text_frontend.h"
+#include "tests/generate_stream.h"
 
 namespace dsv2 {
 namespace {
 
+using testutil::ReadStream;
+using testutil::StreamResult;
+
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-struct StreamResult {
-  grpc::Status status;
-  std::vector<int32_t> tokens;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  v1::Usage usage;
-  int chunks = 0;
-  std::string text;
-};
 
 class ServerFixture {
  public:
@@ -69,25 +64,8 @@ class ServerFixture {
   }
 
   StreamResult Read(grpc::ClientContext& context, const v1::GenerateRequest& request) {
-    StreamResult result;
     auto reader = stub_->Generate(&context, request);
-    v1::GenerateResponse response;
-    while (reader->Read(&response)) {
-      if (response.has_chunk()) {
-        ++result.chunks;
-        result.tokens.insert(result.tokens.end(), response.chunk().token_ids().begin(),
-                             response.chunk().token_ids().end());
-        result.text += response.chunk().text();
-      } else if (response.has_complete()) {
-        result.tokens.insert(result.tokens.end(), response.complete().token_ids().begin(),
-                             response.complete().token_ids().end());
-        result.text += response.complete().text();
-        result.finish = response.complete().finish_reason();
-        result.usage = response.complete().usage();
-      }
-    }
-    result.status = reader->Finish();
-    return result;
+    return ReadStream(*reader);
   }
 
  private:

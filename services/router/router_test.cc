@@ -19,9 +19,13 @@
 #include "services/frontend/generation_service.h"
 #include "services/frontend/load_service.h"
 #include "services/frontend/text_frontend.h"
+#include "tests/generate_stream.h"
 
 namespace dsv2 {
 namespace {
+
+using testutil::ReadStream;
+using testutil::StreamResult;
 
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
@@ -131,44 +135,12 @@ class RecordingGeneration final : public v1::Generation::Service {
   std::atomic<int64_t> abort_calls_{0};
 };
 
-struct StreamResult {
-  grpc::Status status;
-  std::vector<int32_t> tokens;
-  std::string text;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  v1::Usage usage;
-  int responses = 0;
-  std::optional<v1::Error> error;  // An Error message, if one came.
-};
-
-StreamResult ReadAll(grpc::ClientReader<v1::GenerateResponse>& reader, StreamResult result = {}) {
-  v1::GenerateResponse response;
-  while (reader.Read(&response)) {
-    ++result.responses;
-    if (response.has_chunk()) {
-      result.tokens.insert(result.tokens.end(), response.chunk().token_ids().begin(),
-                           response.chunk().token_ids().end());
-      result.text += response.chunk().text();
-    } else if (response.has_complete()) {
-      result.tokens.insert(result.tokens.end(), response.complete().token_ids().begin(),
-                           response.complete().token_ids().end());
-      result.text += response.complete().text();
-      result.finish = response.complete().finish_reason();
-      result.usage = response.complete().usage();
-    } else if (response.has_error()) {
-      result.error = response.error();
-    }
-  }
-  result.status = reader.Finish();
-  return result;
-}
-
 StreamResult Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request,
                       std::chrono::milliseconds timeout = 30s) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   auto reader = stub.Generate(&context, request);
-  return ReadAll(*reader);
+  return ReadStream(*reader);
 }
 
 v1::GenerateRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
@@ -501,7 +473,7 @@ TEST(RouterTest, TheDeadlineReachesTheWorker) {
   grpc::ClientContext context;
   context.set_deadline(deadline);
   auto reader = router.stub().Generate(&context, Greedy("late", {0, 5, 6, 7}, 50));
-  const StreamResult r = ReadAll(*reader);
+  const StreamResult r = ReadStream(*reader);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   ASSERT_EQ(a.calls().generate_calls(), 1);
   // The forwarded call carried the client's deadline (less the time in
@@ -602,7 +574,7 @@ TEST(RouterTest, AWorkerFailingMidStreamEndsTheCallUnavailable) {
   // for a's handler, which waits for the engine, so it runs aside until the
   // gate opens.
   std::thread stopper([&] { a.Stop(/*grace=*/0ms); });
-  const StreamResult r = ReadAll(*reader);
+  const StreamResult r = ReadStream(*reader);
   a.gate().Open();
   stopper.join();
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -632,7 +604,7 @@ TEST(RouterTest, AbortIsForwardedToTheWorkerServingTheRequest) {
   grpc::ClientContext abort_context;
   EXPECT_TRUE(router.stub().Abort(&abort_context, abort, &abort_response).ok());
   a.gate().Open();
-  const StreamResult r = ReadAll(*reader);
+  const StreamResult r = ReadStream(*reader);
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.finish, v1::FINISH_REASON_ABORT);
   EXPECT_EQ(a.calls().abort_calls(), 1);
@@ -678,7 +650,7 @@ TEST(RouterTest, InvalidRequestsPassThroughAndIdsAreUniqueAcrossWorkers) {
   context.TryCancel();
   a.gate().Open();
   b.gate().Open();
-  ReadAll(*reader);
+  ReadStream(*reader);
   // Still serving.
   const StreamResult ok = router.Generate(Greedy("fine", {0, 1, 2}, 5));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
