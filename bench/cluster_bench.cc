@@ -63,7 +63,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -82,15 +81,6 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr int64_t kHeaderBytes = 64;  // transport::kFrameHeaderSize.
-
-std::vector<long> ParseList(const std::string& text) {
-  std::vector<long> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    long v;
-    if (absl::SimpleAtoi(part, &v)) out.push_back(v);
-  }
-  return out;
-}
 
 void Log(const std::string& line) {
   std::fprintf(stderr, "[cluster_bench %.0f s] %s\n", NowSeconds(), line.c_str());
@@ -618,8 +608,8 @@ int Main(int argc, char** argv) {
   o.attention = static_cast<int>(flags.GetInt("attention", 1));
   o.experts = static_cast<int>(flags.GetInt("experts", 2));
   o.kv_cache_mib = flags.GetInt("kv-cache-mib", 256);
-  const std::vector<long> batches = ParseList(flags.Get("batches", "32,64"));
-  const std::vector<long> micro = ParseList(flags.Get("micro-batches", "1,2"));
+  const std::vector<long> batches = flags.GetList("batches", "32,64");
+  const std::vector<long> micro = flags.GetList("micro-batches", "1,2");
   const int64_t max_tokens = flags.GetInt("tokens", 32);
   const int64_t prompt_len = flags.GetInt("prompt", 8);
   const int64_t warmup_tokens = flags.GetInt("warmup-tokens", 4);

@@ -54,6 +54,24 @@ class Flags {
     const std::string value = Get(name, "");
     return value.empty() ? fallback : std::strtol(value.c_str(), nullptr, 10);
   }
+  // A comma-separated list of integers ("32,64", spaces allowed); parts
+  // that are empty or not integers are skipped.
+  std::vector<long> GetList(const char* name, const std::string& fallback) const {
+    const std::string value = Get(name, fallback);
+    std::vector<long> out;
+    size_t begin = 0;
+    while (begin <= value.size()) {
+      size_t end = value.find(',', begin);
+      if (end == std::string::npos) end = value.size();
+      const std::string part = value.substr(begin, end - begin);
+      char* parsed = nullptr;
+      const long number = std::strtol(part.c_str(), &parsed, 10);
+      while (*parsed == ' ') ++parsed;
+      if (parsed != part.c_str() && *parsed == '\0') out.push_back(number);
+      begin = end + 1;
+    }
+    return out;
+  }
 
  private:
   std::vector<std::string> args_;

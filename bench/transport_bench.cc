@@ -54,15 +54,6 @@ using transport::Message;
 using transport::UcxTransport;
 using transport::UcxTransportOptions;
 
-std::vector<long> ParseList(const std::string& text) {
-  std::vector<long> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    long v;
-    if (absl::SimpleAtoi(part, &v)) out.push_back(v);
-  }
-  return out;
-}
-
 UcxTransportOptions::Mode ModeFor(const std::string& transport) {
   return transport == "shm" ? UcxTransportOptions::Mode::kLocal
                             : UcxTransportOptions::Mode::kListener;
@@ -275,8 +266,8 @@ int Main(int argc, char** argv) {
   }
   const std::vector<std::string> transports =
       absl::StrSplit(flags.Get("transports", "tcp,shm"), ',', absl::SkipEmpty());
-  const std::vector<long> hiddens = ParseList(flags.Get("hidden", "2048,5120"));
-  const std::vector<long> token_counts = ParseList(flags.Get("tokens", "1,8,32,64"));
+  const std::vector<long> hiddens = flags.GetList("hidden", "2048,5120");
+  const std::vector<long> token_counts = flags.GetList("tokens", "1,8,32,64");
   const long top_k = flags.GetInt("top-k", 6);
   const int reps = static_cast<int>(flags.GetInt("reps", 5));
   const long iters = flags.GetInt("iters", 200);
