@@ -109,8 +109,11 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
 
   while (!todo.empty()) {
     std::map<int32_t, std::vector<int64_t>> by_worker;  // Rows ascending per worker.
+    std::map<int32_t, int32_t> unit_worker;             // This round's pick per unit.
     for (int64_t r : todo) {
-      const int32_t w = PickWorker(*route, unit[r], turn);
+      auto [pick, added] = unit_worker.try_emplace(unit[r]);
+      if (added) pick->second = PickWorker(*route, unit[r], turn);
+      const int32_t w = pick->second;
       if (w < 0) {
         const int32_t u = unit[r];
         return finish(absl::UnavailableError(absl::StrCat(
