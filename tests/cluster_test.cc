@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster_process.h"
+#include "tests/generation_test_util.h"
 
 namespace dsv2 {
 namespace {
@@ -67,13 +68,7 @@ std::vector<int32_t> Prompt(int index) {
 }
 
 v1::GenerateRequest Greedy(const std::string& id, int prompt, uint32_t max_tokens) {
-  v1::GenerateRequest request;
-  request.set_request_id(id);
-  for (int32_t t : Prompt(prompt)) request.mutable_token_ids()->add_ids(t);
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stopping()->set_max_tokens(max_tokens);
-  request.mutable_stopping()->set_ignore_eos(true);
-  return request;
+  return testutil::Greedy(id, Prompt(prompt), max_tokens);
 }
 
 struct Outcome {

@@ -16,11 +16,12 @@
 #include "nlohmann/json.hpp"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/text_frontend.h"
-#include "tests/generate_stream.h"
+#include "tests/generation_test_util.h"
 
 namespace dsv2 {
 namespace {
 
+using testutil::Greedy;
 using testutil::ReadStream;
 using testutil::StreamResult;
 
@@ -78,17 +79,6 @@ class ServerFixture {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Generation::Stub> stub_;
 };
-
-v1::GenerateRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
-                           uint32_t max_tokens) {
-  v1::GenerateRequest request;
-  request.set_request_id(id);
-  for (int32_t t : prompt) request.mutable_token_ids()->add_ids(t);
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stopping()->set_max_tokens(max_tokens);
-  request.mutable_stopping()->set_ignore_eos(true);
-  return request;
-}
 
 nlohmann::json Golden(const std::string& model) {
   std::ifstream in("tests/data/" + model + "/golden.json");

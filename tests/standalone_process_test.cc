@@ -14,6 +14,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/generation_test_util.h"
 
 namespace dsv2 {
 namespace {
@@ -91,13 +92,7 @@ class StandaloneProcess {
 };
 
 v1::GenerateRequest Greedy(const std::string& id, uint32_t max_tokens) {
-  v1::GenerateRequest request;
-  request.set_request_id(id);
-  for (int32_t t : {0, 11, 12, 13}) request.mutable_token_ids()->add_ids(t);
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stopping()->set_max_tokens(max_tokens);
-  request.mutable_stopping()->set_ignore_eos(true);
-  return request;
+  return testutil::Greedy(id, {0, 11, 12, 13}, max_tokens);
 }
 
 struct Outcome {

@@ -19,11 +19,12 @@
 #include "services/frontend/generation_service.h"
 #include "services/frontend/load_service.h"
 #include "services/frontend/text_frontend.h"
-#include "tests/generate_stream.h"
+#include "tests/generation_test_util.h"
 
 namespace dsv2 {
 namespace {
 
+using testutil::Greedy;
 using testutil::ReadStream;
 using testutil::StreamResult;
 
@@ -141,17 +142,6 @@ StreamResult Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& req
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   auto reader = stub.Generate(&context, request);
   return ReadStream(*reader);
-}
-
-v1::GenerateRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
-                           uint32_t max_tokens) {
-  v1::GenerateRequest request;
-  request.set_request_id(id);
-  for (int32_t t : prompt) request.mutable_token_ids()->add_ids(t);
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stopping()->set_max_tokens(max_tokens);
-  request.mutable_stopping()->set_ignore_eos(true);
-  return request;
 }
 
 // An attention worker: engine, Generation (recorded) and AttentionWorker

@@ -1,5 +1,5 @@
-// Reading a dsv2.v1.Generation.Generate stream to its end: what the tests
-// of every server of the public API (standalone, router) compare.
+// What the tests of every server of the public API (standalone, router,
+// cluster) share: greedy requests, and reading a Generate stream to its end.
 #pragma once
 
 #include <optional>
@@ -10,6 +10,18 @@
 #include "grpcpp/grpcpp.h"
 
 namespace dsv2::testutil {
+
+// Greedy decoding of `prompt` (token ids) for exactly `max_tokens` tokens.
+inline v1::GenerateRequest Greedy(const std::string& id, const std::vector<int32_t>& prompt,
+                                  uint32_t max_tokens) {
+  v1::GenerateRequest request;
+  request.set_request_id(id);
+  for (int32_t t : prompt) request.mutable_token_ids()->add_ids(t);
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stopping()->set_max_tokens(max_tokens);
+  request.mutable_stopping()->set_ignore_eos(true);
+  return request;
+}
 
 struct StreamResult {
   grpc::Status status;
