@@ -109,6 +109,14 @@ class PeerProcess {
 
   void Signal(int sig) { kill(pid_, sig); }
 
+  // SIGSTOP, returning once the peer has stopped (kill only queues the
+  // signal; until it is delivered the peer may still answer).
+  void Stop() {
+    kill(pid_, SIGSTOP);
+    int status = 0;
+    waitpid(pid_, &status, WUNTRACED);
+  }
+
   void Kill() {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
@@ -194,7 +202,7 @@ TEST_P(UcxPeerDeathTest, SendsToAStoppedPeerTimeOutAndFailTheConnection) {
                  2, /*send_timeout=*/absl::Milliseconds(500));
   ASSERT_TRUE(
       CallAndWait(*client, *address, *TestDispatch(*client, 1, 64, 1, 0), absl::Seconds(20)).ok());
-  peer.Signal(SIGSTOP);
+  peer.Stop();
   // Enough 640 KiB dispatches to fill any socket buffer, so some sends stay pending.
   const absl::Time start = absl::Now();
   std::vector<std::future<absl::StatusOr<Message>>> calls;
