@@ -4,7 +4,7 @@
 #include <random>
 
 #include "common/base/logging.h"
-#include "common/cluster/grpc_keepalive.h"
+#include "common/rpc/grpc_options.h"
 #include "common/cluster/cluster_map_proto.h"
 #include "grpcpp/grpcpp.h"
 

@@ -10,7 +10,7 @@
 #include "absl/flags/usage.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
-#include "common/cluster/grpc_keepalive.h"
+#include "common/rpc/grpc_options.h"
 #include "common/model/config.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"

@@ -6,7 +6,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
-#include "common/cluster/grpc_keepalive.h"
+#include "common/rpc/grpc_options.h"
 
 namespace dsv2 {
 namespace {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
-#include "common/cluster/grpc_keepalive.h"
+#include "common/rpc/grpc_options.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"

@@ -1,0 +1,113 @@
+#include "common/rpc/access.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpc/grpc_security_constants.h"
+
+namespace dsv2 {
+namespace {
+
+std::string RoleList(std::initializer_list<Role> roles) {
+  return absl::StrJoin(roles, " or ",
+                       [](std::string* out, Role r) { absl::StrAppend(out, RoleName(r)); });
+}
+
+// The verified client certificate's name for a principal: its SPIFFE id,
+// else its subject common name.
+std::optional<std::string> CertificatePrincipal(const grpc::AuthContext& context) {
+  if (!context.IsPeerAuthenticated() || !IsTlsConnection(context)) return std::nullopt;
+  for (const char* property : {GRPC_PEER_SPIFFE_ID_PROPERTY_NAME, GRPC_X509_CN_PROPERTY_NAME}) {
+    for (const grpc::string_ref& value : context.FindPropertyValues(property)) {
+      if (!value.empty()) return std::string(value.data(), value.size());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+AccessPolicy AccessPolicy::Open() { return AccessPolicy(Kind::kOpen, nullptr, false, nullptr); }
+AccessPolicy AccessPolicy::Cluster(std::shared_ptr<Revocations> revocations) {
+  return AccessPolicy(Kind::kCluster, nullptr, true, std::move(revocations));
+}
+AccessPolicy AccessPolicy::Public(std::shared_ptr<ApiTokens> tokens, bool client_certs,
+                                  std::shared_ptr<Revocations> revocations) {
+  return AccessPolicy(Kind::kPublic, std::move(tokens), client_certs, std::move(revocations));
+}
+
+bool AccessPolicy::Revoked(const grpc::AuthContext& auth) const {
+  if (revocations_ == nullptr) return false;
+  for (const grpc::string_ref& pem : auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+    return revocations_->IsRevoked(absl::string_view(pem.data(), pem.size()));
+  }
+  return false;
+}
+
+std::optional<std::string_view> BearerToken(const grpc::ServerContextBase& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) return std::nullopt;
+  absl::string_view value(it->second.data(), it->second.size());
+  if (value.size() < 7 || !absl::EqualsIgnoreCase(value.substr(0, 7), "bearer ")) {
+    return std::nullopt;
+  }
+  const absl::string_view token = absl::StripAsciiWhitespace(value.substr(7));
+  return std::string_view(token.data(), token.size());
+}
+
+absl::StatusOr<Caller> AccessPolicy::Authenticate(const grpc::ServerContextBase& context) const {
+  if (kind_ == Kind::kOpen) return Caller{};
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (kind_ == Kind::kCluster) {
+    std::optional<Identity> identity = auth ? PeerIdentity(*auth) : std::nullopt;
+    if (!identity) {
+      return absl::UnauthenticatedError(
+          "this is a cluster port: present a certificate of the cluster CA with a "
+          "spiffe://dsv2/<role>/<id> identity");
+    }
+    if (Revoked(*auth)) {
+      return absl::UnauthenticatedError(
+          absl::StrCat("the certificate of ", identity->SpiffeId(), " is revoked"));
+    }
+    return Caller{identity->SpiffeId(), identity};
+  }
+  // Public: a client certificate, then a bearer token.
+  if (client_certs_ && auth) {
+    if (std::optional<std::string> name = CertificatePrincipal(*auth)) {
+      if (Revoked(*auth)) {
+        return absl::UnauthenticatedError(absl::StrCat("the certificate of ", *name, " is revoked"));
+      }
+      return Caller{absl::StrCat("cert:", *name), PeerIdentity(*auth)};
+    }
+  }
+  if (tokens_ != nullptr) {
+    const std::optional<std::string_view> token = BearerToken(context);
+    if (!token) {
+      return absl::UnauthenticatedError(
+          client_certs_ ? "send a client certificate or `authorization: Bearer <token>`"
+                        : "send `authorization: Bearer <token>`");
+    }
+    std::optional<std::string> name = tokens_->Lookup(*token);
+    if (!name) return absl::UnauthenticatedError("the bearer token is not valid");
+    return Caller{absl::StrCat("token:", *name), std::nullopt};
+  }
+  if (client_certs_) return absl::UnauthenticatedError("send a client certificate");
+  return Caller{};  // Neither tokens nor certificates: anonymous.
+}
+
+absl::StatusOr<Caller> AccessPolicy::Authorize(const grpc::ServerContextBase& context,
+                                               std::initializer_list<Role> roles,
+                                               std::string_view method) const {
+  absl::StatusOr<Caller> caller = Authenticate(context);
+  if (!caller.ok() || kind_ != Kind::kCluster) return caller;
+  for (Role role : roles) {
+    if (caller->identity->role == role) return caller;
+  }
+  return absl::PermissionDeniedError(absl::StrCat(std::string(method), " is for ", RoleList(roles),
+                                                  " identities; the caller is ",
+                                                  caller->principal));
+}
+
+}  // namespace dsv2
