@@ -14,21 +14,24 @@ dsv2="$build/tools/dsv2/dsv2"
 model="$root/tests/data/tiny-v2"
 cluster="$root/deploy/local/cluster.sh"
 
-# A cluster left by an earlier run is stopped and replaced.
+# A cluster left by an earlier run is stopped and replaced. Every plane runs
+# with TLS (a throwaway CA in build/cluster/tls); the router's API wants the
+# CA and a bearer token, which `cluster.sh client-flags` prints.
 addr="$("$cluster" up --model "$model" --attention 1 --experts 2)"
+read -r -a client_flags <<<"$("$cluster" client-flags)"
 
 "$dsv2" inspect --model "$model"
 echo
 "$cluster" status
 echo
-echo "dsv2 client --addr $addr --chat --prompt 'What is the capital of France?' --max-tokens 48:"
+echo "dsv2 client --addr $addr ${client_flags[*]} --chat --prompt 'What is the capital of France?' --max-tokens 48:"
 echo "(the bundled test model has random weights, so the answer is random text)"
-"$dsv2" client --addr "$addr" --chat --prompt "What is the capital of France?" \
+"$dsv2" client --addr "$addr" "${client_flags[@]}" --chat --prompt "What is the capital of France?" \
   --max-tokens 48 --stats
 echo
 echo
 echo "The cluster keeps serving $model through the router at $addr"
 echo "(logs in $build/cluster/)."
-echo "  query:  $dsv2 client --addr $addr --prompt 'Once upon a time' --max-tokens 32"
+echo "  query:  $dsv2 client --addr $addr ${client_flags[*]} --prompt 'Once upon a time' --max-tokens 32"
 echo "  status: $cluster status"
 echo "  stop:   $cluster down"

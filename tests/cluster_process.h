@@ -15,8 +15,14 @@
 //   Cluster cluster({.binaries = binaries, .model = "tests/data/tiny-v2", .experts = 3});
 //   ASSERT_TRUE(cluster.Start());
 //   ASSERT_TRUE(cluster.WaitReady());
-//   auto channel = grpc::CreateChannel(cluster.router().address(), ...);
+//   auto stub = v1::Generation::NewStub(cluster.RouterChannel());
 //   cluster.expert(1).Kill();
+//
+// By default every plane runs with TLS, as deploy/local/cluster.sh does:
+// a test CA (tests/test_certs.h) and one certificate per process; the test
+// itself calls the controller as an operator, attention workers as a router
+// and the router's API as a client with the CA (no client certificate).
+// ClusterOptions::tls = false runs everything with --insecure.
 //
 // Files (port files, logs) live in a fresh directory under
 // testing::TempDir(), removed at the end unless the test failed.
@@ -51,6 +57,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/test_certs.h"
 
 namespace dsv2::testutil {
 
@@ -197,12 +204,14 @@ class ChildProcess {
   int wait_status_ = 0;
 };
 
+using Credentials = std::shared_ptr<grpc::ChannelCredentials>;
+
 // grpc.health.v1 status of `service` at `address`; UNKNOWN when the call
 // fails.
 inline grpc::health::v1::HealthCheckResponse::ServingStatus HealthOf(
-    const std::string& address, const std::string& service = "") {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    const std::string& address, const std::string& service = "",
+    Credentials credentials = grpc::InsecureChannelCredentials()) {
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(address, credentials));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   grpc::health::v1::HealthCheckRequest request;
@@ -215,18 +224,18 @@ inline grpc::health::v1::HealthCheckResponse::ServingStatus HealthOf(
 }
 
 // dsv2.internal.Controller/GetClusterMap at `address`.
-inline grpc::Status GetClusterMap(const std::string& address, internal::ClusterMap* map) {
-  auto stub = internal::Controller::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+inline grpc::Status GetClusterMap(const std::string& address, internal::ClusterMap* map,
+                                  Credentials credentials = grpc::InsecureChannelCredentials()) {
+  auto stub = internal::Controller::NewStub(grpc::CreateChannel(address, credentials));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return stub->GetClusterMap(&context, internal::GetClusterMapRequest(), map);
 }
 
 // dsv2.internal.AttentionWorker/GetLoad at `address`.
-inline grpc::Status GetLoad(const std::string& address, internal::Load* load) {
-  auto stub = internal::AttentionWorker::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+inline grpc::Status GetLoad(const std::string& address, internal::Load* load,
+                            Credentials credentials = grpc::InsecureChannelCredentials()) {
+  auto stub = internal::AttentionWorker::NewStub(grpc::CreateChannel(address, credentials));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return stub->GetLoad(&context, internal::GetLoadRequest(), load);
@@ -268,6 +277,7 @@ struct ClusterOptions {
   int warmup_ms = 100;
   int kv_cache_mib = 4;
   int load_interval_ms = 20;  // The router's load polls.
+  bool tls = true;            // Every plane with TLS (else --insecure).
   std::vector<std::string> controller_flags;
   std::vector<std::string> expert_flags;
   std::vector<std::string> attention_flags;
@@ -277,7 +287,13 @@ struct ClusterOptions {
 class Cluster {
  public:
   explicit Cluster(ClusterOptions options)
-      : options_(std::move(options)), dir_(NewTestDir("cluster")) {}
+      : options_(std::move(options)), dir_(NewTestDir("cluster")) {
+    if (options_.tls) {
+      certs_.emplace(dir_ + "/tls");
+      // The test's own identities: an operator and a router.
+      certs_ok_ = certs_->Make("operator", "test-operator") && certs_->Make("router", "test-router");
+    }
+  }
 
   // Kills every process, router first.
   ~Cluster() {
@@ -298,6 +314,7 @@ class Cluster {
   // Starts the controller, then every worker and the router at once, and
   // waits for all their port files.
   ::testing::AssertionResult Start(std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+    if (options_.tls && !certs_ok_) return Failure("the test certificates could not be made");
     controller_ = StartControllerProcess("controller", "127.0.0.1:0", {});
     if (!controller_->WaitPort(timeout)) return Failure("the controller did not start");
     controller_address_ = controller_->address();
@@ -305,10 +322,12 @@ class Cluster {
       experts_.push_back(StartExpertProcess("expert-" + std::to_string(i)));
     }
     for (int i = 1; i <= options_.attention; ++i) {
+      const std::string id = "attention-" + std::to_string(i);
       std::vector<std::string> args = {
           "--model=" + options_.model, "--controller=" + controller_address_,
-          "--listen=127.0.0.1:0", "--worker_id=attention-" + std::to_string(i),
+          "--listen=127.0.0.1:0", "--worker_id=" + id,
           "--kv_cache_mib=" + std::to_string(options_.kv_cache_mib)};
+      if (!AddIdentity("attention", id, &args)) return Failure("no certificate for " + id);
       args.insert(args.end(), options_.attention_flags.begin(), options_.attention_flags.end());
       attention_.push_back(std::make_unique<ChildProcess>("attention-" + std::to_string(i), dir_,
                                                           options_.binaries.attention, args));
@@ -316,6 +335,7 @@ class Cluster {
     std::vector<std::string> args = {
         "--model=" + options_.model, "--controller=" + controller_address_, "--listen=127.0.0.1:0",
         "--load_interval_ms=" + std::to_string(options_.load_interval_ms)};
+    if (!AddIdentity("router", "router", &args)) return Failure("no certificate for the router");
     args.insert(args.end(), options_.router_flags.begin(), options_.router_flags.end());
     router_ = std::make_unique<ChildProcess>("router", dir_, options_.binaries.router, args);
     for (auto& p : experts_) {
@@ -337,7 +357,7 @@ class Cluster {
     const bool ready = WaitFor(
         [&] {
           internal::ClusterMap map;
-          if (grpc::Status s = GetClusterMap(controller_address_, &map); !s.ok()) {
+          if (grpc::Status s = GetMap(&map); !s.ok()) {
             missing = "controller map: " + s.error_message();
             return false;
           }
@@ -354,12 +374,12 @@ class Cluster {
           }
           for (auto& p : attention_) {
             internal::Load load;
-            if (p->running() && (!GetLoad(p->address(), &load).ok() || !load.serving())) {
+            if (p->running() && (!Load(*p, &load).ok() || !load.serving())) {
               missing = p->name() + " is not serving";
               return false;
             }
           }
-          if (HealthOf(router_->address()) != grpc::health::v1::HealthCheckResponse::SERVING) {
+          if (Health(*router_) != grpc::health::v1::HealthCheckResponse::SERVING) {
             missing = "the router is not SERVING";
             return false;
           }
@@ -415,7 +435,49 @@ class Cluster {
 
   const std::string& dir() const { return dir_; }
 
+  // The test's credentials: as an operator (the controller), as a router
+  // (attention workers), and as an API client (the router; health anywhere).
+  Credentials OperatorCredentials() const { return IdentityCredentials("test-operator"); }
+  Credentials RouterCredentials() const { return IdentityCredentials("test-router"); }
+  Credentials ClientCredentials() const {
+    if (!options_.tls) return grpc::InsecureChannelCredentials();
+    return ChannelTlsCredentials(TlsFiles{.ca = certs_->ca()});
+  }
+  // The test certificates (null without TLS).
+  const TestCerts* certs() const { return certs_ ? &*certs_ : nullptr; }
+
+  std::shared_ptr<grpc::Channel> RouterChannel() {
+    return grpc::CreateChannel(router_->address(), ClientCredentials());
+  }
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health(ChildProcess& process) {
+    return HealthOf(process.address(), "", ClientCredentials());
+  }
+  grpc::Status GetMap(internal::ClusterMap* map) {
+    return GetClusterMap(controller_address_, map, OperatorCredentials());
+  }
+  grpc::Status Load(ChildProcess& attention, internal::Load* load) {
+    return GetLoad(attention.address(), load, RouterCredentials());
+  }
+
  private:
+  Credentials IdentityCredentials(const std::string& id) const {
+    if (!options_.tls) return grpc::InsecureChannelCredentials();
+    return ChannelTlsCredentials(certs_->Files(id));
+  }
+
+  // Appends the TLS flags of a process with identity `role`/`id` (making its
+  // certificate), or --insecure.
+  bool AddIdentity(const std::string& role, const std::string& id,
+                   std::vector<std::string>* args) {
+    if (!options_.tls) {
+      args->push_back("--insecure");
+      return true;
+    }
+    if (!certs_->Make(role, id)) return false;
+    for (std::string& flag : certs_->Flags(id)) args->push_back(std::move(flag));
+    return true;
+  }
+
   // The running worker processes (their names are their worker ids).
   std::vector<ChildProcess*> Workers() {
     std::vector<ChildProcess*> workers;
@@ -435,6 +497,7 @@ class Cluster {
                                      "--replicas=" + std::to_string(options_.replicas),
                                      "--lease_ms=" + std::to_string(options_.lease_ms),
                                      "--warmup_ms=" + std::to_string(options_.warmup_ms)};
+    AddIdentity("controller", "controller", &args);
     args.insert(args.end(), options_.controller_flags.begin(), options_.controller_flags.end());
     args.insert(args.end(), extra_flags.begin(), extra_flags.end());
     return std::make_unique<ChildProcess>(name, dir_, options_.binaries.controller, args);
@@ -444,6 +507,7 @@ class Cluster {
     std::vector<std::string> args = {"--model=" + options_.model,
                                      "--controller=" + controller_address_, "--listen=127.0.0.1:0",
                                      "--worker_id=" + worker_id};
+    AddIdentity("expert", worker_id, &args);
     args.insert(args.end(), options_.expert_flags.begin(), options_.expert_flags.end());
     return std::make_unique<ChildProcess>(worker_id, dir_, options_.binaries.expert, args);
   }
@@ -454,6 +518,8 @@ class Cluster {
 
   const ClusterOptions options_;
   const std::string dir_;
+  std::optional<TestCerts> certs_;
+  bool certs_ok_ = false;
   std::string controller_address_;
   int restarts_ = 0;
   std::unique_ptr<ChildProcess> controller_;

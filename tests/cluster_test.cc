@@ -109,11 +109,10 @@ Outcome Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request,
 // Concurrent Generate calls, one thread each, started at construction.
 class Traffic {
  public:
-  Traffic(const std::string& address, std::vector<v1::GenerateRequest> requests,
+  Traffic(std::shared_ptr<grpc::Channel> channel, std::vector<v1::GenerateRequest> requests,
           std::chrono::seconds deadline = 30s)
       : requests_(std::move(requests)),
-        stub_(v1::Generation::NewStub(
-            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        stub_(v1::Generation::NewStub(std::move(channel))),
         outcomes_(requests_.size()),
         tokens_(requests_.size(), 0),
         ended_(requests_.size(), false) {
@@ -205,7 +204,8 @@ Reference ComputeReference(const std::string& model) {
     for (int p = 0; p < kPrompts; ++p) {
       requests.push_back(Greedy("reference" + std::to_string(p), p, kLongTokens));
     }
-    Traffic traffic(standalone.address(), requests);
+    Traffic traffic(grpc::CreateChannel(standalone.address(), grpc::InsecureChannelCredentials()),
+                    requests);
     for (const Outcome& o : traffic.Join()) {
       if (!o.status.ok() || o.tokens.size() != kLongTokens) {
         reference.error =
@@ -256,13 +256,13 @@ void ExpectStandaloneOutputs(const std::vector<Outcome>& outcomes,
 void ExpectRouterServesStandaloneOutputs(Cluster& cluster,
                                          const std::vector<v1::GenerateRequest>& requests,
                                          const std::shared_future<Reference>& reference) {
-  Traffic traffic(cluster.router().address(), requests);
+  Traffic traffic(cluster.RouterChannel(), requests);
   ExpectStandaloneOutputs(traffic.Join(), requests, reference);
 }
 
-internal::Load LoadOf(ChildProcess& attention) {
+internal::Load LoadOf(Cluster& cluster, ChildProcess& attention) {
   internal::Load load;
-  const grpc::Status status = GetLoad(attention.address(), &load);
+  const grpc::Status status = cluster.Load(attention, &load);
   EXPECT_TRUE(status.ok()) << attention.name() << ": " << status.error_message();
   return load;
 }
@@ -276,7 +276,7 @@ void ExpectAllBlocksReturned(Cluster& cluster) {
     internal::Load load;
     const bool idle = WaitFor(
         [&] {
-          return GetLoad(worker.address(), &load).ok() && load.running() == 0 &&
+          return cluster.Load(worker, &load).ok() && load.running() == 0 &&
                  load.waiting() == 0 &&
                  load.kv_blocks_free() + load.kv_blocks_cached() == load.kv_blocks_total();
         },
@@ -332,7 +332,7 @@ TEST_P(ClusterOutputsTest, GreedyOutputsEqualStandalone) {
 
   ExpectRouterServesStandaloneOutputs(cluster, Requests("r", 2 * kPrompts, 12), reference);
   for (int i = 0; i < cluster.num_attention(); ++i) {
-    const internal::Load load = LoadOf(cluster.attention(i));
+    const internal::Load load = LoadOf(cluster, cluster.attention(i));
     // The router spread the requests, and each worker's MoE layers really
     // went over the data plane.
     EXPECT_GT(load.generation_tokens(), 0) << cluster.attention(i).name();
@@ -379,11 +379,12 @@ TEST(ClusterTest, TokensReachAtMostTopkGroupWorkers) {
   ExpectRouterServesStandaloneOutputs(cluster, Requests("r", kPrompts, 16), reference);
   // Each worker also directly, so that each has traffic whatever the router chose.
   for (int i = 0; i < cluster.num_attention(); ++i) {
-    Traffic direct(cluster.attention(i).address(), Requests("d", kPrompts, 8));
+    Traffic direct(grpc::CreateChannel(cluster.attention(i).address(), cluster.RouterCredentials()),
+                   Requests("d", kPrompts, 8));
     ExpectStandaloneOutputs(direct.Join(), direct.requests(), reference);
   }
   for (int i = 0; i < cluster.num_attention(); ++i) {
-    const internal::DataPlaneStats stats = LoadOf(cluster.attention(i)).data_plane();
+    const internal::DataPlaneStats stats = LoadOf(cluster, cluster.attention(i)).data_plane();
     SCOPED_TRACE(cluster.attention(i).name() + ": " + stats.DebugString());
     EXPECT_GT(stats.tokens(), 0);
     EXPECT_LE(stats.max_workers_per_token(), topk_group);
@@ -404,7 +405,7 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   ASSERT_TRUE(cluster.WaitReady());
 
   {
-    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens));
+    Traffic traffic(cluster.RouterChannel(), Requests("long", kPrompts, kLongTokens));
     ASSERT_TRUE(traffic.WaitTokens(4));
     cluster.expert(1).Kill(SIGKILL);
     ExpectStandaloneOutputs(traffic.Join(), traffic.requests(), reference);
@@ -413,7 +414,7 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   internal::ClusterMap map;
   EXPECT_TRUE(WaitFor(
       [&] {
-        if (!GetClusterMap(cluster.controller_address(), &map).ok()) return false;
+        if (!cluster.GetMap(&map).ok()) return false;
         const internal::Worker* w = FindWorker(map, "expert-2");
         return w != nullptr && w->state() == internal::WORKER_STATE_DEAD;
       },
@@ -423,7 +424,7 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   ASSERT_TRUE(cluster.WaitReady());
   ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
 
-  const internal::DataPlaneStats stats = LoadOf(cluster.attention(0)).data_plane();
+  const internal::DataPlaneStats stats = LoadOf(cluster, cluster.attention(0)).data_plane();
   EXPECT_GT(stats.resends(), 0) << stats.DebugString();
   EXPECT_EQ(stats.failures(), 0) << stats.DebugString();
   ExpectAllBlocksReturned(cluster);
@@ -441,7 +442,7 @@ TEST(ClusterTest, LostExpertWorkerFailsFastAndANewOneTakesItsSlot) {
   ASSERT_TRUE(cluster.WaitReady());
 
   {
-    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens), 30s);
+    Traffic traffic(cluster.RouterChannel(), Requests("long", kPrompts, kLongTokens), 30s);
     ASSERT_TRUE(traffic.WaitTokens(2));
     cluster.expert(1).Kill(SIGKILL);
     for (const Outcome& o : traffic.Join()) {
@@ -451,16 +452,17 @@ TEST(ClusterTest, LostExpertWorkerFailsFastAndANewOneTakesItsSlot) {
     }
   }
   const bool not_serving = WaitFor(
-      [&] { return HealthOf(cluster.router().address()) == HealthCheckResponse::NOT_SERVING; },
+      [&] { return cluster.Health(cluster.router()) == HealthCheckResponse::NOT_SERVING; },
       10s);
   ASSERT_TRUE(not_serving) << cluster.Logs();
+  // The router may see it first (its polls); the map follows at the lease.
   internal::ClusterMap map;
-  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
-  EXPECT_FALSE(map.complete()) << map.DebugString();
+  EXPECT_TRUE(WaitFor([&] { return cluster.GetMap(&map).ok() && !map.complete(); }, 5s))
+      << map.DebugString();
   {
     // Refused at once while the map is incomplete.
     auto stub = v1::Generation::NewStub(
-        grpc::CreateChannel(cluster.router().address(), grpc::InsecureChannelCredentials()));
+        cluster.RouterChannel());
     const Outcome refused = Generate(*stub, Greedy("refused", 0, 4), 30s);
     EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
     EXPECT_LT(refused.elapsed, 10s);
@@ -468,9 +470,9 @@ TEST(ClusterTest, LostExpertWorkerFailsFastAndANewOneTakesItsSlot) {
 
   ASSERT_TRUE(cluster.AddExpert("expert-4"));
   const bool serving = WaitFor(
-      [&] { return HealthOf(cluster.router().address()) == HealthCheckResponse::SERVING; }, 10s);
+      [&] { return cluster.Health(cluster.router()) == HealthCheckResponse::SERVING; }, 10s);
   ASSERT_TRUE(serving) << cluster.Logs();
-  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  ASSERT_TRUE(cluster.GetMap(&map).ok());
   EXPECT_TRUE(map.complete());
   EXPECT_EQ(FindWorker(map, "expert-2"), nullptr)
       << "expert-4 took its slot: " << map.DebugString();
@@ -491,7 +493,7 @@ TEST(ClusterTest, AttentionWorkerDeathFailsOnlyItsRequests) {
   ASSERT_TRUE(cluster.Start());
   ASSERT_TRUE(cluster.WaitReady());
   {
-    Traffic traffic(cluster.router().address(), Requests("long", kPrompts, kLongTokens), 30s);
+    Traffic traffic(cluster.RouterChannel(), Requests("long", kPrompts, kLongTokens), 30s);
     ASSERT_TRUE(traffic.WaitTokens(4));
     cluster.attention(0).Kill(SIGKILL);
     const std::vector<Outcome>& outcomes = traffic.Join();
@@ -520,7 +522,7 @@ TEST(ClusterTest, AttentionWorkerDeathFailsOnlyItsRequests) {
     EXPECT_GT(failed, 0);
     EXPECT_GT(finished, 0);
   }
-  EXPECT_EQ(HealthOf(cluster.router().address()), HealthCheckResponse::SERVING);
+  EXPECT_EQ(cluster.Health(cluster.router()), HealthCheckResponse::SERVING);
   ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
   ExpectAllBlocksReturned(cluster);
   ExpectAllAliveBut(cluster, {"attention-1"});
@@ -534,7 +536,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   ASSERT_TRUE(cluster.Start());
   ASSERT_TRUE(cluster.WaitReady());
   internal::ClusterMap first;
-  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &first).ok());
+  ASSERT_TRUE(cluster.GetMap(&first).ok());
   ASSERT_TRUE(reference.get().error.empty()) << reference.get().error;
 
   // Rounds of concurrent requests until told to stop, each checked.
@@ -544,7 +546,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   std::vector<std::string> problems;
   std::thread client([&] {
     for (int round = 0; !stop; ++round) {
-      Traffic traffic(cluster.router().address(),
+      Traffic traffic(cluster.RouterChannel(),
                       Requests("c" + std::to_string(round) + "-", 4, 8 + round % 9));
       const std::vector<Outcome>& outcomes = traffic.Join();
       for (size_t i = 0; i < outcomes.size(); ++i) {
@@ -571,7 +573,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   const int before = rounds;
   std::this_thread::sleep_for(1200ms);
   EXPECT_TRUE(rounds_reach(before + 2));
-  EXPECT_EQ(HealthOf(cluster.router().address()), HealthCheckResponse::SERVING);
+  EXPECT_EQ(cluster.Health(cluster.router()), HealthCheckResponse::SERVING);
 
   // The default warm-up must outlast the workers' way back (their control
   // channels' reconnect backoff plus a heartbeat period); a shorter one
@@ -581,7 +583,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   internal::ClusterMap map;
   const bool back = WaitFor(
       [&] {
-        if (!GetClusterMap(cluster.controller_address(), &map).ok() || !map.complete()) {
+        if (!cluster.GetMap(&map).ok() || !map.complete()) {
           return false;
         }
         for (const std::string id : {"expert-1", "expert-2", "attention-1", "attention-2"}) {
@@ -624,7 +626,7 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
   ExpectRouterServesStandaloneOutputs(cluster, Requests("before", kPrompts, 8), reference);
 
   internal::ClusterMap map;
-  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  ASSERT_TRUE(cluster.GetMap(&map).ok());
   const internal::Worker* attention = FindWorker(map, "attention-1");
   ASSERT_NE(attention, nullptr);
   // The expert workers serve the map's members only: send as the attention
@@ -738,8 +740,8 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
 
   ExpectAllAliveBut(cluster, {});
   ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
-  EXPECT_EQ(LoadOf(cluster.attention(0)).data_plane().failures(), 0);
-  ASSERT_TRUE(GetClusterMap(cluster.controller_address(), &map).ok());
+  EXPECT_EQ(LoadOf(cluster, cluster.attention(0)).data_plane().failures(), 0);
+  ASSERT_TRUE(cluster.GetMap(&map).ok());
   EXPECT_TRUE(map.complete());
   for (int i = 0; i < cluster.num_experts(); ++i) {
     const internal::Worker* w = FindWorker(map, cluster.expert(i).name());
@@ -763,7 +765,7 @@ TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
   ASSERT_TRUE(cluster.WaitReady());
   constexpr uint32_t kMaxTokens = 120;
   auto stub = v1::Generation::NewStub(
-      grpc::CreateChannel(cluster.router().address(), grpc::InsecureChannelCredentials()));
+      cluster.RouterChannel());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + 60s);
   auto reader = stub->Generate(&context, Greedy("cancel-me", 1, kMaxTokens));
@@ -771,7 +773,7 @@ TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
   size_t tokens = 0;
   while (tokens < 3 && reader->Read(&response)) tokens += response.chunk().token_ids_size();
   ASSERT_GE(tokens, 3u);
-  const internal::Load busy = LoadOf(cluster.attention(0));
+  const internal::Load busy = LoadOf(cluster, cluster.attention(0));
   EXPECT_EQ(busy.running(), 1) << busy.DebugString();
   EXPECT_LT(busy.kv_blocks_free() + busy.kv_blocks_cached(), busy.kv_blocks_total());
 
@@ -783,7 +785,7 @@ TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
   internal::Load load;
   const bool freed = WaitFor(
       [&] {
-        return GetLoad(cluster.attention(0).address(), &load).ok() && load.running() == 0 &&
+        return cluster.Load(cluster.attention(0), &load).ok() && load.running() == 0 &&
                load.waiting() == 0 &&
                load.kv_blocks_free() + load.kv_blocks_cached() == load.kv_blocks_total();
       },
@@ -793,7 +795,7 @@ TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
   // Ended, not finished: far fewer tokens than asked for, and no more since.
   EXPECT_LT(load.generation_tokens(), kMaxTokens / 2) << load.DebugString();
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(LoadOf(cluster.attention(0)).generation_tokens(), load.generation_tokens());
+  EXPECT_EQ(LoadOf(cluster, cluster.attention(0)).generation_tokens(), load.generation_tokens());
   ExpectAllAliveBut(cluster, {});
 }
 

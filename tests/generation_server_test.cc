@@ -1,6 +1,8 @@
 // The public API over real gRPC on a loopback port chosen by the OS, served
 // in this process so the tests can read the engine's stats.
 #include <condition_variable>
+#include <filesystem>
+#include <future>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -14,6 +16,9 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "common/rpc/access.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "services/frontend/api_limits.h"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/text_frontend.h"
 #include "tests/generation_test_util.h"
@@ -30,7 +35,8 @@ using namespace std::chrono_literals;
 
 class ServerFixture {
  public:
-  ServerFixture(const std::string& model_dir, EngineOptions options) {
+  ServerFixture(const std::string& model_dir, EngineOptions options,
+                GenerationServiceOptions service_options = {}) {
     auto model = DeepseekV2Model::Load(model_dir);
     EXPECT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
@@ -38,7 +44,8 @@ class ServerFixture {
     EXPECT_TRUE(text.ok()) << text.status();
     text_ = *std::move(text);
     engine_ = std::make_unique<Engine>(model_.get(), text_.get(), options);
-    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), model_dir);
+    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), model_dir,
+                                                   std::move(service_options));
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(service_.get());
@@ -53,6 +60,9 @@ class ServerFixture {
   }
 
   v1::Generation::Stub& stub() { return *stub_; }
+  const std::shared_ptr<grpc::Channel>& channel() { return channel_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  GenerationService& service() { return *service_; }
   DeepseekV2Model& model() { return *model_; }
   const TextFrontend& text() { return *text_; }
   Engine& engine() { return *engine_; }
@@ -135,6 +145,16 @@ TEST(GenerationServerTest, SixtyFourConcurrentStreamsEqualTheirSoloRuns) {
 
 // Waits until the engine has no active request (the step thread finishes
 // cancelled requests asynchronously).
+// Polls `condition` every 10 ms until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 10s) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
 void WaitIdle(Engine& engine) {
   for (int i = 0; i < 500 && engine.num_active() > 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(engine.num_active(), 0);
@@ -306,7 +326,8 @@ TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
       {"id outside vocabulary", [](auto& r) { r.mutable_token_ids()->set_ids(1, 3200); },
        "token id 3200 at index 1 is outside the vocabulary"},
       {"negative id", [](auto& r) { r.mutable_token_ids()->set_ids(0, -7); }, "token id -7"},
-      {"empty ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); }, "prompt is empty"},
+      {"empty ids", [](auto& r) { r.mutable_token_ids()->clear_ids(); }, "token_ids.ids is empty"},
+      {"empty text", [](auto& r) { r.set_text(""); }, "text is empty"},
       {"no input", [](auto& r) { r.clear_input(); }, "input is required"},
       {"beyond context", [](auto& r) { r.mutable_stopping()->set_max_tokens(500); },
        "exceeds the context limit of 128"},
@@ -327,7 +348,25 @@ TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
          m->set_role("wizard");
          m->set_content("hi");
        }, "wizard"},
-      {"empty conversation", [](auto& r) { r.mutable_chat(); }, "no messages"},
+      {"empty conversation", [](auto& r) { r.mutable_chat(); }, "chat.messages is empty"},
+      {"many messages", [](auto& r) {
+         for (int i = 0; i <= kMaxChatMessages; ++i) r.mutable_chat()->add_messages()->set_role("user");
+       }, "chat.messages has 4097 messages; at most 4096"},
+      {"long role", [](auto& r) {
+         r.mutable_chat()->add_messages()->set_role(std::string(65, 'r'));
+       }, "chat.messages[0].role is 65 bytes; at most 64"},
+      {"long request id", [](auto& r) { r.set_request_id(std::string(257, 'i')); },
+       "request_id is 257 bytes; at most 256"},
+      {"many stop strings", [](auto& r) {
+         for (int i = 0; i < 17; ++i) r.mutable_stopping()->add_stop("s");
+       }, "stopping.stop has 17 strings; at most 16"},
+      {"long stop string", [](auto& r) { r.mutable_stopping()->add_stop(std::string(257, 's')); },
+       "stopping.stop[0] is 257 bytes; 1 to 256"},
+      {"empty stop string", [](auto& r) { r.mutable_stopping()->add_stop(""); },
+       "stopping.stop[0] is 0 bytes"},
+      {"many stop ids", [](auto& r) {
+         for (int i = 0; i < 1025; ++i) r.mutable_stopping()->add_stop_token_ids(1);
+       }, "stopping.stop_token_ids has 1025 ids; at most 1024"},
       {"min_tokens", [](auto& r) { r.mutable_stopping()->set_min_tokens(50); }, "min_tokens"},
   };
   for (const Case& c : cases) {
@@ -455,6 +494,197 @@ TEST(GenerationServerTest, StopStringsEndTheTextBeforeThem) {
   EXPECT_EQ(stopped.finish, v1::FINISH_REASON_STOP);
   EXPECT_EQ(stopped.text, free_run.text.substr(0, start));
   EXPECT_EQ(stopped.text.find(stop), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile clients
+
+// The bytes of `message` with the first occurrence of `marker` replaced by
+// bytes of the same length that are not UTF-8.
+template <typename Message>
+std::string WithInvalidUtf8(const Message& message, const std::string& marker) {
+  std::string bytes = message.SerializeAsString();
+  const size_t at = bytes.find(marker);
+  EXPECT_NE(at, std::string::npos) << marker;
+  bytes.replace(at, marker.size(), std::string("\xff\xfe") + std::string(marker.size() - 2, 'x'));
+  return bytes;
+}
+
+TEST(GenerationServerTest, MalformedMessagesAndInvalidUtf8AreNamedInvalidArgument) {
+  ServerFixture server("tests/data/tiny-v2", SmallEngine());
+  grpc::GenericStub stub(server.channel());
+  auto call = [&](const std::string& method, const std::string& bytes) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status status) { done.set_value(status); });
+    return done.get_future().get();
+  };
+  // A server-streaming method called as unary: the first (only) response
+  // would be read, but a refused request ends with its status at once.
+  const std::string generate = "/dsv2.v1.Generation/Generate";
+
+  v1::GenerateRequest request = Greedy("MARKER_ID", {}, 4);
+  request.set_text("MARKER_TEXT");
+  request.mutable_stopping()->add_stop("MARKER_STOP");
+  v1::GenerateRequest chat = Greedy("chat", {}, 4);
+  chat.mutable_chat()->add_messages()->set_role("user");
+  chat.mutable_chat()->mutable_messages(0)->set_content("fine");
+  chat.mutable_chat()->add_messages()->set_role("MARKER_ROLE");
+  chat.mutable_chat()->mutable_messages(1)->set_content("MARKER_CONTENT");
+  v1::AbortRequest abort;
+  abort.set_request_id("MARKER_ABORT");
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text("MARKER_TOKENIZE");
+  struct Case {
+    std::string method, bytes, message;
+  } cases[] = {
+      {generate, WithInvalidUtf8(request, "MARKER_ID"), "request_id is not valid UTF-8 (byte 0)"},
+      {generate, WithInvalidUtf8(request, "MARKER_TEXT"), "text is not valid UTF-8 (byte 0)"},
+      {generate, WithInvalidUtf8(request, "MARKER_STOP"), "stopping.stop[0] is not valid UTF-8"},
+      {generate, WithInvalidUtf8(chat, "MARKER_ROLE"), "chat.messages[1].role is not valid UTF-8"},
+      {generate, WithInvalidUtf8(chat, "MARKER_CONTENT"),
+       "chat.messages[1].content is not valid UTF-8"},
+      {"/dsv2.v1.Generation/Abort", WithInvalidUtf8(abort, "MARKER_ABORT"),
+       "request_id is not valid UTF-8"},
+      {"/dsv2.v1.Generation/Tokenize", WithInvalidUtf8(tokenize, "MARKER_TOKENIZE"),
+       "text is not valid UTF-8"},
+      {generate, std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x01\x01\x01\x01", 12),
+       "the request is not a valid dsv2.v1.GenerateRequest message"},
+      {"/dsv2.v1.Generation/GetModelInfo", "\x0a\x05ab", "not a valid dsv2.v1.GetModelInfoRequest"},
+  };
+  for (const Case& c : cases) {
+    const grpc::Status status = call(c.method, c.bytes);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.message;
+    EXPECT_THAT(status.error_message(), HasSubstr(c.message));
+  }
+  // Serving on.
+  EXPECT_EQ(server.Generate(Greedy("after", {0, 1}, 3)).tokens.size(), 3u);
+}
+
+// A channel whose client advertises a tiny flow-control window and never
+// raises it: a server write blocks as soon as the client stops reading.
+std::shared_ptr<grpc::Channel> TightChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 256);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+int ThreadCount() {
+  return static_cast<int>(std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                                        std::filesystem::directory_iterator()));
+}
+
+TEST(GenerationServerTest, ClientsThatDoNotReadCountAgainstAdmissionAndAreCutOff) {
+  constexpr int kStreams = 24;
+  ServerFixture server("tests/data/tiny-v2", SmallEngine(),
+                       {.max_streams = kStreams, .write_timeout = absl::Seconds(1)});
+  const int threads_before = ThreadCount();
+  // Clients that start long streams and never read them.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>>> readers;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < kStreams; ++i) {
+    channels.push_back(TightChannel(server.address()));
+    auto stub = v1::Generation::NewStub(channels.back());
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    v1::GenerateRequest request = Greedy("mute" + std::to_string(i), {0, 3}, 120);
+    readers.push_back(stub->Generate(contexts.back().get(), request));
+  }
+  ASSERT_TRUE(WaitFor([&] { return server.service().active_streams() == kStreams; }));
+  // Open streams are admitted whether or not their clients read, and they
+  // hold no server thread each.
+  const StreamResult refused = server.Generate(Greedy("one-more", {0, 1}, 2));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("too many open streams (24)"));
+  EXPECT_LT(ThreadCount() - threads_before, 12);
+  // Their writes block; after the write timeout they are cut off, their
+  // requests aborted and every block returned.
+  ASSERT_TRUE(WaitFor([&] { return server.service().active_streams() == 0; }, 30s));
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  EXPECT_GE(server.service().slow_readers_cut(), kStreams);
+  for (auto& reader : readers) {
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Others are served meanwhile and after.
+  EXPECT_EQ(server.Generate(Greedy("after", {0, 1}, 3)).tokens.size(), 3u);
+}
+
+TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
+  // A small backlog bound and a long write timeout: the backlog trips first.
+  ServerFixture server("tests/data/tiny-v2", SmallEngine(),
+                       {.write_timeout = absl::Seconds(600), .max_backlog_bytes = 64});
+  auto stub = v1::Generation::NewStub(TightChannel(server.address()));
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, Greedy("hoarder", {0, 3}, 120));
+  ASSERT_TRUE(WaitFor([&] { return server.service().slow_readers_cut() == 1; }, 30s));
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+}
+
+TEST(GenerationServerTest, OnlyTheOwnerMayAbortARequestAndIdsArePerOwner) {
+  const std::string dir = ::testing::TempDir() + "/owner_tokens";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/tokens") << "alice aaaaaaaaaaaaaaaaaaaaaaaa\nbob bbbbbbbbbbbbbbbbbbbbbbbb\n";
+  auto tokens = ApiTokens::Load(dir + "/tokens");
+  ASSERT_TRUE(tokens.ok());
+  ServerFixture server(
+      "tests/data/tiny-v2", SmallEngine(),
+      {.policy = AccessPolicy::Public(std::shared_ptr<ApiTokens>(*std::move(tokens)), false)});
+  auto gate = std::make_shared<GatedExperts>(server.model());
+  server.model().SetRoutedExperts(gate);
+  const std::unique_ptr<GatedExperts, void (*)(GatedExperts*)> open_on_exit(
+      gate.get(), [](GatedExperts* g) { g->Open(); });
+  auto context_for = [](const std::string& token) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 30s);
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+    return context;
+  };
+  const std::string alice = "aaaaaaaaaaaaaaaaaaaaaaaa", bob = "bbbbbbbbbbbbbbbbbbbbbbbb";
+
+  // No token, a wrong token: refused.
+  for (const std::string token : {"", "cccccccccccccccccccccccc"}) {
+    auto context = context_for(token);
+    const StreamResult r = server.Read(*context, Greedy("anon", {0, 1}, 2));
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << token;
+  }
+  auto alice_context = context_for(alice);
+  auto reader = server.stub().Generate(alice_context.get(), Greedy("shared-id", {0, 5}, 60));
+  gate->WaitEntered();
+  // Bob may use the same id, and cannot abort Alice's request.
+  auto bob_context = context_for(bob);
+  auto bob_reader = server.stub().Generate(bob_context.get(), Greedy("shared-id", {0, 5}, 2));
+  v1::AbortRequest abort;
+  abort.set_request_id("shared-id");
+  v1::AbortResponse response;
+  auto bob_abort = context_for(bob);
+  // Bob's own request of that id is still active (held behind Alice's step),
+  // so his Abort ends his, never hers.
+  ASSERT_TRUE(server.stub().Abort(bob_abort.get(), abort, &response).ok());
+  gate->Open();
+  const StreamResult bobs = ReadStream(*bob_reader);
+  EXPECT_EQ(bobs.finish, v1::FINISH_REASON_ABORT);
+  const StreamResult alices = ReadStream(*reader);
+  ASSERT_TRUE(alices.status.ok()) << alices.status.error_message();
+  EXPECT_EQ(alices.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(alices.tokens.size(), 60u);
+  auto late = context_for(bob);
+  EXPECT_EQ(server.stub().Abort(late.get(), abort, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace

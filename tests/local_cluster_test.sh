@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # deploy/local/cluster.sh as a user runs it: `up` returns the router's
 # address once it is healthy, `status` lists every process SERVING, a chat
-# request through the router streams the same text as dsv2-standalone
-# (same data-plane dtype), bad options are refused, and `down` stops every
-# process. Usage: local_cluster_test.sh BUILD_DIR (run from the repo root).
+# request through the router (TLS and a bearer token, as `client-flags`
+# says) streams the same text as dsv2-standalone (same data-plane dtype),
+# callers without the token or the CA are refused, bad options are refused,
+# and `down` stops every process. Usage: local_cluster_test.sh BUILD_DIR
+# (run from the repo root).
 set -euo pipefail
 build="$1"
 export BUILD_DIR="$build"
@@ -27,7 +29,9 @@ grep -q "experts must be a positive integer" "$state/err" || fail "unclear error
 addr="$("$cluster" up --model tests/data/tiny-lite --attention 1 --experts 2 --state "$state" \
   --timeout 60)" || fail "up failed"
 [[ "$addr" =~ ^127\.0\.0\.1:[0-9]+$ ]] || fail "up printed '$addr', not an address"
-"$dsv2" health --addr "$addr" >/dev/null || fail "router not healthy after up"
+read -r -a client_flags <<<"$("$cluster" client-flags --state "$state")"
+[ "${#client_flags[@]}" -eq 4 ] || fail "client-flags printed '${client_flags[*]}'"
+"$dsv2" health --addr "$addr" "${client_flags[@]}" >/dev/null || fail "router not healthy after up"
 
 status="$("$cluster" status --state "$state")"
 echo "$status"
@@ -40,7 +44,16 @@ done
 standalone=$!
 for _ in $(seq 1 300); do [ -s "$state/standalone.port.txt" ] && break; sleep 0.1; done
 request=(--chat --prompt "What is the capital of France?" --max-tokens 24)
-via_cluster="$("$dsv2" client --addr "$addr" "${request[@]}")" || fail "client through the router failed"
+via_cluster="$("$dsv2" client --addr "$addr" "${client_flags[@]}" "${request[@]}")" ||
+  fail "client through the router failed"
+# Without the token, or in plaintext, the router refuses.
+if "$dsv2" client --addr "$addr" --tls-ca "${client_flags[1]}" "${request[@]}" 2>"$state/err"; then
+  fail "a client without a token was served"
+fi
+grep -q "Bearer" "$state/err" || fail "unclear refusal: $(cat "$state/err")"
+if "$dsv2" client --addr "$addr" --token-file "${client_flags[3]}" "${request[@]}" 2>/dev/null; then
+  fail "a plaintext client was served"
+fi
 via_standalone="$("$dsv2" client --addr "127.0.0.1:$(cat "$state/standalone.port.txt")" "${request[@]}")"
 [ -n "$via_cluster" ] || fail "empty answer"
 [ "$via_cluster" == "$via_standalone" ] || fail "cluster '$via_cluster' != standalone '$via_standalone'"

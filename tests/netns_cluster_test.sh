@@ -6,6 +6,9 @@
 # added to the host's network. The data plane is UCX over TCP between the
 # namespaces (UCX_TLS=tcp).
 #
+# Every process runs with mTLS: a test CA and a certificate per process for
+# its namespace's address (deploy/tls/make-certs.sh).
+#
 # Checks: the router turns SERVING; a greedy request through it from the
 # client namespace gives exactly the tokens dsv2-standalone gives (same
 # default --data_plane_dtype; standalone runs on the client namespace's
@@ -155,32 +158,46 @@ wait_port() {
 port() { cat "$work/$1.port"; }
 in_ns() { local role="$1"; shift; ip netns exec "${ns[$role]}" "$@"; }
 
+# Every process has a certificate for its namespace's address, as on real
+# hosts; the client trusts the CA.
+certs="$work/tls"
+deploy/tls/make-certs.sh "$certs" ca >/dev/null
+identity() {  # ROLE ID NS-ROLE: the TLS flags of process ID.
+  deploy/tls/make-certs.sh "$certs" cert "$1" "$2" "IP:${ip[$3]}" >/dev/null
+  echo "--tls_cert=$certs/$2.pem --tls_key=$certs/$2.key --tls_ca=$certs/ca.pem"
+}
+
 # The reference first, so that it loads while the cluster starts.
 start 'standalone!' client "$standalone_bin" --model="$model" --listen=127.0.0.1:0 --kv_cache_mib=32
 standalone_pid=$!
+# shellcheck disable=SC2046
 start controller controller "$controller_bin" --model="$model" \
-  --listen="${ip[controller]}:0" --warmup_ms=500
+  --listen="${ip[controller]}:0" --warmup_ms=500 $(identity controller controller controller)
 controller="${ip[controller]}:$(port controller)"
 for e in expert1 expert2; do
+  # shellcheck disable=SC2046
   start "$e" "$e" "$expert_bin" --model="$model" --controller="$controller" --worker_id="$e" \
-    --listen="${ip[$e]}:0" --data_listen="${ip[$e]}:0" --drain_s=0
+    --listen="${ip[$e]}:0" --data_listen="${ip[$e]}:0" --drain_s=0 $(identity expert "$e" "$e")
 done
+# shellcheck disable=SC2046
 start attention attention "$attention_bin" --model="$model" --controller="$controller" \
   --worker_id=attention --listen="${ip[attention]}:0" --data_listen="${ip[attention]}:0" \
-  --kv_cache_mib=64
+  --kv_cache_mib=64 $(identity attention attention attention)
+# shellcheck disable=SC2046
 start router router "$router_bin" --model="$model" --controller="$controller" \
-  --listen="${ip[router]}:0" --drain_grace_s=1
+  --listen="${ip[router]}:0" --drain_grace_s=1 $(identity router router router)
 router="${ip[router]}:$(port router)"
 wait_port standalone "$standalone_pid"
 standalone="127.0.0.1:$(port standalone)"
 
-for target in "$router" "$standalone"; do
-  in_ns client "$dsv2" health --addr="$target" --wait="$(left)" >"$work/health.log" 2>&1 ||
-    fail "$target did not turn SERVING: $(cat "$work/health.log")"
-done
+in_ns client "$dsv2" health --addr="$router" --tls-ca="$certs/ca.pem" --wait="$(left)" \
+  >"$work/health.log" 2>&1 || fail "$router did not turn SERVING: $(cat "$work/health.log")"
+in_ns client "$dsv2" health --addr="$standalone" --wait="$(left)" >"$work/health.log" 2>&1 ||
+  fail "$standalone did not turn SERVING: $(cat "$work/health.log")"
 
 request=(--tokens="$prompt" --max-tokens="$max_tokens" --ignore-eos)
-cluster_out="$(in_ns client "$dsv2" client --addr="$router" --timeout="$(left)" "${request[@]}" \
+cluster_out="$(in_ns client "$dsv2" client --addr="$router" --tls-ca="$certs/ca.pem" \
+  --timeout="$(left)" "${request[@]}" \
   2>"$work/client.log")" || fail "dsv2 client through the router failed: $(cat "$work/client.log")"
 standalone_out="$(in_ns client "$dsv2" client --addr="$standalone" --timeout="$(left)" \
   "${request[@]}" 2>"$work/client.log")" ||

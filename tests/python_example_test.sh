@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Python example against a real dsv2-standalone: greedy tokens equal the
 # reference, the health service answers SERVING, and reflection lists the
-# API. Usage: python_example_test.sh STANDALONE PYTHON (run from the repo root).
+# API; then against one with TLS and bearer tokens: served with --tls-ca and
+# --token-file, refused without the token. Usage: python_example_test.sh
+# STANDALONE PYTHON (run from the repo root).
 set -euo pipefail
 standalone="$1"
 python="$2"
@@ -10,7 +12,7 @@ if ! "$python" -c "import grpc, grpc_tools, grpc_health, grpc_reflection" 2>/dev
   exit 77
 fi
 work="$(mktemp -d)"
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "$pid" ${tls_pid:-} 2>/dev/null || true; wait "$pid" ${tls_pid:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 "$standalone" --model=tests/data/tiny-v2 --listen=127.0.0.1:0 --port_file="$work/port" \
   --kv_cache_mib=32 2>"$work/server.log" &
 pid=$!
@@ -47,4 +49,26 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
     for wanted in ("dsv2.v1.Generation", "grpc.health.v1.Health"):
         assert wanted in names, (wanted, names)
 PY
-echo "python example: $count tokens equal the reference; health SERVING; reflection lists the API"
+# TLS and a bearer token.
+deploy/tls/make-certs.sh "$work/tls" ca >/dev/null
+deploy/tls/make-certs.sh "$work/tls" cert router server >/dev/null
+deploy/tls/make-certs.sh "$work/tls" token py >"$work/py.token"
+"$standalone" --model=tests/data/tiny-v2 --listen=127.0.0.1:0 --port_file="$work/tls_port" \
+  --kv_cache_mib=32 --tls_cert="$work/tls/server.pem" --tls_key="$work/tls/server.key" \
+  --api_tokens_file="$work/tls/api-tokens" 2>"$work/tls_server.log" &
+tls_pid=$!
+for _ in $(seq 1 3000); do [ -s "$work/tls_port" ] && break; sleep 0.01; done
+[ -s "$work/tls_port" ] || { cat "$work/tls_server.log"; echo "TLS server did not start"; exit 1; }
+tls_addr="127.0.0.1:$(cat "$work/tls_port")"
+actual=$("$python" examples/python/generate.py --addr "$tls_addr" --tls-ca "$work/tls/ca.pem" \
+  --token-file "$work/py.token" --token-ids "$prompt" --max-tokens "$count" --ignore-eos \
+  --print-ids 2>"$work/client.log")
+[ "$actual" == "$expected" ] || { echo "TLS tokens differ: $actual"; cat "$work/client.log"; exit 1; }
+if "$python" examples/python/generate.py --addr "$tls_addr" --tls-ca "$work/tls/ca.pem" \
+  --token-ids "$prompt" --max-tokens 2 2>"$work/client.log"; then
+  echo "served without a token"; exit 1
+fi
+grep -q "UNAUTHENTICATED" "$work/client.log" || { cat "$work/client.log"; exit 1; }
+
+echo "python example: $count tokens equal the reference, in plaintext and with TLS + a token;" \
+  "refused without the token; health SERVING; reflection lists the API"

@@ -40,16 +40,13 @@ std::unique_ptr<ControlClient> ControlClient::Start(ControlClientOptions options
 
 ControlClient::ControlClient(ControlClientOptions options, ModelConfig config, MapCallback on_map)
     : options_(std::move(options)), config_(std::move(config)), on_map_(std::move(on_map)) {
-  // gRPC's default reconnect backoff grows to two minutes; a restarted
-  // controller must be found again within a few retry intervals.
-  grpc::ChannelArguments args;
+  // A restarted controller must be found again within a few retry intervals.
   const int retry_ms =
       static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.retry_interval)));
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, retry_ms);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5 * retry_ms);
-  SetClientKeepalive(&args);
-  stub_ = internal::Controller::NewStub(
-      grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args));
+  stub_ = internal::Controller::NewStub(NewClusterChannel(
+      options_.controller,
+      options_.credentials != nullptr ? options_.credentials : grpc::InsecureChannelCredentials(),
+      retry_ms, 5 * retry_ms));
 }
 
 ControlClient::~ControlClient() { Stop(); }

@@ -35,12 +35,16 @@
 #include "common/cluster/cluster_state.h"
 #include "common/model/config.h"
 #include "dsv2/internal/control.grpc.pb.h"
+#include "grpcpp/security/credentials.h"
 
 namespace dsv2 {
 
 struct ControlClientOptions {
   std::string controller;          // host:port of dsv2-controller.
   std::optional<WorkerInfo> self;  // Register and heartbeat as this worker; nullopt: watch only.
+  // The cluster plane's credentials (RpcSecurity::ClusterChannelCredentials);
+  // null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   // Wait between attempts while the controller is unreachable; the channel
   // also reconnects at most 5 intervals apart.
   absl::Duration retry_interval = absl::Milliseconds(200);

@@ -143,7 +143,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
     std::lock_guard<std::mutex> lock(mutex_);
     if (failed_) return absl::UnavailableError("the engine has failed and is not serving");
     if (!accepting_) return absl::UnavailableError("the server is shutting down");
-    if (active_ids_.contains(s.request.id)) {
+    if (active_ids_.contains({s.request.owner, s.request.id})) {
       return absl::InvalidArgumentError(
           absl::StrCat("request_id '", s.request.id, "' is already in use by an active request"));
     }
@@ -152,18 +152,18 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
           "the waiting queue is full (", options_.max_waiting, " requests); retry later"));
     }
     if (active_ids_.empty()) last_progress_ = std::chrono::steady_clock::now();
-    active_ids_.insert(s.request.id);
+    active_ids_.insert({s.request.owner, s.request.id});
     inbox_.push_back(std::move(sequence));
   }
   wake_.notify_all();
   return stream;
 }
 
-bool Engine::Abort(const std::string& id) {
+bool Engine::Abort(const std::string& owner, const std::string& id) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!active_ids_.contains(id)) return false;
-    abort_ids_.insert(id);
+    if (!active_ids_.contains({owner, id})) return false;
+    abort_ids_.insert({owner, id});
   }
   wake_.notify_all();
   return true;
@@ -221,7 +221,7 @@ void Engine::Loop() {
 }
 
 void Engine::ReapCancelled() {
-  std::set<std::string> aborts;
+  std::set<RequestKey> aborts;
   bool abort_all;
   bool failed;
   {
@@ -236,7 +236,7 @@ void Engine::ReapCancelled() {
     if (failed) {
       Finish(sequence, FinishReason::kError,
              ErrorOutput(absl::InternalError("the engine has failed")));
-    } else if (abort_all || aborts.contains(sequence->request.id)) {
+    } else if (abort_all || aborts.contains({sequence->request.owner, sequence->request.id})) {
       Finish(sequence, FinishReason::kAbort);
     } else if (sequence->request.deadline && now >= *sequence->request.deadline) {
       Finish(sequence, FinishReason::kTimeLimit);
@@ -433,7 +433,7 @@ void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
   {
     // The id is free before the client sees the end, so it can be reused at once.
     std::lock_guard<std::mutex> lock(mutex_);
-    active_ids_.erase(removed->request.id);
+    active_ids_.erase({removed->request.owner, removed->request.id});
     ++stats_.finished[static_cast<int>(reason)];
     UpdateStatsLocked();
   }

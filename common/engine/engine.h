@@ -81,9 +81,9 @@ class Engine {
   // field; ResourceExhausted when the waiting queue is full; Unavailable
   // while draining or after a fatal error.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(GenerationRequest request);
-  // Ends a request with finish reason abort at the next step; false if no
-  // active request has that id.
-  bool Abort(const std::string& id);
+  // Ends `owner`'s request `id` with finish reason abort at the next step;
+  // false if `owner` has no active request with that id.
+  bool Abort(const std::string& owner, const std::string& id);
   // Stops admitting new requests (Submit returns Unavailable).
   void StopAccepting();
   // Aborts every active request.
@@ -125,8 +125,10 @@ class Engine {
   mutable std::mutex mutex_;  // Guards everything below.
   std::condition_variable wake_;
   std::vector<std::unique_ptr<Sequence>> inbox_;
-  std::set<std::string> active_ids_;
-  std::set<std::string> abort_ids_;
+  // (owner, id) of every active request, and of those to abort.
+  using RequestKey = std::pair<std::string, std::string>;
+  std::set<RequestKey> active_ids_;
+  std::set<RequestKey> abort_ids_;
   bool accepting_ = true;
   bool stop_ = false;
   bool failed_ = false;

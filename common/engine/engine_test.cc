@@ -182,8 +182,9 @@ TEST_F(EngineTest, AbortAndDeadlineEndRequestsAndReturnTheirBlocks) {
   auto long_one = engine->Submit(Greedy("long", {5, 6, 7}, 120));
   ASSERT_TRUE(long_one.ok());
   ASSERT_TRUE((*long_one)->Next(30s).has_value());  // It is running.
-  EXPECT_TRUE(engine->Abort("long"));
-  EXPECT_FALSE(engine->Abort("nobody"));
+  EXPECT_FALSE(engine->Abort("someone else", "long")) << "only its owner may abort it";
+  EXPECT_TRUE(engine->Abort("", "long"));
+  EXPECT_FALSE(engine->Abort("", "nobody"));
   Collected c = Collect(**long_one);
   EXPECT_EQ(c.finish, FinishReason::kAbort);
   EXPECT_LT(c.tokens.size(), 120u);
@@ -334,7 +335,13 @@ TEST_F(EngineTest, InvalidRequestsAreRejectedWithTheField) {
   ASSERT_TRUE(first.ok());
   auto second = engine->Submit(Greedy("dup", {1, 2}, 4));
   EXPECT_THAT(second.status().message(), HasSubstr("already in use"));
-  engine->Abort("dup");
+  // Ids are per owner: another owner may use the same one.
+  GenerationRequest others = Greedy("dup", {1, 2}, 2);
+  others.owner = "token:bob";
+  auto third = engine->Submit(others);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(Collect(**third).tokens.size(), 2u);
+  engine->Abort("", "dup");
   Collect(**first);
   // The engine still serves.
   EXPECT_EQ(Run(*engine, Greedy("ok", {1, 2, 3}, 3)).tokens.size(), 3u);

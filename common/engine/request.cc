@@ -13,13 +13,28 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
+namespace {
+
+size_t EventBytes(const GenerationOutput& output) {
+  size_t bytes = output.text.size() + output.token_ids.size() * sizeof(int32_t);
+  for (const TokenLogprobs& lp : output.logprobs) {
+    bytes += sizeof(TokenLogprobs) + lp.top.size() * sizeof(TokenLogprob);
+  }
+  return bytes;
+}
+
+}  // namespace
+
 void RequestStream::Push(GenerationOutput output) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (output.finish) finished_ = true;
+    backlog_bytes_ += EventBytes(output);
     events_.push_back(std::move(output));
   }
   ready_.notify_all();
+  std::lock_guard<std::mutex> lock(listener_mutex_);
+  if (listener_) listener_();
 }
 
 std::optional<GenerationOutput> RequestStream::Next(std::chrono::milliseconds timeout) {
@@ -27,12 +42,38 @@ std::optional<GenerationOutput> RequestStream::Next(std::chrono::milliseconds ti
   if (!ready_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return std::nullopt;
   GenerationOutput output = std::move(events_.front());
   events_.pop_front();
+  backlog_bytes_ -= EventBytes(output);
+  return output;
+}
+
+std::optional<GenerationOutput> RequestStream::TryNext() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (events_.empty()) return std::nullopt;
+  GenerationOutput output = std::move(events_.front());
+  events_.pop_front();
+  backlog_bytes_ -= EventBytes(output);
   return output;
 }
 
 bool RequestStream::finished() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return finished_;
+}
+
+size_t RequestStream::backlog_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return backlog_bytes_;
+}
+
+void RequestStream::SetListener(std::function<void()> listener) {
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queued = !events_.empty();
+  }
+  std::lock_guard<std::mutex> lock(listener_mutex_);
+  listener_ = std::move(listener);
+  if (listener_ && queued) listener_();
 }
 
 }  // namespace dsv2

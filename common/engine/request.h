@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -17,7 +18,10 @@
 namespace dsv2 {
 
 struct GenerationRequest {
-  std::string id;  // Chosen by the client; unique among active requests.
+  // Who sent it (the authenticated principal; "" when anonymous). Ids are
+  // unique per owner, and only the owner may abort a request.
+  std::string owner;
+  std::string id;  // Chosen by the client; unique among its owner's active requests.
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   bool has_seed = false;  // Without a seed, a random one is drawn.
@@ -58,20 +62,35 @@ struct GenerationOutput {
 };
 
 // The events of one request, produced by the engine and consumed by one
-// reader (a gRPC stream, the CLI, a test). Thread-safe.
+// reader (a gRPC stream, the CLI, a test), either by waiting (Next) or by
+// being told (SetListener, then TryNext). Thread-safe.
 class RequestStream {
  public:
   void Push(GenerationOutput output);
   // The next event, or nullopt when none arrives before `timeout`.
   std::optional<GenerationOutput> Next(std::chrono::milliseconds timeout);
+  // The next event if one is queued.
+  std::optional<GenerationOutput> TryNext();
   // Whether the final event has been pushed.
   bool finished() const;
+  // Bytes of token ids, text and logprobs pushed and not yet taken: what a
+  // reader that does not keep up leaves behind.
+  size_t backlog_bytes() const;
+
+  // Calls `listener` after every Push from then on (and once now if events
+  // are queued), on the pushing thread; it must be quick and must not call
+  // SetListener. SetListener(nullptr) returns once no call is running, so
+  // the listener's owner may then go.
+  void SetListener(std::function<void()> listener);
 
  private:
   mutable std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<GenerationOutput> events_;
+  size_t backlog_bytes_ = 0;
   bool finished_ = false;
+  std::mutex listener_mutex_;  // Held while the listener runs.
+  std::function<void()> listener_;
 };
 
 }  // namespace dsv2

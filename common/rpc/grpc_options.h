@@ -37,10 +37,11 @@ struct ServerSettings {
 void ConfigureServer(grpc::ServerBuilder* builder, const ServerSettings& settings = {});
 
 // A channel to another process of the cluster: keepalive, and a reconnect
-// backoff of 100 ms to 1 s, so a restarted peer at the same address is
-// reached again within a second rather than after gRPC's default of up to
-// two minutes.
+// backoff from `first_backoff` growing to at most `max_backoff` (default
+// 100 ms to 1 s), so a restarted peer at the same address is reached again
+// within a second rather than after gRPC's default of up to two minutes.
 std::shared_ptr<grpc::Channel> NewClusterChannel(
-    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials);
+    const std::string& address, std::shared_ptr<grpc::ChannelCredentials> credentials,
+    int first_backoff_ms = 100, int max_backoff_ms = 1000);
 
 }  // namespace dsv2

@@ -92,8 +92,9 @@ absl::StatusOr<RpcSecurity> RpcSecurityFromFlags(const SecurityNeeds& needs) {
   if (needs.public_api) {
     TlsFiles api{.cert = absl::GetFlag(FLAGS_api_tls_cert),
                  .key = absl::GetFlag(FLAGS_api_tls_key),
-                 .ca = absl::GetFlag(FLAGS_api_client_ca),
-                 .crl_dir = own.crl_dir};
+                 .ca = absl::GetFlag(FLAGS_api_client_ca)};
+    // Revocations apply to client certificates, so only when there are any.
+    if (!api.ca.empty()) api.crl_dir = own.crl_dir;
     if (api.cert.empty() != api.key.empty()) {
       return absl::InvalidArgumentError("--api_tls_cert and --api_tls_key go together");
     }

@@ -8,6 +8,14 @@
 #   deploy/local/cluster.sh down      stops them, router first: each tier drains (SIGTERM)
 #                                     and exits before the next (SIGKILL after 60 s)
 #   deploy/local/cluster.sh status    lists them with their health
+#   deploy/local/cluster.sh client-flags
+#                                     prints the flags `dsv2 client` needs to call the router
+#
+# Security: `up` makes a throwaway cluster CA and one certificate per process
+# (deploy/tls/make-certs.sh, in STATE/tls), runs every plane with mTLS, and
+# serves the router's API with TLS and a bearer token (STATE/tls/api-tokens);
+# `client-flags` prints the CA and token flags for `dsv2 client` and
+# `dsv2 health`. --insecure runs everything in plaintext instead.
 #
 # Options of `up`:
 #   --state DIR             where pids, ports and logs go (default build/cluster)
@@ -15,6 +23,7 @@
 #   --attention-flags "..." extra flags for every dsv2-attention (e.g. --micro_batches=2)
 #   --expert-flags "..."    extra flags for every dsv2-expert
 #   --timeout S             seconds to wait for the router's health (default 120)
+#   --insecure              no TLS, no tokens: anyone who reaches a port can use it
 # Binaries come from $BUILD_DIR (default build/); build them first
 # (scripts/build.sh dsv2 dsv2-controller dsv2-router dsv2-attention dsv2-expert).
 set -euo pipefail
@@ -22,14 +31,14 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
 shift
 state="$build/cluster"
 model="" attention=1 experts=2 replicas=1 router_port=0 timeout=120
-attention_flags="" expert_flags=""
+attention_flags="" expert_flags="" insecure=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model="$2"; shift 2 ;;
@@ -41,6 +50,7 @@ while [ $# -gt 0 ]; do
     --attention-flags) attention_flags="$2"; shift 2 ;;
     --expert-flags) expert_flags="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
+    --insecure) insecure=1; shift ;;
     -h|--help) usage ;;
     *) echo "cluster.sh: unknown option $1" >&2; usage ;;
   esac
@@ -50,6 +60,15 @@ done
 procs() { [ -f "$state/procs" ] && cat "$state/procs" || true; }
 alive() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 address() { [ -s "$state/$1.port" ] && echo "127.0.0.1:$(cat "$state/$1.port")"; }
+tls="$state/tls"
+# The flags that give process NAME (role ROLE) its identity, or --insecure.
+identity() {
+  if [ "$insecure" = 1 ]; then echo "--insecure"; return; fi
+  "$root/deploy/tls/make-certs.sh" "$tls" cert "$1" "$2" >/dev/null
+  echo "--tls_cert=$tls/$2.pem --tls_key=$tls/$2.key --tls_ca=$tls/ca.pem --tls_crl_dir=$tls/crl"
+}
+# What a client of the router (and `dsv2 health` of any process) needs.
+client_flags() { [ -f "$state/client-flags" ] && cat "$state/client-flags" || true; }
 
 # start NAME BINARY ARGS...: runs it in the background, waits for its port.
 start() {
@@ -91,7 +110,7 @@ stop_all() {
       fi
     done
   done
-  rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state/router.addr"
+  rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state/router.addr" "$state/client-flags"
 }
 
 case "$command" in
@@ -113,23 +132,38 @@ case "$command" in
       stop_all
     fi
     trap 'echo "cluster.sh: startup failed; stopping what started" >&2; stop_all' ERR
+    rm -rf "$tls" "$state/client-flags"
+    router_api=""
+    if [ "$insecure" = 0 ]; then
+      "$root/deploy/tls/make-certs.sh" "$tls" ca >/dev/null
+      "$root/deploy/tls/make-certs.sh" "$tls" token local >/dev/null
+      router_api="--api_tokens_file=$tls/api-tokens"
+      echo "--tls-ca $tls/ca.pem --token-file $tls/local.token" >"$state/client-flags"
+      awk '$1 == "local" {print $2}' "$tls/api-tokens" >"$tls/local.token"
+    fi
+    # shellcheck disable=SC2046
     start controller "$build/services/controller/dsv2-controller" --model "$model" \
-      --listen 127.0.0.1:0 --replicas "$replicas"
+      --listen 127.0.0.1:0 --replicas "$replicas" $(identity controller controller)
     controller="$(address controller)"
     for i in $(seq 1 "$experts"); do
-      # shellcheck disable=SC2086
+      # shellcheck disable=SC2086,SC2046
       start "expert-$i" "$build/services/expert/dsv2-expert" --model "$model" \
-        --controller "$controller" --worker_id "expert-$i" $expert_flags
+        --controller "$controller" --worker_id "expert-$i" $(identity expert "expert-$i") \
+        $expert_flags
     done
     for i in $(seq 1 "$attention"); do
-      # shellcheck disable=SC2086
+      # shellcheck disable=SC2086,SC2046
       start "attention-$i" "$build/services/attention/dsv2-attention" --model "$model" \
-        --controller "$controller" --worker_id "attention-$i" --kv_cache_mib 64 $attention_flags
+        --controller "$controller" --worker_id "attention-$i" --kv_cache_mib 64 \
+        $(identity attention "attention-$i") $attention_flags
     done
+    # shellcheck disable=SC2086,SC2046
     start router "$build/services/router/dsv2-router" --model "$model" \
-      --controller "$controller" --listen "127.0.0.1:$router_port"
+      --controller "$controller" --listen "127.0.0.1:$router_port" \
+      $(identity router router) $router_api
     router="$(address router)"
-    if ! "$dsv2" health --addr "$router" --wait "$timeout" >/dev/null; then
+    # shellcheck disable=SC2046
+    if ! "$dsv2" health --addr "$router" --wait "$timeout" $(client_flags) >/dev/null; then
       echo "cluster.sh: the router at $router did not turn healthy within ${timeout} s" >&2
       false
     fi
@@ -140,6 +174,9 @@ case "$command" in
   down)
     stop_all
     ;;
+  client-flags)
+    client_flags
+    ;;
   status)
     [ -n "$(procs)" ] || { echo "no cluster in $state"; exit 0; }
     printf '%-14s %-8s %-22s %s\n' NAME PID ADDRESS HEALTH
@@ -147,7 +184,8 @@ case "$command" in
       pid="$(cat "$state/$name.pid" 2>/dev/null || echo -)"
       addr="$(address "$name" || echo -)"
       if alive "$name"; then
-        health="$("$dsv2" health --addr "$addr" 2>/dev/null || true)"
+        # shellcheck disable=SC2046
+        health="$("$dsv2" health --addr "$addr" $([ -f "$tls/ca.pem" ] && echo "--tls-ca $tls/ca.pem") 2>/dev/null || true)"
       else
         health="exited (log $state/$name.log)"
       fi

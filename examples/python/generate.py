@@ -8,6 +8,9 @@ matches the server's contract:
     pip install -r examples/python/requirements.txt
     python examples/python/generate.py --addr 127.0.0.1:50051 --prompt "Hello"
     python examples/python/generate.py --addr 127.0.0.1:50051 --token-ids 0,17,250 --print-ids
+    # A server with TLS and bearer tokens (deploy/local/cluster.sh client-flags):
+    python examples/python/generate.py --addr 127.0.0.1:50052 --tls-ca ca.pem \
+        --token-file local.token --chat "Hello"
 
 Text goes to standard output as it streams; the finish reason and usage go
 to standard error.
@@ -64,6 +67,11 @@ def main():
     parser.add_argument("--print-ids", action="store_true",
                         help="print token ids (space-separated) instead of text")
     parser.add_argument("--timeout", type=float, default=120.0, help="call deadline, seconds")
+    parser.add_argument("--tls-ca", help="use TLS, trusting this CA (PEM) for the server")
+    parser.add_argument("--tls-cert", help="client certificate (PEM) for mTLS")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
+    parser.add_argument("--token", help="bearer token (or the DSV2_API_TOKEN variable)")
+    parser.add_argument("--token-file", help="read the bearer token from this file")
     args = parser.parse_args()
 
     pb, pb_grpc = load_stubs()
@@ -85,11 +93,28 @@ def main():
     request.stopping.stop.extend(args.stop)
     request.stopping.ignore_eos = args.ignore_eos
 
-    with grpc.insecure_channel(args.addr) as channel:
+    token = args.token or os.environ.get("DSV2_API_TOKEN")
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    if args.tls_ca or args.tls_cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.tls_ca) if args.tls_ca else None,
+            private_key=read(args.tls_key) if args.tls_key else None,
+            certificate_chain=read(args.tls_cert) if args.tls_cert else None)
+        channel = grpc.secure_channel(args.addr, credentials)
+    else:
+        channel = grpc.insecure_channel(args.addr)
+
+    with channel:
         stub = pb_grpc.GenerationStub(channel)
         ids = []
         try:
-            for response in stub.Generate(request, timeout=args.timeout):
+            for response in stub.Generate(request, timeout=args.timeout, metadata=metadata):
                 kind = response.WhichOneof("response")
                 if kind == "error":
                     sys.exit(f"error {response.error.code}: {response.error.message}")

@@ -17,6 +17,7 @@
 #include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/remote_experts.h"
+#include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/load_service.h"
@@ -30,7 +31,8 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:0",
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
 ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
           "Data-plane (UCX) address to bind; its host is what expert workers reach.");
-ABSL_FLAG(std::string, worker_id, "", "Stable id in the cluster map; default attention@host:port.");
+ABSL_FLAG(std::string, worker_id, "",
+          "Stable id in the cluster map; default: the id of --tls_cert, or attention@host:port.");
 ABSL_FLAG(int64_t, expert_timeout_ms, 5000,
           "A MoE layer whose expert workers do not answer within this fails its step's requests.");
 
@@ -42,6 +44,17 @@ int Serve() {
   const std::string controller = absl::GetFlag(FLAGS_controller);
   if (model_dir.empty() || controller.empty()) {
     std::cerr << "dsv2-attention: --model and --controller are required (see --help)\n";
+    return 2;
+  }
+  absl::StatusOr<RpcSecurity> security = RpcSecurityFromFlags({.role = Role::kAttention});
+  if (!security.ok()) {
+    std::cerr << "dsv2-attention: " << security.status().message() << "\n";
+    return 2;
+  }
+  const std::string worker_id = absl::GetFlag(FLAGS_worker_id);
+  if (security->identity() && !worker_id.empty() && worker_id != security->identity()->id) {
+    std::cerr << "dsv2-attention: --worker_id " << worker_id << " is not the id of --tls_cert ("
+              << security->identity()->SpiffeId() << ")\n";
     return 2;
   }
   // Everything but the routed experts, which live on the expert workers.
@@ -57,11 +70,16 @@ int Serve() {
   const ModelConfig& config = (*model)->config();
   auto options = EngineOptionsFromFlags(config);
   auto dtype = DataPlaneDTypeFromFlag();
-  if (!options.ok() || !dtype.ok()) {
+  auto streams = options.ok() ? StreamOptionsFromFlags(*options)
+                              : absl::StatusOr<GenerationServiceOptions>(options.status());
+  if (!streams.ok() || !dtype.ok()) {
     std::cerr << "dsv2-attention: "
-              << (options.ok() ? dtype.status() : options.status()).message() << "\n";
+              << (streams.ok() ? dtype.status() : streams.status()).message() << "\n";
     return 2;
   }
+  // Only routers call; requests belong to the clients the router names.
+  streams->policy = security->ClusterPolicy();
+  streams->trust_forwarded_principal = true;
   std::atomic<bool> fatal{false};
   options->on_fatal = [&fatal](const absl::Status&) { fatal = true; };
   auto text = TextFrontend::LoadIfPresent(model_dir);
@@ -82,18 +100,20 @@ int Serve() {
   (*model)->SetRoutedExperts(experts);
 
   Engine engine(model->get(), text->get(), *options);
-  GenerationService generation(&engine, text->get(), model_dir);
+  GenerationService generation(&engine, text->get(), model_dir, *streams);
   // Ready: the map is complete and lists this worker alive.
   std::atomic<bool> ready{false}, draining{false};
   LoadService load(
       &engine, [&] { return ready && !draining && engine.healthy(); },
-      [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); });
+      [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); },
+      security->ClusterPolicy());
   std::unique_ptr<ControlClient> control;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const int code = ServeEngine({
       .program = "dsv2-attention",
       .model_dir = model_dir,
       .listen = listen,
+      .credentials = security->ClusterServerCredentials(),
       .port_file = absl::GetFlag(FLAGS_port_file),
       .engine = &engine,
       .generation = &generation,
@@ -103,8 +123,9 @@ int Serve() {
           [&](int port) {
             const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
             WorkerInfo self{
-                .id = absl::GetFlag(FLAGS_worker_id).empty() ? "attention@" + address
-                                                             : absl::GetFlag(FLAGS_worker_id),
+                .id = !worker_id.empty()      ? worker_id
+                      : security->identity() ? security->identity()->id
+                                             : "attention@" + address,
                 .role = WorkerRole::kAttention,
                 .grpc_address = address,
                 .data_address = (*data_plane)->address(),
@@ -112,9 +133,13 @@ int Serve() {
                 .peer_id = (*data_plane)->id(),
             };
             DSV2_LOG(INFO) << "joining the cluster at " << controller << " as " << self.id
-                           << " (data plane " << self.data_address << ")";
+                           << " (data plane " << self.data_address << "); "
+                           << security->Describe();
             control = ControlClient::Start(
-                {.controller = controller, .self = self}, config,
+                {.controller = controller,
+                 .self = self,
+                 .credentials = security->ClusterChannelCredentials()},
+                config,
                 [&, id = self.id](const ClusterMap& map) {
                   experts->SetRoute(RouteFromMap(map));
                   // Ready once the map lists this worker alive: the expert

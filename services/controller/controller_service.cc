@@ -1,5 +1,6 @@
 #include "services/controller/controller_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/base/logging.h"
 #include "common/cluster/cluster_map_proto.h"
@@ -13,12 +14,29 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+constexpr std::initializer_list<Role> kWorkers = {Role::kAttention, Role::kExpert};
+constexpr std::initializer_list<Role> kMembers = {Role::kRouter, Role::kAttention, Role::kExpert,
+                                                  Role::kOperator};
+
+// A worker may speak only for itself: on a TLS cluster the caller's
+// certificate must name `worker_id` (and `role`, when given).
+absl::Status CheckSelf(const Caller& caller, const std::string& worker_id,
+                       std::optional<Role> role, const char* method) {
+  if (!caller.identity) return absl::OkStatus();  // Open policy.
+  if (caller.identity->id != worker_id || (role && caller.identity->role != *role)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        method, " for ", role ? RoleName(*role) : "worker", " '", worker_id.substr(0, 128),
+        "' needs that worker's certificate; the caller is ", caller.principal));
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
 ControllerService::ControllerService(ModelConfig config, int64_t replicas,
                                      std::chrono::milliseconds lease,
-                                     std::chrono::milliseconds warmup)
+                                     std::chrono::milliseconds warmup, AccessPolicy policy)
     : lease_(lease),
+      policy_(std::move(policy)),
       epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
       warm_at_(ClusterState::Clock::now() + warmup),
       state_(std::move(config), replicas, lease, epoch_),
@@ -59,11 +77,15 @@ void ControllerService::ExpireLoop() {
   }
 }
 
-grpc::Status ControllerService::Register(grpc::ServerContext*,
+grpc::Status ControllerService::Register(grpc::ServerContext* context,
                                          const internal::RegisterRequest* request,
                                          internal::RegisterResponse* response) {
+  absl::StatusOr<Caller> caller = policy_.Authorize(*context, kWorkers, "Register");
+  if (!caller.ok()) return ToGrpc(caller.status());
   absl::StatusOr<WorkerInfo> info = FromProto(request->worker());
   if (!info.ok()) return ToGrpc(info.status());
+  const Role role = info->role == WorkerRole::kAttention ? Role::kAttention : Role::kExpert;
+  if (absl::Status s = CheckSelf(*caller, info->id, role, "Register"); !s.ok()) return ToGrpc(s);
   std::lock_guard<std::mutex> lock(mutex_);
   if (absl::Status status = state_.Register(*info, ClusterState::Clock::now(),
                                            static_cast<int64_t>(request->slot_hint()) - 1);
@@ -78,9 +100,15 @@ grpc::Status ControllerService::Register(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::Heartbeat(grpc::ServerContext*,
+grpc::Status ControllerService::Heartbeat(grpc::ServerContext* context,
                                           const internal::HeartbeatRequest* request,
                                           internal::HeartbeatResponse* response) {
+  absl::StatusOr<Caller> caller = policy_.Authorize(*context, kWorkers, "Heartbeat");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (absl::Status s = CheckSelf(*caller, request->worker_id(), std::nullopt, "Heartbeat");
+      !s.ok()) {
+    return ToGrpc(s);
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   if (absl::Status status = state_.Heartbeat(request->worker_id(), ClusterState::Clock::now());
       !status.ok()) {
@@ -90,9 +118,11 @@ grpc::Status ControllerService::Heartbeat(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::GetClusterMap(grpc::ServerContext*,
+grpc::Status ControllerService::GetClusterMap(grpc::ServerContext* context,
                                               const internal::GetClusterMapRequest*,
                                               internal::ClusterMap* response) {
+  absl::StatusOr<Caller> caller = policy_.Authorize(*context, kMembers, "GetClusterMap");
+  if (!caller.ok()) return ToGrpc(caller.status());
   std::lock_guard<std::mutex> lock(mutex_);
   if (!warm_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller warming up");
   *response = ToProto(state_.map());
@@ -102,6 +132,8 @@ grpc::Status ControllerService::GetClusterMap(grpc::ServerContext*,
 grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
                                                 const internal::WatchRequest* request,
                                                 grpc::ServerWriter<internal::ClusterMap>* writer) {
+  absl::StatusOr<Caller> caller = policy_.Authorize(*context, kMembers, "WatchClusterMap");
+  if (!caller.ok()) return ToGrpc(caller.status());
   // The map the watcher holds; a map of another epoch is newer whatever
   // its version (this controller restarted versions at 1).
   uint64_t known_epoch = request->known_epoch();
@@ -124,8 +156,17 @@ grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::Drain(grpc::ServerContext*, const internal::DrainRequest* request,
+grpc::Status ControllerService::Drain(grpc::ServerContext* context,
+                                      const internal::DrainRequest* request,
                                       internal::DrainResponse*) {
+  absl::StatusOr<Caller> caller =
+      policy_.Authorize(*context, {Role::kAttention, Role::kExpert, Role::kOperator}, "Drain");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (caller->identity && caller->identity->role != Role::kOperator) {
+    if (absl::Status s = CheckSelf(*caller, request->worker_id(), std::nullopt, "Drain"); !s.ok()) {
+      return ToGrpc(s);
+    }
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   if (absl::Status status = state_.Drain(request->worker_id()); !status.ok()) return ToGrpc(status);
   DSV2_LOG(INFO) << "draining " << request->worker_id() << "; cluster map version "

@@ -8,6 +8,12 @@
 // restart from a refused heartbeat and register again, so the first map
 // published is the whole cluster rather than whoever came back first.
 //
+// Who may call what (with a Cluster AccessPolicy; an Open one allows all):
+// Register and Heartbeat only the worker itself — the certificate's role and
+// id must be the request's; Drain the worker itself or an operator;
+// GetClusterMap and WatchClusterMap any identity of the cluster. Others get
+// PERMISSION_DENIED naming the rule.
+//
 // Thread safety: gRPC calls it from many threads; one mutex guards the state.
 #pragma once
 
@@ -17,6 +23,7 @@
 #include <thread>
 
 #include "common/cluster/cluster_state.h"
+#include "common/rpc/access.h"
 #include "dsv2/internal/control.grpc.pb.h"
 
 namespace dsv2 {
@@ -24,7 +31,7 @@ namespace dsv2 {
 class ControllerService final : public internal::Controller::Service {
  public:
   ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease,
-                    std::chrono::milliseconds warmup);
+                    std::chrono::milliseconds warmup, AccessPolicy policy = AccessPolicy::Open());
   ~ControllerService() override;  // Stops the lease thread and ends watches.
 
   grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* request,
@@ -49,6 +56,7 @@ class ControllerService final : public internal::Controller::Service {
   void ExpireLoop();
 
   const std::chrono::milliseconds lease_;
+  const AccessPolicy policy_;
   const uint64_t epoch_;
   const ClusterState::Clock::time_point warm_at_;  // When the warm-up ends.
   std::mutex mutex_;

@@ -10,8 +10,9 @@
 #include "absl/flags/usage.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
-#include "common/rpc/grpc_options.h"
 #include "common/model/config.h"
+#include "common/rpc/grpc_options.h"
+#include "common/rpc/security_flags.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -28,8 +29,8 @@ ABSL_FLAG(int64_t, warmup_ms, -1,
 
 // How long a live worker may take to find a restarted controller: its
 // control channel reconnects with a backoff of at most 5 x 200 ms (+ 20%
-// jitter; ControlClient), then its next heartbeat (every lease/3, covered
-// by the lease) is refused and it registers again.
+// jitter; ControlClient), then its next heartbeat (covered by the lease) is
+// refused and it registers again.
 constexpr std::chrono::milliseconds kReconnectAllowance(1500);
 
 int main(int argc, char** argv) {
@@ -58,13 +59,21 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_warmup_ms) < 0
           ? lease + kReconnectAllowance
           : std::chrono::milliseconds(absl::GetFlag(FLAGS_warmup_ms));
-  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas), lease, warmup);
+  absl::StatusOr<dsv2::RpcSecurity> security =
+      dsv2::RpcSecurityFromFlags({.role = dsv2::Role::kController});
+  if (!security.ok()) {
+    std::cerr << "dsv2-controller: " << security.status().message() << "\n";
+    return 2;
+  }
+  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas), lease, warmup,
+                                  security->ClusterPolicy());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  dsv2::ConfigureServer(&builder);
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
-  dsv2::AllowClientKeepalive(&builder);
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), security->ClusterServerCredentials(),
+                           &port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -73,7 +82,8 @@ int main(int argc, char** argv) {
   }
   DSV2_LOG(INFO) << "controller for " << model << " on port " << port << ", replicas "
                  << absl::GetFlag(FLAGS_replicas) << ", lease " << lease.count() << " ms, warm-up "
-                 << warmup.count() << " ms, epoch " << service.epoch();
+                 << warmup.count() << " ms, epoch " << service.epoch() << "; "
+                 << security->Describe();
   dsv2::WritePortFile(absl::GetFlag(FLAGS_port_file), port);
   const int signal = dsv2::WaitForTerminationSignal();
   DSV2_LOG(INFO) << dsv2::TerminationSignalName(signal) << ": shutting down";

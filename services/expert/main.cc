@@ -23,6 +23,8 @@
 #include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/expert_server.h"
+#include "common/rpc/grpc_options.h"
+#include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -35,7 +37,8 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:0", "gRPC address (health); port 0: th
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
 ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
           "Data-plane (UCX) address to bind; its host is what attention workers reach.");
-ABSL_FLAG(std::string, worker_id, "", "Stable id in the cluster map; default expert@host:port.");
+ABSL_FLAG(std::string, worker_id, "",
+          "Stable id in the cluster map; default: the id of --tls_cert, or expert@host:port.");
 ABSL_FLAG(int64_t, batch_window_us, 100,
           "After a dispatch arrives, wait this long for others to batch with it.");
 ABSL_FLAG(double, drain_s, 2, "On SIGTERM, seconds to keep serving after leaving the placement.");
@@ -133,6 +136,17 @@ int Serve() {
     std::cerr << "dsv2-expert: --model and --controller are required (see --help)\n";
     return 2;
   }
+  absl::StatusOr<RpcSecurity> security = RpcSecurityFromFlags({.role = Role::kExpert});
+  if (!security.ok()) {
+    std::cerr << "dsv2-expert: " << security.status().message() << "\n";
+    return 2;
+  }
+  const std::string worker_id = absl::GetFlag(FLAGS_worker_id);
+  if (security->identity() && !worker_id.empty() && worker_id != security->identity()->id) {
+    std::cerr << "dsv2-expert: --worker_id " << worker_id << " is not the id of --tls_cert ("
+              << security->identity()->SpiffeId() << ")\n";
+    return 2;
+  }
   // Nothing is read yet: the placement decides which experts.
   auto model = DeepseekV2Model::Load(model_dir);
   if (!model.ok()) {
@@ -164,9 +178,10 @@ int Serve() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  ConfigureServer(&builder);
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, security->ClusterServerCredentials(), &port);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (grpc_server == nullptr || port == 0) {
     std::cerr << "dsv2-expert: cannot listen on " << listen << "\n";
@@ -174,23 +189,30 @@ int Serve() {
   }
   const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
   WorkerInfo self{
-      .id = absl::GetFlag(FLAGS_worker_id).empty() ? "expert@" + address
-                                                   : absl::GetFlag(FLAGS_worker_id),
+      .id = !worker_id.empty()      ? worker_id
+            : security->identity() ? security->identity()->id
+                                   : "expert@" + address,
       .role = WorkerRole::kExpert,
       .grpc_address = address,
       .data_address = (*data_plane)->address(),
       .peer_id = (*data_plane)->id(),
   };
   DSV2_LOG(INFO) << "dsv2-expert: " << self.id << " serving " << model_dir << ", data plane "
-                 << self.data_address << "; joining the cluster at " << controller;
+                 << self.data_address << "; joining the cluster at " << controller << "; "
+                 << security->Describe();
   std::optional<ExpertPrefaulter> prefaulter;
   if (absl::GetFlag(FLAGS_prefault)) prefaulter.emplace(**model, self.id);
   auto control = ControlClient::Start(
-      {.controller = controller, .self = self}, config, [&](const ClusterMap& map) {
-        // Serve the cluster's workers only (attention workers dispatch).
+      {.controller = controller,
+       .self = self,
+       .credentials = security->ClusterChannelCredentials()},
+      config, [&](const ClusterMap& map) {
+        // Serve the cluster's attention workers only: nobody else dispatches.
         absl::flat_hash_set<transport::PeerId> peers;
         for (const ClusterMap::Worker& w : map.workers) {
-          if (w.state != WorkerState::kDead) peers.insert(w.info.peer_id);
+          if (w.state != WorkerState::kDead && w.info.role == WorkerRole::kAttention) {
+            peers.insert(w.info.peer_id);
+          }
         }
         (*data_plane)->SetAllowedPeers(std::move(peers));
         if (prefaulter) prefaulter->Update(map);

@@ -1,37 +1,19 @@
 #include "services/frontend/generation_service.h"
 
 #include <chrono>
+#include <mutex>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 #include "common/base/status_macros.h"
+#include "common/rpc/raw_messages.h"
+#include "services/frontend/api_limits.h"
 
 namespace dsv2 {
 namespace {
 
 using namespace std::chrono_literals;
-
-constexpr size_t kMaxRequestIdBytes = 256;
-constexpr std::chrono::seconds kAbortWait{10};
-constexpr int kMaxChatMessages = 4096;
-
-absl::StatusOr<std::vector<ChatMessage>> ChatMessages(const v1::ChatInput& chat) {
-  if (chat.messages_size() > kMaxChatMessages) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chat has ", chat.messages_size(), " messages; at most ", kMaxChatMessages));
-  }
-  std::vector<ChatMessage> turns;
-  size_t total = 0;
-  for (const v1::ChatMessage& m : chat.messages()) {
-    total += m.content().size();
-    turns.push_back({m.role(), m.content()});
-  }
-  if (total > kMaxInputBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("chat messages hold ", total,
-                                                   " bytes; at most ", kMaxInputBytes));
-  }
-  return turns;
-}
 
 absl::StatusOr<std::vector<int32_t>> EncodeInput(const v1::GenerateRequest::InputCase input,
                                                  const std::string& text_input,
@@ -41,19 +23,17 @@ absl::StatusOr<std::vector<int32_t>> EncodeInput(const v1::GenerateRequest::Inpu
     case v1::GenerateRequest::kTokenIds:
       return std::vector<int32_t>(ids.ids().begin(), ids.ids().end());
     case v1::GenerateRequest::kText:
-      if (text_input.size() > kMaxInputBytes) {
-        return absl::InvalidArgumentError(absl::StrCat("text is ", text_input.size(),
-                                                       " bytes; at most ", kMaxInputBytes));
-      }
       if (text == nullptr) {
         return absl::InvalidArgumentError("this model has no tokenizer: send token_ids");
       }
       return text->EncodeText(text_input);
     case v1::GenerateRequest::kChat: {
-      ASSIGN_OR_RETURN(std::vector<ChatMessage> turns, ChatMessages(chat));
       if (text == nullptr) {
         return absl::InvalidArgumentError("this model has no tokenizer: send token_ids");
       }
+      std::vector<ChatMessage> turns;
+      turns.reserve(chat.messages_size());
+      for (const v1::ChatMessage& m : chat.messages()) turns.push_back({m.role(), m.content()});
       return text->EncodeChat(turns);
     }
     case v1::GenerateRequest::INPUT_NOT_SET:
@@ -96,7 +76,28 @@ void FillOutput(const GenerationOutput& output, Message* out) {
   FillUsage(output.usage, out->mutable_usage());
 }
 
+// Ends a unary call with `status` (and `response` when OK).
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const absl::Status& status,
+                                      const google::protobuf::Message* response = nullptr,
+                                      grpc::ByteBuffer* out = nullptr) {
+  if (status.ok() && response != nullptr) *out = SerializeMessage(*response);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+class FinishedReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit FinishedReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FinishedStream(const grpc::Status& status) {
+  return new FinishedReactor(status);
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -110,12 +111,8 @@ absl::StatusOr<std::vector<int32_t>> InputTokenIds(const v1::GenerateRequest& re
 
 absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& request,
                                                   const TextFrontend* text) {
+  RETURN_IF_ERROR(CheckBounds(request));
   GenerationRequest out;
-  if (request.request_id().empty()) return absl::InvalidArgumentError("request_id is required");
-  if (request.request_id().size() > kMaxRequestIdBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("request_id is longer than ", kMaxRequestIdBytes, " bytes"));
-  }
   out.id = request.request_id();
   ASSIGN_OR_RETURN(out.prompt, InputTokenIds(request, text));
 
@@ -136,116 +133,266 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& req
   out.stop.assign(stop.stop().begin(), stop.stop().end());
   out.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
   out.ignore_eos = stop.ignore_eos();
-  if (request.has_logprobs()) {
-    if (request.logprobs() < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("logprobs must be >= 0, got ", request.logprobs()));
-    }
-    out.logprobs = request.logprobs();
-  }
+  if (request.has_logprobs()) out.logprobs = request.logprobs();
   out.skip_special_tokens = !request.has_skip_special_tokens() || request.skip_special_tokens();
   return out;
 }
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* context,
-                                         const v1::GenerateRequest* request,
-                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  absl::StatusOr<GenerationRequest> converted = ToEngineRequest(*request, text_);
-  if (!converted.ok()) return ToGrpcStatus(converted.status());
-  // End a little before the call's deadline, so the client still receives
-  // the final message with finish reason TIME_LIMIT.
-  const auto deadline = context->deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) {
-    const auto remaining = deadline - std::chrono::system_clock::now();
-    const auto margin = std::min<std::chrono::system_clock::duration>(remaining / 10, 200ms);
-    converted->deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(remaining - margin);
-  }
-  const std::string id = converted->id;
-  absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_->Submit(*std::move(converted));
-  if (!stream.ok()) return ToGrpcStatus(stream.status());
+// One Generate call: the engine's events for the request, written to the
+// client one at a time as the client takes them. Lives from admission
+// until gRPC's OnDone (self_ keeps it); the engine's listener holds only a
+// weak reference, so the stream may outlive the call.
+class GenerationService::GenerateCall final
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+      public std::enable_shared_from_this<GenerateCall> {
+ public:
+  GenerateCall(GenerationService* service, grpc::CallbackServerContext* context,
+               std::string owner, std::string id, std::shared_ptr<RequestStream> stream)
+      : service_(service),
+        owner_(std::move(owner)),
+        id_(std::move(id)),
+        stream_(std::move(stream)),
+        guard_(service->watchdog_.NewGuard(context)) {}
 
-  ++active_streams_;
-  // When the client goes away the request is aborted, and the handler waits
-  // a bounded time for the engine to confirm before it lets go.
-  std::optional<std::chrono::steady_clock::time_point> aborted_at;
-  grpc::Status result = grpc::Status::OK;
-  while (true) {
-    std::optional<GenerationOutput> output = (*stream)->Next(50ms);
-    if (!output) {
-      if (!aborted_at && context->IsCancelled()) {
-        engine_->Abort(id);
-        aborted_at = std::chrono::steady_clock::now();
-      } else if (aborted_at && std::chrono::steady_clock::now() - *aborted_at > kAbortWait) {
-        DSV2_LOG(WARNING) << "request " << id << " not ended " << kAbortWait.count()
-                          << " s after its abort; leaving it to the engine";
-        result = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
-        break;
+  // Starts writing; call once, right after construction.
+  void Start() {
+    self_ = shared_from_this();
+    std::weak_ptr<GenerateCall> weak = self_;
+    stream_->SetListener([weak] {
+      if (std::shared_ptr<GenerateCall> call = weak.lock()) call->Pump();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    service_->watchdog_.Disarm(guard_);
+    bool stop = false;
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      writing_ = false;
+      stop = !ok || cancelled_;
+      if (stop && !finished_) finished_ = finish = true;
+    }
+    if (stop) {
+      // The client went away, or was cut off by the watchdog.
+      service_->engine_->Abort(owner_, id_);
+      if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+      return;
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    service_->engine_->Abort(owner_, id_);
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancelled_ = true;
+      if (!writing_ && !finished_) finished_ = finish = true;
+    }
+    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
+  }
+
+  void OnDone() override {
+    service_->watchdog_.Forget(guard_);
+    --service_->active_streams_;
+    self_.reset();  // May destroy this; nothing may follow.
+  }
+
+ private:
+  // Writes the next event if none is being written. From the engine's
+  // listener and from OnWriteDone; Start*/Finish are called without the lock.
+  void Pump() {
+    std::shared_ptr<GenerateCall> keep = shared_from_this();
+    enum { kNothing, kWrite, kWriteLast, kCutOff } action = kNothing;
+    grpc::Status last_status;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (finished_ || cancelled_) return;
+      if (stream_->backlog_bytes() > service_->options_.max_backlog_bytes) {
+        // Its writes do not keep up: the client is not reading.
+        cancelled_ = true;
+        action = kCutOff;
+      } else if (writing_) {
+        return;
+      } else if (std::optional<GenerationOutput> output = stream_->TryNext()) {
+        v1::GenerateResponse response;
+        if (output->finish == FinishReason::kError) {
+          last_status = ToGrpcStatus(output->error);
+          response.mutable_error()->set_code(last_status.error_code());
+          response.mutable_error()->set_message(last_status.error_message());
+        } else if (output->finish) {
+          v1::Complete* complete = response.mutable_complete();
+          complete->set_finish_reason(ToProto(*output->finish));
+          FillOutput(*output, complete);
+        } else {
+          FillOutput(*output, response.mutable_chunk());
+        }
+        buffer_ = SerializeMessage(response);
+        writing_ = true;
+        if (output->finish) finished_ = true;
+        action = output->finish ? kWriteLast : kWrite;
       }
-      continue;
     }
-    v1::GenerateResponse response;
-    if (output->finish == FinishReason::kError) {
-      result = ToGrpcStatus(output->error);
-      response.mutable_error()->set_code(result.error_code());
-      response.mutable_error()->set_message(result.error_message());
-    } else if (output->finish) {
-      v1::Complete* complete = response.mutable_complete();
-      complete->set_finish_reason(ToProto(*output->finish));
-      FillOutput(*output, complete);
+    switch (action) {
+      case kNothing:
+        break;
+      case kWrite:
+        service_->watchdog_.Arm(guard_);
+        StartWrite(&buffer_);
+        break;
+      case kWriteLast:
+        service_->watchdog_.Arm(guard_);
+        StartWriteAndFinish(&buffer_, grpc::WriteOptions(), last_status);
+        break;
+      case kCutOff:
+        // The pending write then fails and OnWriteDone finishes the call.
+        service_->engine_->Abort(owner_, id_);
+        DSV2_LOG(WARNING) << "request " << id_ << ": more than "
+                          << service_->options_.max_backlog_bytes
+                          << " bytes of output wait for a client that does not read; cut off";
+        service_->watchdog_.CancelNow(guard_);
+        break;
+    }
+  }
+
+  GenerationService* const service_;
+  const std::string owner_;
+  const std::string id_;
+  const std::shared_ptr<RequestStream> stream_;
+  const std::shared_ptr<StreamWatchdog::Guard> guard_;
+  std::shared_ptr<GenerateCall> self_;  // gRPC's reference, until OnDone.
+  std::mutex mutex_;
+  bool writing_ = false;    // Guarded by mutex_: a write is in flight.
+  bool finished_ = false;   // Guarded by mutex_: Finish was (or is being) called.
+  bool cancelled_ = false;  // Guarded by mutex_.
+  grpc::ByteBuffer buffer_;  // The message being written.
+};
+
+GenerationService::GenerationService(Engine* engine, const TextFrontend* text,
+                                     std::string model_path, GenerationServiceOptions options)
+    : engine_(engine),
+      text_(text),
+      model_path_(std::move(model_path)),
+      options_(std::move(options)),
+      watchdog_(options_.write_timeout) {}
+
+GenerationService::~GenerationService() = default;
+
+absl::StatusOr<std::string> GenerationService::Owner(const grpc::CallbackServerContext& context,
+                                                     const char* method) const {
+  ASSIGN_OR_RETURN(Caller caller, options_.policy.Authorize(context, {Role::kRouter}, method));
+  if (options_.trust_forwarded_principal) {
+    const auto& metadata = context.client_metadata();
+    if (auto it = metadata.find(kPrincipalMetadata); it != metadata.end()) {
+      return std::string(it->second.data(), it->second.size());
+    }
+  }
+  return caller.principal;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  absl::StatusOr<std::string> owner = Owner(*context, "Generate");
+  if (!owner.ok()) return FinishedStream(ToGrpcStatus(owner.status()));
+  v1::GenerateRequest request;
+  if (absl::Status s = ParseMessage(*raw, &request); !s.ok()) {
+    return FinishedStream(ToGrpcStatus(s));
+  }
+  // Admission counts every open stream, read or not.
+  if (++active_streams_ > options_.max_streams) {
+    --active_streams_;
+    return FinishedStream(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("too many open streams (", options_.max_streams, "); retry later")));
+  }
+  absl::StatusOr<GenerationRequest> converted = ToEngineRequest(request, text_);
+  if (converted.ok()) {
+    converted->owner = *owner;
+    // End a little before the call's deadline, so the client still receives
+    // the final message with finish reason TIME_LIMIT.
+    const auto deadline = context->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      const auto remaining = deadline - std::chrono::system_clock::now();
+      const auto margin = std::min<std::chrono::system_clock::duration>(remaining / 10, 200ms);
+      converted->deadline =
+          std::chrono::steady_clock::now() +
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(remaining - margin);
+    }
+  }
+  absl::StatusOr<std::shared_ptr<RequestStream>> stream =
+      converted.ok() ? engine_->Submit(*converted)
+                     : absl::StatusOr<std::shared_ptr<RequestStream>>(converted.status());
+  if (!stream.ok()) {
+    --active_streams_;
+    return FinishedStream(ToGrpcStatus(stream.status()));
+  }
+  auto call = std::make_shared<GenerateCall>(this, context, *owner, request.request_id(),
+                                             *std::move(stream));
+  call->Start();
+  return call.get();
+}
+
+grpc::ServerUnaryReactor* GenerationService::Abort(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* raw,
+                                                   grpc::ByteBuffer* out) {
+  absl::StatusOr<std::string> owner = Owner(*context, "Abort");
+  if (!owner.ok()) return FinishUnary(context, owner.status());
+  v1::AbortRequest request;
+  absl::Status status = ParseMessage(*raw, &request);
+  if (status.ok()) status = CheckBounds(request);
+  if (status.ok() && !engine_->Abort(*owner, request.request_id())) {
+    status = absl::NotFoundError(absl::StrCat("no active request '", request.request_id(), "'"));
+  }
+  const v1::AbortResponse response;
+  return FinishUnary(context, status, &response, out);
+}
+
+grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* raw,
+                                                      grpc::ByteBuffer* out) {
+  absl::StatusOr<std::string> owner = Owner(*context, "Tokenize");
+  if (!owner.ok()) return FinishUnary(context, owner.status());
+  v1::TokenizeRequest request;
+  absl::Status status = ParseMessage(*raw, &request);
+  if (status.ok()) status = CheckBounds(request);
+  v1::TokenizeResponse response;
+  if (status.ok()) {
+    const v1::TokenIds no_ids;
+    const auto input = request.input_case() == v1::TokenizeRequest::kText
+                           ? v1::GenerateRequest::kText
+                           : v1::GenerateRequest::kChat;
+    absl::StatusOr<std::vector<int32_t>> ids =
+        EncodeInput(input, request.text(), request.chat(), no_ids, text_);
+    if (ids.ok()) {
+      for (int32_t id : *ids) response.add_token_ids(id);
     } else {
-      FillOutput(*output, response.mutable_chunk());
+      status = ids.status();
     }
-    if (!aborted_at && !writer->Write(response)) {
-      engine_->Abort(id);
-      aborted_at = std::chrono::steady_clock::now();
-    }
-    if (output->finish) break;
   }
-  --active_streams_;
-  return result;
+  return FinishUnary(context, status, &response, out);
 }
 
-grpc::Status GenerationService::Abort(grpc::ServerContext* context,
-                                      const v1::AbortRequest* request,
-                                      v1::AbortResponse* response) {
-  if (!engine_->Abort(request->request_id())) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrCat("no active request '", request->request_id(), "'"));
-  }
-  return grpc::Status::OK;
-}
-
-grpc::Status GenerationService::Tokenize(grpc::ServerContext* context,
-                                         const v1::TokenizeRequest* request,
-                                         v1::TokenizeResponse* response) {
-  const v1::ChatInput empty_chat;
-  const v1::TokenIds no_ids;
-  const auto input = request->input_case() == v1::TokenizeRequest::kText   ? v1::GenerateRequest::kText
-                     : request->input_case() == v1::TokenizeRequest::kChat ? v1::GenerateRequest::kChat
-                                                                           : v1::GenerateRequest::INPUT_NOT_SET;
-  absl::StatusOr<std::vector<int32_t>> ids =
-      EncodeInput(input, request->text(), request->chat(), no_ids, text_);
-  if (!ids.ok()) return ToGrpcStatus(ids.status());
-  for (int32_t id : *ids) response->add_token_ids(id);
-  return grpc::Status::OK;
-}
-
-grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context,
-                                             const v1::GetModelInfoRequest* request,
-                                             v1::ModelInfo* response) {
+grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* raw,
+                                                          grpc::ByteBuffer* out) {
+  absl::StatusOr<std::string> owner = Owner(*context, "GetModelInfo");
+  if (!owner.ok()) return FinishUnary(context, owner.status());
+  v1::GetModelInfoRequest request;
+  if (absl::Status s = ParseMessage(*raw, &request); !s.ok()) return FinishUnary(context, s);
   const ModelConfig& config = engine_->model_config();
-  response->set_model_path(model_path_);
-  response->set_model_type(config.model_type);
-  response->set_vocab_size(static_cast<uint32_t>(config.vocab_size));
-  response->set_num_hidden_layers(static_cast<uint32_t>(config.num_hidden_layers));
-  response->set_max_model_len(static_cast<uint32_t>(engine_->max_model_len()));
-  response->set_kv_cache_tokens(static_cast<uint32_t>(engine_->kv_capacity_tokens()));
-  response->set_kv_block_size(static_cast<uint32_t>(engine_->block_size()));
-  response->set_bos_token_id(static_cast<int32_t>(config.bos_token_id));
-  response->set_eos_token_id(static_cast<int32_t>(config.eos_token_id));
-  response->set_has_tokenizer(text_ != nullptr);
-  return grpc::Status::OK;
+  v1::ModelInfo response;
+  response.set_model_path(model_path_);
+  response.set_model_type(config.model_type);
+  response.set_vocab_size(static_cast<uint32_t>(config.vocab_size));
+  response.set_num_hidden_layers(static_cast<uint32_t>(config.num_hidden_layers));
+  response.set_max_model_len(static_cast<uint32_t>(engine_->max_model_len()));
+  response.set_kv_cache_tokens(static_cast<uint32_t>(engine_->kv_capacity_tokens()));
+  response.set_kv_block_size(static_cast<uint32_t>(engine_->block_size()));
+  response.set_bos_token_id(static_cast<int32_t>(config.bos_token_id));
+  response.set_eos_token_id(static_cast<int32_t>(config.eos_token_id));
+  response.set_has_tokenizer(text_ != nullptr);
+  return FinishUnary(context, absl::OkStatus(), &response, out);
 }
 
 }  // namespace dsv2

@@ -1,23 +1,50 @@
-// dsv2.v1.Generation over an Engine: the gRPC glue of the public API. It
-// converts requests (text and chat through the TextFrontend), maps the
-// gRPC deadline and cancellation onto the engine, and streams the engine's
-// events back. Everything else lives in the engine.
+// dsv2.v1.Generation over an Engine: the gRPC glue of the public API, on
+// dsv2-standalone (for clients) and on attention workers (for routers). It
+// authenticates each call, bounds and converts requests (text and chat
+// through the TextFrontend), maps the gRPC deadline and cancellation onto
+// the engine, and streams the engine's events back.
 //
-// Thread safety: gRPC calls its methods from many threads at once.
+// Served with gRPC's callback API and raw messages:
+// - no thread is held per call; a stream's output waits in its
+//   RequestStream, and a client that stops reading is cut off (its call
+//   cancelled, its request aborted) when more than `max_backlog_bytes` of its
+//   output wait or a write is not taken within `write_timeout`;
+// - open streams count against `max_streams` whether or not their clients
+//   read (beyond it: RESOURCE_EXHAUSTED);
+// - a request that does not parse is INVALID_ARGUMENT naming the field
+//   (common/rpc/raw_messages.h); api_limits.h bounds every field.
+//
+// Identity: requests belong to the caller's principal (AccessPolicy), so
+// request ids are per principal and only the principal that started a
+// request may Abort it. With `trust_forwarded_principal` (attention workers,
+// whose policy admits only routers), the principal is the one the router
+// names in `dsv2-principal` metadata.
+//
+// Thread safety: gRPC calls it from many threads.
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/engine/engine.h"
+#include "common/rpc/access.h"
+#include "common/rpc/stream_watchdog.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "services/frontend/text_frontend.h"
 
 namespace dsv2 {
 
-// The largest text or chat message accepted, in bytes.
-inline constexpr size_t kMaxInputBytes = 1 << 20;
+// Metadata a router sends with forwarded calls: the client's principal.
+inline constexpr char kPrincipalMetadata[] = "dsv2-principal";
+
+// dsv2.v1.Generation with every method raw (grpc::ByteBuffer) on the
+// callback API; the router implements it too.
+using RawGenerationService = v1::Generation::WithRawCallbackMethod_Generate<
+    v1::Generation::WithRawCallbackMethod_Abort<v1::Generation::WithRawCallbackMethod_Tokenize<
+        v1::Generation::WithRawCallbackMethod_GetModelInfo<v1::Generation::Service>>>>;
 
 // Converts a public request into the engine's, tokenizing text and chat
 // input. InvalidArgument names the offending field.
@@ -31,29 +58,53 @@ absl::StatusOr<std::vector<int32_t>> InputTokenIds(const v1::GenerateRequest& re
 // grpc::Status with the same code and message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-class GenerationService final : public v1::Generation::Service {
+struct GenerationServiceOptions {
+  AccessPolicy policy = AccessPolicy::Open();
+  bool trust_forwarded_principal = false;
+  int64_t max_streams = 512;
+  absl::Duration write_timeout = absl::Seconds(30);
+  size_t max_backlog_bytes = 4 << 20;
+};
+
+class GenerationService final : public RawGenerationService {
  public:
   // `engine` and `text` (nullable) must outlive the service.
-  GenerationService(Engine* engine, const TextFrontend* text, std::string model_path)
-      : engine_(engine), text_(text), model_path_(std::move(model_path)) {}
+  GenerationService(Engine* engine, const TextFrontend* text, std::string model_path,
+                    GenerationServiceOptions options = {});
+  ~GenerationService() override;
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
-  grpc::Status Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
-                     v1::AbortResponse* response) override;
-  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
-                        v1::TokenizeResponse* response) override;
-  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::ModelInfo* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
-  // Generate calls being served now.
+  // Generate calls open now (from admission until the client has the end).
   int64_t active_streams() const { return active_streams_.load(); }
+  // Streams cut off because their client did not read (backlog or timeout).
+  int64_t slow_readers_cut() const { return watchdog_.cancelled(); }
 
  private:
+  class GenerateCall;
+  // The owner of the call's requests, or UNAUTHENTICATED/PERMISSION_DENIED.
+  absl::StatusOr<std::string> Owner(const grpc::CallbackServerContext& context,
+                                    const char* method) const;
+
   Engine* engine_;
   const TextFrontend* text_;
-  std::string model_path_;
+  const std::string model_path_;
+  const GenerationServiceOptions options_;
+  StreamWatchdog watchdog_;
   std::atomic<int64_t> active_streams_{0};
 };
+
+// A write reactor that ends its call at once with `status`.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* FinishedStream(const grpc::Status& status);
 
 }  // namespace dsv2

@@ -7,6 +7,11 @@ namespace dsv2 {
 grpc::Status LoadService::GetLoad(grpc::ServerContext* context,
                                   const internal::GetLoadRequest* request,
                                   internal::Load* response) {
+  if (absl::StatusOr<Caller> caller = policy_.Authorize(*context, {Role::kRouter}, "GetLoad");
+      !caller.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(caller.status().code()),
+                        std::string(caller.status().message()));
+  }
   const EngineStats stats = engine_->stats();
   response->set_kv_blocks_total(stats.kv_blocks_total);
   // The figures are copied at different moments of a step, so the clamp

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/engine/engine.h"
+#include "common/rpc/access.h"
 #include "dsv2/internal/attention.grpc.pb.h"
 
 namespace dsv2 {
@@ -18,10 +19,15 @@ class LoadService final : public internal::AttentionWorker::Service {
   // `engine` must outlive the service. `serving` says whether the worker
   // takes new requests (false while draining, failed or missing expert
   // groups); null means always.
-  // `data_plane` (nullable) fills in the data-plane figures.
+  // `data_plane` (nullable) fills in the data-plane figures. On a cluster
+  // plane (`policy`), only routers may ask.
   LoadService(const Engine* engine, std::function<bool()> serving,
-              std::function<void(internal::DataPlaneStats*)> data_plane = nullptr)
-      : engine_(engine), serving_(std::move(serving)), data_plane_(std::move(data_plane)) {}
+              std::function<void(internal::DataPlaneStats*)> data_plane = nullptr,
+              AccessPolicy policy = AccessPolicy::Open())
+      : engine_(engine),
+        serving_(std::move(serving)),
+        data_plane_(std::move(data_plane)),
+        policy_(std::move(policy)) {}
 
   grpc::Status GetLoad(grpc::ServerContext* context, const internal::GetLoadRequest* request,
                        internal::Load* response) override;
@@ -30,6 +36,7 @@ class LoadService final : public internal::AttentionWorker::Service {
   const Engine* engine_;
   std::function<bool()> serving_;
   std::function<void(internal::DataPlaneStats*)> data_plane_;
+  const AccessPolicy policy_;
 };
 
 }  // namespace dsv2

@@ -4,7 +4,9 @@
 // with grpc.health.v1 and server reflection.
 //
 // Health ("" and dsv2.v1.Generation) is SERVING while the last cluster map
-// is complete and lists at least one live attention worker.
+// is complete and at least one attention worker answered its last load poll
+// as serving: a worker that dies or hangs turns it NOT_SERVING within
+// --load_interval_ms (+ the poll's 500 ms deadline for a hung one) + 100 ms.
 // SIGINT/SIGTERM drain: new calls get UNAVAILABLE, health turns NOT_SERVING,
 // running streams may finish within --drain_grace_s and are then cancelled
 // (the workers abort them), and the process exits 0.
@@ -12,8 +14,6 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
-#include <mutex>
-#include <optional>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -24,6 +24,8 @@
 #include "common/cluster/cluster_state.h"
 #include "common/cluster/control_client.h"
 #include "common/model/config.h"
+#include "common/rpc/grpc_options.h"
+#include "common/rpc/security_flags.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -37,6 +39,11 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50052",
 ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
 ABSL_FLAG(int64_t, load_interval_ms, 50, "How often each attention worker's load is polled.");
 ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running streams may take to finish.");
+ABSL_FLAG(int64_t, max_streams, 4096,
+          "Generate streams open at once, at most, read by their clients or not; more get "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, stream_write_timeout_s, 30,
+          "A client that does not take a message of its stream for this long is cut off.");
 
 namespace dsv2 {
 namespace {
@@ -60,18 +67,35 @@ int Serve() {
     return 1;
   }
 
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<RpcSecurity> security =
+      RpcSecurityFromFlags({.role = Role::kRouter, .public_api = true, .api_listen = listen});
+  if (!security.ok()) {
+    std::cerr << "dsv2-router: " << security.status().message() << "\n";
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_streams) < 1 || !(absl::GetFlag(FLAGS_stream_write_timeout_s) > 0)) {
+    std::cerr << "dsv2-router: --max_streams must be >= 1 and --stream_write_timeout_s > 0\n";
+    return 2;
+  }
+
   RouterService router(RouterOptions{
-      .load_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_load_interval_ms))});
+      .load_interval = std::chrono::milliseconds(absl::GetFlag(FLAGS_load_interval_ms)),
+      .policy = security->ApiPolicy(),
+      .worker_credentials = security->ClusterChannelCredentials(),
+      .max_streams = absl::GetFlag(FLAGS_max_streams),
+      .write_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_write_timeout_s)),
+  });
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  ConfigureServer(&builder);
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.AddListeningPort(listen, security->ApiServerCredentials(), &port);
   builder.RegisterService(&router);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    std::cerr << "dsv2-router: cannot listen on " << absl::GetFlag(FLAGS_listen) << "\n";
+    std::cerr << "dsv2-router: cannot listen on " << listen << "\n";
     return 1;
   }
   // Not serving until a map says the cluster can serve.
@@ -79,9 +103,6 @@ int Serve() {
   health->SetServingStatus(v1::Generation::service_full_name(), false);
   health->SetServingStatus("", false);
 
-  std::mutex health_mutex;
-  bool draining = false;  // Guarded by health_mutex: the maps no longer decide health.
-  std::optional<bool> serving;
   auto on_map = [&](const ClusterMap& map) {
     std::vector<AttentionEndpoint> workers;
     for (const ClusterMap::Worker& w : map.workers) {
@@ -91,40 +112,42 @@ int Serve() {
         workers.push_back({w.info.id, w.info.grpc_address});
       }
     }
-    const bool ready = map.complete && !workers.empty();
     DSV2_LOG(INFO) << "cluster map " << map.version << ": " << workers.size()
                    << " live attention worker(s), " << (map.complete ? "complete" : "incomplete");
     router.SetWorkers(std::move(workers));
     router.SetServing(map.complete);
-    std::lock_guard<std::mutex> lock(health_mutex);
-    if (draining || serving == ready) return;
-    serving = ready;
-    health->SetServingStatus(v1::Generation::service_full_name(), ready);
-    health->SetServingStatus("", ready);
-    DSV2_LOG(INFO) << "health: " << (ready ? "SERVING" : "NOT_SERVING");
   };
   std::unique_ptr<ControlClient> client = ControlClient::Start(
-      ControlClientOptions{.controller = controller, .self = std::nullopt}, *config, on_map);
+      ControlClientOptions{.controller = controller,
+                           .self = std::nullopt,
+                           .credentials = security->ClusterChannelCredentials()},
+      *config, on_map);
   if (client == nullptr) {
     std::cerr << "dsv2-router: cannot start the control client for " << controller << "\n";
     return 1;
   }
 
-  const std::string listen = absl::GetFlag(FLAGS_listen);
   DSV2_LOG(INFO) << "router on " << listen.substr(0, listen.rfind(':')) << ":" << port
-                 << ", controller " << controller;
+                 << ", controller " << controller << "; " << security->Describe();
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 
-  const int signal = WaitForTerminationSignal();
+  // Health follows the router's own view (the map and its polls of the
+  // workers), checked every 100 ms.
+  bool serving = false;
+  int signal = 0;
+  while ((signal = WaitForTerminationSignal(absl::Milliseconds(100))) == 0) {
+    const bool ready = router.ready();
+    if (ready == serving) continue;
+    serving = ready;
+    health->SetServingStatus(v1::Generation::service_full_name(), ready);
+    health->SetServingStatus("", ready);
+    DSV2_LOG(INFO) << "health: " << (ready ? "SERVING" : "NOT_SERVING");
+  }
   DSV2_LOG(INFO) << TerminationSignalName(signal) << ": draining";
 
   // Refuse new calls before health says so, so that a client that sees
   // NOT_SERVING is never admitted.
   router.StopAccepting();
-  {
-    std::lock_guard<std::mutex> lock(health_mutex);
-    draining = true;
-  }
   health->Shutdown();
   const auto grace = std::chrono::duration<double>(absl::GetFlag(FLAGS_drain_grace_s));
   const auto drain_start = std::chrono::steady_clock::now();

@@ -1,12 +1,16 @@
 #include "services/router/router_service.h"
 
 #include <algorithm>
+#include <deque>
+#include <functional>
+#include <optional>
 #include <utility>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 #include "common/rpc/grpc_options.h"
+#include "common/rpc/raw_messages.h"
+#include "services/frontend/api_limits.h"
 
 namespace dsv2 {
 namespace {
@@ -15,6 +19,8 @@ namespace {
 // byte-level BPE averages about this many bytes per token on prose.
 constexpr int64_t kBytesPerToken = 4;
 constexpr int64_t kDefaultMaxTokens = 16;  // As the public API documents.
+// Bytes of a worker's output a client may leave unread before it is cut off.
+constexpr size_t kMaxQueuedBytes = 4 << 20;
 
 // Prompt + output tokens a request may take: the basis of its KV charge.
 int64_t EstimatedTokens(const v1::GenerateRequest& request) {
@@ -40,19 +46,15 @@ int64_t EstimatedTokens(const v1::GenerateRequest& request) {
   return std::max<int64_t>(1, prompt + output);
 }
 
-std::shared_ptr<grpc::Channel> NewChannel(const std::string& address) {
-  grpc::ChannelArguments args;
-  // A restarted worker comes back at the same address: reconnect within a
-  // second rather than after gRPC's default backoff of up to two minutes.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  SetClientKeepalive(&args);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
-
 grpc::Status Unavailable(std::string message) {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::move(message));
+}
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
+                                      const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
 }
 
 }  // namespace
@@ -72,7 +74,8 @@ struct RouterService::Worker {
   const std::unique_ptr<v1::Generation::Stub> generation;
   const std::unique_ptr<internal::AttentionWorker::Stub> attention;
 
-  // Guarded by the router's mutex_.
+  // Read and written only with the router's mutex_ held (clang's analysis
+  // cannot name another object's mutex here).
   bool load_known = false;
   internal::Load load;
   bool failed = false;
@@ -99,25 +102,426 @@ struct RouterService::Poll {
   internal::Load response;
 };
 
-RouterService::RouterService(RouterOptions options) : options_(options) {
+// ---------------------------------------------------------------------------
+// Generate: one client call, forwarded to a worker (twice at most).
+//
+// The server side writes the worker's messages to the client one at a time
+// from a queue; the client side (an Attempt) reads the worker's stream.
+// Every event runs Advance, which decides under the lock what to do next
+// (write, finish, cancel the attempt) and does it without the lock. The call
+// lives until gRPC's OnDone (self_) and while an attempt holds it.
+
+class RouterService::ForwardedCall final
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+      public std::enable_shared_from_this<ForwardedCall> {
+ public:
+  ForwardedCall(RouterService* router, grpc::CallbackServerContext* context, CallKey key,
+                v1::GenerateRequest request)
+      : router_(router),
+        context_(context),
+        key_(std::move(key)),
+        request_(std::move(request)),
+        tokens_(EstimatedTokens(request_)),
+        guard_(router->watchdog_.NewGuard(context)) {}
+
+  void Start() {
+    self_ = shared_from_this();
+    {
+      absl::MutexLock lock(&mutex_);
+      starting_ = true;
+    }
+    StartAttempt();
+  }
+
+  void OnWriteDone(bool ok) override {
+    router_->watchdog_.Disarm(guard_);
+    {
+      absl::MutexLock lock(&mutex_);
+      writing_ = false;
+      if (!ok) client_failed_ = true;
+    }
+    Advance();
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mutex_);
+      client_failed_ = true;
+    }
+    Advance();
+  }
+
+  void OnDone() override {
+    router_->watchdog_.Forget(guard_);
+    {
+      absl::MutexLock lock(&router_->mutex_);
+      --router_->active_streams_;
+    }
+    self_.reset();  // May destroy this; nothing may follow.
+  }
+
+ private:
+  class Attempt;
+
+  // Chooses a worker and forwards the request, or ends the call.
+  void StartAttempt();
+
+  // A message from the worker; false to stop reading (the call is over).
+  bool OnWorkerMessage(v1::GenerateResponse response) {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (client_failed_ || finished_) return false;
+      if (response.has_error()) {
+        // The last message: held until the status says whether the call is
+        // tried again elsewhere.
+        held_error_ = std::move(response);
+        return true;
+      }
+      wrote_ = true;
+      completed_ = response.has_complete();
+      grpc::ByteBuffer buffer = SerializeMessage(response);
+      queued_bytes_ += buffer.Length();
+      queue_.push_back(std::move(buffer));
+      if (queued_bytes_ > kMaxQueuedBytes) too_slow_ = true;
+    }
+    Advance();
+    return true;
+  }
+
+  void OnAttemptDone(const std::shared_ptr<Worker>& worker, const grpc::Status& status) {
+    {
+      absl::MutexLock lock(&router_->mutex_);
+      --worker->active;
+      // Between attempts the request is on no worker (Abort is remembered).
+      if (auto it = router_->calls_.find(key_); it != router_->calls_.end()) {
+        it->second.worker = nullptr;
+      }
+    }
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) router_->MarkFailed(*worker, status);
+    bool retry = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      attempt_context_.reset();
+      if (client_failed_ || finished_ || final_) {
+        // The client is gone (or cut off): nothing more to say.
+      } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !wrote_) {
+        // Nothing reached the client, so another worker can serve the
+        // request from the start.
+        failure_ = Unavailable(absl::StrCat("attention worker ", worker->endpoint.id,
+                                            " is unavailable: ", status.error_message()));
+        held_error_.reset();
+        if (round_++ == 0) {
+          DSV2_LOG(WARNING) << "request " << key_.second << ": " << failure_.error_message()
+                            << "; trying another worker";
+        }
+        retry = round_ < 2;
+        if (retry) {
+          starting_ = true;
+        } else {
+          final_ = failure_;
+        }
+      } else if (held_error_) {
+        // The worker's own account of the failure: passed on as it is.
+        queue_.push_back(SerializeMessage(*held_error_));
+        final_ = status;
+      } else if (status.error_code() != grpc::StatusCode::UNAVAILABLE || completed_) {
+        final_ = status.error_code() == grpc::StatusCode::UNAVAILABLE ? grpc::Status::OK : status;
+      } else {
+        // The worker went away after part of the output reached the
+        // client; trying again elsewhere would repeat it.
+        const std::string message = absl::StrCat("attention worker ", worker->endpoint.id,
+                                                 " failed mid-stream: ", status.error_message());
+        v1::GenerateResponse error;
+        error.mutable_error()->set_code(grpc::StatusCode::UNAVAILABLE);
+        error.mutable_error()->set_message(message);
+        queue_.push_back(SerializeMessage(error));
+        final_ = Unavailable(message);
+      }
+    }
+    if (retry) {
+      StartAttempt();
+    } else {
+      Advance();
+    }
+  }
+
+  // Decides the next step under the lock and takes it without.
+  void Advance() {
+    std::shared_ptr<ForwardedCall> keep = shared_from_this();
+    std::shared_ptr<grpc::ClientContext> cancel;
+    std::optional<grpc::Status> finish;
+    bool write = false;
+    bool cut_off = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (finished_) return;
+      if (too_slow_ && !client_failed_) {
+        // Its writes do not keep up: the client is not reading. Its pending
+        // write fails once the call is cancelled.
+        client_failed_ = true;
+        cut_off = true;
+      }
+      if (client_failed_) {
+        cancel = std::move(attempt_context_);
+        // Finish once no write is in flight and no attempt is starting (it
+        // reads the server context, which Finish lets go).
+        if (!writing_ && !starting_) {
+          finished_ = true;
+          finish = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+        }
+      } else if (!writing_ && !queue_.empty()) {
+        writing_ = true;
+        buffer_ = std::move(queue_.front());
+        queued_bytes_ -= buffer_.Length();
+        queue_.pop_front();
+        write = true;
+      } else if (!writing_ && final_ && !starting_) {
+        finished_ = true;
+        finish = *final_;
+      }
+    }
+    if (cancel) cancel->TryCancel();
+    if (cut_off) {
+      DSV2_LOG(WARNING) << "request " << key_.second << ": more than " << kMaxQueuedBytes
+                        << " bytes of output wait for a client that does not read; cut off";
+      router_->watchdog_.CancelNow(guard_);
+    }
+    if (write) {
+      router_->watchdog_.Arm(guard_);
+      StartWrite(&buffer_);
+    }
+    if (finish) {
+      // The id is free (and Abort finds nothing) before the client sees the end.
+      {
+        absl::MutexLock lock(&router_->mutex_);
+        router_->calls_.erase(key_);
+      }
+      Finish(*finish);
+    }
+  }
+
+  RouterService* const router_;
+  grpc::CallbackServerContext* const context_;
+  const CallKey key_;
+  const v1::GenerateRequest request_;
+  const int64_t tokens_;
+  const std::shared_ptr<StreamWatchdog::Guard> guard_;
+  std::shared_ptr<ForwardedCall> self_;  // gRPC's reference, until OnDone.
+  // Only StartAttempt and OnAttemptDone touch these, one at a time.
+  int round_ = 0;
+  std::set<std::string> tried_;
+  grpc::Status failure_;
+
+  absl::Mutex mutex_;
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);  // To write to the client.
+  size_t queued_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  grpc::ByteBuffer buffer_;  // Being written (writing_).
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool starting_ ABSL_GUARDED_BY(mutex_) = false;  // StartAttempt runs.
+  std::shared_ptr<grpc::ClientContext> attempt_context_ ABSL_GUARDED_BY(mutex_);
+  bool wrote_ ABSL_GUARDED_BY(mutex_) = false;      // A worker message was queued.
+  bool completed_ ABSL_GUARDED_BY(mutex_) = false;  // The last of them a Complete.
+  std::optional<v1::GenerateResponse> held_error_ ABSL_GUARDED_BY(mutex_);
+  std::optional<grpc::Status> final_ ABSL_GUARDED_BY(mutex_);  // Finish with it when written.
+  bool client_failed_ ABSL_GUARDED_BY(mutex_) = false;  // Cancelled, gone or cut off.
+  bool too_slow_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+// The worker's side of one attempt: reads its stream into the call.
+class RouterService::ForwardedCall::Attempt final
+    : public grpc::ClientReadReactor<v1::GenerateResponse> {
+ public:
+  Attempt(std::shared_ptr<ForwardedCall> call, std::shared_ptr<Worker> worker,
+          std::shared_ptr<grpc::ClientContext> context)
+      : call_(std::move(call)), worker_(std::move(worker)), context_(std::move(context)) {}
+
+  void Start(const v1::GenerateRequest& request) {
+    worker_->generation->async()->Generate(context_.get(), &request, this);
+    StartRead(&response_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok && call_->OnWorkerMessage(std::move(response_))) {
+      response_.Clear();
+      StartRead(&response_);
+    } else if (ok) {
+      context_->TryCancel();  // The call is over: end the worker's stream.
+    }
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    call_->OnAttemptDone(worker_, status);
+    delete this;
+  }
+
+ private:
+  const std::shared_ptr<ForwardedCall> call_;
+  const std::shared_ptr<Worker> worker_;
+  const std::shared_ptr<grpc::ClientContext> context_;
+  v1::GenerateResponse response_;
+};
+
+void RouterService::ForwardedCall::StartAttempt() {
+  std::shared_ptr<Worker> worker;
+  std::optional<grpc::Status> end;
+  bool aborted = false;
+  {
+    absl::MutexLock lock(&router_->mutex_);
+    const auto entry = router_->calls_.find(key_);
+    if (entry != router_->calls_.end() && entry->second.aborted) {
+      aborted = true;  // Before it reached a worker, or between attempts.
+    } else {
+      worker = router_->ChooseLocked(tried_, tokens_);
+      if (worker == nullptr) {
+        if (round_ == 0) {
+          ++router_->counters_.no_worker;
+          end = Unavailable(absl::StrCat("no attention worker is serving (",
+                                         router_->workers_.size(), " known)"));
+        } else {
+          end = failure_;
+        }
+      } else {
+        if (round_ > 0) ++router_->counters_.retries;
+        ++router_->counters_.forwarded[worker->endpoint.id];
+        ++worker->active;
+        if (entry != router_->calls_.end()) entry->second.worker = worker;
+      }
+    }
+  }
+  if (worker == nullptr) {
+    {
+      absl::MutexLock lock(&mutex_);
+      starting_ = false;
+      if (aborted) {
+        v1::GenerateResponse response;
+        response.mutable_complete()->set_finish_reason(v1::FINISH_REASON_ABORT);
+        queue_.push_back(SerializeMessage(response));
+        final_ = grpc::Status::OK;
+      } else {
+        final_ = *end;
+      }
+    }
+    Advance();
+    return;
+  }
+  tried_.insert(worker->endpoint.id);
+  std::shared_ptr<grpc::ClientContext> forward =
+      router_->ForwardContext(*context_, key_.first, /*bounded=*/false);
+  auto* attempt = new Attempt(shared_from_this(), worker, forward);
+  {
+    absl::MutexLock lock(&mutex_);
+    attempt_context_ = forward;
+    starting_ = false;
+  }
+  attempt->Start(request_);
+  Advance();  // The client may have gone while the attempt started.
+}
+
+// ---------------------------------------------------------------------------
+// Unary calls: forwarded to a chosen worker, once more to another after
+// UNAVAILABLE.
+
+template <typename Request, typename Response>
+class RouterService::UnaryForward {
+ public:
+  using Method = std::function<void(Worker&, grpc::ClientContext*, const Request*, Response*,
+                                    std::function<void(grpc::Status)>)>;
+
+  UnaryForward(RouterService* router, grpc::CallbackServerContext* context, std::string principal,
+               const char* name, Request request, grpc::ByteBuffer* out, Method method)
+      : router_(router),
+        context_(context),
+        principal_(std::move(principal)),
+        name_(name),
+        request_(std::move(request)),
+        out_(out),
+        method_(std::move(method)),
+        reactor_(context->DefaultReactor()) {}
+
+  // Runs the call; the object deletes itself when it is answered.
+  grpc::ServerUnaryReactor* Start() {
+    grpc::ServerUnaryReactor* reactor = reactor_;
+    Try();
+    return reactor;
+  }
+
+ private:
+  void Try() {
+    std::shared_ptr<Worker> worker;
+    {
+      absl::MutexLock lock(&router_->mutex_);
+      worker = router_->ChooseLocked(tried_, /*tokens=*/0);
+      if (worker == nullptr && tried_.empty()) ++router_->counters_.no_worker;
+    }
+    if (worker == nullptr) {
+      End(tried_.empty() ? Unavailable(absl::StrCat("no attention worker is serving"))
+                         : failure_);
+      return;
+    }
+    tried_.insert(worker->endpoint.id);
+    forward_ = router_->ForwardContext(*context_, principal_, /*bounded=*/true);
+    response_.Clear();
+    method_(*worker, forward_.get(), &request_, &response_, [this, worker](grpc::Status status) {
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE && tried_.size() < 2) {
+        router_->MarkFailed(*worker, status);
+        failure_ = Unavailable(absl::StrCat(name_, " on attention worker ", worker->endpoint.id,
+                                            " failed: ", status.error_message()));
+        Try();
+        return;
+      }
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        router_->MarkFailed(*worker, status);
+        status = Unavailable(absl::StrCat(name_, " on attention worker ", worker->endpoint.id,
+                                          " failed: ", status.error_message()));
+      }
+      End(status);
+    });
+  }
+
+  void End(const grpc::Status& status) {
+    if (status.ok()) *out_ = SerializeMessage(response_);
+    reactor_->Finish(status);
+    delete this;
+  }
+
+  RouterService* const router_;
+  grpc::CallbackServerContext* const context_;
+  const std::string principal_;
+  const char* const name_;
+  const Request request_;
+  grpc::ByteBuffer* const out_;
+  const Method method_;
+  grpc::ServerUnaryReactor* const reactor_;
+  std::set<std::string> tried_;
+  grpc::Status failure_;
+  std::unique_ptr<grpc::ClientContext> forward_;
+  Response response_;
+};
+
+// ---------------------------------------------------------------------------
+
+RouterService::RouterService(RouterOptions options)
+    : options_(std::move(options)), watchdog_(options_.write_timeout) {
   poller_ = std::thread([this] { PollLoop(); });
 }
 
 RouterService::~RouterService() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     stop_ = true;
   }
-  poll_cv_.notify_all();
   poller_.join();
   // Callbacks of polls in flight touch this object; each ends within its
   // deadline.
-  std::unique_lock<std::mutex> lock(mutex_);
-  poll_cv_.wait(lock, [&] { return polls_in_flight_ == 0; });
+  absl::MutexLock lock(&mutex_);
+  mutex_.Await(absl::Condition(
+      +[](int64_t* in_flight) { return *in_flight == 0; }, &polls_in_flight_));
 }
 
 void RouterService::SetWorkers(std::vector<AttentionEndpoint> endpoints) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::map<std::string, std::shared_ptr<Worker>> workers;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
   for (AttentionEndpoint& endpoint : endpoints) {
@@ -134,7 +538,12 @@ void RouterService::SetWorkers(std::vector<AttentionEndpoint> endpoints) {
     std::shared_ptr<grpc::Channel>& channel = channels[endpoint.grpc_address];
     if (channel == nullptr) {
       const auto cached = channels_.find(endpoint.grpc_address);
-      channel = cached != channels_.end() ? cached->second : NewChannel(endpoint.grpc_address);
+      channel = cached != channels_.end()
+                    ? cached->second
+                    : NewClusterChannel(endpoint.grpc_address,
+                                        options_.worker_credentials != nullptr
+                                            ? options_.worker_credentials
+                                            : grpc::InsecureChannelCredentials());
     }
     DSV2_LOG(INFO) << "attention worker " << endpoint.id << " at " << endpoint.grpc_address
                    << (old != workers_.end() ? " (moved)" : " added");
@@ -147,26 +556,38 @@ void RouterService::SetWorkers(std::vector<AttentionEndpoint> endpoints) {
   }
   workers_.swap(workers);
   channels_.swap(channels);
-  if (poll_now_) poll_cv_.notify_all();
 }
 
 void RouterService::SetServing(bool serving) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   serving_ = serving;
 }
 
 void RouterService::StopAccepting() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   accepting_ = false;
 }
 
+bool RouterService::ReadyLocked() const {
+  if (!serving_ || !accepting_) return false;
+  for (const auto& [id, w] : workers_) {
+    if (w->Eligible()) return true;
+  }
+  return false;
+}
+
+bool RouterService::ready() const {
+  absl::MutexLock lock(&mutex_);
+  return ReadyLocked();
+}
+
 int64_t RouterService::active_streams() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return active_streams_;
 }
 
 std::vector<RouterWorkerView> RouterService::workers() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::vector<RouterWorkerView> views;
   for (const auto& [id, w] : workers_) {
     views.push_back({.endpoint = w->endpoint,
@@ -183,7 +604,7 @@ std::vector<RouterWorkerView> RouterService::workers() const {
 }
 
 RouterCounters RouterService::counters() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return counters_;
 }
 
@@ -216,7 +637,7 @@ std::shared_ptr<RouterService::Worker> RouterService::ChooseLocked(
 }
 
 void RouterService::MarkFailed(Worker& worker, const grpc::Status& status) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ++counters_.failures[worker.endpoint.id];
   if (!worker.failed) {
     DSV2_LOG(WARNING) << "attention worker " << worker.endpoint.id
@@ -227,210 +648,139 @@ void RouterService::MarkFailed(Worker& worker, const grpc::Status& status) {
   worker.failed_after = worker.polls_started;
 }
 
-std::unique_ptr<grpc::ClientContext> RouterService::ForwardContext(grpc::ServerContext* context,
-                                                                   bool bounded) const {
+std::unique_ptr<grpc::ClientContext> RouterService::ForwardContext(
+    const grpc::CallbackServerContext& context, const std::string& principal,
+    bool bounded) const {
   // A child of the incoming call: gRPC gives it the incoming deadline and
   // cancels it when the incoming call is cancelled, so the worker aborts the
   // request however the client goes away.
-  std::unique_ptr<grpc::ClientContext> forward = grpc::ClientContext::FromServerContext(*context);
+  std::unique_ptr<grpc::ClientContext> forward =
+      grpc::ClientContext::FromCallbackServerContext(context);
   // The child keeps the earlier of this and the incoming deadline.
   if (bounded) forward->set_deadline(std::chrono::system_clock::now() + options_.unary_timeout);
+  // Whose request it is; the worker trusts this from routers only.
+  forward->AddMetadata(kPrincipalMetadata, principal);
   return forward;
 }
 
-RouterService::Attempt RouterService::Stream(grpc::ServerContext* context,
-                                             const v1::GenerateRequest& request,
-                                             grpc::ServerWriter<v1::GenerateResponse>* writer,
-                                             Worker& worker) {
-  Attempt attempt;
-  std::unique_ptr<grpc::ClientContext> forward = ForwardContext(context, /*bounded=*/false);
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      worker.generation->Generate(forward.get(), request);
-  v1::GenerateResponse response;
-  bool client_gone = false;
-  while (reader->Read(&response)) {
-    if (client_gone) continue;  // Drained until the cancellation lands.
-    if (response.has_error()) {
-      // The last message: held until the status says whether the call is
-      // tried again elsewhere.
-      attempt.error = response;
-      continue;
-    }
-    attempt.wrote = true;
-    attempt.completed = response.has_complete();
-    if (!writer->Write(response)) {
-      // Propagation cancels the child when the incoming call is cancelled;
-      // this also covers a write that failed for another reason.
-      client_gone = true;
-      forward->TryCancel();
-    }
-  }
-  attempt.status = reader->Finish();
-  return attempt;
-}
-
-grpc::Status RouterService::Generate(grpc::ServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
-  const std::string& id = request->request_id();
+grpc::ServerWriteReactor<grpc::ByteBuffer>* RouterService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  absl::StatusOr<Caller> caller = options_.policy.Authenticate(*context);
+  if (!caller.ok()) return FinishedStream(ToGrpcStatus(caller.status()));
+  v1::GenerateRequest request;
+  absl::Status parsed = ParseMessage(*raw, &request);
+  if (parsed.ok()) parsed = CheckBounds(request);
+  if (!parsed.ok()) return FinishedStream(ToGrpcStatus(parsed));
+  CallKey key{caller->principal, request.request_id()};
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!accepting_) return Unavailable("the router is draining");
+    absl::MutexLock lock(&mutex_);
+    if (!accepting_) return FinishedStream(Unavailable("the router is draining"));
     if (!serving_) {
-      return Unavailable("cluster not ready: the cluster map is not complete");
+      return FinishedStream(Unavailable("cluster not ready: the cluster map is not complete"));
     }
-    // Ids must be unique among active calls across the cluster, not only on
-    // one worker, so that Abort finds one. An empty id is left to the
-    // worker, which rejects it.
-    if (!id.empty() && !calls_.emplace(id, ActiveCall{}).second) {
-      return grpc::Status(
+    if (active_streams_ >= options_.max_streams) {
+      return FinishedStream(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("too many open streams (", options_.max_streams, "); retry later")));
+    }
+    // Ids must be unique among a principal's active calls across the
+    // cluster, not only on one worker, so that Abort finds one.
+    if (!calls_.emplace(key, ActiveCall{}).second) {
+      return FinishedStream(grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("request_id '", id, "' is already in use by an active request"));
+          absl::StrCat("request_id '", key.second, "' is already in use by an active request")));
     }
     ++active_streams_;
   }
-  absl::Cleanup done = [&] {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!id.empty()) calls_.erase(id);
-    --active_streams_;
-  };
-
-  const int64_t tokens = EstimatedTokens(*request);
-  std::set<std::string> tried;
-  grpc::Status failure;
-  for (int round = 0; round < 2; ++round) {
-    std::shared_ptr<Worker> worker;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!id.empty() && calls_[id].aborted) {
-        // Aborted before it reached a worker (or between attempts).
-        v1::GenerateResponse aborted;
-        aborted.mutable_complete()->set_finish_reason(v1::FINISH_REASON_ABORT);
-        writer->Write(aborted);
-        return grpc::Status::OK;
-      }
-      worker = ChooseLocked(tried, tokens);
-      if (worker == nullptr) {
-        if (round > 0) break;
-        ++counters_.no_worker;
-        return Unavailable(
-            absl::StrCat("no attention worker is serving (", workers_.size(), " known)"));
-      }
-      if (round > 0) ++counters_.retries;
-      ++counters_.forwarded[worker->endpoint.id];
-      ++worker->active;
-      if (!id.empty()) calls_[id].worker = worker;
-    }
-    tried.insert(worker->endpoint.id);
-    Attempt attempt = Stream(context, *request, writer, *worker);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      --worker->active;
-    }
-    const grpc::Status& status = attempt.status;
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) MarkFailed(*worker, status);
-    if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !attempt.wrote) {
-      // Nothing reached the client, so another worker can serve the request
-      // from the start.
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!id.empty()) calls_[id].worker = nullptr;
-      }
-      failure = Unavailable(absl::StrCat("attention worker ", worker->endpoint.id,
-                                         " is unavailable: ", status.error_message()));
-      if (round == 0) {
-        DSV2_LOG(WARNING) << "request " << id << ": " << failure.error_message()
-                          << "; trying another worker";
-      }
-      continue;
-    }
-    if (attempt.error) {
-      // The worker's own account of the failure: passed on as it is.
-      writer->Write(*attempt.error);
-      return status;
-    }
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return status;
-    // The worker went away after part of the output reached the client.
-    if (attempt.completed) return grpc::Status::OK;  // All of it, in fact.
-    // Trying again elsewhere would repeat the output, so the stream ends
-    // with the failure, as an Error message and as the call's status.
-    const std::string message = absl::StrCat("attention worker ", worker->endpoint.id,
-                                             " failed mid-stream: ", status.error_message());
-    v1::GenerateResponse error;
-    error.mutable_error()->set_code(grpc::StatusCode::UNAVAILABLE);
-    error.mutable_error()->set_message(message);
-    writer->Write(error);
-    return Unavailable(message);
-  }
-  return failure;
+  auto call = std::make_shared<ForwardedCall>(this, context, std::move(key), std::move(request));
+  call->Start();
+  return call.get();
 }
 
-template <typename Call>
-grpc::Status RouterService::ForwardUnary(grpc::ServerContext* context, const char* method,
-                                         Call call) {
-  std::set<std::string> tried;
-  grpc::Status failure;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    std::shared_ptr<Worker> worker;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      worker = ChooseLocked(tried, /*tokens=*/0);
-      if (worker == nullptr) {
-        if (attempt > 0) break;
-        ++counters_.no_worker;
-        return Unavailable(
-            absl::StrCat("no attention worker is serving (", workers_.size(), " known)"));
-      }
-    }
-    tried.insert(worker->endpoint.id);
-    const grpc::Status status = call(*worker, ForwardContext(context, /*bounded=*/true).get());
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return status;
-    MarkFailed(*worker, status);
-    failure = Unavailable(absl::StrCat(method, " on attention worker ", worker->endpoint.id,
-                                       " failed: ", status.error_message()));
-  }
-  return failure;
-}
-
-grpc::Status RouterService::Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
-                                  v1::AbortResponse* response) {
+grpc::ServerUnaryReactor* RouterService::Abort(grpc::CallbackServerContext* context,
+                                               const grpc::ByteBuffer* raw,
+                                               grpc::ByteBuffer* out) {
+  absl::StatusOr<Caller> caller = options_.policy.Authenticate(*context);
+  if (!caller.ok()) return FinishUnary(context, ToGrpcStatus(caller.status()));
+  v1::AbortRequest request;
+  absl::Status parsed = ParseMessage(*raw, &request);
+  if (parsed.ok()) parsed = CheckBounds(request);
+  if (!parsed.ok()) return FinishUnary(context, ToGrpcStatus(parsed));
   std::shared_ptr<Worker> worker;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = calls_.find(request->request_id());
+    absl::MutexLock lock(&mutex_);
+    const auto it = calls_.find({caller->principal, request.request_id()});
     if (it == calls_.end()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          absl::StrCat("no active request '", request->request_id(), "'"));
+      return FinishUnary(context,
+                         grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                      absl::StrCat("no active request '", request.request_id(),
+                                                   "'")));
     }
     // Remembered, so that a call not on a worker right now is not sent to one.
     it->second.aborted = true;
     worker = it->second.worker;
   }
-  if (worker == nullptr) return grpc::Status::OK;
-  return worker->generation->Abort(ForwardContext(context, /*bounded=*/true).get(), *request,
-                                   response);
+  if (worker == nullptr) {
+    *out = SerializeMessage(v1::AbortResponse());
+    return FinishUnary(context, grpc::Status::OK);
+  }
+  // To the worker serving it, and nowhere else.
+  struct Forward {
+    std::unique_ptr<grpc::ClientContext> context;
+    v1::AbortRequest request;
+    v1::AbortResponse response;
+  };
+  auto* forward = new Forward{ForwardContext(*context, caller->principal, /*bounded=*/true),
+                              std::move(request), {}};
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  worker->generation->async()->Abort(forward->context.get(), &forward->request,
+                                     &forward->response,
+                                     [forward, reactor, out](grpc::Status status) {
+                                       if (status.ok()) *out = SerializeMessage(forward->response);
+                                       reactor->Finish(status);
+                                       delete forward;
+                                     });
+  return reactor;
 }
 
-grpc::Status RouterService::Tokenize(grpc::ServerContext* context,
-                                     const v1::TokenizeRequest* request,
-                                     v1::TokenizeResponse* response) {
-  return ForwardUnary(context, "Tokenize", [&](Worker& worker, grpc::ClientContext* forward) {
-    response->Clear();
-    return worker.generation->Tokenize(forward, *request, response);
-  });
+grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* raw,
+                                                  grpc::ByteBuffer* out) {
+  absl::StatusOr<Caller> caller = options_.policy.Authenticate(*context);
+  if (!caller.ok()) return FinishUnary(context, ToGrpcStatus(caller.status()));
+  v1::TokenizeRequest request;
+  absl::Status parsed = ParseMessage(*raw, &request);
+  if (parsed.ok()) parsed = CheckBounds(request);
+  if (!parsed.ok()) return FinishUnary(context, ToGrpcStatus(parsed));
+  using Forward = UnaryForward<v1::TokenizeRequest, v1::TokenizeResponse>;
+  return (new Forward(this, context, caller->principal, "Tokenize", std::move(request), out,
+                      [](Worker& w, grpc::ClientContext* c, const v1::TokenizeRequest* q,
+                         v1::TokenizeResponse* r, std::function<void(grpc::Status)> done) {
+                        w.generation->async()->Tokenize(c, q, r, std::move(done));
+                      }))
+      ->Start();
 }
 
-grpc::Status RouterService::GetModelInfo(grpc::ServerContext* context,
-                                         const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) {
-  return ForwardUnary(context, "GetModelInfo", [&](Worker& worker, grpc::ClientContext* forward) {
-    response->Clear();
-    return worker.generation->GetModelInfo(forward, *request, response);
-  });
+grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* raw,
+                                                      grpc::ByteBuffer* out) {
+  absl::StatusOr<Caller> caller = options_.policy.Authenticate(*context);
+  if (!caller.ok()) return FinishUnary(context, ToGrpcStatus(caller.status()));
+  v1::GetModelInfoRequest request;
+  if (absl::Status parsed = ParseMessage(*raw, &request); !parsed.ok()) {
+    return FinishUnary(context, ToGrpcStatus(parsed));
+  }
+  using Forward = UnaryForward<v1::GetModelInfoRequest, v1::ModelInfo>;
+  return (new Forward(this, context, caller->principal, "GetModelInfo", std::move(request), out,
+                      [](Worker& w, grpc::ClientContext* c, const v1::GetModelInfoRequest* q,
+                         v1::ModelInfo* r, std::function<void(grpc::Status)> done) {
+                        w.generation->async()->GetModelInfo(c, q, r, std::move(done));
+                      }))
+      ->Start();
 }
 
 void RouterService::PollLoop() {
-  std::unique_lock<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   while (!stop_) {
     std::vector<std::unique_ptr<Poll>> polls;
     const auto deadline = std::chrono::system_clock::now() + options_.load_timeout;
@@ -451,15 +801,17 @@ void RouterService::PollLoop() {
     poll_now_ = false;
     // The callback may run on this thread before GetLoad returns, and it
     // takes the mutex.
-    lock.unlock();
+    mutex_.Unlock();
     for (std::unique_ptr<Poll>& owned : polls) {
       Poll* poll = owned.release();
       poll->worker->attention->async()->GetLoad(
           &poll->context, &poll->request, &poll->response,
           [this, poll](grpc::Status status) { OnPolled(poll, status); });
     }
-    lock.lock();
-    poll_cv_.wait_for(lock, options_.load_interval, [&] { return stop_ || poll_now_; });
+    mutex_.Lock();
+    auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stop_ || poll_now_; };
+    mutex_.AwaitWithTimeout(absl::Condition(&wake),
+                            absl::FromChrono(options_.load_interval));
   }
 }
 
@@ -467,7 +819,7 @@ void RouterService::OnPolled(Poll* raw, const grpc::Status& status) {
   // Declared before the lock, so it is freed after the lock is released
   // (it may hold the last reference to a removed worker and its channel).
   std::unique_ptr<Poll> poll(raw);
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   Worker& w = *poll->worker;
   w.poll_in_flight = false;
   if (status.ok()) {
@@ -491,7 +843,6 @@ void RouterService::OnPolled(Poll* raw, const grpc::Status& status) {
     w.load_known = false;
   }
   --polls_in_flight_;
-  poll_cv_.notify_all();
 }
 
 }  // namespace dsv2

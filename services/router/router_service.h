@@ -31,24 +31,40 @@
 // worker's own Error message, passes through unchanged. A worker that failed
 // UNAVAILABLE is not chosen until it answers a poll sent after the failure.
 //
+// Trust. Every call is authenticated by `policy` (tokens, client
+// certificates); request ids are per principal, Abort reaches only the
+// caller's own requests, and the worker is told the principal
+// (`dsv2-principal` metadata, which attention workers accept from routers
+// only). Requests are bounded (api_limits.h) before they are forwarded.
+//
+// Streams. Served with the callback API: no thread per call. A worker's
+// messages wait in a per-call queue; a client that leaves more than 4 MiB of
+// them unread, or does not take one within `write_timeout`, is cut off (its
+// call cancelled, and with it the worker's). At most `max_streams` calls are
+// open at once (RESOURCE_EXHAUSTED beyond).
+//
 // Thread safety: every method may be called from any thread.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/rpc/access.h"
+#include "common/rpc/stream_watchdog.h"
 #include "dsv2/internal/attention.grpc.pb.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "services/frontend/generation_service.h"
 
 namespace dsv2 {
 
@@ -66,6 +82,12 @@ struct RouterOptions {
   // Deadline of a forwarded Abort, Tokenize or GetModelInfo call when the
   // incoming call has none (or a later one).
   std::chrono::milliseconds unary_timeout{10'000};
+  // Who may call the public API.
+  AccessPolicy policy = AccessPolicy::Open();
+  // Credentials of the channels to attention workers (null: plaintext).
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
+  int64_t max_streams = 4096;
+  absl::Duration write_timeout = absl::Seconds(30);
 };
 
 // What the router knows of one worker (for tests, logs and metrics).
@@ -90,7 +112,7 @@ struct RouterCounters {
   int64_t no_worker = 0;  // Calls refused because no worker was eligible.
 };
 
-class RouterService final : public v1::Generation::Service {
+class RouterService final : public RawGenerationService {
  public:
   explicit RouterService(RouterOptions options = {});
   // Stops the poller and waits for the polls in flight (at most
@@ -109,72 +131,78 @@ class RouterService final : public v1::Generation::Service {
   void SetServing(bool serving);
   // Refuses new Generate calls (UNAVAILABLE) for good: the router drains.
   void StopAccepting();
+  // Whether a Generate call would be forwarded now: serving, accepting, and
+  // some worker eligible (it answered its last poll, serving). Follows a
+  // worker's death within a poll (load_interval, or load_timeout if it
+  // hangs).
+  bool ready() const;
 
   // Generate calls being served now.
   int64_t active_streams() const;
   std::vector<RouterWorkerView> workers() const;
   RouterCounters counters() const;
+  // Streams cut off because their client did not read.
+  int64_t slow_readers_cut() const { return watchdog_.cancelled(); }
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
-  // Forwarded to the worker serving the request; NOT_FOUND when the router
-  // has no active call with that id.
-  grpc::Status Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
-                     v1::AbortResponse* response) override;
-  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
-                        v1::TokenizeResponse* response) override;
-  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::ModelInfo* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  // Forwarded to the worker serving the caller's request; NOT_FOUND when the
+  // caller has no active call with that id.
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
  private:
   struct Worker;
   struct Poll;
-
-  // The eligible worker with the most room, not in `exclude`; null if none.
-  // With `tokens` > 0 (a Generate call) it is charged to the worker.
-  std::shared_ptr<Worker> ChooseLocked(const std::set<std::string>& exclude, int64_t tokens);
-  // Records that a call forwarded to `worker` failed UNAVAILABLE.
-  void MarkFailed(Worker& worker, const grpc::Status& status);
-  // One forwarded attempt of a Generate call.
-  struct Attempt {
-    grpc::Status status;
-    bool wrote = false;      // A response reached the client,
-    bool completed = false;  // the last of them a Complete.
-    // The worker's Error message, not yet written.
-    std::optional<v1::GenerateResponse> error;
-  };
-  Attempt Stream(grpc::ServerContext* context, const v1::GenerateRequest& request,
-                 grpc::ServerWriter<v1::GenerateResponse>* writer, Worker& worker);
-  // A unary call on a chosen worker, once more on another after UNAVAILABLE.
-  template <typename Call>
-  grpc::Status ForwardUnary(grpc::ServerContext* context, const char* method, Call call);
-  std::unique_ptr<grpc::ClientContext> ForwardContext(grpc::ServerContext* context,
-                                                      bool bounded) const;
-
-  void PollLoop();
-  void OnPolled(Poll* poll, const grpc::Status& status);
-
-  const RouterOptions options_;
-
-  // Guards everything below.
-  mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<Worker>> workers_;          // By id.
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // By address.
+  class ForwardedCall;
+  template <typename Request, typename Response>
+  class UnaryForward;
+  // (principal, request id)
+  using CallKey = std::pair<std::string, std::string>;
   // An active Generate call: the worker serving it (null before it is
   // forwarded and between attempts) and whether Abort asked to end it.
   struct ActiveCall {
     std::shared_ptr<Worker> worker;
     bool aborted = false;
   };
-  std::map<std::string, ActiveCall> calls_;  // By request id; guarded by mutex_.
-  bool serving_ = false;
-  bool accepting_ = true;
-  int64_t active_streams_ = 0;
-  RouterCounters counters_;
-  bool poll_now_ = false;
-  bool stop_ = false;
-  int64_t polls_in_flight_ = 0;
-  std::condition_variable poll_cv_;  // poll_now_, stop_ or polls_in_flight_ changed.
+
+  // The eligible worker with the most room, not in `exclude`; null if none.
+  // With `tokens` > 0 (a Generate call) it is charged to the worker.
+  std::shared_ptr<Worker> ChooseLocked(const std::set<std::string>& exclude, int64_t tokens)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Records that a call forwarded to `worker` failed UNAVAILABLE.
+  void MarkFailed(Worker& worker, const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mutex_);
+  // A client context for a call forwarded on behalf of `context`'s caller.
+  std::unique_ptr<grpc::ClientContext> ForwardContext(const grpc::CallbackServerContext& context,
+                                                      const std::string& principal,
+                                                      bool bounded) const;
+
+  void PollLoop();
+  void OnPolled(Poll* poll, const grpc::Status& status);
+
+  const RouterOptions options_;
+  StreamWatchdog watchdog_;
+
+  mutable absl::Mutex mutex_;
+  std::map<std::string, std::shared_ptr<Worker>> workers_ ABSL_GUARDED_BY(mutex_);  // By id.
+  // By address.
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mutex_);
+  std::map<CallKey, ActiveCall> calls_ ABSL_GUARDED_BY(mutex_);
+  bool serving_ ABSL_GUARDED_BY(mutex_) = false;
+  bool accepting_ ABSL_GUARDED_BY(mutex_) = true;
+  int64_t active_streams_ ABSL_GUARDED_BY(mutex_) = 0;
+  RouterCounters counters_ ABSL_GUARDED_BY(mutex_);
+  bool poll_now_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
+  int64_t polls_in_flight_ ABSL_GUARDED_BY(mutex_) = 0;
 
   std::thread poller_;
 };

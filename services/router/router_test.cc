@@ -15,6 +15,7 @@
 #include "common/model/routed_experts.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "gtest/gtest.h"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/load_service.h"
@@ -90,32 +91,21 @@ class GatedExperts final : public RoutedExperts {
 };
 
 // Counts the Generate and Abort calls a worker receives and the deadline of
-// the last Generate, then serves them with the real service.
-class RecordingGeneration final : public v1::Generation::Service {
+// the last Generate: a server interceptor factory that looks at every call
+// as it starts and leaves it to the real service.
+class RecordingGeneration final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit RecordingGeneration(v1::Generation::Service* inner) : inner_(inner) {}
-
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    const std::string method = info->method();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (method == "/dsv2.v1.Generation/Generate") {
       ++generate_calls_;
-      deadline_ = context->deadline();
+      deadline_ = info->server_context()->deadline();
+    } else if (method == "/dsv2.v1.Generation/Abort") {
+      ++abort_calls_;
     }
-    return inner_->Generate(context, request, writer);
-  }
-  grpc::Status Abort(grpc::ServerContext* context, const v1::AbortRequest* request,
-                     v1::AbortResponse* response) override {
-    ++abort_calls_;
-    return inner_->Abort(context, request, response);
-  }
-  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
-                        v1::TokenizeResponse* response) override {
-    return inner_->Tokenize(context, request, response);
-  }
-  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::ModelInfo* response) override {
-    return inner_->GetModelInfo(context, request, response);
+    return nullptr;
   }
 
   int64_t generate_calls() {
@@ -126,14 +116,16 @@ class RecordingGeneration final : public v1::Generation::Service {
     std::lock_guard<std::mutex> lock(mutex_);
     return deadline_;
   }
-  int64_t abort_calls() const { return abort_calls_.load(); }
+  int64_t abort_calls() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return abort_calls_;
+  }
 
  private:
-  v1::Generation::Service* inner_;
   std::mutex mutex_;
   int64_t generate_calls_ = 0;
   std::chrono::system_clock::time_point deadline_;
-  std::atomic<int64_t> abort_calls_{0};
+  int64_t abort_calls_ = 0;
 };
 
 StreamResult Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request,
@@ -158,13 +150,19 @@ class Worker {
     EXPECT_TRUE(text.ok()) << text.status();
     text_ = *std::move(text);
     engine_ = std::make_unique<Engine>(model_.get(), text_.get(), options);
-    generation_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), kModel);
-    recording_ = std::make_unique<RecordingGeneration>(generation_.get());
+    generation_ = std::make_unique<GenerationService>(
+        engine_.get(), text_.get(), kModel,
+        GenerationServiceOptions{.trust_forwarded_principal = true});
     load_ = std::make_unique<LoadService>(engine_.get(), [this] { return serving.load(); });
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(recording_.get());
+    builder.RegisterService(generation_.get());
     builder.RegisterService(load_.get());
+    auto recording = std::make_unique<RecordingGeneration>();
+    recording_ = recording.get();
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+    factories.push_back(std::move(recording));
+    builder.experimental().SetInterceptorCreators(std::move(factories));
     server_ = builder.BuildAndStart();
     EXPECT_NE(port_, 0);
     stub_ =
@@ -201,7 +199,7 @@ class Worker {
   std::unique_ptr<TextFrontend> text_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<GenerationService> generation_;
-  std::unique_ptr<RecordingGeneration> recording_;
+  RecordingGeneration* recording_ = nullptr;  // Owned by the server.
   std::unique_ptr<LoadService> load_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;

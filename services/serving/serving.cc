@@ -30,6 +30,13 @@ ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running requests may t
 ABSL_FLAG(double, stall_timeout_s, 60,
           "Health turns NOT_SERVING when work is pending and no step finished for this long.");
 ABSL_FLAG(bool, prefault, true, "Read the weights this process needs into memory before serving.");
+ABSL_FLAG(int64_t, max_streams, 0,
+          "Generate streams open at once, at most, read by their clients or not (0: "
+          "--max_num_seqs + --max_waiting); more get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(double, stream_write_timeout_s, 30,
+          "A client that does not take a message of its stream for this long is cut off.");
+ABSL_FLAG(int64_t, stream_backlog_mib, 4,
+          "A client whose stream has more than this much output waiting is cut off.");
 
 namespace dsv2 {
 
@@ -67,6 +74,21 @@ absl::StatusOr<DType> DataPlaneDTypeFromFlag() {
   if (name == "f32") return DType::kF32;
   return absl::InvalidArgumentError(
       absl::StrCat("--data_plane_dtype must be bf16 or f32, not '", name, "'"));
+}
+
+absl::StatusOr<GenerationServiceOptions> StreamOptionsFromFlags(const EngineOptions& engine) {
+  GenerationServiceOptions options;
+  options.max_streams = absl::GetFlag(FLAGS_max_streams);
+  if (options.max_streams == 0) options.max_streams = engine.max_num_seqs + engine.max_waiting;
+  const double write_timeout = absl::GetFlag(FLAGS_stream_write_timeout_s);
+  const int64_t backlog = absl::GetFlag(FLAGS_stream_backlog_mib);
+  if (options.max_streams < 1 || !(write_timeout > 0) || backlog < 1) {
+    return absl::InvalidArgumentError(
+        "--max_streams must be >= 0, --stream_write_timeout_s > 0 and --stream_backlog_mib >= 1");
+  }
+  options.write_timeout = absl::Seconds(write_timeout);
+  options.max_backlog_bytes = static_cast<size_t>(backlog) << 20;
+  return options;
 }
 
 bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* expert) {
@@ -127,10 +149,12 @@ int ServeEngine(const ServeParams& params) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  ConfigureServer(&builder);
   int port = 0;
-  builder.AddListeningPort(params.listen, grpc::InsecureServerCredentials(), &port);
-  AllowClientKeepalive(&builder);
-  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.AddListeningPort(params.listen,
+                           params.credentials ? params.credentials
+                                              : grpc::InsecureServerCredentials(),
+                           &port);
   builder.RegisterService(params.generation);
   for (grpc::Service* service : params.services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

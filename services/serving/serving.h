@@ -30,6 +30,11 @@ absl::StatusOr<EngineOptions> EngineOptionsFromFlags(const ModelConfig& config);
 // plane (bf16 or f32).
 absl::StatusOr<DType> DataPlaneDTypeFromFlag();
 
+// The stream bounds of the --max_streams, --stream_write_timeout_s and
+// --stream_backlog_mib flags (policy and principal forwarding are the
+// caller's). InvalidArgument names a bad flag.
+absl::StatusOr<GenerationServiceOptions> StreamOptionsFromFlags(const EngineOptions& engine);
+
 // Whether a checkpoint tensor belongs to a routed expert; if so, its layer
 // and expert.
 bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* expert);
@@ -43,6 +48,7 @@ struct ServeParams {
   std::string program;  // For messages: "dsv2-standalone".
   std::string model_dir;
   std::string listen;   // host:port; port 0: the OS chooses.
+  std::shared_ptr<grpc::ServerCredentials> credentials;  // Null: plaintext.
   std::string port_file;
   Engine* engine = nullptr;
   GenerationService* generation = nullptr;  // Over `engine`; its health follows the engine.

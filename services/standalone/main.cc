@@ -12,9 +12,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
+#include "common/rpc/security_flags.h"
 #include "common/transport/inprocess_transport.h"
 #include "services/frontend/generation_service.h"
 #include "services/frontend/load_service.h"
@@ -35,6 +37,13 @@ int Serve() {
     std::cerr << "dsv2-standalone: --model is required (see --help)\n";
     return 2;
   }
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  absl::StatusOr<RpcSecurity> security =
+      RpcSecurityFromFlags({.public_api = true, .api_listen = listen});
+  if (!security.ok()) {
+    std::cerr << "dsv2-standalone: " << security.status().message() << "\n";
+    return 2;
+  }
   auto model = LoadModelForServing(model_dir);
   if (!model.ok()) {
     std::cerr << "dsv2-standalone: cannot load " << model_dir << ": " << model.status().message()
@@ -45,11 +54,14 @@ int Serve() {
   std::atomic<bool> fatal{false};
   auto options = EngineOptionsFromFlags(config);
   auto dtype = DataPlaneDTypeFromFlag();
-  if (!options.ok() || !dtype.ok()) {
+  auto streams = options.ok() ? StreamOptionsFromFlags(*options)
+                              : absl::StatusOr<GenerationServiceOptions>(options.status());
+  if (!streams.ok() || !dtype.ok()) {
     std::cerr << "dsv2-standalone: "
-              << (options.ok() ? dtype.status() : options.status()).message() << "\n";
+              << (streams.ok() ? dtype.status() : streams.status()).message() << "\n";
     return 2;
   }
+  streams->policy = security->ApiPolicy();
   options->on_fatal = [&fatal](const absl::Status&) { fatal = true; };
   auto text = TextFrontend::LoadIfPresent(model_dir);
   if (!text.ok()) {
@@ -80,14 +92,19 @@ int Serve() {
   }
 
   Engine engine(model->get(), text->get(), *options);
-  GenerationService generation(&engine, text->get(), model_dir);
-  LoadService load(&engine, [] { return true; }, [&](internal::DataPlaneStats* stats) {
-    FillDataPlaneStats(*experts, **attention_side, stats);
-  });
+  GenerationService generation(&engine, text->get(), model_dir, *streams);
+  LoadService load(
+      &engine, [] { return true; },
+      [&](internal::DataPlaneStats* stats) {
+        FillDataPlaneStats(*experts, **attention_side, stats);
+      },
+      security->ApiPolicy());
+  DSV2_LOG(INFO) << "dsv2-standalone: " << security->Describe();
   const int code = ServeEngine({
       .program = "dsv2-standalone",
       .model_dir = model_dir,
-      .listen = absl::GetFlag(FLAGS_listen),
+      .listen = listen,
+      .credentials = security->ApiServerCredentials(),
       .port_file = absl::GetFlag(FLAGS_port_file),
       .engine = &engine,
       .generation = &generation,

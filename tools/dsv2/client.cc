@@ -9,16 +9,17 @@
 #include "grpcpp/grpcpp.h"
 #include "tools/dsv2/args.h"
 #include "tools/dsv2/commands.h"
+#include "tools/dsv2/connection.h"
 #include "tools/dsv2/request_flags.h"
 
 namespace dsv2::cli {
 
 absl::Status Client(std::span<const std::string> argv, std::ostream& out) {
-  std::vector<FlagSpec> flags = {
-      {"addr", true, "server address (default 127.0.0.1:50051)"},
+  std::vector<FlagSpec> flags = ConnectionFlags();
+  flags.insert(flags.end(), {
       {"timeout", true, "call deadline in seconds (default 600)"},
       {"stats", false, "print the finish reason, usage and speed to standard error"},
-  };
+  });
   for (FlagSpec& flag : RequestFlags()) flags.push_back(std::move(flag));
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(v1::GenerateRequest request, BuildRequest(args));
@@ -26,13 +27,13 @@ absl::Status Client(std::span<const std::string> argv, std::ostream& out) {
   request.set_request_id(absl::StrFormat("dsv2-client-%d-%d", getpid(),
                                          std::chrono::system_clock::now().time_since_epoch().count()));
 
-  const std::string addr = args.Get("addr").value_or("127.0.0.1:50051");
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
+  ASSIGN_OR_RETURN(Connection connection, Connect(args));
+  const std::string& addr = connection.address;
+  auto stub = v1::Generation::NewStub(connection.channel);
+  std::unique_ptr<grpc::ClientContext> context =
+      connection.NewContext(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
   const auto start = std::chrono::steady_clock::now();
-  auto reader = stub->Generate(&context, request);
+  auto reader = stub->Generate(context.get(), request);
   OutputPrinter printer(request, out);
   v1::GenerateResponse response;
   v1::Complete complete;

@@ -1,0 +1,76 @@
+#include "common/rpc/stream_watchdog.h"
+
+#include <vector>
+
+namespace dsv2 {
+
+StreamWatchdog::StreamWatchdog(absl::Duration timeout)
+    : timeout_(timeout), thread_([this] { Loop(); }) {}
+
+StreamWatchdog::~StreamWatchdog() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+void StreamWatchdog::Arm(const std::shared_ptr<Guard>& guard) {
+  absl::MutexLock lock(&mutex_);
+  armed_.erase({guard->deadline_, guard});
+  guard->deadline_ = absl::Now() + timeout_;
+  armed_.insert({guard->deadline_, guard});
+}
+
+void StreamWatchdog::Disarm(const std::shared_ptr<Guard>& guard) {
+  absl::MutexLock lock(&mutex_);
+  armed_.erase({guard->deadline_, guard});
+  guard->deadline_ = absl::InfiniteFuture();
+}
+
+void StreamWatchdog::Forget(const std::shared_ptr<Guard>& guard) {
+  Disarm(guard);
+  absl::MutexLock lock(&guard->mutex_);
+  guard->context_ = nullptr;
+}
+
+void StreamWatchdog::CancelNow(const std::shared_ptr<Guard>& guard) {
+  Disarm(guard);
+  {
+    absl::MutexLock lock(&mutex_);
+    ++cancelled_;
+  }
+  absl::MutexLock lock(&guard->mutex_);
+  if (guard->context_ != nullptr) guard->context_->TryCancel();
+}
+
+int64_t StreamWatchdog::cancelled() const {
+  absl::MutexLock lock(&mutex_);
+  return cancelled_;
+}
+
+void StreamWatchdog::Loop() {
+  absl::MutexLock lock(&mutex_);
+  while (!stop_) {
+    const absl::Time next = armed_.empty() ? absl::Now() + absl::Milliseconds(200)
+                                           : armed_.begin()->first;
+    mutex_.AwaitWithDeadline(absl::Condition(&stop_), std::min(next, absl::Now() + absl::Seconds(1)));
+    if (stop_) break;
+    std::vector<std::shared_ptr<Guard>> expired;
+    const absl::Time now = absl::Now();
+    while (!armed_.empty() && armed_.begin()->first <= now) {
+      expired.push_back(armed_.begin()->second);
+      expired.back()->deadline_ = absl::InfiniteFuture();
+      armed_.erase(armed_.begin());
+      ++cancelled_;
+    }
+    mutex_.Unlock();
+    for (const std::shared_ptr<Guard>& guard : expired) {
+      absl::MutexLock guard_lock(&guard->mutex_);
+      if (guard->context_ != nullptr) guard->context_->TryCancel();
+    }
+    mutex_.Lock();
+  }
+}
+
+}  // namespace dsv2
