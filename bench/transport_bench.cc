@@ -56,7 +56,7 @@ using transport::UcxTransportOptions;
 
 UcxTransportOptions::Mode ModeFor(const std::string& transport) {
   return transport == "shm" ? UcxTransportOptions::Mode::kLocal
-                            : UcxTransportOptions::Mode::kListener;
+                            : UcxTransportOptions::Mode::kTcp;
 }
 
 const char* TlsFor(const std::string& transport) { return transport == "shm" ? "sm" : "tcp"; }

@@ -444,7 +444,7 @@ class Cluster {
     return ChannelTlsCredentials(TlsFiles{.ca = certs_->ca()});
   }
   // The test certificates (null without TLS).
-  const TestCerts* certs() const { return certs_ ? &*certs_ : nullptr; }
+  TestCerts* certs() { return certs_ ? &*certs_ : nullptr; }
 
   std::shared_ptr<grpc::Channel> RouterChannel() {
     return grpc::CreateChannel(router_->address(), ClientCredentials());

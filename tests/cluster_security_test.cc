@@ -4,12 +4,22 @@
 // are reached without credentials, with the wrong ones and with garbage.
 // Every attack must get a precise refusal, and the cluster must go on
 // serving the same outputs.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/rpc/tls.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -201,6 +211,113 @@ TEST(ClusterSecurityTest, AttentionWorkersServeRoutersOnly) {
   internal::Load load;
   EXPECT_TRUE(cluster.Load(cluster.attention(0), &load).ok());
   EXPECT_TRUE(load.serving());
+}
+
+// The TCP sockets process `pid` listens on, as "IP:PORT" (IPv6: "[v6]:PORT").
+std::set<std::string> ListeningSockets(pid_t pid) {
+  std::set<std::string> inodes;
+  std::error_code ec;
+  for (const auto& fd :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code ignored;
+    const std::string target = std::filesystem::read_symlink(fd.path(), ignored).string();
+    if (target.starts_with("socket:[")) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::set<std::string> listening;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string sl, local, remote, state, queues, tr, retr, uid, timeout, inode;
+      fields >> sl >> local >> remote >> state >> queues >> tr >> retr >> uid >> timeout >> inode;
+      if (state != "0A" || !inodes.contains(inode)) continue;
+      const std::string hex_ip = local.substr(0, local.find(':'));
+      const int port = std::stoi(local.substr(local.find(':') + 1), nullptr, 16);
+      if (hex_ip.size() == 8) {
+        const uint32_t ip = static_cast<uint32_t>(std::stoul(hex_ip, nullptr, 16));
+        listening.insert(absl::StrCat(ip & 0xff, ".", (ip >> 8) & 0xff, ".", (ip >> 16) & 0xff,
+                                      ".", ip >> 24, ":", port));
+      } else if (hex_ip == "0000000000000000FFFF00000100007F") {  // ::ffff:127.0.0.1
+        listening.insert(absl::StrCat("127.0.0.1:", port));
+      } else {
+        listening.insert(absl::StrCat("[", hex_ip, "]:", port));
+      }
+    }
+  }
+  return listening;
+}
+
+// Connects to `host_port`, sends `bytes`, and closes.
+void SendGarbage(const std::string& host_port, const std::string& bytes) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port =
+      htons(static_cast<uint16_t>(std::stoi(host_port.substr(host_port.find(':') + 1))));
+  inet_pton(AF_INET, host_port.substr(0, host_port.find(':')).c_str(), &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    [[maybe_unused]] ssize_t n = write(fd, bytes.data(), bytes.size());
+  }
+  close(fd);
+}
+
+std::vector<int32_t> GreedyTokens(Cluster& cluster, const std::string& id) {
+  auto stub = v1::Generation::NewStub(cluster.RouterChannel());
+  auto context = Context();
+  auto reader = stub->Generate(context.get(), Greedy(id, {0, 7, 8, 9}, 12));
+  const StreamResult r = ReadStream(*reader);
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  return r.tokens;
+}
+
+TEST(ClusterSecurityTest, EveryPortListensOnlyWhereAnnouncedAndTakesGarbage) {
+  Cluster cluster({.binaries = kBinaries, .model = kTinyV2, .attention = 1, .experts = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  const std::vector<int32_t> before = GreedyTokens(cluster, "before");
+  internal::ClusterMap map;
+  ASSERT_TRUE(cluster.GetMap(&map).ok());
+
+  // What each process announces: its gRPC port, and for workers the
+  // host:port of its data-plane address (ucx://HOST:PORT/...).
+  std::vector<std::string> every_port;
+  for (testutil::ChildProcess* p : cluster.All()) {
+    std::set<std::string> announced = {p->address()};
+    if (const internal::Worker* w = FindWorker(map, p->name())) {
+      const std::string data = w->info().data_address();
+      ASSERT_TRUE(data.starts_with("ucx://")) << data;
+      announced.insert(data.substr(6, data.find('/', 6) - 6));
+    }
+    const std::set<std::string> listening = ListeningSockets(p->pid());
+    EXPECT_EQ(listening, announced) << p->name();
+    every_port.insert(every_port.end(), listening.begin(), listening.end());
+  }
+  EXPECT_EQ(every_port.size(), 1u + 1u + 2u * 1u + 2u * 2u) << "controller, router, workers";
+
+  // The 16 bytes that aborted UCX 1.13's connection manager, an HTTP/2
+  // preface with garbage after it, a TLS ClientHello cut short, and random
+  // bytes, to every port.
+  std::vector<std::string> attacks = {
+      std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x01\x01\x01\x01\x01\x01\x01\x01", 16),
+      std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
+      std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11),
+      std::string(100000, '\xa5')};
+  std::mt19937 rng(3);
+  for (int i = 0; i < 20; ++i) {
+    std::string bytes(1 + rng() % 5000, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    attacks.push_back(bytes);
+  }
+  for (const std::string& port : every_port) {
+    for (const std::string& bytes : attacks) SendGarbage(port, bytes);
+  }
+
+  // Nobody died, nothing changed, the same tokens come out.
+  for (testutil::ChildProcess* p : cluster.All()) EXPECT_TRUE(p->running()) << p->Describe();
+  ASSERT_TRUE(cluster.WaitReady());
+  EXPECT_EQ(GreedyTokens(cluster, "after"), before);
 }
 
 }  // namespace

@@ -20,6 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "common/cluster/control_client.h"
+#include "common/model/config.h"
+#include "common/rpc/tls.h"
 #include "common/transport/frame.h"
 #include "common/transport/message.h"
 #include "common/transport/transport.h"
@@ -615,7 +618,10 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
 
 // Garbage and malformed frames sent to an expert worker's data address are
 // dropped or answered INVALID_ARGUMENT; the worker lives on and the cluster
-// keeps serving the same outputs.
+// keeps serving the same outputs. The sender is a member of the cluster (an
+// attention worker with a certificate, registered, holding the data-plane
+// key): what a compromised worker could do. A sender outside the map, or
+// without the key, is not even answered.
 TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
   using transport::FrameHeader;
   using transport::FrameType;
@@ -625,14 +631,36 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
   ASSERT_TRUE(cluster.WaitReady());
   ExpectRouterServesStandaloneOutputs(cluster, Requests("before", kPrompts, 8), reference);
 
+  // Joins as attention worker "prober": registered, renewing its lease,
+  // and sealing with the key from its map.
+  ASSERT_TRUE(cluster.certs()->Make("attention", "prober"));
+  auto sender = transport::UcxTransport::Create({.id = 0x5eed});
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(std::string(kTinyV2) + "/config.json");
+  ASSERT_TRUE(config.ok());
+  std::unique_ptr<ControlClient> membership = ControlClient::Start(
+      {.controller = cluster.controller_address(),
+       .self = WorkerInfo{.id = "prober",
+                          .role = WorkerRole::kAttention,
+                          .grpc_address = "127.0.0.1:9",
+                          .data_address = (*sender)->address(),
+                          .capacity = 64,
+                          .peer_id = (*sender)->id()},
+       .credentials = ChannelTlsCredentials(cluster.certs()->Files("prober"))},
+      *config, [&](const ClusterMap& map) {
+        if (map.data_plane_key.empty()) return;
+        transport::FrameKey key{.id = map.epoch};
+        std::copy(map.data_plane_key.begin(), map.data_plane_key.end(), key.secret.begin());
+        (*sender)->SetFrameKeys({key});
+      });
+  ASSERT_TRUE(membership->WaitForMap(
+      [](const ClusterMap& m) {
+        const ClusterMap::Worker* me = m.Find("prober");
+        return me != nullptr && me->state == WorkerState::kAlive && !m.data_plane_key.empty();
+      },
+      absl::Seconds(10)));
   internal::ClusterMap map;
   ASSERT_TRUE(cluster.GetMap(&map).ok());
-  const internal::Worker* attention = FindWorker(map, "attention-1");
-  ASSERT_NE(attention, nullptr);
-  // The expert workers serve the map's members only: send as the attention
-  // worker does, so that malformed dispatches reach the expert server.
-  auto sender = transport::UcxTransport::Create({.id = attention->info().peer_id()});
-  ASSERT_TRUE(sender.ok()) << sender.status();
   const uint32_t hidden = static_cast<uint32_t>(ConfigValue(kTinyV2, "hidden_size"));
   const int32_t experts = static_cast<int32_t>(ConfigValue(kTinyV2, "n_routed_experts"));
   const uint32_t layers = static_cast<uint32_t>(ConfigValue(kTinyV2, "num_hidden_layers"));
@@ -668,7 +696,7 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
     EXPECT_TRUE(
         (*sender)->SendRawForTesting(address, absl::MakeConstSpan(garbage).first(10), {}).ok());
     transport::Message valid = dispatch(moe_layer, hidden, good_ids, good_weights);
-    valid.header.sender = attention->info().peer_id();
+    valid.header.sender = (*sender)->id();
     transport::EncodedHeader header = transport::EncodeHeader(valid.header);
     std::vector<uint8_t> bytes(header.begin(), header.end());
     bytes[33] ^= 0x40;  // token_count, under the checksum.
@@ -683,7 +711,7 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
     EXPECT_TRUE((*sender)->SendRawForTesting(address, bytes, valid.payload.span()).ok());
     // A well-formed dispatch from a sender outside the cluster.
     FrameHeader stranger = valid.header;
-    stranger.sender = attention->info().peer_id() ^ 0x5a5a5a5a;
+    stranger.sender = (*sender)->id() ^ 0x5a5a5a5a;
     header = transport::EncodeHeader(stranger);
     EXPECT_TRUE((*sender)->SendRawForTesting(address, header, valid.payload.span()).ok());
     // A combine and an error frame nobody asked for.
@@ -736,6 +764,20 @@ TEST(ClusterTest, MalformedDataPlaneMessagesDoNotHurtExpertWorkers) {
     EXPECT_EQ(reply->header.token_count, kTokens);
   }
   const transport::TransportCounters counters = (*sender)->counters();
+
+  // An outsider with the prober's id but no key: not even answered.
+  auto outsider = transport::UcxTransport::Create({.id = (*sender)->id()});
+  ASSERT_TRUE(outsider.ok());
+  for (const internal::Worker& worker : map.workers()) {
+    if (worker.info().role() != internal::ROLE_EXPERT) continue;
+    EXPECT_EQ(transport::CallAndWait(**outsider, worker.info().data_address(),
+                                     dispatch(moe_layer, hidden, good_ids, good_weights),
+                                     absl::Milliseconds(300))
+                  .status()
+                  .code(),
+              absl::StatusCode::kDeadlineExceeded);
+  }
+  membership->Stop();
   (*sender)->Shutdown();
 
   ExpectAllAliveBut(cluster, {});

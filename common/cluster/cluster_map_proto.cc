@@ -5,9 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
+#include "common/rpc/identity.h"
 
 namespace dsv2 {
 namespace {
+
+constexpr size_t kMaxGrpcAddressBytes = 256;
+constexpr size_t kMaxDataAddressBytes = 4096;
 
 internal::WorkerState ToProto(WorkerState state) {
   switch (state) {
@@ -62,6 +66,17 @@ absl::StatusOr<WorkerInfo> FromProto(const internal::WorkerInfo& info) {
       return absl::InvalidArgumentError(
           absl::StrCat("worker ", info.worker_id(), ": role must be attention or expert"));
   }
+  if (!IsValidWorkerId(info.worker_id())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_id '", info.worker_id().substr(0, 128),
+                     "' must be 1 to 128 bytes of [A-Za-z0-9._@:-]"));
+  }
+  if (info.grpc_address().size() > kMaxGrpcAddressBytes ||
+      info.data_address().size() > kMaxDataAddressBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker ", info.worker_id(), ": grpc_address and data_address may have at most ",
+        kMaxGrpcAddressBytes, " and ", kMaxDataAddressBytes, " bytes"));
+  }
   out.id = info.worker_id();
   out.grpc_address = info.grpc_address();
   out.data_address = info.data_address();
@@ -75,6 +90,7 @@ internal::ClusterMap ToProto(const ClusterMap& map) {
   out.set_epoch(map.epoch);
   out.set_version(map.version);
   out.set_complete(map.complete);
+  out.set_data_plane_key(map.data_plane_key);
   for (const ClusterMap::Worker& w : map.workers) {
     internal::Worker* worker = out.add_workers();
     *worker->mutable_info() = ToProto(w.info);
@@ -95,6 +111,12 @@ absl::StatusOr<ClusterMap> FromProto(const internal::ClusterMap& map, const Mode
   out.epoch = map.epoch();
   out.version = map.version();
   out.complete = map.complete();
+  if (!map.data_plane_key().empty() && map.data_plane_key().size() != 32) {
+    return absl::InvalidArgumentError(absl::StrCat("the data-plane key has ",
+                                                   map.data_plane_key().size(),
+                                                   " bytes, not 32"));
+  }
+  out.data_plane_key = map.data_plane_key();
   std::map<std::string, const ClusterMap::Worker*> by_id;
   for (const internal::Worker& w : map.workers()) {
     ClusterMap::Worker worker;

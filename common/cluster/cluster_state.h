@@ -71,6 +71,9 @@ struct ClusterMap {
   ExpertPlacement placement;
   // There is a slot and every unit has at least one ALIVE worker.
   bool complete = false;
+  // The data plane's key of this epoch, as the controller sent it to this
+  // worker (empty: none; routers never get it). Not part of ClusterState.
+  std::string data_plane_key;
 
   // Is this map newer than (epoch, version)? A map of another epoch (a
   // restarted controller) always is.

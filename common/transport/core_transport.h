@@ -19,7 +19,7 @@ class CoreTransport : public Transport {
   std::string address() const override;
   PeerId id() const override;
   void SetRequestHandler(RequestHandler handler) override;
-  void SetAllowedPeers(absl::flat_hash_set<PeerId> peers) override;
+  void SetAllowedPeers(AllowedPeers peers) override;
   void AllowAllPeers() override;
   MessageBuffer AllocatePayload(size_t bytes) override;
   void Call(std::string_view peer_address, Message request, absl::Time deadline,

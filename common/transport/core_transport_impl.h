@@ -23,7 +23,7 @@ void CoreTransport<Core>::SetRequestHandler(RequestHandler handler) {
   core_->dispatcher().SetHandler(std::move(handler));
 }
 template <typename Core>
-void CoreTransport<Core>::SetAllowedPeers(absl::flat_hash_set<PeerId> peers) {
+void CoreTransport<Core>::SetAllowedPeers(AllowedPeers peers) {
   core_->dispatcher().filter().Set(std::move(peers));
 }
 template <typename Core>

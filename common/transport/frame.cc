@@ -137,7 +137,7 @@ EncodedHeader EncodeHeader(const FrameHeader& header) {
   Store<uint32_t>(p, kOffTopK, header.top_k);
   Store<uint32_t>(p, kOffSender, header.sender);
   Store<uint64_t>(p, kOffPayloadLength, header.payload_length);
-  Store<uint32_t>(p, kOffFlags, 0);
+  Store<uint32_t>(p, kOffFlags, header.flags);
   Store<uint32_t>(p, kOffCrc, Crc32c(absl::MakeConstSpan(p, kOffCrc)));
   return out;
 }
@@ -161,11 +161,13 @@ absl::StatusOr<FrameHeader> DecodeHeader(absl::Span<const uint8_t> bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "frame header checksum 0x", absl::Hex(stored_crc), " does not match 0x", absl::Hex(crc)));
   }
-  if (const uint32_t flags = Load<uint32_t>(p, kOffFlags); flags != 0) {
+  const uint32_t flags = Load<uint32_t>(p, kOffFlags);
+  if ((flags & ~kFrameFlagSealed) != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("frame flags 0x", absl::Hex(flags), " use reserved bits"));
   }
   FrameHeader header;
+  header.flags = flags;
   const uint8_t type = Load<uint8_t>(p, kOffType);
   if (type < static_cast<uint8_t>(FrameType::kDispatch) ||
       type > static_cast<uint8_t>(FrameType::kError)) {

@@ -24,7 +24,7 @@
 //       40    4 top_k           K: expert slots per token (dispatch only)
 //       44    4 sender          worker id of the sender (cluster-map index)
 //       48    8 payload_length  bytes after the header
-//       56    4 flags           reserved, must be 0
+//       56    4 flags           bit 0: sealed (kFrameFlagSealed); others reserved, 0
 //       60    4 header_crc32c   CRC-32C of bytes [0, 60)
 //
 // Payloads:
@@ -64,6 +64,9 @@ namespace dsv2::transport {
 inline constexpr uint32_t kFrameMagic = 0x32565344;  // "DSV2" read as little-endian.
 inline constexpr uint16_t kFrameVersion = 1;
 inline constexpr size_t kFrameHeaderSize = 64;
+// The payload is encrypted and the frame authenticated by a seal that
+// follows the header (common/transport/frame_seal.h).
+inline constexpr uint32_t kFrameFlagSealed = 1;
 
 // Limits a decoder enforces before it trusts any count. They bound every
 // size computation far below uint64 overflow.
@@ -92,6 +95,7 @@ struct FrameHeader {
   uint32_t top_k = 0;
   uint32_t sender = 0;
   uint64_t payload_length = 0;
+  uint32_t flags = 0;  // kFrameFlagSealed or 0.
 
   bool operator==(const FrameHeader&) const = default;
 };
@@ -103,7 +107,7 @@ using EncodedHeader = std::array<uint8_t, kFrameHeaderSize>;
 EncodedHeader EncodeHeader(const FrameHeader& header);
 
 // Parses and validates 64 header bytes: size, magic, version, checksum, type,
-// reserved flags, dtype, counts within limits and consistent with the type,
+// flags (only kFrameFlagSealed may be set), dtype, counts within limits and consistent with the type,
 // and payload_length equal to the length the counts imply. Every failure is
 // InvalidArgument naming the field and value.
 absl::StatusOr<FrameHeader> DecodeHeader(absl::Span<const uint8_t> bytes);

@@ -124,8 +124,16 @@ TEST(FrameTest, RejectsUnknownTypeDTypeAndFlags) {
               HasSubstr("dtype 0"));
   EXPECT_THAT(DecodeStatus(WithField<uint8_t>(DispatchHeader(), 7, 9)).message(),
               HasSubstr("dtype 9"));
-  EXPECT_THAT(DecodeStatus(WithField<uint32_t>(DispatchHeader(), 56, 1)).message(),
+  EXPECT_THAT(DecodeStatus(WithField<uint32_t>(DispatchHeader(), 56, 2)).message(),
               HasSubstr("reserved"));
+  EXPECT_THAT(DecodeStatus(WithField<uint32_t>(DispatchHeader(), 56, 0x80000001u)).message(),
+              HasSubstr("reserved"));
+  // Bit 0 marks a sealed frame.
+  FrameHeader sealed = DispatchHeader();
+  sealed.flags = kFrameFlagSealed;
+  absl::StatusOr<FrameHeader> decoded = DecodeHeader(EncodeHeader(sealed));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->flags, kFrameFlagSealed);
 }
 
 TEST(FrameTest, RejectsCountsOutsideLimits) {

@@ -14,6 +14,7 @@ std::string TransportCounters::ToString() const {
       calls_failed, " failed (", timeouts, " timeouts, ", peer_failures,
       " peer failures), dropped: ", late_replies_dropped, " late, ", malformed_dropped,
       " malformed, ", unexpected_dropped, " unexpected, ", disallowed_dropped, " disallowed, ",
+      unauthenticated_dropped, " unauthenticated, ",
       overload_dropped, " overload, ", responses_dropped, " responses; ", error_replies_sent,
       " error replies, ", send_timeouts, " send timeouts, ", receive_timeouts, " receive timeouts");
 }
@@ -130,6 +131,7 @@ TransportCounters Counters::Snapshot() const {
   c.malformed_dropped = get(malformed_dropped);
   c.unexpected_dropped = get(unexpected_dropped);
   c.disallowed_dropped = get(disallowed_dropped);
+  c.unauthenticated_dropped = get(unauthenticated_dropped);
   c.overload_dropped = get(overload_dropped);
   c.error_replies_sent = get(error_replies_sent);
   c.send_timeouts = get(send_timeouts);
@@ -310,7 +312,7 @@ absl::Status ValidateOutgoingRequest(const Message& request) {
 // ---------------------------------------------------------------------------
 // PeerFilter
 
-void PeerFilter::Set(absl::flat_hash_set<PeerId> peers) {
+void PeerFilter::Set(AllowedPeers peers) {
   std::lock_guard<std::mutex> lock(mutex_);
   allowed_ = std::move(peers);
 }
@@ -323,6 +325,13 @@ void PeerFilter::AllowAll() {
 bool PeerFilter::Allowed(PeerId peer) const {
   std::lock_guard<std::mutex> lock(mutex_);
   return !allowed_.has_value() || allowed_->contains(peer);
+}
+
+bool PeerFilter::AllowedAt(PeerId peer, std::string_view reply_address) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!allowed_.has_value()) return true;
+  auto it = allowed_->find(peer);
+  return it != allowed_->end() && (it->second.empty() || it->second == reply_address);
 }
 
 // ---------------------------------------------------------------------------
@@ -391,7 +400,7 @@ void RequestDispatcher::SetHandler(RequestHandler handler) {
   handler_ = std::move(shared);
 }
 
-bool RequestDispatcher::Admit(const FrameHeader& header) {
+bool RequestDispatcher::Admit(const FrameHeader& header, std::string_view reply_address) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (handler_ == nullptr || !*handler_) {
@@ -399,7 +408,7 @@ bool RequestDispatcher::Admit(const FrameHeader& header) {
       return false;
     }
   }
-  if (!filter_.Allowed(header.sender)) {
+  if (!filter_.AllowedAt(header.sender, reply_address)) {
     counters_->Add(counters_->disallowed_dropped);
     return false;
   }

@@ -31,8 +31,9 @@
 //   None of these crash or stop the transport.
 //
 // Peer identity is the `sender` worker id stamped into every header from
-// the transport's own id. It is membership, not authentication: the data
-// plane runs inside the cluster's network.
+// the transport's own id, checked against the allowed peers (membership);
+// UCX frames are also sealed with the cluster's key (frame_seal.h), which is
+// what authenticates them.
 //
 // Threading: every method is thread-safe. `done` callbacks and request
 // handlers run on transport threads (never inline inside Call, except after
@@ -48,6 +49,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -60,6 +62,12 @@ namespace dsv2::transport {
 
 // A worker's id in the cluster map, stamped as `sender` in every header.
 using PeerId = uint32_t;
+
+// The senders a server serves, each with the address the cluster map
+// publishes for it ("" where the transport has no use for it). A transport
+// that answers on a connection of its own (UCX) answers only a request that
+// names exactly that address, so nobody can divert a peer's replies.
+using AllowedPeers = absl::flat_hash_map<PeerId, std::string>;
 
 // Per-transport counters (monotonic since creation).
 struct TransportCounters {
@@ -76,6 +84,7 @@ struct TransportCounters {
   uint64_t malformed_dropped = 0;
   uint64_t unexpected_dropped = 0;
   uint64_t disallowed_dropped = 0;
+  uint64_t unauthenticated_dropped = 0;  // Unsealed or wrongly sealed frames (sealing on).
   uint64_t overload_dropped = 0;    // Requests refused because the handler queue was full.
   uint64_t error_replies_sent = 0;  // Error frames answered to requests.
   uint64_t send_timeouts = 0;       // Sends not completed within the send timeout.
@@ -154,8 +163,9 @@ class Transport {
   virtual void SetRequestHandler(RequestHandler handler) = 0;
 
   // Serves only requests whose sender is in `peers` (the current cluster
-  // map); others are dropped and counted. Replaces the previous set.
-  virtual void SetAllowedPeers(absl::flat_hash_set<PeerId> peers) = 0;
+  // map) and, where the transport uses it, whose reply address is the one
+  // listed; others are dropped and counted. Replaces the previous set.
+  virtual void SetAllowedPeers(AllowedPeers peers) = 0;
   // Serves every sender (the initial state).
   virtual void AllowAllPeers() = 0;
 

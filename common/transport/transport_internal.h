@@ -36,7 +36,7 @@ class Counters {
   std::atomic<uint64_t> messages_sent{0}, bytes_sent{0}, messages_received{0}, bytes_received{0},
       calls_started{0}, calls_succeeded{0}, calls_failed{0}, timeouts{0}, peer_failures{0},
       late_replies_dropped{0}, malformed_dropped{0}, unexpected_dropped{0}, disallowed_dropped{0},
-      overload_dropped{0}, error_replies_sent{0}, send_timeouts{0}, receive_timeouts{0},
+      unauthenticated_dropped{0}, overload_dropped{0}, error_replies_sent{0}, send_timeouts{0}, receive_timeouts{0},
       responses_dropped{0};
 };
 
@@ -98,16 +98,19 @@ void DeliverReply(Counters& counters, CallTable& calls, Message reply);
 // payload matches its header.
 absl::Status ValidateOutgoingRequest(const Message& request);
 
-// The allowed-sender set.
+// The allowed senders and their addresses.
 class PeerFilter {
  public:
-  void Set(absl::flat_hash_set<PeerId> peers);
+  void Set(AllowedPeers peers);
   void AllowAll();
   bool Allowed(PeerId peer) const;
+  // Whether `peer` is allowed and, if the set lists an address for it,
+  // `reply_address` is that address.
+  bool AllowedAt(PeerId peer, std::string_view reply_address) const;
 
  private:
   mutable std::mutex mutex_;
-  std::optional<absl::flat_hash_set<PeerId>> allowed_;  // nullopt: everyone.
+  std::optional<AllowedPeers> allowed_;  // nullopt: everyone.
 };
 
 // A bounded FIFO of tasks run by `threads` threads (0: Post runs the task
@@ -143,9 +146,11 @@ class RequestDispatcher {
   void SetHandler(RequestHandler handler);
   PeerFilter& filter() { return filter_; }
 
-  // Whether a request with this header should be received at all; counts
-  // the drop (no handler: unexpected; sender not allowed: disallowed).
-  bool Admit(const FrameHeader& header);
+  // Whether a request with this header (and reply address, for transports
+  // that answer on their own connection) should be received at all; counts
+  // the drop (no handler: unexpected; sender or address not allowed:
+  // disallowed).
+  bool Admit(const FrameHeader& header, std::string_view reply_address = "");
   // Queues the request for the handler. When the queue is full the caller
   // is answered RESOURCE_EXHAUSTED through `sink`.
   void Dispatch(Message request, std::shared_ptr<ResponseSink> sink);

@@ -1,7 +1,7 @@
 // A UCX data-plane server in a process of its own, for the tests that kill
 // a peer (ucx_transport_test.cc).
 //
-//   ucx_test_peer listener|local
+//   ucx_test_peer tcp|local
 //
 // Prints its address as the first line of standard output, then serves the
 // toy expert; a dispatch for layer 999 is held unanswered and announced with
@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   options.pool_bytes = 8 << 20;
   options.mode = argc > 1 && std::strcmp(argv[1], "local") == 0
                      ? UcxTransportOptions::Mode::kLocal
-                     : UcxTransportOptions::Mode::kListener;
+                     : UcxTransportOptions::Mode::kTcp;
   absl::StatusOr<std::unique_ptr<UcxTransport>> transport = UcxTransport::Create(options);
   if (!transport.ok()) {
     std::fprintf(stderr, "ucx_test_peer: %s\n", std::string(transport.status().message()).c_str());

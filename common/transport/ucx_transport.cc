@@ -3,6 +3,8 @@
 #include "common/transport/core_transport_impl.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -12,12 +14,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -34,8 +38,11 @@ namespace dsv2::transport {
 namespace internal {
 namespace {
 
-constexpr char kListenerScheme[] = "ucx://";
+constexpr char kTcpScheme[] = "ucx://";
 constexpr char kLocalScheme[] = "ucx-local://";
+// Longest reply address a request may carry (a worker address is ~100-300
+// bytes of hex).
+constexpr size_t kMaxReplyAddressBytes = 4096;
 
 std::string UcsError(const char* what, ucs_status_t status) {
   return absl::StrCat(what, ": ", ucs_status_string(status));
@@ -81,7 +88,7 @@ absl::Status ParseHostPort(std::string_view text, sockaddr_storage* out, socklen
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
+  hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
   addrinfo* result = nullptr;
   if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &result); rc != 0) {
     return absl::InvalidArgumentError(
@@ -105,7 +112,80 @@ std::string FormatSockaddr(const sockaddr_storage& addr) {
   return absl::StrCat("[", host, "]:", ntohs(in6->sin6_port));
 }
 
+// Whether `text` can be a data-plane address: one of our schemes, at most
+// kMaxReplyAddressBytes of [A-Za-z0-9:/.@[]-].
+bool IsAddress(std::string_view text) {
+  if (text.size() > kMaxReplyAddressBytes ||
+      (!text.starts_with(kTcpScheme) && !text.starts_with(kLocalScheme))) {
+    return false;
+  }
+  for (char c : text) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != ':' && c != '/' && c != '.' &&
+        c != '@' && c != '[' && c != ']' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
 int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+bool SameHost(const sockaddr_storage& a, const sockaddr* b) {
+  if (a.ss_family != b->sa_family) return false;
+  if (a.ss_family == AF_INET) {
+    return reinterpret_cast<const sockaddr_in*>(&a)->sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in*>(b)->sin_addr.s_addr;
+  }
+  return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(&a)->sin6_addr,
+                     &reinterpret_cast<const sockaddr_in6*>(b)->sin6_addr, sizeof(in6_addr)) == 0;
+}
+
+// The network interface that holds the address `addr` ("lo", "eth0").
+absl::StatusOr<std::string> InterfaceOf(const sockaddr_storage& addr) {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return absl::InternalError(ErrnoString("getifaddrs"));
+  std::string name;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr != nullptr && SameHost(addr, i->ifa_addr)) {
+      name = i->ifa_name;
+      break;
+    }
+  }
+  freeifaddrs(list);
+  if (name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no network interface of this host has the address ", FormatSockaddr(addr),
+        " (listen on a specific address of this host, not a wildcard)"));
+  }
+  return name;
+}
+
+// A TCP port of `addr` that is free now (the kernel's choice for port 0).
+absl::StatusOr<int> FreePort(sockaddr_storage addr, socklen_t length) {
+  const int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(ErrnoString("socket"));
+  if (addr.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&addr)->sin_port = 0;
+  } else {
+    reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port = 0;
+  }
+  int port = -1;
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), length) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0) {
+    port = ntohs(addr.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&addr)->sin_port
+                                           : reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+  }
+  const std::string error = ErrnoString("bind");
+  close(fd);
+  if (port < 0) return absl::UnavailableError(absl::StrCat("cannot find a free port: ", error));
+  return port;
+}
+
+int PortOf(const sockaddr_storage& addr) {
+  return ntohs(addr.ss_family == AF_INET
+                   ? reinterpret_cast<const sockaddr_in*>(&addr)->sin_port
+                   : reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+}
 
 }  // namespace
 
@@ -114,20 +194,17 @@ int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 
 struct Connection {
   uint64_t key = 0;
   ucp_ep_h ep = nullptr;
-  std::string name;       // The dialed address, or "client IP:PORT" when accepted.
-  bool dialed = false;    // Cached under `name` in UcxCore::dialed_; else accepted.
+  std::string name;       // The dialed address; cached under it in UcxCore::dialed_.
   bool peer_mode = true;  // ERR_HANDLING_MODE_PEER.
   bool failed = false;
   int pidfd = -1;
 };
 
-// Where the answer to a request goes: the endpoint we accepted the caller's
-// connection on (listener mode), or the caller's own local address, which
-// requests over worker-address connections carry after the frame header
-// (the endpoint UCX creates on our side for such a connection is UCX's, and
-// UCX may destroy it when the caller goes, so we never keep it).
+// Where the answer to a request goes: the caller's own address, which every
+// request carries after the frame header (the endpoint UCX creates on our
+// side for a caller is UCX's, which may destroy it when the caller goes, so
+// we never use it).
 struct ReplyRoute {
-  std::shared_ptr<Connection> connection;
   std::string address;
 };
 
@@ -150,6 +227,10 @@ struct RecvOp {
   MessageBuffer buffer;
   absl::Time deadline;
   bool abandoned = false;
+  // Sealed frames: the seal and the additional data it covers, to open the
+  // payload once it has arrived.
+  std::optional<Seal> seal;
+  std::vector<uint8_t> aad;
 };
 
 class UcxCore : public std::enable_shared_from_this<UcxCore> {
@@ -188,28 +269,29 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   int EpollTimeoutMs();
 
   absl::StatusOr<std::shared_ptr<Connection>> Dial(const std::string& address);
-  absl::Status DialListener(const std::string& hostport, Connection* connection);
+  absl::Status DialTcp(const std::string& rest, Connection* connection);
   absl::Status DialLocal(const std::string& rest, Connection* connection);
-  void Accept(ucp_conn_request_h request);
   void EndpointFailed(ucp_ep_h ep, ucs_status_t status);
   // Takes the connection by value: closing the endpoint may complete (and
   // free) the operations that hold other references to it.
   void FailConnection(std::shared_ptr<Connection> connection, const absl::Status& status);
   void CloseEndpoint(Connection* connection, bool force);
 
-  void StartCall(const std::string& address, uint64_t id, Message request);
+  void StartCall(const std::string& address, uint64_t id, std::vector<uint8_t> am_header,
+                 MessageBuffer payload);
   // Sends header bytes and payload as one active message; call_id is the
   // call it carries the request of (0 for replies and raw sends).
   void StartSend(std::shared_ptr<Connection> connection, std::vector<uint8_t> header,
-                 MessageBuffer payload, uint64_t call_id, bool want_reply);
-  static std::vector<uint8_t> HeaderBytes(const FrameHeader& header) {
-    const EncodedHeader encoded = EncodeHeader(header);
-    return std::vector<uint8_t>(encoded.begin(), encoded.end());
-  }
+                 MessageBuffer payload, uint64_t call_id);
+  // The active-message header of `message`: the frame header, our reply
+  // address (requests), and the seal when sealing (which encrypts the
+  // payload in place).
+  absl::StatusOr<std::vector<uint8_t>> FrameBytes(FrameHeader header, MessageBuffer& payload);
 
  public:
   absl::Status SendRaw(std::string_view peer_address, absl::Span<const uint8_t> header,
                        absl::Span<const uint8_t> payload);
+  FrameSealer& sealer() { return sealer_; }
 
  private:
   void SendDone(SendOp* op, ucs_status_t status);
@@ -224,8 +306,9 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   static void OnCloseDone(void* request, ucs_status_t status, void* user_data);
   static ucs_status_t OnAm(void* arg, const void* header, size_t header_length, void* data,
                            size_t length, const ucp_am_recv_param_t* param);
-  static void OnConnRequest(ucp_conn_request_h request, void* arg);
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  // Drops a frame that did not open (or was not sealed when it must be).
+  void DropUnauthenticated(const std::string& why);
 
   bool OnProgressThread() const { return std::this_thread::get_id() == thread_id_; }
   ucp_mem_h PoolHandleFor(const MessageBuffer& buffer) const {
@@ -237,8 +320,8 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   CallTable calls_;
   RequestDispatcher dispatcher_;
   std::shared_ptr<BufferPool> pool_;
-  std::string address_;
-  std::string local_address_;  // ucx-local:// address of our worker (every mode).
+  std::string address_;  // Published, and sent with requests as the reply address.
+  FrameSealer sealer_;
 
   // Cross-thread state.
   std::mutex shutdown_mutex_;  // Serializes Shutdown.
@@ -252,7 +335,6 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   // Progress-thread state.
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
-  ucp_listener_h listener_ = nullptr;
   ucp_mem_h memh_ = nullptr;
   int epoll_fd_ = -1;
   int worker_fd_ = -1;
@@ -317,26 +399,75 @@ UcxCore::~UcxCore() {
 }
 
 absl::Status UcxCore::Init() {
+  // kTcp: the listen address, its interface and port.
+  sockaddr_storage listen_addr{};
+  socklen_t listen_length = 0;
+  std::string interface;
+  if (options_.mode == UcxTransportOptions::Mode::kTcp) {
+    if (absl::Status st = ParseHostPort(options_.listen_address, &listen_addr, &listen_length);
+        !st.ok()) {
+      return st;
+    }
+    absl::StatusOr<std::string> name = InterfaceOf(listen_addr);
+    if (!name.ok()) return name.status();
+    interface = *std::move(name);
+  }
   ucp_config_t* config = nullptr;
   if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
     return absl::InternalError(UcsError("ucp_config_read", s));
   }
-  ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-  params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-  params.mt_workers_shared = 0;
-  ucs_status_t s = ucp_init(&params, config, &context_);
+  // What this mode uses, and nothing else, unless the environment says.
+  const bool tcp = options_.mode == UcxTransportOptions::Mode::kTcp;
+  int port = tcp ? PortOf(listen_addr) : 0;
+  if (std::getenv("UCX_TLS") == nullptr) ucp_config_modify(config, "TLS", tcp ? "tcp" : "sm");
+  if (tcp && std::getenv("UCX_NET_DEVICES") == nullptr) {
+    ucp_config_modify(config, "NET_DEVICES", interface.c_str());
+  }
+  ucs_status_t s = UCS_OK;
+  // With port 0, a free port is chosen here and handed to UCX, so that the
+  // published address names it; another process may take it in between,
+  // so try a few.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    if (tcp) {
+      if (PortOf(listen_addr) == 0) {
+        absl::StatusOr<int> free_port = FreePort(listen_addr, listen_length);
+        if (!free_port.ok()) {
+          ucp_config_release(config);
+          return free_port.status();
+        }
+        port = *free_port;
+      }
+      const std::string range = absl::StrCat(port, "-", port);
+      // (Transport options go without their prefix: "PORT_RANGE", not
+      // "TCP_PORT_RANGE", which UCX ignores with a warning.)
+      ucp_config_modify(config, "PORT_RANGE", range.c_str());
+    }
+    ucp_params_t params{};
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.mt_workers_shared = 0;
+    s = ucp_init(&params, config, &context_);
+    if (s != UCS_OK) {
+      context_ = nullptr;
+      ucp_config_release(config);
+      return absl::InternalError(UcsError("ucp_init (check UCX_TLS)", s));
+    }
+    ucp_worker_params_t worker_params{};
+    worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;  // Only the progress thread touches it.
+    s = ucp_worker_create(context_, &worker_params, &worker_);
+    if (s == UCS_OK) break;
+    worker_ = nullptr;
+    ucp_cleanup(context_);
+    context_ = nullptr;
+    if (!tcp || PortOf(listen_addr) != 0) break;  // A port of the caller's choice is taken.
+  }
   ucp_config_release(config);
   if (s != UCS_OK) {
-    context_ = nullptr;
-    return absl::InternalError(UcsError("ucp_init (check UCX_TLS)", s));
-  }
-  ucp_worker_params_t worker_params{};
-  worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;  // Only the progress thread touches it.
-  if (s = ucp_worker_create(context_, &worker_params, &worker_); s != UCS_OK) {
-    worker_ = nullptr;
-    return absl::InternalError(UcsError("ucp_worker_create", s));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot start the UCX worker",
+        tcp ? absl::StrCat(" listening on ", options_.listen_address, " (port ", port, ")") : "",
+        ": ", ucs_status_string(s)));
   }
   ucp_worker_attr_t attr{};
   attr.field_mask = UCP_WORKER_ATTR_FIELD_MAX_AM_HEADER;
@@ -387,43 +518,30 @@ absl::Status UcxCore::Init() {
     }
   }
 
-  // Every transport has a local address: local-mode servers publish it, and
-  // every caller sends it with requests over worker-address connections so
-  // the server can answer on a connection of its own.
+  // The address others dial, and the reply address our requests carry.
   ucp_address_t* worker_address = nullptr;
   size_t worker_address_length = 0;
   if (s = ucp_worker_get_address(worker_, &worker_address, &worker_address_length); s != UCS_OK) {
     return absl::InternalError(UcsError("ucp_worker_get_address", s));
   }
-  local_address_ = absl::StrCat(kLocalScheme, getpid(), "@", BootId(), "/",
-                                HexEncode(worker_address, worker_address_length));
+  const std::string hex = HexEncode(worker_address, worker_address_length);
   ucp_worker_release_address(worker_, worker_address);
-
-  if (options_.mode == UcxTransportOptions::Mode::kListener) {
-    sockaddr_storage addr{};
-    socklen_t addr_len = 0;
-    if (absl::Status st = ParseHostPort(options_.listen_address, &addr, &addr_len); !st.ok()) {
-      return st;
+  if (tcp) {
+    sockaddr_storage bound = listen_addr;
+    if (bound.ss_family == AF_INET) {
+      reinterpret_cast<sockaddr_in*>(&bound)->sin_port = htons(static_cast<uint16_t>(port));
+    } else {
+      reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port = htons(static_cast<uint16_t>(port));
     }
-    ucp_listener_params_t listen{};
-    listen.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-    listen.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-    listen.sockaddr.addrlen = addr_len;
-    listen.conn_handler.cb = &UcxCore::OnConnRequest;
-    listen.conn_handler.arg = this;
-    if (s = ucp_listener_create(worker_, &listen, &listener_); s != UCS_OK) {
-      listener_ = nullptr;
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on ", options_.listen_address, ": ", ucs_status_string(s)));
-    }
-    ucp_listener_attr_t listener_attr{};
-    listener_attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-    if (s = ucp_listener_query(listener_, &listener_attr); s != UCS_OK) {
-      return absl::InternalError(UcsError("ucp_listener_query", s));
-    }
-    address_ = absl::StrCat(kListenerScheme, FormatSockaddr(listener_attr.sockaddr));
+    address_ = absl::StrCat(kTcpScheme, FormatSockaddr(bound), "/", hex);
   } else {
-    address_ = local_address_;
+    address_ = absl::StrCat(kLocalScheme, getpid(), "@", BootId(), "/", hex);
+  }
+  // Requests carry the header, our address and a seal in the AM header.
+  if (attr.max_am_header < kFrameHeaderSize + address_.size() + kSealBytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("UCX active-message headers are limited to ", attr.max_am_header,
+                     " bytes; requests need ", kFrameHeaderSize + address_.size() + kSealBytes));
   }
   return absl::OkStatus();
 }
@@ -448,10 +566,6 @@ void UcxCore::Teardown() {
     RunCommands();
     while (ucp_worker_progress(worker_) != 0) {
     }
-  }
-  if (listener_ != nullptr) {
-    ucp_listener_destroy(listener_);
-    listener_ = nullptr;
   }
   FailCalls(counters_, calls_.TakeAll(), absl::CancelledError("transport shut down"));
   // Close every endpoint we own: peer-mode ones at once (the peer sees the
@@ -626,15 +740,15 @@ absl::StatusOr<std::shared_ptr<Connection>> UcxCore::Dial(const std::string& add
   auto connection = std::make_shared<Connection>();
   connection->key = next_connection_key_++;
   connection->name = address;
-  connection->dialed = true;
   absl::Status status;
-  if (absl::StartsWith(address, kListenerScheme)) {
-    status = DialListener(address.substr(std::strlen(kListenerScheme)), connection.get());
+  if (absl::StartsWith(address, kTcpScheme)) {
+    status = DialTcp(address.substr(std::strlen(kTcpScheme)), connection.get());
   } else if (absl::StartsWith(address, kLocalScheme)) {
     status = DialLocal(address.substr(std::strlen(kLocalScheme)), connection.get());
   } else {
     status = absl::InvalidArgumentError(
-        absl::StrCat("'", address, "' is not a UCX data-plane address (ucx:// or ucx-local://)"));
+        absl::StrCat("'", address.substr(0, 64),
+                     "' is not a UCX data-plane address (ucx:// or ucx-local://)"));
   }
   if (!status.ok()) {
     if (connection->pidfd >= 0) close(connection->pidfd);
@@ -652,23 +766,31 @@ absl::StatusOr<std::shared_ptr<Connection>> UcxCore::Dial(const std::string& add
   return connection;
 }
 
-absl::Status UcxCore::DialListener(const std::string& hostport, Connection* connection) {
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  if (absl::Status s = ParseHostPort(hostport, &addr, &addr_len); !s.ok()) return s;
+absl::Status UcxCore::DialTcp(const std::string& rest, Connection* connection) {
+  // HOST:PORT/HEX: the worker address is what connects; HOST:PORT says where
+  // (for people and logs).
+  const size_t slash = rest.find('/');
+  if (slash == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", connection->name.substr(0, 64), "' is not ucx://HOST:PORT/HEX"));
+  }
+  absl::StatusOr<std::vector<uint8_t>> worker_address = HexDecode(rest.substr(slash + 1));
+  if (!worker_address.ok()) return worker_address.status();
+  if (worker_address->empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", connection->name.substr(0, 64), "' has no worker address"));
+  }
   ucp_ep_params_t params{};
-  params.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-  params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
-  params.sockaddr.addrlen = addr_len;
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  params.address = reinterpret_cast<const ucp_address_t*>(worker_address->data());
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = &UcxCore::OnEndpointError;
   params.err_handler.arg = this;
   connection->peer_mode = true;
   if (ucs_status_t s = ucp_ep_create(worker_, &params, &connection->ep); s != UCS_OK) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to ", connection->name, ": ", ucs_status_string(s)));
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", rest.substr(0, slash), ": ",
+                                               ucs_status_string(s)));
   }
   return absl::OkStatus();
 }
@@ -708,37 +830,13 @@ absl::Status UcxCore::DialLocal(const std::string& rest, Connection* connection)
   return absl::OkStatus();
 }
 
-void UcxCore::Accept(ucp_conn_request_h request) {
-  auto connection = std::make_shared<Connection>();
-  connection->key = next_connection_key_++;
-  connection->name = "accepted connection";
-  ucp_conn_request_attr_t attr{};
-  attr.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
-  if (ucp_conn_request_query(request, &attr) == UCS_OK) {
-    connection->name = absl::StrCat("client ", FormatSockaddr(attr.client_address));
-  }
-  ucp_ep_params_t params{};
-  params.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.conn_request = request;
-  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  params.err_handler.cb = &UcxCore::OnEndpointError;
-  params.err_handler.arg = this;
-  if (ucs_status_t s = ucp_ep_create(worker_, &params, &connection->ep); s != UCS_OK) {
-    DSV2_LOG(WARNING) << "data plane: cannot accept " << connection->name << ": "
-                      << ucs_status_string(s);
-    return;
-  }
-  by_endpoint_[connection->ep] = connection;
-}
-
 void UcxCore::FailConnection(std::shared_ptr<Connection> connection, const absl::Status& status) {
   if (connection->failed) return;
   connection->failed = true;
   DSV2_LOG(DEBUG) << "data plane: " << connection->name << " failed: " << status;
-  if (connection->dialed) {
-    auto it = dialed_.find(connection->name);
-    if (it != dialed_.end() && it->second == connection) dialed_.erase(it);
+  if (auto it = dialed_.find(connection->name);
+      it != dialed_.end() && it->second == connection) {
+    dialed_.erase(it);
   }
   if (connection->pidfd >= 0) {
     epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection->pidfd, nullptr);
@@ -775,18 +873,9 @@ void UcxCore::OnCloseDone(void* request, ucs_status_t, void* user_data) {
   ucp_request_free(request);
 }
 
-// UCX runs these from ucp_worker_progress, i.e. on the progress thread; the
-// Post fallback keeps them safe should a UCX build call them from its async
+// UCX runs this from ucp_worker_progress, i.e. on the progress thread; the
+// Post fallback keeps it safe should a UCX build call it from its async
 // thread instead.
-void UcxCore::OnConnRequest(ucp_conn_request_h request, void* arg) {
-  UcxCore* core = static_cast<UcxCore*>(arg);
-  if (core->OnProgressThread()) {
-    core->Accept(request);
-  } else if (!core->Post([core, request] { core->Accept(request); })) {
-    ucp_listener_reject(core->listener_, request);
-  }
-}
-
 void UcxCore::OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   UcxCore* core = static_cast<UcxCore*>(arg);
   if (!core->OnProgressThread()) {
@@ -867,9 +956,23 @@ void UcxCore::Call(std::string_view peer_address, Message request, absl::Time de
     }
     return;
   }
-  auto shared_request = std::make_shared<Message>(std::move(request));
-  if (!Post([this, address = std::string(peer_address), id, shared_request] {
-        StartCall(address, id, std::move(*shared_request));
+  // Sealed here, on the caller's thread, so the progress thread only sends.
+  absl::StatusOr<std::vector<uint8_t>> am_header = FrameBytes(request.header, request.payload);
+  if (!am_header.ok()) {
+    PendingCall taken;
+    if (calls_.Take(id, &taken) == CallTable::Lookup::kFound) {
+      auto shared = std::make_shared<PendingCall>(std::move(taken));
+      const absl::Status failed = am_header.status();
+      if (!Post([this, shared, failed] { FinishCall(counters_, std::move(*shared), failed); })) {
+        FinishCall(counters_, std::move(*shared), absl::CancelledError("transport shut down"));
+      }
+    }
+    return;
+  }
+  auto shared_payload = std::make_shared<MessageBuffer>(std::move(request.payload));
+  if (!Post([this, address = std::string(peer_address), id, header = *std::move(am_header),
+             shared_payload]() mutable {
+        StartCall(address, id, std::move(header), std::move(*shared_payload));
       })) {
     PendingCall taken;
     if (calls_.Take(id, &taken) == CallTable::Lookup::kFound) {
@@ -878,7 +981,23 @@ void UcxCore::Call(std::string_view peer_address, Message request, absl::Time de
   }
 }
 
-void UcxCore::StartCall(const std::string& address, uint64_t id, Message request) {
+absl::StatusOr<std::vector<uint8_t>> UcxCore::FrameBytes(FrameHeader header,
+                                                         MessageBuffer& payload) {
+  const bool sealing = sealer_.sealing();
+  header.flags = sealing ? kFrameFlagSealed : 0;
+  const EncodedHeader encoded = EncodeHeader(header);
+  std::vector<uint8_t> bytes(encoded.begin(), encoded.end());
+  if (header.type == FrameType::kDispatch) bytes.insert(bytes.end(), address_.begin(), address_.end());
+  if (sealing) {
+    absl::StatusOr<Seal> seal = sealer_.SealFrame(bytes, payload.span());
+    if (!seal.ok()) return seal.status();
+    bytes.insert(bytes.end(), seal->begin(), seal->end());
+  }
+  return bytes;
+}
+
+void UcxCore::StartCall(const std::string& address, uint64_t id, std::vector<uint8_t> am_header,
+                        MessageBuffer payload) {
   absl::StatusOr<std::shared_ptr<Connection>> connection = Dial(address);
   if (!connection.ok()) {
     PendingCall call;
@@ -888,44 +1007,41 @@ void UcxCore::StartCall(const std::string& address, uint64_t id, Message request
     return;
   }
   if (!calls_.Bind(id, (*connection)->key)) return;  // Ended already (deadline).
-  std::vector<uint8_t> header = HeaderBytes(request.header);
-  const bool listener = (*connection)->peer_mode;
-  if (!listener) header.insert(header.end(), local_address_.begin(), local_address_.end());
-  StartSend(*std::move(connection), std::move(header), std::move(request.payload), id,
-            /*want_reply=*/listener);
+  StartSend(*std::move(connection), std::move(am_header), std::move(payload), id);
 }
 
 void UcxCore::SendReply(ReplyRoute route, Message reply) {
   reply.header.sender = options_.id;
   if (reply.header.type == FrameType::kError) counters_.Add(counters_.error_replies_sent);
-  auto shared = std::make_shared<Message>(std::move(reply));
-  if (!Post([this, route = std::move(route), shared] {
-        std::shared_ptr<Connection> connection = route.connection;
-        if (connection == nullptr) {
-          // Connections to callers' local addresses are made (and cached)
-          // here, outside any UCX callback.
-          absl::StatusOr<std::shared_ptr<Connection>> dialed = Dial(route.address);
-          if (!dialed.ok()) {
-            DSV2_LOG(DEBUG) << "data plane: cannot answer " << route.address.substr(0, 40)
-                            << "...: " << dialed.status();
-            counters_.Add(counters_.responses_dropped);
-            return;
-          }
-          connection = *std::move(dialed);
-        }
-        if (connection->failed) {
+  absl::StatusOr<std::vector<uint8_t>> am_header = FrameBytes(reply.header, reply.payload);
+  if (!am_header.ok()) {
+    counters_.Add(counters_.responses_dropped);
+    return;
+  }
+  auto shared_payload = std::make_shared<MessageBuffer>(std::move(reply.payload));
+  if (!Post([this, route = std::move(route), header = *std::move(am_header),
+             shared_payload]() mutable {
+        // Connections to callers' addresses are made (and cached) here,
+        // outside any UCX callback.
+        absl::StatusOr<std::shared_ptr<Connection>> connection = Dial(route.address);
+        if (!connection.ok()) {
+          DSV2_LOG(DEBUG) << "data plane: cannot answer " << route.address.substr(0, 40)
+                          << "...: " << connection.status();
           counters_.Add(counters_.responses_dropped);
           return;
         }
-        StartSend(connection, HeaderBytes(shared->header), std::move(shared->payload), 0,
-                  /*want_reply=*/false);
+        if ((*connection)->failed) {
+          counters_.Add(counters_.responses_dropped);
+          return;
+        }
+        StartSend(*std::move(connection), std::move(header), std::move(*shared_payload), 0);
       })) {
     counters_.Add(counters_.responses_dropped);
   }
 }
 
 void UcxCore::StartSend(std::shared_ptr<Connection> connection, std::vector<uint8_t> header,
-                        MessageBuffer payload, uint64_t call_id, bool want_reply) {
+                        MessageBuffer payload, uint64_t call_id) {
   auto* op = new SendOp{this,
                         std::move(connection),
                         std::move(header),
@@ -934,12 +1050,9 @@ void UcxCore::StartSend(std::shared_ptr<Connection> connection, std::vector<uint
                         absl::Now() + options_.send_timeout,
                         false};
   ucp_request_param_t param{};
-  param.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   param.cb.send = &UcxCore::OnSendDone;
   param.user_data = op;
-  // Requests ask for a reply endpoint: the server answers on it.
-  param.flags = want_reply ? UCP_AM_SEND_FLAG_REPLY : 0;
   if (ucp_mem_h memh = PoolHandleFor(op->payload)) {
     param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     param.memh = memh;
@@ -998,16 +1111,16 @@ absl::Status UcxCore::SendRaw(std::string_view peer_address, absl::Span<const ui
           done->set_value(connection.status());
           return;
         }
-        // Sent as Call would send it: over a worker-address connection, a
-        // request (the type byte says dispatch) carries our reply address.
-        const bool listener = (*connection)->peer_mode;
+        // Laid out as Call lays it out: a request (the type byte says
+        // dispatch) carries our reply address right after the 64-byte
+        // header, before anything else the caller put there (a seal).
         const bool request = header_bytes.size() > 6 &&
                              header_bytes[6] == static_cast<uint8_t>(FrameType::kDispatch);
-        if (!listener && request) {
-          header_bytes.insert(header_bytes.end(), local_address_.begin(), local_address_.end());
+        if (request) {
+          header_bytes.insert(header_bytes.begin() + std::min(header_bytes.size(), kFrameHeaderSize),
+                              address_.begin(), address_.end());
         }
-        StartSend(*connection, std::move(header_bytes), std::move(*buffer), 0,
-                  /*want_reply=*/listener);
+        StartSend(*connection, std::move(header_bytes), std::move(*buffer), 0);
         done->set_value(absl::OkStatus());
       })) {
     return absl::CancelledError("transport shut down");
@@ -1041,26 +1154,20 @@ ucs_status_t UcxCore::ReceiveAm(const void* header, size_t header_length, void* 
   } else if (decoded->payload_length > options_.max_payload_bytes) {
     problem = absl::StrCat("payload of ", length, " bytes is over the limit");
   }
-  // A request names where its answer goes: the connection we accepted it on,
-  // or (worker-address connections) the caller's local address after the
-  // frame header. Replies carry nothing after it.
+  // After the frame header: a request's reply address (where its answer
+  // goes), then the seal of a sealed frame. Replies carry no address.
+  const bool sealed = decoded.ok() && (decoded->flags & kFrameFlagSealed) != 0;
+  const size_t seal_bytes = sealed ? kSealBytes : 0;
   ReplyRoute reply_to;
-  if (problem.empty() && decoded->type == FrameType::kDispatch) {
-    auto it = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) && param->reply_ep != nullptr
-                  ? by_endpoint_.find(param->reply_ep)
-                  : by_endpoint_.end();
-    if (it != by_endpoint_.end() && !it->second->dialed && !it->second->failed) {
-      reply_to.connection = it->second;
-      if (header_length != kFrameHeaderSize) problem = "unexpected bytes after the frame header";
-    } else {
-      reply_to.address.assign(
-          reinterpret_cast<const char*>(bytes) + std::min(header_length, kFrameHeaderSize),
-          reinterpret_cast<const char*>(bytes) + header_length);
-      if (!absl::StartsWith(reply_to.address, kLocalScheme) || reply_to.address.size() > 4096) {
-        problem = "request without a usable reply address";
-      }
+  if (problem.empty() && header_length < kFrameHeaderSize + seal_bytes) {
+    problem = "the frame's seal is cut short";
+  } else if (problem.empty() && decoded->type == FrameType::kDispatch) {
+    reply_to.address.assign(reinterpret_cast<const char*>(bytes) + kFrameHeaderSize,
+                            reinterpret_cast<const char*>(bytes) + header_length - seal_bytes);
+    if (!IsAddress(reply_to.address)) {
+      problem = "request without a usable reply address";
     }
-  } else if (problem.empty() && header_length != kFrameHeaderSize) {
+  } else if (problem.empty() && header_length != kFrameHeaderSize + seal_bytes) {
     problem = "unexpected bytes after the frame header";
   }
   if (!problem.empty()) {
@@ -1068,8 +1175,15 @@ ucs_status_t UcxCore::ReceiveAm(const void* header, size_t header_length, void* 
     DSV2_LOG(DEBUG) << "data plane: dropped a malformed frame: " << problem;
     return UCS_OK;
   }
+  // With keys, only sealed frames; without, only plain ones (a sealed frame
+  // cannot be opened).
+  if (sealed != sealer_.sealing()) {
+    DropUnauthenticated(sealed ? "a sealed frame, and this transport has no key"
+                               : "an unsealed frame, and this transport requires seals");
+    return UCS_OK;
+  }
   if (decoded->type == FrameType::kDispatch) {
-    if (!dispatcher_.Admit(*decoded)) return UCS_OK;
+    if (!dispatcher_.Admit(*decoded, reply_to.address)) return UCS_OK;
   } else {
     switch (calls_.Peek(decoded->request_id)) {
       case CallTable::Lookup::kFound:
@@ -1082,17 +1196,42 @@ ucs_status_t UcxCore::ReceiveAm(const void* header, size_t header_length, void* 
         return UCS_OK;
     }
   }
+  std::optional<Seal> seal;
+  std::vector<uint8_t> aad;
+  if (sealed) {
+    seal.emplace();
+    std::memcpy(seal->data(), bytes + header_length - kSealBytes, kSealBytes);
+    aad.assign(bytes, bytes + header_length - kSealBytes);
+  }
   if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-    auto* op = new RecvOp{
-        this, *decoded, data, length, std::move(reply_to), MessageBuffer(), absl::InfiniteFuture(),
-        false};
+    auto* op = new RecvOp{this,
+                          *decoded,
+                          data,
+                          length,
+                          std::move(reply_to),
+                          MessageBuffer(),
+                          absl::InfiniteFuture(),
+                          false,
+                          std::move(seal),
+                          std::move(aad)};
     deferred_.push_back(op);
     return UCS_INPROGRESS;
   }
   MessageBuffer buffer = pool_->Allocate(length);
   if (length > 0) std::memcpy(buffer.data(), data, length);
+  if (seal) {
+    if (absl::Status opened = sealer_.OpenFrame(*seal, aad, buffer.span()); !opened.ok()) {
+      DropUnauthenticated(std::string(opened.message()));
+      return UCS_OK;
+    }
+  }
   Deliver(Message{*decoded, std::move(buffer)}, std::move(reply_to));
   return UCS_OK;
+}
+
+void UcxCore::DropUnauthenticated(const std::string& why) {
+  counters_.Add(counters_.unauthenticated_dropped);
+  DSV2_LOG(DEBUG) << "data plane: dropped " << why;
 }
 
 void UcxCore::StartDeferredReceives() {
@@ -1132,7 +1271,13 @@ void UcxCore::ReceiveDone(RecvOp* op, ucs_status_t status) {
   receives_.erase(op);
   if (!op->abandoned) receive_deadlines_.erase({op->deadline, op});
   if (status == UCS_OK && !op->abandoned) {
-    Deliver(Message{op->header, std::move(op->buffer)}, std::move(op->reply_to));
+    absl::Status opened =
+        op->seal ? sealer_.OpenFrame(*op->seal, op->aad, op->buffer.span()) : absl::OkStatus();
+    if (opened.ok()) {
+      Deliver(Message{op->header, std::move(op->buffer)}, std::move(op->reply_to));
+    } else {
+      DropUnauthenticated(std::string(opened.message()));
+    }
   } else if (status != UCS_OK) {
     DSV2_LOG(DEBUG) << "data plane: a rendezvous receive failed: " << ucs_status_string(status);
   }
@@ -1166,6 +1311,10 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(UcxTransportO
 absl::StatusOr<std::string> UcxTransport::DescribeConnection(std::string_view peer_address) {
   return core_->DescribeConnection(peer_address);
 }
+void UcxTransport::SetFrameKeys(std::vector<FrameKey> keys) {
+  core_->sealer().SetKeys(std::move(keys));
+}
+
 absl::Status UcxTransport::SendRawForTesting(std::string_view peer_address,
                                              absl::Span<const uint8_t> header,
                                              absl::Span<const uint8_t> payload) {

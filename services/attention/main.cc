@@ -30,7 +30,8 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "gRPC address to serve on (the router connects here); port 0: the OS chooses.");
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
 ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
-          "Data-plane (UCX) address to bind; its host is what expert workers reach.");
+          "Data-plane (UCX over TCP) address: a numeric address of one of this host's interfaces, "
+          "listened on (port 0: a free one) and nothing else; expert workers reach it.");
 ABSL_FLAG(std::string, worker_id, "",
           "Stable id in the cluster map; default: the id of --tls_cert, or attention@host:port.");
 ABSL_FLAG(int64_t, expert_timeout_ms, 5000,
@@ -93,6 +94,7 @@ int Serve() {
     std::cerr << "dsv2-attention: data plane: " << data_plane.status().message() << "\n";
     return 1;
   }
+  DataPlaneKeys keys(data_plane->get());
   auto experts = std::make_shared<RemoteRoutedExperts>(
       config, **data_plane,
       RemoteExpertsOptions{.dispatch_dtype = *dtype,
@@ -141,6 +143,7 @@ int Serve() {
                  .credentials = security->ClusterChannelCredentials()},
                 config,
                 [&, id = self.id](const ClusterMap& map) {
+                  keys.Apply(map);
                   experts->SetRoute(RouteFromMap(map));
                   // Ready once the map lists this worker alive: the expert
                   // workers admit its dispatches from that same map.

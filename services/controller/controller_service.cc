@@ -1,5 +1,7 @@
 #include "services/controller/controller_service.h"
 
+#include <openssl/rand.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/base/logging.h"
@@ -30,6 +32,13 @@ absl::Status CheckSelf(const Caller& caller, const std::string& worker_id,
   }
   return absl::OkStatus();
 }
+// 32 random bytes: the data plane's key for this controller's epoch.
+std::string NewDataPlaneKey() {
+  std::string key(32, '\0');
+  RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size()));
+  return key;
+}
+
 }  // namespace
 
 ControllerService::ControllerService(ModelConfig config, int64_t replicas,
@@ -37,6 +46,7 @@ ControllerService::ControllerService(ModelConfig config, int64_t replicas,
                                      std::chrono::milliseconds warmup, AccessPolicy policy)
     : lease_(lease),
       policy_(std::move(policy)),
+      data_plane_key_(policy_.open() ? "" : NewDataPlaneKey()),
       epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
       warm_at_(ClusterState::Clock::now() + warmup),
       state_(std::move(config), replicas, lease, epoch_),
@@ -125,8 +135,17 @@ grpc::Status ControllerService::GetClusterMap(grpc::ServerContext* context,
   if (!caller.ok()) return ToGrpc(caller.status());
   std::lock_guard<std::mutex> lock(mutex_);
   if (!warm_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller warming up");
-  *response = ToProto(state_.map());
+  *response = MapFor(*caller);
   return grpc::Status::OK;
+}
+
+internal::ClusterMap ControllerService::MapFor(const Caller& caller) const {
+  internal::ClusterMap map = ToProto(state_.map());
+  if (caller.identity && (caller.identity->role == Role::kAttention ||
+                          caller.identity->role == Role::kExpert)) {
+    map.set_data_plane_key(data_plane_key_);
+  }
+  return map;
 }
 
 grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
@@ -141,7 +160,7 @@ grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_ && !context->IsCancelled()) {
     if (warm_ && state_.map().NewerThan(known_epoch, known_version)) {
-      const internal::ClusterMap map = ToProto(state_.map());
+      const internal::ClusterMap map = MapFor(*caller);
       known_epoch = map.epoch();
       known_version = map.version();
       lock.unlock();

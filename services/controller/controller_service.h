@@ -12,7 +12,9 @@
 // Register and Heartbeat only the worker itself — the certificate's role and
 // id must be the request's; Drain the worker itself or an operator;
 // GetClusterMap and WatchClusterMap any identity of the cluster. Others get
-// PERMISSION_DENIED naming the rule.
+// PERMISSION_DENIED naming the rule. On a TLS cluster it draws a data-plane
+// key for its epoch and sends it, with the map, to attention and expert
+// workers only.
 //
 // Thread safety: gRPC calls it from many threads; one mutex guards the state.
 #pragma once
@@ -54,9 +56,14 @@ class ControllerService final : public internal::Controller::Service {
  private:
   // Expires leases, and ends the warm-up.
   void ExpireLoop();
+  // The wire map for `caller`: with the data-plane key for workers only.
+  internal::ClusterMap MapFor(const Caller& caller) const;
 
   const std::chrono::milliseconds lease_;
   const AccessPolicy policy_;
+  // This epoch's data-plane key (32 random bytes) on a TLS cluster; empty in
+  // plaintext, where frames are not sealed.
+  const std::string data_plane_key_;
   const uint64_t epoch_;
   const ClusterState::Clock::time_point warm_at_;  // When the warm-up ends.
   std::mutex mutex_;

@@ -36,7 +36,8 @@ ABSL_FLAG(std::string, controller, "", "The controller's host:port.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0", "gRPC address (health); port 0: the OS chooses.");
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
 ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
-          "Data-plane (UCX) address to bind; its host is what attention workers reach.");
+          "Data-plane (UCX over TCP) address: a numeric address of one of this host's interfaces, "
+          "listened on (port 0: a free one) and nothing else; attention workers reach it.");
 ABSL_FLAG(std::string, worker_id, "",
           "Stable id in the cluster map; default: the id of --tls_cert, or expert@host:port.");
 ABSL_FLAG(int64_t, batch_window_us, 100,
@@ -200,6 +201,7 @@ int Serve() {
   DSV2_LOG(INFO) << "dsv2-expert: " << self.id << " serving " << model_dir << ", data plane "
                  << self.data_address << "; joining the cluster at " << controller << "; "
                  << security->Describe();
+  DataPlaneKeys keys(data_plane->get());
   std::optional<ExpertPrefaulter> prefaulter;
   if (absl::GetFlag(FLAGS_prefault)) prefaulter.emplace(**model, self.id);
   auto control = ControlClient::Start(
@@ -207,11 +209,13 @@ int Serve() {
        .self = self,
        .credentials = security->ClusterChannelCredentials()},
       config, [&](const ClusterMap& map) {
-        // Serve the cluster's attention workers only: nobody else dispatches.
-        absl::flat_hash_set<transport::PeerId> peers;
+        // Serve the cluster's attention workers only (nobody else
+        // dispatches), answering each at the address the map lists.
+        keys.Apply(map);
+        transport::AllowedPeers peers;
         for (const ClusterMap::Worker& w : map.workers) {
           if (w.state != WorkerState::kDead && w.info.role == WorkerRole::kAttention) {
-            peers.insert(w.info.peer_id);
+            peers.emplace(w.info.peer_id, w.info.data_address);
           }
         }
         (*data_plane)->SetAllowedPeers(std::move(peers));

@@ -130,6 +130,34 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
   return model;
 }
 
+void DataPlaneKeys::Apply(const ClusterMap& map) {
+  std::vector<transport::FrameKey> keys;
+  if (!map.data_plane_key.empty()) {
+    transport::FrameKey key{.id = map.epoch};
+    std::copy(map.data_plane_key.begin(), map.data_plane_key.end(), key.secret.begin());
+    keys.push_back(key);
+    for (const transport::FrameKey& old : keys_) {
+      if (old.id != key.id) {
+        keys.push_back(old);
+        break;
+      }
+    }
+  }
+  if (keys.size() == keys_.size() &&
+      std::equal(keys.begin(), keys.end(), keys_.begin(), [](const auto& a, const auto& b) {
+        return a.id == b.id && a.secret == b.secret;
+      })) {
+    return;
+  }
+  DSV2_LOG(INFO) << "data plane: "
+                 << (keys.empty() ? "plaintext frames (no key in the cluster map)"
+                                  : absl::StrCat("frames sealed with the key of epoch ", keys[0].id,
+                                                 keys.size() > 1 ? " (the previous still opens)"
+                                                                 : ""));
+  keys_ = keys;
+  transport_->SetFrameKeys(std::move(keys));
+}
+
 void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,
                         internal::DataPlaneStats* out) {
   const RemoteRoutedExperts::Stats stats = experts.stats();

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
 #include "common/experts/remote_experts.h"
+#include "common/transport/ucx_transport.h"
 #include "common/model/deepseek_v2.h"
 #include "common/tensor/dtype.h"
 #include "dsv2/internal/attention.pb.h"
@@ -72,6 +73,21 @@ struct ServeParams {
 // The caller blocks SIGINT and SIGTERM in every thread before starting
 // threads (BlockTerminationSignals, common/base/process.h).
 int ServeEngine(const ServeParams& params);
+
+// The data-plane keys a worker seals and opens frames with, from each
+// cluster map: the map's epoch key first and the previous epoch's after it,
+// so frames in flight across a controller restart still open. A map
+// without a key (a plaintext cluster) turns sealing off.
+class DataPlaneKeys {
+ public:
+  explicit DataPlaneKeys(transport::UcxTransport* transport) : transport_(transport) {}
+  // Call from the map callback (one thread).
+  void Apply(const ClusterMap& map);
+
+ private:
+  transport::UcxTransport* const transport_;
+  std::vector<transport::FrameKey> keys_;
+};
 
 // The data-plane figures of an attention worker (or dsv2-standalone) for
 // its Load report.
