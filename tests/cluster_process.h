@@ -39,6 +39,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +162,18 @@ class ChildProcess {
     }
   }
 
+  // SIGSTOP, returning once the process has stopped (kill only queues the
+  // signal); SIGCONT.
+  void Stop() {
+    if (!running()) return;
+    kill(pid_, SIGSTOP);
+    int status = 0;
+    waitpid(pid_, &status, WUNTRACED);
+  }
+  void Continue() {
+    if (running()) kill(pid_, SIGCONT);
+  }
+
   // The raw wait status once the process exited within `timeout`.
   std::optional<int> WaitExit(std::chrono::milliseconds timeout) {
     const auto end = std::chrono::steady_clock::now() + timeout;
@@ -247,6 +260,14 @@ inline const internal::Worker* FindWorker(const internal::ClusterMap& map, const
     if (w.info().worker_id() == id) return &w;
   }
   return nullptr;
+}
+
+// How much slower than a plain build this one runs (sanitizers): the
+// DSV2_TEST_TIME_SCALE environment variable, default 1. Bounds on how fast
+// the cluster reacts are multiplied by it.
+inline double TimeScale() {
+  const char* scale = std::getenv("DSV2_TEST_TIME_SCALE");
+  return scale != nullptr && std::atof(scale) > 0 ? std::atof(scale) : 1.0;
 }
 
 // Polls `condition` every 10 ms until it holds or `timeout` passes.

@@ -84,6 +84,13 @@ class ControllerAs {
   grpc::Status GetMap(internal::ClusterMap* map) {
     return stub_->GetClusterMap(Context().get(), {}, map);
   }
+  grpc::Status ReportSuspect(const std::string& id) {
+    internal::ReportSuspectRequest request;
+    request.set_worker_id(id);
+    request.set_reason("a test says so");
+    internal::ReportSuspectResponse response;
+    return stub_->ReportSuspect(Context().get(), request, &response);
+  }
 
  private:
   std::unique_ptr<internal::Controller::Stub> stub_;
@@ -145,6 +152,14 @@ TEST(ClusterSecurityTest, NobodyWithoutTheRightCertificateCanChangeTheCluster) {
   ControllerAs router(controller, cluster.RouterCredentials());
   ExpectRefused(router.Drain("expert-1"), grpc::StatusCode::PERMISSION_DENIED,
                 "Drain is for attention or expert or operator identities", "a router drains");
+  // Only attention workers may report an expert worker hung (which takes
+  // it out of the routes).
+  ExpectRefused(anonymous.ReportSuspect("expert-1"), grpc::StatusCode::UNAUTHENTICATED,
+                "present a certificate", "anonymous ReportSuspect");
+  ExpectRefused(expert1.ReportSuspect("expert-2"), grpc::StatusCode::PERMISSION_DENIED,
+                "ReportSuspect is for attention identities", "an expert reports another");
+  ExpectRefused(router.ReportSuspect("expert-1"), grpc::StatusCode::PERMISSION_DENIED,
+                "ReportSuspect is for attention identities", "a router reports an expert");
 
   // A fake expert-3 (a certificate the CA never issued cannot exist; one
   // for a new id is a new worker, not a takeover): nothing above changed

@@ -434,6 +434,121 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   ExpectAllAliveBut(cluster, {"expert-2"});
 }
 
+// With two replicas of every group, an expert worker that hangs (SIGSTOP)
+// costs no request either: its attempts time out after a few of its usual
+// answer times, its rows go to the replicas, and it is reported to the
+// controller, whose map takes it out. When it resumes it serves again.
+TEST(ClusterTest, ReplicasServeThroughAHungExpertWorker) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster(
+      {.binaries = kBinaries, .model = kTinyV2, .attention = 1, .experts = 3, .replicas = 2});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  {
+    Traffic traffic(cluster.RouterChannel(), Requests("long", kPrompts, kLongTokens));
+    ASSERT_TRUE(traffic.WaitTokens(4));
+    cluster.expert(1).Stop();
+    ExpectStandaloneOutputs(traffic.Join(), traffic.requests(), reference);
+  }
+  // Out of everybody's routes: suspect, or dead once its lease lapsed.
+  internal::ClusterMap map;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        if (!cluster.GetMap(&map).ok()) return false;
+        const internal::Worker* w = FindWorker(map, "expert-2");
+        return w != nullptr && (w->suspect() || w->state() == internal::WORKER_STATE_DEAD);
+      },
+      10s))
+      << map.DebugString();
+  EXPECT_TRUE(map.complete());
+  const internal::DataPlaneStats stats = LoadOf(cluster, cluster.attention(0)).data_plane();
+  EXPECT_GT(stats.attempt_timeouts(), 0) << stats.DebugString();
+  EXPECT_EQ(stats.failures(), 0) << stats.DebugString();
+
+  // Resumed, it registers again and takes its units back.
+  cluster.expert(1).Continue();
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  ExpectAllBlocksReturned(cluster);
+  ExpectAllAliveBut(cluster, {});
+}
+
+// Without a replica, the requests a hung expert worker holds end
+// UNAVAILABLE naming it (not DEADLINE_EXCEEDED) once --expert_timeout_ms
+// passes, and health says NOT_SERVING within a second, when its lease lapses.
+TEST(ClusterTest, AHungExpertWorkerWithoutReplicaIsUnavailable) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries,
+                   .model = kTinyV2,
+                   .attention = 1,
+                   .experts = 2,
+                   .replicas = 1,
+                   .lease_ms = 750,  // The default, which the one-second bound is for.
+                   .attention_flags = {"--expert_timeout_ms=2000"}});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  {
+    Traffic traffic(cluster.RouterChannel(), Requests("long", kPrompts, kLongTokens), 30s);
+    ASSERT_TRUE(traffic.WaitTokens(4));
+    cluster.expert(0).Stop();
+    const auto stopped = std::chrono::steady_clock::now();
+    ASSERT_TRUE(WaitFor(
+        [&] { return cluster.Health(cluster.router()) == HealthCheckResponse::NOT_SERVING; },
+        10s));
+    const auto noticed = std::chrono::steady_clock::now() - stopped;
+    EXPECT_LT(noticed, std::chrono::milliseconds(static_cast<int>(1000 * testutil::TimeScale())))
+        << "the router said SERVING for "
+        << std::chrono::duration_cast<std::chrono::milliseconds>(noticed).count()
+        << " ms after the only expert worker of some groups hung";
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return cluster.Health(cluster.attention(0)) == HealthCheckResponse::NOT_SERVING;
+        },
+        std::chrono::milliseconds(static_cast<int>(1000 * testutil::TimeScale()))));
+    for (const Outcome& o : traffic.Join()) {
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+      EXPECT_NE(o.status.error_message().find("expert worker expert-1"), std::string::npos)
+          << o.status.error_message();
+      EXPECT_LT(o.elapsed, 10s);
+    }
+  }
+  cluster.expert(0).Continue();
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectRouterServesStandaloneOutputs(cluster, Requests("after", kPrompts, 16), reference);
+  ExpectAllBlocksReturned(cluster);
+}
+
+// Health follows an unusable cluster within a second (default lease): an
+// idle expert worker that dies takes the router and the attention worker
+// NOT_SERVING, and so does the death of the only attention worker.
+TEST(ClusterTest, HealthFollowsAnUnusableClusterWithinASecond) {
+  Cluster cluster({.binaries = kBinaries,
+                   .model = kTinyV2,
+                   .attention = 1,
+                   .experts = 2,
+                   .replicas = 1,
+                   .lease_ms = 750});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  const auto bound = std::chrono::milliseconds(static_cast<int>(1000 * testutil::TimeScale()));
+  // How long after `since` `process` stopped saying SERVING.
+  auto noticed = [&](testutil::ChildProcess& process, std::chrono::steady_clock::time_point since) {
+    EXPECT_TRUE(WaitFor(
+        [&] { return cluster.Health(process) != HealthCheckResponse::SERVING; }, 10s));
+    return std::chrono::steady_clock::now() - since;
+  };
+  cluster.expert(1).Kill(SIGKILL);
+  auto killed = std::chrono::steady_clock::now();
+  EXPECT_LT(noticed(cluster.router(), killed), bound) << "router, expert worker killed";
+  EXPECT_LT(noticed(cluster.attention(0), killed), bound) << "attention worker, expert killed";
+
+  ASSERT_TRUE(cluster.AddExpert("expert-3"));
+  ASSERT_TRUE(cluster.WaitReady());
+  cluster.attention(0).Kill(SIGKILL);
+  killed = std::chrono::steady_clock::now();
+  EXPECT_LT(noticed(cluster.router(), killed), bound) << "router, attention worker killed";
+}
+
 // Without replicas, losing an expert worker fails the requests that need it
 // at once (UNAVAILABLE), the router turns NOT_SERVING once its lease lapses,
 // and a new expert worker takes over its slot: SERVING again, same outputs.

@@ -95,6 +95,7 @@ internal::ClusterMap ToProto(const ClusterMap& map) {
     internal::Worker* worker = out.add_workers();
     *worker->mutable_info() = ToProto(w.info);
     worker->set_state(ToProto(w.state));
+    worker->set_suspect(w.suspect);
   }
   for (const std::string& id : map.expert_workers) out.add_expert_slots(id);
   for (int64_t u = 0; u < map.placement.num_units; ++u) {
@@ -122,6 +123,7 @@ absl::StatusOr<ClusterMap> FromProto(const internal::ClusterMap& map, const Mode
     ClusterMap::Worker worker;
     ASSIGN_OR_RETURN(worker.info, FromProto(w.info()));
     ASSIGN_OR_RETURN(worker.state, FromProto(w.state(), w.info().worker_id()));
+    worker.suspect = w.suspect();
     out.workers.push_back(std::move(worker));
   }
   std::sort(out.workers.begin(), out.workers.end(),

@@ -103,11 +103,30 @@ absl::Status ClusterState::Drain(const std::string& id) {
   return absl::OkStatus();
 }
 
+absl::Status ClusterState::Suspect(const std::string& id, Clock::time_point until) {
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("no worker ", id));
+  Entry& entry = it->second;
+  if (entry.info.role != WorkerRole::kExpert) {
+    return absl::InvalidArgumentError(absl::StrCat(id, " is not an expert worker"));
+  }
+  if (entry.state != WorkerState::kAlive) return absl::OkStatus();
+  const bool was = entry.suspect_until.has_value();
+  entry.suspect_until = std::max(until, entry.suspect_until.value_or(until));
+  if (!was) Publish();
+  return absl::OkStatus();
+}
+
 bool ClusterState::ExpireLeases(Clock::time_point now) {
   bool changed = false;
   for (auto& [id, entry] : workers_) {
     if (entry.state != WorkerState::kDead && entry.lease_end < now) {
       entry.state = WorkerState::kDead;  // An expert keeps its slot.
+      entry.suspect_until.reset();
+      changed = true;
+    }
+    if (entry.suspect_until && *entry.suspect_until <= now) {
+      entry.suspect_until.reset();
       changed = true;
     }
   }
@@ -119,7 +138,9 @@ void ClusterState::Publish() {
   ClusterMap next;
   next.epoch = map_.epoch;
   next.version = map_.version + 1;
-  for (const auto& [id, entry] : workers_) next.workers.push_back({entry.info, entry.state});
+  for (const auto& [id, entry] : workers_) {
+    next.workers.push_back({entry.info, entry.state, entry.suspect_until.has_value()});
+  }
   next.expert_workers = slots_;
   const auto slots = static_cast<int64_t>(slots_.size());
   if (slots > 0) {
@@ -131,7 +152,8 @@ void ClusterState::Publish() {
   next.complete = next.placement.num_units > 0;
   for (const std::vector<int32_t>& holders : next.placement.unit_workers) {
     const bool served = std::any_of(holders.begin(), holders.end(), [&](int32_t w) {
-      return workers_.at(slots_[w]).state == WorkerState::kAlive;
+      const Entry& holder = workers_.at(slots_[w]);
+      return holder.state == WorkerState::kAlive && !holder.suspect_until;
     });
     next.complete = next.complete && served;
   }

@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,8 @@ struct ClusterMap {
   struct Worker {
     WorkerInfo info;
     WorkerState state = WorkerState::kAlive;
+    // ALIVE but reported hung: it serves no unit (see Suspect).
+    bool suspect = false;
 
     friend bool operator==(const Worker&, const Worker&) = default;
   };
@@ -69,7 +72,8 @@ struct ClusterMap {
   // placement, while there is no expert worker.
   std::vector<std::string> expert_workers;
   ExpertPlacement placement;
-  // There is a slot and every unit has at least one ALIVE worker.
+  // There is a slot and every unit has at least one ALIVE worker that is
+  // not suspect.
   bool complete = false;
   // The data plane's key of this epoch, as the controller sent it to this
   // worker (empty: none; routers never get it). Not part of ClusterState.
@@ -105,7 +109,14 @@ class ClusterState {
   // Takes a worker out of the placement (its slot is removed) while it
   // finishes its work; it stays listed as DRAINING. NotFound unless it lives.
   absl::Status Drain(const std::string& id);
-  // Marks workers whose lease lapsed before `now` dead; true if any was.
+  // Marks an ALIVE expert worker suspect until `until`: an attention
+  // worker's dispatches to it did not complete in time. Its units count as
+  // served by their other replicas only. Cleared when it registers again or
+  // `until` passes (ExpireLeases). NotFound for an unknown worker;
+  // InvalidArgument for an attention worker; nothing for a dead one.
+  absl::Status Suspect(const std::string& id, Clock::time_point until);
+  // Marks workers whose lease lapsed before `now` dead and ends suspicions
+  // that expired; true if anything changed.
   bool ExpireLeases(Clock::time_point now);
 
   const ClusterMap& map() const { return map_; }
@@ -116,6 +127,7 @@ class ClusterState {
     WorkerState state = WorkerState::kAlive;
     Clock::time_point lease_end;
     int64_t slot_hint = -1;
+    std::optional<Clock::time_point> suspect_until;  // Set while suspect.
   };
   // Gives expert worker `id` a slot: the first one of a dead worker (whose
   // entry is removed); else, with a hint, a new one before the first slot

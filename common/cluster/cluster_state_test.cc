@@ -155,6 +155,40 @@ TEST(ClusterStateTest, WithReplicasADeadWorkersUnitsStayServedByTheOthers) {
   EXPECT_FALSE(state.map().complete);
 }
 
+TEST(ClusterStateTest, ASuspectWorkerServesNoUnitUntilItExpiresOrRegistersAgain) {
+  ClusterState state(V2Routing(), 2, 50s);
+  const auto t0 = Clock::time_point{};
+  for (const char* id : {"e1", "e2"}) ASSERT_TRUE(state.Register(Expert(id), t0).ok());
+  ASSERT_TRUE(state.Register(Attention("a1"), t0).ok());
+  const uint64_t version = state.map().version;
+  // With two replicas a suspect worker leaves the map complete...
+  ASSERT_TRUE(state.Suspect("e1", t0 + 5s).ok());
+  EXPECT_GT(state.map().version, version);
+  EXPECT_TRUE(state.map().Find("e1")->suspect);
+  EXPECT_EQ(StateOf(state.map(), "e1"), WorkerState::kAlive);
+  EXPECT_TRUE(state.map().complete);
+  // ...both suspect: incomplete. A repeated report publishes nothing new.
+  ASSERT_TRUE(state.Suspect("e2", t0 + 3s).ok());
+  EXPECT_FALSE(state.map().complete);
+  const uint64_t both = state.map().version;
+  ASSERT_TRUE(state.Suspect("e2", t0 + 4s).ok());
+  EXPECT_EQ(state.map().version, both);
+  // Suspicions end when they expire...
+  EXPECT_FALSE(state.ExpireLeases(t0 + 2s));
+  ASSERT_TRUE(state.ExpireLeases(t0 + 4s));
+  EXPECT_FALSE(state.map().Find("e2")->suspect);
+  EXPECT_TRUE(state.map().Find("e1")->suspect);
+  EXPECT_TRUE(state.map().complete);
+  // ...or when the worker registers again (anew: another address).
+  WorkerInfo moved = Expert("e1");
+  moved.grpc_address = "elsewhere:1";
+  ASSERT_TRUE(state.Register(moved, t0 + 4s).ok());
+  EXPECT_FALSE(state.map().Find("e1")->suspect);
+  // Only expert workers can be suspect; unknown ones are NotFound.
+  EXPECT_EQ(state.Suspect("a1", t0 + 9s).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(state.Suspect("nobody", t0 + 9s).code(), absl::StatusCode::kNotFound);
+}
+
 TEST(ClusterStateTest, ANewWorkerTakesTheFirstDeadSlot) {
   ClusterState state(V2Routing(), 1, 5s);
   const auto t0 = Clock::time_point{};

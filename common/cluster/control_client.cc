@@ -33,6 +33,7 @@ std::unique_ptr<ControlClient> ControlClient::Start(ControlClientOptions options
       new ControlClient(std::move(options), std::move(config), std::move(on_map)));
   if (client->options_.self.has_value()) {
     client->member_ = std::thread([c = client.get()] { c->MemberLoop(); });
+    client->reporter_ = std::thread([c = client.get()] { c->ReportLoop(); });
   }
   client->watcher_ = std::thread([c = client.get()] { c->WatchLoop(); });
   return client;
@@ -61,6 +62,7 @@ void ControlClient::Stop() {
   std::lock_guard<std::mutex> join(join_mutex_);
   if (member_.joinable()) member_.join();
   if (watcher_.joinable()) watcher_.join();
+  if (reporter_.joinable()) reporter_.join();
 }
 
 std::optional<ClusterMap> ControlClient::map() const {
@@ -98,6 +100,46 @@ absl::Status ControlClient::Drain() {
     return stub_->Drain(context, request, &response);
   });
   return ToAbsl(status);
+}
+
+void ControlClient::ReportSuspect(const std::string& worker_id, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const absl::Time now = absl::Now();
+    auto [last, added] = reported_at_.try_emplace(worker_id, now);
+    if (!added && now - last->second < absl::Seconds(1)) return;
+    last->second = now;
+    if (stop_ || reports_.size() >= 64) return;
+    reports_.emplace_back(worker_id, reason.substr(0, 1024));
+  }
+  cv_.notify_all();
+}
+
+void ControlClient::ReportLoop() {
+  while (true) {
+    std::pair<std::string, std::string> report;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return stop_ || !reports_.empty(); });
+      if (stop_) return;
+      report = std::move(reports_.front());
+      reports_.pop_front();
+    }
+    internal::ReportSuspectRequest request;
+    request.set_worker_id(report.first);
+    request.set_reason(report.second);
+    internal::ReportSuspectResponse response;
+    const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
+      return stub_->ReportSuspect(context, request, &response);
+    });
+    if (status.ok()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.suspects_reported;
+    } else if (!Stopping()) {
+      DSV2_LOG(WARNING) << "could not report expert worker " << report.first
+                        << " to the controller: " << status.error_message();
+    }
+  }
 }
 
 grpc::Status ControlClient::Call(absl::Duration timeout,

@@ -21,6 +21,8 @@
 #pragma once
 
 #include <condition_variable>
+#include <deque>
+#include <map>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,6 +80,11 @@ class ControlClient {
   // not hear). FailedPrecondition without `self`; the controller's error
   // (e.g. UNAVAILABLE while it restarts) otherwise.
   absl::Status Drain();
+  // Tells the controller that expert worker `worker_id` did not answer in
+  // time (ControllerService::ReportSuspect). Returns at once: the report is
+  // sent from a thread of the client's, at most once a second per worker and
+  // 64 waiting; a failed report is logged, not retried.
+  void ReportSuspect(const std::string& worker_id, const std::string& reason);
   // Ends the threads promptly, cancelling calls in flight. Idempotent.
   void Stop();
 
@@ -85,6 +92,7 @@ class ControlClient {
     int64_t registrations = 0;       // Successful Register calls.
     int64_t heartbeat_failures = 0;  // Heartbeats refused or not answered.
     int64_t maps_received = 0;       // Newer maps taken (on_map calls).
+    int64_t suspects_reported = 0;   // ReportSuspect calls answered OK.
   };
   Stats stats() const;
 
@@ -93,6 +101,7 @@ class ControlClient {
 
   void MemberLoop();
   void WatchLoop();
+  void ReportLoop();
   // Registers self; then drains again if Drain succeeded before. Returns the
   // lease, or the call's error.
   grpc::Status RegisterSelf(absl::Duration* lease);
@@ -115,10 +124,15 @@ class ControlClient {
   std::optional<ClusterMap> map_;
   bool drained_ = false;
   Stats stats_;
+  // Suspect reports to send (worker id, reason), and when each worker was
+  // last reported.
+  std::deque<std::pair<std::string, std::string>> reports_;
+  std::map<std::string, absl::Time> reported_at_;
 
   std::mutex join_mutex_;  // Serializes Stop's joins.
   std::thread member_;
   std::thread watcher_;
+  std::thread reporter_;
 };
 
 // A random nonzero data-plane peer id for WorkerInfo::peer_id.

@@ -3,6 +3,7 @@
 // replicas take over a dead worker's rows, a unit with no worker fails
 // UNAVAILABLE, tokens reach at most topk_group workers, and malformed
 // dispatches are refused.
+#include <mutex>
 #include <random>
 
 #include "common/experts/expert_server.h"
@@ -52,7 +53,8 @@ Batch RandomBatch(const DeepseekV2Model& model, int64_t n, uint32_t seed) {
 // Expert workers on an in-process network, and an attention-side client.
 class Cluster {
  public:
-  Cluster(const DeepseekV2Model& model, int64_t workers, int64_t replicas, DType dtype)
+  Cluster(const DeepseekV2Model& model, int64_t workers, int64_t replicas, DType dtype,
+          RemoteExpertsOptions options = {.timeout = absl::Seconds(5)})
       : network_(InProcessNetwork::Create()) {
     for (int64_t w = 0; w < workers; ++w) {
       transports_.push_back(*InProcessTransport::Create(network_, {.id = uint32_t(10 + w)}));
@@ -60,12 +62,13 @@ class Cluster {
                                                         ExpertServerOptions{}));
     }
     client_transport_ = *InProcessTransport::Create(network_, {.id = 1});
-    experts_ = std::make_unique<RemoteRoutedExperts>(
-        model.config(), *client_transport_,
-        RemoteExpertsOptions{.dispatch_dtype = dtype, .timeout = absl::Seconds(5)});
+    options.dispatch_dtype = dtype;
+    experts_ = std::make_unique<RemoteRoutedExperts>(model.config(), *client_transport_,
+                                                     std::move(options));
     route_ = std::make_shared<ExpertRoute>();
     route_->placement = *PlaceExperts(model.config(), workers, replicas);
     for (auto& t : transports_) {
+      route_->ids.push_back("w" + std::to_string(route_->ids.size()));
       route_->addresses.push_back(t->address());
       route_->alive.push_back(true);
     }
@@ -163,6 +166,54 @@ TEST_P(ExpertsTest, ReplicasTakeOverAndAUnitWithoutWorkerIsUnavailable) {
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(status.message(), HasSubstr("no reachable expert worker"));
   EXPECT_EQ(single.experts().stats().failures, 1);
+}
+
+// A worker that stops answering (requests held, never answered): with a
+// replica its rows go there after the attempt timeout and it is reported;
+// without one the layer fails UNAVAILABLE naming it after `timeout`.
+TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
+  const Batch b = RandomBatch(*model_, 16, 13);
+  std::vector<float> expected, out;
+  {
+    Cluster reference(*model_, 1, 1, DType::kBF16);
+    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
+  }
+  std::mutex mutex;
+  std::vector<transport::IncomingRequest> held;
+  auto hang = [&](transport::IncomingRequest request) {
+    std::lock_guard<std::mutex> lock(mutex);
+    held.push_back(std::move(request));
+  };
+  std::vector<std::pair<std::string, std::string>> reports;
+  RemoteExpertsOptions options{.timeout = absl::Seconds(2),
+                               .attempt_timeout = absl::Milliseconds(100),
+                               .on_suspect = [&](const std::string& id, const std::string& why) {
+                                 reports.emplace_back(id, why);
+                               }};
+  Cluster replicated(*model_, 2, 2, DType::kBF16, options);
+  replicated.transport(0).SetRequestHandler(hang);
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(replicated.Compute(b, layer_, &out).ok());
+    EXPECT_EQ(out, expected);
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1)) << "no call waited for the hung worker";
+  EXPECT_EQ(replicated.experts().stats().attempt_timeouts, 1) << "then avoided";
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].first, "w0");
+  EXPECT_THAT(reports[0].second, HasSubstr("no answer to a dispatch of layer"));
+
+  reports.clear();
+  Cluster single(*model_, 2, 1, DType::kBF16, options);
+  single.transport(1).SetRequestHandler(hang);
+  const absl::Status status = single.Compute(b, layer_, &out);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr("expert worker w1"));
+  EXPECT_THAT(status.message(), HasSubstr("no answer within 2s"));
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].first, "w1");
+  std::lock_guard<std::mutex> lock(mutex);
+  held.clear();
 }
 
 // A worker that answers with errors (here: as a worker of another model

@@ -1,5 +1,6 @@
 #include "common/experts/remote_experts.h"
 
+#include <algorithm>
 #include <future>
 #include <map>
 
@@ -18,9 +19,10 @@ std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map) {
     for (const ClusterMap::Worker& w : map.workers) {
       if (w.info.id == id) {
         address = w.info.data_address;
-        alive = w.state == WorkerState::kAlive;
+        alive = w.state == WorkerState::kAlive && !w.suspect;
       }
     }
+    route->ids.push_back(id);
     route->addresses.push_back(address);
     route->alive.push_back(alive);
   }
@@ -49,6 +51,38 @@ RemoteRoutedExperts::Stats RemoteRoutedExperts::stats() const {
 void RemoteRoutedExperts::Suspect(const std::string& address) {
   std::lock_guard<std::mutex> lock(mutex_);
   suspect_until_[address] = absl::Now() + options_.suspect_time;
+}
+
+bool RemoteRoutedExperts::HasOtherReplicas(const ExpertRoute& route,
+                                           const std::vector<int32_t>& units, int32_t w) {
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int32_t unit : units) {
+    bool other = false;
+    for (int32_t candidate : route.placement.unit_workers[unit]) {
+      if (candidate == w || !route.alive[candidate]) continue;
+      auto it = suspect_until_.find(route.addresses[candidate]);
+      if (it == suspect_until_.end() || it->second <= now) other = true;
+    }
+    if (!other) return false;
+  }
+  return true;
+}
+
+absl::Duration RemoteRoutedExperts::AttemptTimeout() {
+  if (options_.attempt_timeout > absl::ZeroDuration()) return options_.attempt_timeout;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (round_trip_count_ == 0) return options_.timeout;  // Nothing measured yet.
+  absl::Duration slowest = absl::ZeroDuration();
+  const size_t n = std::min(round_trip_count_, round_trips_.size());
+  for (size_t i = 0; i < n; ++i) slowest = std::max(slowest, round_trips_[i]);
+  return std::clamp(slowest * options_.attempt_factor, options_.min_attempt_timeout,
+                    options_.timeout);
+}
+
+void RemoteRoutedExperts::RecordAnswer(absl::Duration round_trip) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  round_trips_[round_trip_count_++ % round_trips_.size()] = round_trip;
 }
 
 int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn) {
@@ -89,6 +123,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
     stats_.max_workers_per_token = std::max(stats_.max_workers_per_token, call.max_workers_per_token);
     stats_.dispatches += call.dispatches;
     stats_.resends += call.resends;
+    stats_.attempt_timeouts += call.attempt_timeouts;
     stats_.failures += status.ok() ? 0 : 1;
     return status;
   };
@@ -154,33 +189,67 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
                                              *std::move(dispatch), deadline)});
       ++call.dispatches;
     }
+    const absl::Time sent = absl::Now();
     if (!ran_meanwhile) {
       meanwhile();
       ran_meanwhile = true;
     }
 
     absl::Status error;
+    const absl::Time attempt_deadline = std::min(sent + AttemptTimeout(), deadline);
     for (InFlight& c : calls) {
-      absl::StatusOr<transport::Message> reply = c.reply.get();
+      const std::string& id = route->ids[c.worker];
+      const std::string& address = route->addresses[c.worker];
+      if (c.reply.wait_until(absl::ToChronoTime(attempt_deadline)) != std::future_status::ready) {
+        // Slow or hung. With other replicas for all its rows, do not wait:
+        // its rows go there, and it is reported.
+        std::vector<int32_t> units;
+        for (int64_t r : *c.rows) units.push_back(unit[r]);
+        const std::string why = absl::StrCat(
+            "no answer to a dispatch of layer ", layer, " within ",
+            absl::FormatDuration(attempt_deadline - sent));
+        if (HasOtherReplicas(*route, units, c.worker)) {
+          DSV2_LOG(WARNING) << "expert worker " << id << ": " << why
+                            << "; resending its rows to replicas";
+          Suspect(address);
+          if (options_.on_suspect) options_.on_suspect(id, why);
+          last_failure = absl::StrCat(id, ": ", why);
+          todo.insert(todo.end(), c.rows->begin(), c.rows->end());
+          call.resends += static_cast<int64_t>(c.rows->size());
+          ++call.attempt_timeouts;
+          continue;  // Its answer, should it come, is dropped.
+        }
+      }
+      absl::StatusOr<transport::Message> reply = c.reply.get();  // Bounded by the call's deadline.
       absl::StatusOr<absl::Span<const uint8_t>> sums =
           reply.ok() ? transport::ParseCombine(reply->header, reply->payload.span())
                      : absl::StatusOr<absl::Span<const uint8_t>>(reply.status());
       if (sums.ok()) {
+        RecordAnswer(absl::Now() - sent);
         const int64_t row_bytes = hidden_ * DTypeSize(reply->header.dtype);
         for (size_t i = 0; i < c.rows->size(); ++i) {
           ConvertToFloat(sums->data() + i * row_bytes, reply->header.dtype, hidden_,
                          &partials[(*c.rows)[i] * hidden_]);
         }
-      } else if (absl::IsDeadlineExceeded(sums.status()) || absl::IsCancelled(sums.status())) {
-        error.Update(sums.status());  // Out of time, or shutting down: no resend.
+      } else if (absl::IsDeadlineExceeded(sums.status())) {
+        // A worker with no replica to go to did not answer at all: it is
+        // unreachable for this layer, whatever the cause.
+        const std::string why =
+            absl::StrCat("no answer within ", absl::FormatDuration(options_.timeout));
+        Suspect(address);
+        if (options_.on_suspect) options_.on_suspect(id, why);
+        error.Update(absl::UnavailableError(absl::StrCat("expert worker ", id, " (", address,
+                                                         "): ", why)));
+      } else if (absl::IsCancelled(sums.status())) {
+        error.Update(sums.status());  // Shutting down: no resend.
       } else {
         // Unreachable, overloaded, or answering what it should not (an error
         // frame, a malformed reply: e.g. another model's worker). That
         // worker's failure, not this process's: its rows go to a replica.
-        DSV2_LOG(WARNING) << "expert worker " << route->addresses[c.worker]
-                          << " failed; resending its rows: " << sums.status();
-        Suspect(route->addresses[c.worker]);
-        last_failure = absl::StrCat(route->addresses[c.worker], ": ", sums.status().ToString());
+        DSV2_LOG(WARNING) << "expert worker " << id << " failed; resending its rows: "
+                          << sums.status();
+        Suspect(address);
+        last_failure = absl::StrCat(id, ": ", sums.status().ToString());
         todo.insert(todo.end(), c.rows->begin(), c.rows->end());
         call.resends += static_cast<int64_t>(c.rows->size());
       }

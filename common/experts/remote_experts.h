@@ -15,14 +15,25 @@
 // error) — is avoided (until the next route or `suspect_time`) and its rows
 // are sent again to another replica within the same call; when a unit has
 // no worker left, Compute fails UNAVAILABLE naming the unit and the last
-// failure, and a call past `timeout` fails DEADLINE_EXCEEDED — the engine
-// then ends that step's requests.
+// failure — the engine then ends that step's requests.
+//
+// Hung workers: each attempt has its own deadline, `attempt_timeout` or,
+// when that is zero, `attempt_factor` times the slowest of the last 64
+// answers (at least `min_attempt_timeout`). A worker that has not answered
+// by then, where every unit of its rows has another live replica, is
+// suspect: its rows go to those replicas, and `on_suspect` reports it (to
+// the controller, which takes it out of everybody's routes). Without a
+// replica the call waits for the worker up to `timeout` and then fails
+// UNAVAILABLE naming it; a failure of this process's own (a shutdown) is
+// CANCELLED.
 //
 // Thread safety: Compute may run concurrently (micro-batches); SetRoute may
 // be called at any time (calls in flight keep the route they started with).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,8 +52,9 @@ namespace dsv2 {
 // data addresses of the workers holding it and whether each is alive.
 struct ExpertRoute {
   ExpertPlacement placement;
+  std::vector<std::string> ids;        // By placement worker index.
   std::vector<std::string> addresses;  // By placement worker index.
-  std::vector<bool> alive;             // By placement worker index.
+  std::vector<bool> alive;             // ALIVE and not suspect, by placement worker index.
 };
 
 // The route of `map`; nullptr when it has no placement.
@@ -50,8 +62,18 @@ std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map);
 
 struct RemoteExpertsOptions {
   DType dispatch_dtype = DType::kBF16;  // Activations on the wire; the reply uses the same.
+  // The longest a MoE layer waits for a worker with no replica to go to.
   absl::Duration timeout = absl::Seconds(5);
+  // Per attempt (see above); zero: adaptive.
+  absl::Duration attempt_timeout = absl::ZeroDuration();
+  absl::Duration min_attempt_timeout = absl::Milliseconds(50);
+  double attempt_factor = 4;
+  // How long a failed or hung worker is avoided here (the controller's map
+  // may take it out for longer).
   absl::Duration suspect_time = absl::Seconds(2);
+  // Told of a worker that did not answer in time: its id and why. Runs on
+  // the computing thread; must return quickly.
+  std::function<void(const std::string& worker_id, const std::string& reason)> on_suspect;
 };
 
 class RemoteRoutedExperts final : public RoutedExperts {
@@ -64,6 +86,7 @@ class RemoteRoutedExperts final : public RoutedExperts {
     int64_t dispatches = 0;            // Messages sent (including resends).
     int64_t resends = 0;               // Rows sent again to another replica.
     int64_t failures = 0;              // Compute calls that failed.
+    int64_t attempt_timeouts = 0;      // Workers given up on for a replica (hung or slow).
   };
 
   // `transport` must outlive this object.
@@ -82,6 +105,12 @@ class RemoteRoutedExperts final : public RoutedExperts {
   // A live, unsuspected worker of `unit`, turn by turn; -1 when none.
   int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn);
   void Suspect(const std::string& address);
+  // Whether every unit in `units` has a live, unsuspected worker besides
+  // worker `w`.
+  bool HasOtherReplicas(const ExpertRoute& route, const std::vector<int32_t>& units, int32_t w);
+  // How long one attempt may take from now.
+  absl::Duration AttemptTimeout();
+  void RecordAnswer(absl::Duration round_trip);
 
   const int64_t hidden_;
   const int64_t granule_size_;
@@ -92,6 +121,10 @@ class RemoteRoutedExperts final : public RoutedExperts {
   absl::flat_hash_map<std::string, absl::Time> suspect_until_;  // Guarded by mutex_.
   uint64_t turn_ = 0;                                            // Guarded by mutex_.
   Stats stats_;                                                  // Guarded by mutex_.
+  // The last answers' round trips (a ring), for the adaptive attempt
+  // deadline. Guarded by mutex_.
+  std::array<absl::Duration, 64> round_trips_{};
+  size_t round_trip_count_ = 0;
 };
 
 }  // namespace dsv2

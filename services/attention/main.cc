@@ -35,7 +35,12 @@ ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
 ABSL_FLAG(std::string, worker_id, "",
           "Stable id in the cluster map; default: the id of --tls_cert, or attention@host:port.");
 ABSL_FLAG(int64_t, expert_timeout_ms, 5000,
-          "A MoE layer whose expert workers do not answer within this fails its step's requests.");
+          "A MoE layer whose expert worker does not answer within this, and has no replica to "
+          "go to, fails its step's requests (UNAVAILABLE).");
+ABSL_FLAG(int64_t, expert_attempt_timeout_ms, 0,
+          "An expert worker that has not answered a dispatch within this, while its units have "
+          "other live replicas, is reported hung and its rows go to them; 0: 4x the slowest of "
+          "the last 64 answers (at least 50 ms).");
 
 namespace dsv2 {
 namespace {
@@ -95,12 +100,29 @@ int Serve() {
     return 1;
   }
   DataPlaneKeys keys(data_plane->get());
+  if (absl::GetFlag(FLAGS_expert_timeout_ms) < 1 ||
+      absl::GetFlag(FLAGS_expert_attempt_timeout_ms) < 0) {
+    std::cerr << "dsv2-attention: --expert_timeout_ms must be >= 1 and "
+                 "--expert_attempt_timeout_ms >= 0\n";
+    return 2;
+  }
+  // Hung expert workers are reported to the controller once it is known.
+  std::atomic<ControlClient*> reporter{nullptr};
   auto experts = std::make_shared<RemoteRoutedExperts>(
       config, **data_plane,
-      RemoteExpertsOptions{.dispatch_dtype = *dtype,
-                           .timeout = absl::Milliseconds(absl::GetFlag(FLAGS_expert_timeout_ms))});
+      RemoteExpertsOptions{
+          .dispatch_dtype = *dtype,
+          .timeout = absl::Milliseconds(absl::GetFlag(FLAGS_expert_timeout_ms)),
+          .attempt_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_expert_attempt_timeout_ms)),
+          .on_suspect =
+              [&reporter](const std::string& id, const std::string& why) {
+                if (ControlClient* client = reporter.load()) client->ReportSuspect(id, why);
+              }});
   (*model)->SetRoutedExperts(experts);
 
+  // Declared before the engine, so it outlives the engine's last step (which
+  // may report a hung worker through it).
+  std::unique_ptr<ControlClient> control;
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir, *streams);
   // Ready: the map is complete and lists this worker alive.
@@ -109,7 +131,6 @@ int Serve() {
       &engine, [&] { return ready && !draining && engine.healthy(); },
       [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); },
       security->ClusterPolicy());
-  std::unique_ptr<ControlClient> control;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const int code = ServeEngine({
       .program = "dsv2-attention",
@@ -150,6 +171,7 @@ int Serve() {
                   const ClusterMap::Worker* me = map.Find(id);
                   ready = map.complete && me != nullptr && me->state == WorkerState::kAlive;
                 });
+            reporter = control.get();
             return absl::OkStatus();
           },
       .on_drain =
@@ -161,6 +183,7 @@ int Serve() {
           },
       .fatal = &fatal,
   });
+  reporter = nullptr;
   if (control) control->Stop();
   (*data_plane)->Shutdown();
   return code;

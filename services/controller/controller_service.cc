@@ -43,8 +43,10 @@ std::string NewDataPlaneKey() {
 
 ControllerService::ControllerService(ModelConfig config, int64_t replicas,
                                      std::chrono::milliseconds lease,
-                                     std::chrono::milliseconds warmup, AccessPolicy policy)
+                                     std::chrono::milliseconds warmup, AccessPolicy policy,
+                                     std::chrono::milliseconds suspect_time)
     : lease_(lease),
+      suspect_time_(suspect_time),
       policy_(std::move(policy)),
       data_plane_key_(policy_.open() ? "" : NewDataPlaneKey()),
       epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
@@ -70,7 +72,10 @@ void ControllerService::Shutdown() {
 void ControllerService::ExpireLoop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
-    auto wake = ClusterState::Clock::now() + std::max<std::chrono::milliseconds>(lease_ / 4, 10ms);
+    // Often enough that a lapsed lease shows in the map within a small part
+    // of the lease (health follows the map).
+    auto wake = ClusterState::Clock::now() +
+                std::clamp<std::chrono::milliseconds>(lease_ / 8, 10ms, 50ms);
     if (!warm_) wake = std::min(wake, warm_at_);
     changed_.wait_until(lock, wake);
     if (stop_) break;
@@ -191,6 +196,31 @@ grpc::Status ControllerService::Drain(grpc::ServerContext* context,
   DSV2_LOG(INFO) << "draining " << request->worker_id() << "; cluster map version "
                  << state_.map().version;
   changed_.notify_all();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ReportSuspect(grpc::ServerContext* context,
+                                              const internal::ReportSuspectRequest* request,
+                                              internal::ReportSuspectResponse*) {
+  absl::StatusOr<Caller> caller = policy_.Authorize(*context, {Role::kAttention}, "ReportSuspect");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (request->reason().size() > 1024) {
+    return ToGrpc(absl::InvalidArgumentError("reason is longer than 1024 bytes"));
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  const uint64_t version = state_.map().version;
+  if (absl::Status status =
+          state_.Suspect(request->worker_id(), ClusterState::Clock::now() + suspect_time_);
+      !status.ok()) {
+    return ToGrpc(status);
+  }
+  if (state_.map().version != version) {
+    DSV2_LOG(WARNING) << "expert worker " << request->worker_id() << " reported hung by "
+                      << (caller->principal.empty() ? "an attention worker" : caller->principal)
+                      << " (" << request->reason() << "); suspect for " << suspect_time_.count()
+                      << " ms; cluster map version " << state_.map().version;
+    changed_.notify_all();
+  }
   return grpc::Status::OK;
 }
 

@@ -11,6 +11,7 @@
 // Who may call what (with a Cluster AccessPolicy; an Open one allows all):
 // Register and Heartbeat only the worker itself — the certificate's role and
 // id must be the request's; Drain the worker itself or an operator;
+// ReportSuspect attention workers;
 // GetClusterMap and WatchClusterMap any identity of the cluster. Others get
 // PERMISSION_DENIED naming the rule. On a TLS cluster it draws a data-plane
 // key for its epoch and sends it, with the map, to attention and expert
@@ -33,7 +34,8 @@ namespace dsv2 {
 class ControllerService final : public internal::Controller::Service {
  public:
   ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease,
-                    std::chrono::milliseconds warmup, AccessPolicy policy = AccessPolicy::Open());
+                    std::chrono::milliseconds warmup, AccessPolicy policy = AccessPolicy::Open(),
+                    std::chrono::milliseconds suspect_time = std::chrono::seconds(5));
   ~ControllerService() override;  // Stops the lease thread and ends watches.
 
   grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* request,
@@ -47,6 +49,11 @@ class ControllerService final : public internal::Controller::Service {
                                grpc::ServerWriter<internal::ClusterMap>* writer) override;
   grpc::Status Drain(grpc::ServerContext* context, const internal::DrainRequest* request,
                      internal::DrainResponse* response) override;
+  // Attention workers only. The expert worker is suspect for
+  // `suspect_time` (ClusterState::Suspect).
+  grpc::Status ReportSuspect(grpc::ServerContext* context,
+                             const internal::ReportSuspectRequest* request,
+                             internal::ReportSuspectResponse* response) override;
 
   // Ends every watch stream (before the server shuts down).
   void Shutdown();
@@ -60,6 +67,7 @@ class ControllerService final : public internal::Controller::Service {
   internal::ClusterMap MapFor(const Caller& caller) const;
 
   const std::chrono::milliseconds lease_;
+  const std::chrono::milliseconds suspect_time_;
   const AccessPolicy policy_;
   // This epoch's data-plane key (32 random bytes) on a TLS cluster; empty in
   // plaintext, where frames are not sealed.

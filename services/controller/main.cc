@@ -22,7 +22,12 @@ ABSL_FLAG(std::string, model, "", "Model directory (its config.json decides the 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50050", "Address to serve on; port 0: the OS chooses.");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
 ABSL_FLAG(int64_t, replicas, 1, "Expert workers holding each routing group (or slice).");
-ABSL_FLAG(int64_t, lease_ms, 3000, "A worker that does not renew within this is marked dead.");
+ABSL_FLAG(int64_t, lease_ms, 750,
+          "A worker that does not renew within this is marked dead (workers renew every third "
+          "of it): the bound on how long a dead or hung worker goes unnoticed without traffic.");
+ABSL_FLAG(int64_t, suspect_ms, 5000,
+          "An expert worker an attention worker reports hung serves no unit for this long "
+          "(unless it registers again first).");
 ABSL_FLAG(int64_t, warmup_ms, -1,
           "After start, publish no cluster map for this long, so live workers re-register "
           "first (-1: the lease + 1.5 s).");
@@ -49,9 +54,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (absl::GetFlag(FLAGS_replicas) < 1 || absl::GetFlag(FLAGS_lease_ms) < 10 ||
-      absl::GetFlag(FLAGS_warmup_ms) < -1) {
-    std::cerr << "dsv2-controller: --replicas must be >= 1, --lease_ms >= 10 and --warmup_ms >= "
-                 "-1\n";
+      absl::GetFlag(FLAGS_warmup_ms) < -1 || absl::GetFlag(FLAGS_suspect_ms) < 0) {
+    std::cerr << "dsv2-controller: --replicas must be >= 1, --lease_ms >= 10, --warmup_ms >= "
+                 "-1 and --suspect_ms >= 0\n";
     return 2;
   }
   const std::chrono::milliseconds lease(absl::GetFlag(FLAGS_lease_ms));
@@ -65,8 +70,9 @@ int main(int argc, char** argv) {
     std::cerr << "dsv2-controller: " << security.status().message() << "\n";
     return 2;
   }
-  dsv2::ControllerService service(*config, absl::GetFlag(FLAGS_replicas), lease, warmup,
-                                  security->ClusterPolicy());
+  dsv2::ControllerService service(
+      *config, absl::GetFlag(FLAGS_replicas), lease, warmup, security->ClusterPolicy(),
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_suspect_ms)));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -6,7 +6,7 @@
 // Health ("" and dsv2.v1.Generation) is SERVING while the last cluster map
 // is complete and at least one attention worker answered its last load poll
 // as serving: a worker that dies or hangs turns it NOT_SERVING within
-// --load_interval_ms (+ the poll's 500 ms deadline for a hung one) + 100 ms.
+// --load_interval_ms (+ the poll's 500 ms deadline for a hung one) + 50 ms.
 // SIGINT/SIGTERM drain: new calls get UNAVAILABLE, health turns NOT_SERVING,
 // running streams may finish within --drain_grace_s and are then cancelled
 // (the workers abort them), and the process exits 0.
@@ -132,10 +132,10 @@ int Serve() {
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
 
   // Health follows the router's own view (the map and its polls of the
-  // workers), checked every 100 ms.
+  // workers), checked every 50 ms.
   bool serving = false;
   int signal = 0;
-  while ((signal = WaitForTerminationSignal(absl::Milliseconds(100))) == 0) {
+  while ((signal = WaitForTerminationSignal(absl::Milliseconds(50))) == 0) {
     const bool ready = router.ready();
     if (ready == serving) continue;
     serving = ready;

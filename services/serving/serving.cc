@@ -167,6 +167,7 @@ void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Tra
   out->set_max_workers_per_token(stats.max_workers_per_token);
   out->set_resends(stats.resends);
   out->set_failures(stats.failures);
+  out->set_attempt_timeouts(stats.attempt_timeouts);
   const transport::TransportCounters counters = transport.counters();
   out->set_messages_sent(counters.messages_sent);
   out->set_bytes_sent(counters.bytes_sent);
@@ -215,7 +216,7 @@ int ServeEngine(const ServeParams& params) {
   WritePortFile(params.port_file, port);
 
   while (true) {
-    const int signal = WaitForTerminationSignal(absl::Milliseconds(200));
+    const int signal = WaitForTerminationSignal(absl::Milliseconds(50));
     if (params.fatal != nullptr && *params.fatal) {
       health->Shutdown();
       DSV2_LOG(ERROR) << "fatal engine error: shutting down";
