@@ -4,7 +4,9 @@
 #include <numeric>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/base/logging.h"
 #include "common/model/routed_experts.h"
 
@@ -14,25 +16,34 @@ using transport::IncomingRequest;
 
 // Shared with the transport's handler, which may outlive the server.
 struct ExpertServer::Queue {
-  std::mutex mutex;
-  std::condition_variable ready;
-  std::deque<IncomingRequest> requests;  // Guarded by mutex.
-  bool stopped = false;                  // Guarded by mutex.
-  Stats stats;                           // Guarded by mutex.
+  absl::Mutex mutex;
+  std::deque<IncomingRequest> requests ABSL_GUARDED_BY(mutex);
+  size_t bytes ABSL_GUARDED_BY(mutex) = 0;  // Payload bytes of `requests`.
+  bool stopped ABSL_GUARDED_BY(mutex) = false;
+  Stats stats ABSL_GUARDED_BY(mutex);
 };
 
 ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& transport,
                            ExpertServerOptions options)
     : model_(model), options_(options), queue_(std::make_shared<Queue>()) {
-  transport.SetRequestHandler([queue = queue_](IncomingRequest request) {
-    std::unique_lock<std::mutex> lock(queue->mutex);
-    if (queue->stopped) {
-      lock.unlock();
-      request.RespondError(absl::UnavailableError("expert server stopped"));
-      return;
+  transport.SetRequestHandler([queue = queue_, limit = options.max_queued_bytes](
+                                  IncomingRequest request) {
+    absl::Status refused;
+    {
+      absl::MutexLock lock(&queue->mutex);
+      if (queue->stopped) {
+        refused = absl::UnavailableError("expert server stopped");
+      } else if (queue->bytes + request.payload().size() > limit && !queue->requests.empty()) {
+        ++queue->stats.overloaded;
+        refused = absl::ResourceExhaustedError(
+            absl::StrCat("expert server queue full (", limit, " bytes waiting)"));
+      } else {
+        queue->bytes += request.payload().size();
+        queue->requests.push_back(std::move(request));
+        return;
+      }
     }
-    queue->requests.push_back(std::move(request));
-    queue->ready.notify_one();
+    request.RespondError(refused);
   });
   thread_ = std::thread([this] { Loop(); });
 }
@@ -40,10 +51,10 @@ ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& t
 ExpertServer::~ExpertServer() {
   std::deque<IncomingRequest> left;
   {
-    std::lock_guard<std::mutex> lock(queue_->mutex);
+    absl::MutexLock lock(&queue_->mutex);
     queue_->stopped = true;
     left.swap(queue_->requests);
-    queue_->ready.notify_all();
+    queue_->bytes = 0;
   }
   thread_.join();
   for (IncomingRequest& request : left) {
@@ -52,24 +63,29 @@ ExpertServer::~ExpertServer() {
 }
 
 ExpertServer::Stats ExpertServer::stats() const {
-  std::lock_guard<std::mutex> lock(queue_->mutex);
-  return queue_->stats;
+  absl::MutexLock lock(&queue_->mutex);
+  Stats stats = queue_->stats;
+  stats.queued = static_cast<int64_t>(queue_->requests.size());
+  return stats;
 }
 
 void ExpertServer::Loop() {
+  Queue& q = *queue_;
   while (true) {
     std::deque<IncomingRequest> batch;
     {
-      std::unique_lock<std::mutex> lock(queue_->mutex);
-      queue_->ready.wait(lock, [&] { return queue_->stopped || !queue_->requests.empty(); });
-      if (queue_->stopped) return;
+      absl::MutexLock lock(&q.mutex);
+      auto work = [&q]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(q.mutex) {
+        return q.stopped || !q.requests.empty();
+      };
+      q.mutex.Await(absl::Condition(&work));
+      if (q.stopped) return;
       if (options_.batch_window > absl::ZeroDuration()) {
-        const auto until = std::chrono::steady_clock::now() +
-                           absl::ToChronoNanoseconds(options_.batch_window);
-        queue_->ready.wait_until(lock, until, [&] { return queue_->stopped; });
-        if (queue_->stopped) return;
+        q.mutex.AwaitWithTimeout(absl::Condition(&q.stopped), options_.batch_window);
+        if (q.stopped) return;
       }
-      batch.swap(queue_->requests);
+      batch.swap(q.requests);
+      q.bytes = 0;
     }
     ComputeBatch(batch);
   }
@@ -100,7 +116,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
     if (status.ok()) status = transport::ValidateRouting(*view, config.n_routed_experts);
     if (!status.ok()) {
       {
-        std::lock_guard<std::mutex> lock(queue_->mutex);
+        absl::MutexLock lock(&queue_->mutex);
         ++queue_->stats.invalid_requests;
       }
       request.RespondError(status);
@@ -140,7 +156,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
                       weights.data(), partials.data());
     {
       // Counted before answering, so a caller that has its answer sees it.
-      std::lock_guard<std::mutex> lock(queue_->mutex);
+      absl::MutexLock lock(&queue_->mutex);
       queue_->stats.requests += static_cast<int64_t>(requests.size());
       queue_->stats.rows += rows;
     }
@@ -160,7 +176,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
       row += h.token_count;
     }
   }
-  std::lock_guard<std::mutex> lock(queue_->mutex);
+  absl::MutexLock lock(&queue_->mutex);
   ++queue_->stats.batches;
 }
 

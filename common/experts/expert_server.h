@@ -21,11 +21,9 @@
 // to one compute thread; stats() may be called from any thread.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <thread>
 
 #include "absl/time/time.h"
@@ -37,6 +35,10 @@ namespace dsv2 {
 struct ExpertServerOptions {
   // After the first request of a batch arrives, wait this long for more.
   absl::Duration batch_window = absl::ZeroDuration();
+  // Payload bytes of requests waiting for the compute thread, at most; a
+  // request beyond is answered RESOURCE_EXHAUSTED (its caller then turns to
+  // a replica).
+  size_t max_queued_bytes = size_t{256} << 20;
 };
 
 class ExpertServer {
@@ -46,6 +48,8 @@ class ExpertServer {
     int64_t rows = 0;              // (token, granule) rows computed.
     int64_t batches = 0;           // Compute rounds.
     int64_t invalid_requests = 0;  // Answered INVALID_ARGUMENT.
+    int64_t overloaded = 0;        // Answered RESOURCE_EXHAUSTED: the queue was full.
+    int64_t queued = 0;            // Waiting for the compute thread now.
   };
 
   // Installs the request handler on `transport`. `model` must outlive the

@@ -289,6 +289,38 @@ TEST_P(ExpertsTest, MalformedDispatchesAreRefusedAndServingGoesOn) {
   EXPECT_TRUE(cluster.Compute(RandomBatch(*model_, 4, 1), layer_, &out).ok());
 }
 
+// The requests waiting for the compute thread are bounded: while a batch
+// window holds the queue, a dispatch beyond the byte bound is answered
+// RESOURCE_EXHAUSTED at once, and the queued one is computed.
+TEST_P(ExpertsTest, TheQueueIsBoundedAndTheOverflowIsResourceExhausted) {
+  auto network = InProcessNetwork::Create();
+  auto server_transport = *InProcessTransport::Create(network, {.id = 10});
+  auto client = *InProcessTransport::Create(network, {.id = 1});
+  const int64_t hidden = model_->config().hidden_size;
+  ExpertServer server(*model_, *server_transport,
+                      {.batch_window = absl::Milliseconds(500),
+                       .max_queued_bytes = static_cast<size_t>(hidden) * 2 + 64});
+  auto dispatch = [&] {
+    std::vector<uint8_t> activations(hidden * 2, 0);
+    return *transport::MakeDispatch({.layer = static_cast<uint32_t>(layer_)},
+                                    static_cast<uint32_t>(hidden), 1, DType::kBF16, activations,
+                                    {0}, {0.5f}, nullptr);
+  };
+  auto first = transport::CallFuture(*client, server_transport->address(), dispatch(),
+                                     absl::Now() + absl::Seconds(10));
+  // The first is queued (its window runs); the second does not fit.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (server.stats().queued == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_EQ(server.stats().queued, 1);
+  const absl::Status second =
+      transport::CallAndWait(*client, server_transport->address(), dispatch(), absl::Seconds(10))
+          .status();
+  EXPECT_EQ(second.code(), absl::StatusCode::kResourceExhausted) << second;
+  EXPECT_TRUE(first.get().ok());
+  EXPECT_EQ(server.stats().overloaded, 1);
+  EXPECT_EQ(server.stats().requests, 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, ExpertsTest, ::testing::Values("tiny-v2", "tiny-lite"));
 
 }  // namespace
