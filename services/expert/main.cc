@@ -42,6 +42,9 @@ ABSL_FLAG(std::string, worker_id, "",
           "Stable id in the cluster map; default: the id of --tls_cert, or expert@host:port.");
 ABSL_FLAG(int64_t, batch_window_us, 100,
           "After a dispatch arrives, wait this long for others to batch with it.");
+ABSL_FLAG(int64_t, max_queued_mib, 256,
+          "Dispatch payloads waiting for the compute thread, at most; more are answered "
+          "RESOURCE_EXHAUSTED (the attention worker turns to a replica).");
 ABSL_FLAG(double, drain_s, 2, "On SIGTERM, seconds to keep serving after leaving the placement.");
 ABSL_DECLARE_FLAG(bool, prefault);
 
@@ -160,8 +163,8 @@ int Serve() {
     std::cerr << "dsv2-expert: " << model_dir << " has no routed experts\n";
     return 1;
   }
-  if (absl::GetFlag(FLAGS_batch_window_us) < 0) {
-    std::cerr << "dsv2-expert: --batch_window_us must be >= 0\n";
+  if (absl::GetFlag(FLAGS_batch_window_us) < 0 || absl::GetFlag(FLAGS_max_queued_mib) < 1) {
+    std::cerr << "dsv2-expert: --batch_window_us must be >= 0 and --max_queued_mib >= 1\n";
     return 2;
   }
   auto data_plane = transport::UcxTransport::Create(
@@ -174,7 +177,8 @@ int Serve() {
   (*data_plane)->SetAllowedPeers({});
   ExpertServer server(
       **model, **data_plane,
-      {.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us))});
+      {.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us)),
+       .max_queued_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_mib)) << 20});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
