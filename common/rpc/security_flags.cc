@@ -71,9 +71,9 @@ absl::StatusOr<RpcSecurity> RpcSecurityFromFlags(const SecurityNeeds& needs) {
       }
       if (info->identity->role != *needs.role) {
         return absl::InvalidArgumentError(
-            absl::StrCat("--tls_cert ", own.cert, " is a ", RoleName(info->identity->role),
-                         " certificate (", info->identity->SpiffeId(), "); this process is a ",
-                         RoleName(*needs.role)));
+            absl::StrCat("--tls_cert ", own.cert, " names the role ",
+                         RoleName(info->identity->role), " (", info->identity->SpiffeId(),
+                         "); this process's role is ", RoleName(*needs.role)));
       }
       security.cluster_tls_ = true;
       security.cluster_ = own;
