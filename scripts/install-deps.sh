@@ -9,6 +9,8 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev
   libucx-dev ucx-utils
+  openssl libssl-dev
+  clang libclang-rt-14-dev
   python3 python3-venv
 )
 

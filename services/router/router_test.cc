@@ -10,7 +10,10 @@
 #include <mutex>
 #include <thread>
 
+#include <fstream>
+
 #include "common/engine/engine.h"
+#include "common/rpc/access.h"
 #include "common/model/deepseek_v2.h"
 #include "common/model/routed_experts.h"
 #include "gmock/gmock.h"
@@ -214,12 +217,11 @@ class Router {
     SetWorkers(workers);
     service_.SetServing(true);
     grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
-    EXPECT_NE(port, 0);
-    stub_ = v1::Generation::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+    EXPECT_NE(port_, 0);
+    stub_ = v1::Generation::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
                                                         grpc::InsecureChannelCredentials()));
   }
   ~Router() { server_->Shutdown(std::chrono::system_clock::now() + 1s); }
@@ -232,6 +234,7 @@ class Router {
 
   RouterService& service() { return service_; }
   v1::Generation::Stub& stub() { return *stub_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   StreamResult Generate(const v1::GenerateRequest& request,
                         std::chrono::milliseconds timeout = 30s) {
     return dsv2::Generate(*stub_, request, timeout);
@@ -257,6 +260,7 @@ class Router {
 
  private:
   RouterService service_;
+  int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::Generation::Stub> stub_;
 };
@@ -660,6 +664,92 @@ TEST(RouterTest, NotReadyAndDrainingAreUnavailable) {
   EXPECT_EQ(draining.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(draining.status.error_message(), HasSubstr("draining"));
   EXPECT_EQ(a.calls().generate_calls(), 1);
+}
+
+// With tokens, requests belong to their principal through the router too:
+// two clients may use one id, and one cannot abort the other's request.
+TEST(RouterTest, RequestsBelongToTheirPrincipal) {
+  const std::string path = ::testing::TempDir() + "/router_tokens";
+  std::ofstream(path) << "alice aaaaaaaaaaaaaaaaaaaaaaaa\nbob bbbbbbbbbbbbbbbbbbbbbbbb\n";
+  auto tokens = ApiTokens::Load(path);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  Worker a;
+  RouterOptions options = NoRepoll();
+  options.policy = AccessPolicy::Public(std::shared_ptr<ApiTokens>(*std::move(tokens)), false);
+  Router router({{"a", &a}}, options);
+  ASSERT_TRUE(router.WaitEligible("a"));
+  auto as = [](const std::string& token) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 30s);
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+    return context;
+  };
+  const std::string alice = "aaaaaaaaaaaaaaaaaaaaaaaa", bob = "bbbbbbbbbbbbbbbbbbbbbbbb";
+  {
+    auto anonymous = as("");
+    auto reader = router.stub().Generate(anonymous.get(), Greedy("x", {0, 5}, 2));
+    EXPECT_EQ(ReadStream(*reader).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  a.gate().Allow(4);
+  auto alice_call = as(alice);
+  auto reader = router.stub().Generate(alice_call.get(), Greedy("same", {0, 5, 6}, 80));
+  v1::GenerateResponse first;
+  ASSERT_TRUE(reader->Read(&first));
+  ASSERT_TRUE(a.gate().WaitHeld());
+  // Bob: same id is his own; his Abort does not reach Alice's request.
+  v1::AbortRequest abort;
+  abort.set_request_id("same");
+  v1::AbortResponse aborted;
+  auto bob_abort = as(bob);
+  EXPECT_EQ(router.stub().Abort(bob_abort.get(), abort, &aborted).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  a.gate().Open();
+  auto bob_call = as(bob);
+  auto bob_reader = router.stub().Generate(bob_call.get(), Greedy("same", {0, 5, 6}, 3));
+  const StreamResult bobs = ReadStream(*bob_reader);
+  ASSERT_TRUE(bobs.status.ok()) << bobs.status.error_message();
+  const StreamResult alices = ReadStream(*reader);
+  ASSERT_TRUE(alices.status.ok()) << alices.status.error_message();
+  EXPECT_EQ(alices.finish, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(alices.tokens.size() + 1, 80u);
+  EXPECT_EQ(a.calls().abort_calls(), 0);
+}
+
+// A client that never reads its stream is cut off by the router (its call
+// and the worker's cancelled); open streams count against max_streams.
+TEST(RouterTest, ClientsThatDoNotReadAreBoundedAndCutOff) {
+  Worker a;
+  RouterOptions options;
+  options.max_streams = 2;
+  options.write_timeout = absl::Milliseconds(500);
+  Router router({{"a", &a}}, options);
+  ASSERT_TRUE(router.WaitEligible("a"));
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 256);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto tight = v1::Generation::NewStub(
+      grpc::CreateCustomChannel(router.address(), grpc::InsecureChannelCredentials(), args));
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>>> readers;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(tight->Generate(contexts.back().get(),
+                                      Greedy("mute" + std::to_string(i), {0, 3}, 120)));
+  }
+  ASSERT_TRUE(WaitFor([&] { return router.service().active_streams() == 2; }));
+  const StreamResult refused = router.Generate(Greedy("third", {0, 1}, 2));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("too many open streams (2)"));
+  ASSERT_TRUE(WaitFor([&] { return router.service().active_streams() == 0; }, 30s));
+  EXPECT_GE(router.service().slow_readers_cut(), 2);
+  for (auto& reader : readers) {
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  a.ExpectIdle();  // The worker's requests were cancelled with them.
+  EXPECT_TRUE(router.Generate(Greedy("after", {0, 1}, 2)).status.ok());
 }
 
 }  // namespace
