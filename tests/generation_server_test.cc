@@ -555,7 +555,8 @@ TEST(GenerationServerTest, MalformedMessagesAndInvalidUtf8AreNamedInvalidArgumen
        "text is not valid UTF-8"},
       {generate, std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x01\x01\x01\x01", 12),
        "the request is not a valid dsv2.v1.GenerateRequest message"},
-      {"/dsv2.v1.Generation/GetModelInfo", "\x0a\x05ab", "not a valid dsv2.v1.GetModelInfoRequest"},
+      {"/dsv2.v1.Generation/GetModelInfo", std::string("\x0a\x05" "ab"),
+       "not a valid dsv2.v1.GetModelInfoRequest"},
   };
   for (const Case& c : cases) {
     const grpc::Status status = call(c.method, c.bytes);

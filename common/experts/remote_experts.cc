@@ -38,6 +38,12 @@ RemoteRoutedExperts::RemoteRoutedExperts(const ModelConfig& config,
       options_(options) {}
 
 void RemoteRoutedExperts::SetRoute(std::shared_ptr<const ExpertRoute> route) {
+  if (route != nullptr) {
+    const size_t workers = route->placement.worker_units.size();
+    DSV2_CHECK(route->ids.size() == workers && route->addresses.size() == workers &&
+               route->alive.size() == workers)
+        << "an ExpertRoute names every placement worker's id, address and liveness";
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   route_ = std::move(route);
   suspect_until_.clear();  // A new map has the latest word on liveness.

@@ -72,12 +72,19 @@ bool Gcm(bool encrypt, const std::array<uint8_t, 32>& key, const uint8_t nonce[1
 FrameSealer::FrameSealer() { RAND_bytes(salt_.data(), static_cast<int>(salt_.size())); }
 FrameSealer::~FrameSealer() = default;
 
-void FrameSealer::SetKeys(std::vector<FrameKey> keys) {
+void FrameSealer::SetKeys(std::vector<FrameKey> keys, absl::Duration hold_second) {
   std::vector<std::pair<uint64_t, std::array<uint8_t, 32>>> derived;
   for (const FrameKey& key : keys) derived.emplace_back(key.id, DeriveKey(key.secret, salt_.data()));
   std::lock_guard<std::mutex> lock(mutex_);
   keys_ = std::move(keys);
   derived_ = std::move(derived);
+  seal_first_after_ = absl::Now() + hold_second;
+}
+
+uint64_t FrameSealer::KeyIdOf(const Seal& seal) {
+  uint64_t key_id;
+  std::memcpy(&key_id, seal.data() + kOffKeyId, 8);
+  return key_id;
 }
 
 bool FrameSealer::sealing() const {
@@ -86,14 +93,21 @@ bool FrameSealer::sealing() const {
 }
 
 absl::StatusOr<Seal> FrameSealer::SealFrame(absl::Span<const uint8_t> aad,
-                                            absl::Span<uint8_t> payload) {
+                                            absl::Span<uint8_t> payload,
+                                            std::optional<uint64_t> wanted) {
   uint64_t key_id;
   std::array<uint8_t, 32> key;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (derived_.empty()) return absl::FailedPreconditionError("no data-plane key to seal with");
-    key_id = derived_.front().first;
-    key = derived_.front().second;
+    size_t pick = derived_.size() > 1 && absl::Now() < seal_first_after_ ? 1 : 0;
+    if (wanted) {
+      for (size_t i = 0; i < derived_.size(); ++i) {
+        if (derived_[i].first == *wanted) pick = i;
+      }
+    }
+    key_id = derived_[pick].first;
+    key = derived_[pick].second;
   }
   Seal seal{};
   const uint64_t counter = counter_.fetch_add(1, std::memory_order_relaxed);

@@ -21,7 +21,9 @@
 //
 // The additional data is the header and whatever else the transport sends
 // with it (the caller's reply address), so none of it can be changed or
-// moved to another frame; the payload is encrypted in place. A frame that
+// moved to another frame; the payload is encrypted in place. Replies are
+// sealed with their request's key; a new epoch's key seals only after a
+// hold period in which every worker receives it. A frame that
 // does not open — no key of that id, a wrong tag — is dropped by the
 // transport and counted. Replays are not detected: a replayed dispatch is
 // computed again and its answer goes to the sender the map names, which
@@ -35,10 +37,12 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 namespace dsv2::transport {
@@ -60,14 +64,20 @@ class FrameSealer {
   FrameSealer(const FrameSealer&) = delete;
   FrameSealer& operator=(const FrameSealer&) = delete;
 
-  // The first key seals; every key opens (the previous epoch's, while
-  // workers move to a new controller's). Empty: no sealing.
-  void SetKeys(std::vector<FrameKey> keys);
+  // Every key opens; the first seals — after `hold_second` has passed: until
+  // then the second key (if any) still seals. That is how a new epoch's key
+  // spreads: every worker can open with it before any seals with it. Empty:
+  // no sealing.
+  void SetKeys(std::vector<FrameKey> keys, absl::Duration hold_second = absl::ZeroDuration());
   bool sealing() const;
 
-  // Encrypts `payload` in place and returns the seal over `aad` and it.
-  // FailedPrecondition without a key.
-  absl::StatusOr<Seal> SealFrame(absl::Span<const uint8_t> aad, absl::Span<uint8_t> payload);
+  // Encrypts `payload` in place and returns the seal over `aad` and it,
+  // with the key of id `key_id` when given and known (a reply, sealed as its
+  // request was), else the sealing key. FailedPrecondition without a key.
+  absl::StatusOr<Seal> SealFrame(absl::Span<const uint8_t> aad, absl::Span<uint8_t> payload,
+                                 std::optional<uint64_t> key_id = std::nullopt);
+  // The key id a seal names.
+  static uint64_t KeyIdOf(const Seal& seal);
   // Checks `seal` and decrypts `payload` in place. PermissionDenied when the
   // key is unknown or the frame was not sealed by a holder of it (the
   // payload is then garbage).
@@ -77,6 +87,7 @@ class FrameSealer {
  private:
   mutable std::mutex mutex_;
   std::vector<FrameKey> keys_;  // Guarded by mutex_.
+  absl::Time seal_first_after_ = absl::InfinitePast();  // Guarded by mutex_.
   std::array<uint8_t, 16> salt_{};
   // Per key id: this sender's derived key (guarded by mutex_).
   std::vector<std::pair<uint64_t, std::array<uint8_t, 32>>> derived_;

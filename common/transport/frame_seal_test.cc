@@ -98,6 +98,19 @@ TEST(FrameSealTest, OtherKeysAndKeyIdsDoNotOpen) {
   EXPECT_TRUE(next_epoch.OpenFrame(seal, aad, absl::MakeSpan(copy)).ok());
 }
 
+TEST(FrameSealTest, ANewKeySealsAfterItsHoldAndRepliesUseTheRequestsKey) {
+  FrameSealer sealer;
+  sealer.SetKeys({Key(2, 2), Key(1, 1)}, absl::Hours(1));
+  std::vector<uint8_t> p(16);
+  EXPECT_EQ(FrameSealer::KeyIdOf(*sealer.SealFrame({}, absl::MakeSpan(p))), 1u) << "held";
+  EXPECT_EQ(FrameSealer::KeyIdOf(*sealer.SealFrame({}, absl::MakeSpan(p), 2)), 2u);
+  EXPECT_EQ(FrameSealer::KeyIdOf(*sealer.SealFrame({}, absl::MakeSpan(p), 99)), 1u)
+      << "an unknown key id seals with the sealing key";
+  sealer.SetKeys({Key(2, 2), Key(1, 1)});
+  EXPECT_EQ(FrameSealer::KeyIdOf(*sealer.SealFrame({}, absl::MakeSpan(p))), 2u);
+  EXPECT_EQ(FrameSealer::KeyIdOf(*sealer.SealFrame({}, absl::MakeSpan(p), 1)), 1u);
+}
+
 TEST(FrameSealTest, NoncesNeverRepeatAndSendersDiffer) {
   FrameSealer a, b;
   a.SetKeys({Key(1, 1)});

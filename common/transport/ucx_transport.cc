@@ -206,6 +206,7 @@ struct Connection {
 // we never use it).
 struct ReplyRoute {
   std::string address;
+  std::optional<uint64_t> key_id;  // The request's seal key: the reply's.
 };
 
 struct SendOp {
@@ -286,7 +287,8 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   // The active-message header of `message`: the frame header, our reply
   // address (requests), and the seal when sealing (which encrypts the
   // payload in place).
-  absl::StatusOr<std::vector<uint8_t>> FrameBytes(FrameHeader header, MessageBuffer& payload);
+  absl::StatusOr<std::vector<uint8_t>> FrameBytes(FrameHeader header, MessageBuffer& payload,
+                                                  std::optional<uint64_t> key_id = std::nullopt);
 
  public:
   absl::Status SendRaw(std::string_view peer_address, absl::Span<const uint8_t> header,
@@ -982,14 +984,15 @@ void UcxCore::Call(std::string_view peer_address, Message request, absl::Time de
 }
 
 absl::StatusOr<std::vector<uint8_t>> UcxCore::FrameBytes(FrameHeader header,
-                                                         MessageBuffer& payload) {
+                                                         MessageBuffer& payload,
+                                                         std::optional<uint64_t> key_id) {
   const bool sealing = sealer_.sealing();
   header.flags = sealing ? kFrameFlagSealed : 0;
   const EncodedHeader encoded = EncodeHeader(header);
   std::vector<uint8_t> bytes(encoded.begin(), encoded.end());
   if (header.type == FrameType::kDispatch) bytes.insert(bytes.end(), address_.begin(), address_.end());
   if (sealing) {
-    absl::StatusOr<Seal> seal = sealer_.SealFrame(bytes, payload.span());
+    absl::StatusOr<Seal> seal = sealer_.SealFrame(bytes, payload.span(), key_id);
     if (!seal.ok()) return seal.status();
     bytes.insert(bytes.end(), seal->begin(), seal->end());
   }
@@ -1013,7 +1016,8 @@ void UcxCore::StartCall(const std::string& address, uint64_t id, std::vector<uin
 void UcxCore::SendReply(ReplyRoute route, Message reply) {
   reply.header.sender = options_.id;
   if (reply.header.type == FrameType::kError) counters_.Add(counters_.error_replies_sent);
-  absl::StatusOr<std::vector<uint8_t>> am_header = FrameBytes(reply.header, reply.payload);
+  absl::StatusOr<std::vector<uint8_t>> am_header =
+      FrameBytes(reply.header, reply.payload, route.key_id);
   if (!am_header.ok()) {
     counters_.Add(counters_.responses_dropped);
     return;
@@ -1202,6 +1206,7 @@ ucs_status_t UcxCore::ReceiveAm(const void* header, size_t header_length, void* 
     seal.emplace();
     std::memcpy(seal->data(), bytes + header_length - kSealBytes, kSealBytes);
     aad.assign(bytes, bytes + header_length - kSealBytes);
+    reply_to.key_id = FrameSealer::KeyIdOf(*seal);
   }
   if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
     auto* op = new RecvOp{this,
@@ -1311,8 +1316,8 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(UcxTransportO
 absl::StatusOr<std::string> UcxTransport::DescribeConnection(std::string_view peer_address) {
   return core_->DescribeConnection(peer_address);
 }
-void UcxTransport::SetFrameKeys(std::vector<FrameKey> keys) {
-  core_->sealer().SetKeys(std::move(keys));
+void UcxTransport::SetFrameKeys(std::vector<FrameKey> keys, absl::Duration hold_second) {
+  core_->sealer().SetKeys(std::move(keys), hold_second);
 }
 
 absl::Status UcxTransport::SendRawForTesting(std::string_view peer_address,

@@ -109,10 +109,12 @@ class UcxTransport final : public internal::CoreTransport<internal::UcxCore> {
   // "sysv/memory", ...), once connected; for logs and tests.
   absl::StatusOr<std::string> DescribeConnection(std::string_view peer_address);
 
-  // Seals every frame from now on with keys[0] and opens frames sealed with
-  // any of `keys`; frames that are not sealed are dropped. Empty: plaintext
-  // frames, as before any call.
-  void SetFrameKeys(std::vector<FrameKey> keys);
+  // Seals every frame from now on with keys[0] (keys[1] during
+  // `hold_second`; replies with their request's key) and opens frames
+  // sealed with any of `keys`; frames that are not sealed are dropped.
+  // Empty: plaintext frames, as before any call. See FrameSealer.
+  void SetFrameKeys(std::vector<FrameKey> keys,
+                    absl::Duration hold_second = absl::ZeroDuration());
 
   // Sends `header` bytes (any length, any content) and `payload` to
   // `peer_address` as one frame message, outside any call and unsealed: a

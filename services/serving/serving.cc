@@ -152,10 +152,13 @@ void DataPlaneKeys::Apply(const ClusterMap& map) {
   DSV2_LOG(INFO) << "data plane: "
                  << (keys.empty() ? "plaintext frames (no key in the cluster map)"
                                   : absl::StrCat("frames sealed with the key of epoch ", keys[0].id,
-                                                 keys.size() > 1 ? " (the previous still opens)"
-                                                                 : ""));
+                                                 keys.size() > 1
+                                                     ? " in 3 s (the previous seals until then, "
+                                                       "and opens after)"
+                                                     : ""));
+  const bool rotated = keys.size() > 1;
   keys_ = keys;
-  transport_->SetFrameKeys(std::move(keys));
+  transport_->SetFrameKeys(std::move(keys), rotated ? kNewKeyHold : absl::ZeroDuration());
 }
 
 void FillDataPlaneStats(const RemoteRoutedExperts& experts, const transport::Transport& transport,

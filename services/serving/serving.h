@@ -76,10 +76,13 @@ int ServeEngine(const ServeParams& params);
 
 // The data-plane keys a worker seals and opens frames with, from each
 // cluster map: the map's epoch key first and the previous epoch's after it,
-// so frames in flight across a controller restart still open. A map
-// without a key (a plaintext cluster) turns sealing off.
+// so frames in flight across a controller restart still open; a new key
+// seals only after kNewKeyHold, when every worker has it (FrameSealer). A
+// map without a key (a plaintext cluster) turns sealing off.
 class DataPlaneKeys {
  public:
+  static constexpr absl::Duration kNewKeyHold = absl::Seconds(3);
+
   explicit DataPlaneKeys(transport::UcxTransport* transport) : transport_(transport) {}
   // Call from the map callback (one thread).
   void Apply(const ClusterMap& map);

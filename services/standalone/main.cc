@@ -85,6 +85,7 @@ int Serve() {
   if (config.n_routed_experts > 0) {
     auto route = std::make_shared<ExpertRoute>();
     route->placement = *PlaceExperts(config, 1, 1);
+    route->ids = {"experts"};
     route->addresses = {(*expert_side)->address()};
     route->alive = {true};
     experts->SetRoute(std::move(route));
