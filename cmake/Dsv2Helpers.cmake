@@ -1,9 +1,13 @@
 # dsv2_cc_library(NAME name [SRCS ...] [HDRS ...] [DEPS ...] [COPTS ...])
 #   Defines the library dsv2_<name> and its alias dsv2::<name>. Headers are
 #   included by their path from the repository root.
-# dsv2_cc_test(NAME name SRCS ... [DEPS ...] [LABELS ...])
-#   Defines a GoogleTest binary and registers each of its tests with ctest.
-#   Tests run from the repository root, so fixtures are named by their path.
+# dsv2_cc_test(NAME name SRCS ... [DEPS ...] [LABELS ...] [TIMEOUT seconds]
+#              [TEST_PREFIX prefix])
+#   Defines a GoogleTest binary and registers each of its tests with ctest
+#   (named TEST_PREFIX + Suite.Test). Tests run from the repository root, so
+#   fixtures are named by their path. TIMEOUT bounds each test, for suites
+#   where a regression would block (a FIFO opened for reading) rather than
+#   fail.
 
 function(dsv2_cc_library)
   cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS;COPTS" ${ARGN})
@@ -25,13 +29,26 @@ function(dsv2_cc_test)
   if(NOT DSV2_BUILD_TESTS)
     return()
   endif()
-  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "NAME;TIMEOUT;TEST_PREFIX" "SRCS;DEPS;LABELS" ${ARGN})
   add_executable(${ARG_NAME} ${ARG_SRCS})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
   # Tests include shared test code by its path from the root (tests/...).
   target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
+  # (An empty value would be dropped from the list and shift the others.)
+  set(_properties)
+  if(ARG_LABELS)
+    list(APPEND _properties LABELS "${ARG_LABELS}")
+  endif()
+  if(ARG_TIMEOUT)
+    list(APPEND _properties TIMEOUT ${ARG_TIMEOUT})
+  endif()
+  if(_properties)
+    set(_properties PROPERTIES ${_properties})
+  endif()
   gtest_discover_tests(${ARG_NAME}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    PROPERTIES LABELS "${ARG_LABELS}"
+    TEST_PREFIX "${ARG_TEST_PREFIX}"
+    ${_properties}
     DISCOVERY_TIMEOUT 60)
 endfunction()
+
