@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/hostile_model.h"
 
 namespace dsv2 {
 namespace {
@@ -264,6 +265,26 @@ TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {
   Result both = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --prompt hi");
   EXPECT_EQ(both.exit_code, 1);
   EXPECT_THAT(both.err, HasSubstr("exactly one of --tokens and --prompt"));
+}
+
+// Hostile model directories (the attacks), as a user meets them:
+// one line on standard error, exit status 1, nothing on standard output.
+
+TEST(CliHostileModelTest, AMillionLayersIsOneLineNotAnAbortOrGigabytes) {
+  const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "million_layers");
+  testutil::SetConfigField(dir, "num_hidden_layers", 1000000);
+  const std::string expected = dir +
+                               "/config.json: config field 'num_hidden_layers' = 1000000 is out "
+                               "of range [1, 512]\n";
+  // Used to abort with std::bad_alloc (rc 134).
+  Result inspect = RunDsv2("inspect --model " + dir);
+  EXPECT_EQ(inspect.exit_code, 1);
+  EXPECT_EQ(inspect.err, "dsv2 inspect: " + expected);
+  EXPECT_EQ(inspect.out, "");
+  // Used to allocate gigabytes for the tensor list before failing.
+  Result generate = RunDsv2("generate --model " + dir + " --tokens 1,2 --max-tokens 1");
+  EXPECT_EQ(generate.exit_code, 1);
+  EXPECT_EQ(generate.err, "dsv2 generate: " + expected);
 }
 
 }  // namespace
