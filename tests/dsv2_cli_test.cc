@@ -1,5 +1,6 @@
 // The dsv2 tool run as a user runs it: a child process, its standard output
 // (the product) and standard error (logs, errors) kept apart.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -285,6 +286,45 @@ TEST(CliHostileModelTest, AMillionLayersIsOneLineNotAnAbortOrGigabytes) {
   Result generate = RunDsv2("generate --model " + dir + " --tokens 1,2 --max-tokens 1");
   EXPECT_EQ(generate.exit_code, 1);
   EXPECT_EQ(generate.err, "dsv2 generate: " + expected);
+}
+
+TEST(CliHostileModelTest, FifoModelFilesAreRefusedNotWaitedOn) {
+  // dsv2_cli_test has a ctest TIMEOUT: a regression hangs until it fires.
+  for (const char* file : {"model.safetensors", "config.json", "tokenizer.json"}) {
+    const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "fifo_model");
+    std::filesystem::remove(dir + "/" + file);
+    ASSERT_EQ(mkfifo((dir + "/" + file).c_str(), 0600), 0);
+    Result result = RunDsv2("generate --model " + dir + " --tokens 1,2 --max-tokens 1");
+    EXPECT_EQ(result.exit_code, 1) << file;
+    // The last line of standard error (loading the weights logs before the
+    // tokenizer is read).
+    EXPECT_THAT(result.err, ::testing::EndsWith("dsv2 generate: " + dir + "/" + file +
+                                                " is a FIFO (named pipe), not a regular file\n"));
+    EXPECT_EQ(result.out, "");
+  }
+  const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "dir_model");
+  std::filesystem::remove(dir + "/config.json");
+  std::filesystem::create_directory(dir + "/config.json");
+  Result inspect = RunDsv2("inspect --model " + dir);
+  EXPECT_EQ(inspect.exit_code, 1);
+  EXPECT_EQ(inspect.err,
+            "dsv2 inspect: " + dir + "/config.json is a directory, not a regular file\n");
+}
+
+// The tokenizer.json: a JSON value of an unexpected type made
+// `dsv2 tokenize` abort (rc 134) with an uncaught nlohmann exception.
+TEST(CliHostileModelTest, TokenizerJsonOfTheWrongTypesIsOneLine) {
+  nlohmann::json tokenizer = testutil::ReadJsonFile("tests/data/tiny-v2/tokenizer.json");
+  tokenizer["post_processor"] = {{"type", "TemplateProcessing"},
+                                 {"single", {{{"Sequence", {{"id", 5}, {"type_id", 0}}}}}},
+                                 {"special_tokens", nlohmann::json::object()}};
+  const std::string path = WriteTemp("wrong_types_tokenizer.json", tokenizer.dump());
+  Result result = RunDsv2("tokenize --tokenizer " + path + " --text hi");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_EQ(result.err,
+            "dsv2 tokenize: " + path +
+                ": post_processor.single[0].Sequence.id must be a string, got number\n");
+  EXPECT_EQ(result.out, "");
 }
 
 }  // namespace
