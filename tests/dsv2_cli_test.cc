@@ -327,5 +327,43 @@ TEST(CliHostileModelTest, TokenizerJsonOfTheWrongTypesIsOneLine) {
   EXPECT_EQ(result.out, "");
 }
 
+// NaN weights. A NaN the load-time check sees is named at load; one it does
+// not (the embedding, under the default cheap check) reaches the router, and
+// generate fails there naming the layer — it used to print garbage tokens
+// and exit 0.
+TEST(CliHostileModelTest, NanWeightsFailGenerateWithTheCause) {
+  const std::string embed = testutil::CopyModel("tests/data/tiny-lite", "nan_embed_cli");
+  testutil::PoisonBf16(embed, "model.embed_tokens.weight", 0);  // Token 0.
+  const std::string args = " --tokens 0,5,6 --max-tokens 4 --ignore-eos";
+  Result cheap = RunDsv2("generate --model " + embed + args);
+  EXPECT_EQ(cheap.exit_code, 1);
+  EXPECT_THAT(cheap.err, HasSubstr("dsv2 generate: layer 1: non-finite router scores for token 0"));
+  EXPECT_EQ(cheap.out, "");
+  Result full = RunDsv2("generate --weight-check full --model " + embed + args);
+  EXPECT_EQ(full.exit_code, 1);
+  EXPECT_EQ(full.err, "dsv2 generate: tensor 'model.embed_tokens.weight' in " + embed +
+                          "/model.safetensors holds a non-finite value (nan) at [0, 0]; the "
+                          "weights are corrupt\n");
+  Result logits = RunDsv2("logits --weight-check=full --model " + embed + " --tokens 0,5 --out " +
+                          testing::TempDir() + "/nan_logits.npy");
+  EXPECT_EQ(logits.exit_code, 1);
+  EXPECT_THAT(logits.err, HasSubstr("holds a non-finite value (nan) at [0, 0]"));
+
+  const std::string router = testutil::CopyModel("tests/data/tiny-lite", "nan_router_cli");
+  testutil::PoisonBf16(router, "model.layers.2.mlp.gate.weight", 1, 0x7F80);  // +inf
+  Result at_load = RunDsv2("generate --model " + router + args);
+  EXPECT_EQ(at_load.exit_code, 1);
+  EXPECT_THAT(at_load.err,
+              HasSubstr("tensor 'model.layers.2.mlp.gate.weight' in " + router +
+                        "/model.safetensors holds a non-finite value (inf) at [0, 1]"));
+  Result unchecked = RunDsv2("generate --weight-check off --model " + router + args);
+  EXPECT_EQ(unchecked.exit_code, 1);
+  EXPECT_THAT(unchecked.err, HasSubstr("layer 2: non-finite router scores"));
+  Result bad_flag = RunDsv2("generate --weight-check paranoid --model " + router + args);
+  EXPECT_EQ(bad_flag.exit_code, 1);
+  EXPECT_EQ(bad_flag.err,
+            "dsv2 generate: --weight-check must be off, cheap or full, not 'paranoid'\n");
+}
+
 }  // namespace
 }  // namespace dsv2

@@ -30,6 +30,9 @@ ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running requests may t
 ABSL_FLAG(double, stall_timeout_s, 60,
           "Health turns NOT_SERVING when work is pending and no step finished for this long.");
 ABSL_FLAG(bool, prefault, true, "Read the weights this process needs into memory before serving.");
+ABSL_FLAG(std::string, weight_check, "cheap",
+          "Scan the weights for NaN and infinity at load: off, cheap (norms and MoE routers) or "
+          "full (every tensor this process reads).");
 
 namespace dsv2 {
 
@@ -86,7 +89,11 @@ bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* exp
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
     const std::string& dir, const std::function<bool(std::string_view)>& want) {
   const auto start = std::chrono::steady_clock::now();
-  auto model = DeepseekV2Model::Load(dir);
+  const auto check = ParseWeightCheck(absl::GetFlag(FLAGS_weight_check));
+  if (!check.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--weight_check ", check.status().message()));
+  }
+  auto model = DeepseekV2Model::Load(dir, {.weight_check = *check, .full_check_filter = want});
   if (!model.ok()) return model.status();
   if (absl::GetFlag(FLAGS_prefault)) {
     auto last_log = start;
@@ -166,7 +173,7 @@ int ServeEngine(const ServeParams& params) {
     const int signal = WaitForTerminationSignal(absl::Milliseconds(200));
     if (params.fatal != nullptr && *params.fatal) {
       health->Shutdown();
-      DSV2_LOG(ERROR) << "fatal engine error: shutting down";
+      DSV2_LOG(ERROR) << "fatal engine error: " << engine.failure() << "; shutting down";
       server->Shutdown(std::chrono::system_clock::now() + 2s);
       return 1;
     }
