@@ -10,6 +10,8 @@ packages=(
   libgtest-dev libgmock-dev
   libucx-dev ucx-utils
   python3 python3-venv
+  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes.
+  clang libclang-rt-14-dev
 )
 
 missing=()
