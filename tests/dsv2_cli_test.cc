@@ -365,5 +365,18 @@ TEST(CliHostileModelTest, NanWeightsFailGenerateWithTheCause) {
             "dsv2 generate: --weight-check must be off, cheap or full, not 'paranoid'\n");
 }
 
+// --max-tokens far beyond the context: `generate` used to size its KV cache
+// for the request before the engine checked it — terabytes, and an abort on
+// std::bad_alloc (rc 134).
+TEST(CliHostileModelTest, HugeMaxTokensIsTheContextErrorNotAnAllocation) {
+  Result result =
+      RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --max-tokens 4000000000");
+  EXPECT_EQ(result.exit_code, 1);
+  // The last line of standard error, after the load's logs.
+  EXPECT_THAT(result.err, ::testing::EndsWith("\ndsv2 generate: prompt (1 tokens) + max_tokens "
+                                              "(4000000000) exceeds the context limit of 128 "
+                                              "tokens\n"));
+}
+
 }  // namespace
 }  // namespace dsv2

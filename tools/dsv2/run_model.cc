@@ -1,5 +1,6 @@
 // `dsv2 logits` and `dsv2 generate`: the model run from the command line,
 // `generate` through the same engine and request conversion as the server.
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -78,11 +79,14 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
         absl::StrCat(dir, " has no tokenizer.json: give the prompt as --tokens"));
   }
   // The same conversion and engine as the server, with a KV cache sized for
-  // this one request.
+  // this one request — no larger than the model's context, which the engine
+  // enforces anyway (so --max-tokens 4000000000 is an error, not terabytes).
   ASSIGN_OR_RETURN(GenerationRequest engine_request, ToEngineRequest(request, text.get()));
   const ModelConfig& config = model->config();
   EngineOptions options;
-  const int64_t positions = static_cast<int64_t>(engine_request.prompt.size()) + engine_request.max_tokens;
+  const int64_t positions =
+      std::min(static_cast<int64_t>(engine_request.prompt.size()) + engine_request.max_tokens,
+               config.max_position_embeddings);
   const int64_t blocks = (positions + options.block_size - 1) / options.block_size;
   options.kv_cache_bytes = blocks * config.num_hidden_layers * options.block_size *
                            config.latent_dim() * static_cast<int64_t>(sizeof(float));
