@@ -12,6 +12,8 @@ packages=(
   openssl libssl-dev
   clang libclang-rt-14-dev
   python3 python3-venv
+  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes.
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -1,5 +1,6 @@
 // The dsv2 tool run as a user runs it: a child process, its standard output
 // (the product) and standard error (logs, errors) kept apart.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/hostile_model.h"
 
 namespace dsv2 {
 namespace {
@@ -264,6 +266,116 @@ TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {
   Result both = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --prompt hi");
   EXPECT_EQ(both.exit_code, 1);
   EXPECT_THAT(both.err, HasSubstr("exactly one of --tokens and --prompt"));
+}
+
+// Hostile model directories (the attacks), as a user meets them:
+// one line on standard error, exit status 1, nothing on standard output.
+
+TEST(CliHostileModelTest, AMillionLayersIsOneLineNotAnAbortOrGigabytes) {
+  const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "million_layers");
+  testutil::SetConfigField(dir, "num_hidden_layers", 1000000);
+  const std::string expected = dir +
+                               "/config.json: config field 'num_hidden_layers' = 1000000 is out "
+                               "of range [1, 512]\n";
+  // Used to abort with std::bad_alloc (rc 134).
+  Result inspect = RunDsv2("inspect --model " + dir);
+  EXPECT_EQ(inspect.exit_code, 1);
+  EXPECT_EQ(inspect.err, "dsv2 inspect: " + expected);
+  EXPECT_EQ(inspect.out, "");
+  // Used to allocate gigabytes for the tensor list before failing.
+  Result generate = RunDsv2("generate --model " + dir + " --tokens 1,2 --max-tokens 1");
+  EXPECT_EQ(generate.exit_code, 1);
+  EXPECT_EQ(generate.err, "dsv2 generate: " + expected);
+}
+
+TEST(CliHostileModelTest, FifoModelFilesAreRefusedNotWaitedOn) {
+  // dsv2_cli_test has a ctest TIMEOUT: a regression hangs until it fires.
+  for (const char* file : {"model.safetensors", "config.json", "tokenizer.json"}) {
+    const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "fifo_model");
+    std::filesystem::remove(dir + "/" + file);
+    ASSERT_EQ(mkfifo((dir + "/" + file).c_str(), 0600), 0);
+    Result result = RunDsv2("generate --model " + dir + " --tokens 1,2 --max-tokens 1");
+    EXPECT_EQ(result.exit_code, 1) << file;
+    // The last line of standard error (loading the weights logs before the
+    // tokenizer is read).
+    EXPECT_THAT(result.err, ::testing::EndsWith("dsv2 generate: " + dir + "/" + file +
+                                                " is a FIFO (named pipe), not a regular file\n"));
+    EXPECT_EQ(result.out, "");
+  }
+  const std::string dir = testutil::CopyModel("tests/data/tiny-lite", "dir_model");
+  std::filesystem::remove(dir + "/config.json");
+  std::filesystem::create_directory(dir + "/config.json");
+  Result inspect = RunDsv2("inspect --model " + dir);
+  EXPECT_EQ(inspect.exit_code, 1);
+  EXPECT_EQ(inspect.err,
+            "dsv2 inspect: " + dir + "/config.json is a directory, not a regular file\n");
+}
+
+// The tokenizer.json: a JSON value of an unexpected type made
+// `dsv2 tokenize` abort (rc 134) with an uncaught nlohmann exception.
+TEST(CliHostileModelTest, TokenizerJsonOfTheWrongTypesIsOneLine) {
+  nlohmann::json tokenizer = testutil::ReadJsonFile("tests/data/tiny-v2/tokenizer.json");
+  tokenizer["post_processor"] = {{"type", "TemplateProcessing"},
+                                 {"single", {{{"Sequence", {{"id", 5}, {"type_id", 0}}}}}},
+                                 {"special_tokens", nlohmann::json::object()}};
+  const std::string path = WriteTemp("wrong_types_tokenizer.json", tokenizer.dump());
+  Result result = RunDsv2("tokenize --tokenizer " + path + " --text hi");
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_EQ(result.err,
+            "dsv2 tokenize: " + path +
+                ": post_processor.single[0].Sequence.id must be a string, got number\n");
+  EXPECT_EQ(result.out, "");
+}
+
+// NaN weights. A NaN the load-time check sees is named at load; one it does
+// not (the embedding, under the default cheap check) reaches the router, and
+// generate fails there naming the layer — it used to print garbage tokens
+// and exit 0.
+TEST(CliHostileModelTest, NanWeightsFailGenerateWithTheCause) {
+  const std::string embed = testutil::CopyModel("tests/data/tiny-lite", "nan_embed_cli");
+  testutil::PoisonBf16(embed, "model.embed_tokens.weight", 0);  // Token 0.
+  const std::string args = " --tokens 0,5,6 --max-tokens 4 --ignore-eos";
+  Result cheap = RunDsv2("generate --model " + embed + args);
+  EXPECT_EQ(cheap.exit_code, 1);
+  EXPECT_THAT(cheap.err, HasSubstr("dsv2 generate: layer 1: non-finite router scores for token 0"));
+  EXPECT_EQ(cheap.out, "");
+  Result full = RunDsv2("generate --weight-check full --model " + embed + args);
+  EXPECT_EQ(full.exit_code, 1);
+  EXPECT_EQ(full.err, "dsv2 generate: tensor 'model.embed_tokens.weight' in " + embed +
+                          "/model.safetensors holds a non-finite value (nan) at [0, 0]; the "
+                          "weights are corrupt\n");
+  Result logits = RunDsv2("logits --weight-check=full --model " + embed + " --tokens 0,5 --out " +
+                          testing::TempDir() + "/nan_logits.npy");
+  EXPECT_EQ(logits.exit_code, 1);
+  EXPECT_THAT(logits.err, HasSubstr("holds a non-finite value (nan) at [0, 0]"));
+
+  const std::string router = testutil::CopyModel("tests/data/tiny-lite", "nan_router_cli");
+  testutil::PoisonBf16(router, "model.layers.2.mlp.gate.weight", 1, 0x7F80);  // +inf
+  Result at_load = RunDsv2("generate --model " + router + args);
+  EXPECT_EQ(at_load.exit_code, 1);
+  EXPECT_THAT(at_load.err,
+              HasSubstr("tensor 'model.layers.2.mlp.gate.weight' in " + router +
+                        "/model.safetensors holds a non-finite value (inf) at [0, 1]"));
+  Result unchecked = RunDsv2("generate --weight-check off --model " + router + args);
+  EXPECT_EQ(unchecked.exit_code, 1);
+  EXPECT_THAT(unchecked.err, HasSubstr("layer 2: non-finite router scores"));
+  Result bad_flag = RunDsv2("generate --weight-check paranoid --model " + router + args);
+  EXPECT_EQ(bad_flag.exit_code, 1);
+  EXPECT_EQ(bad_flag.err,
+            "dsv2 generate: --weight-check must be off, cheap or full, not 'paranoid'\n");
+}
+
+// --max-tokens far beyond the context: `generate` used to size its KV cache
+// for the request before the engine checked it — terabytes, and an abort on
+// std::bad_alloc (rc 134).
+TEST(CliHostileModelTest, HugeMaxTokensIsTheContextErrorNotAnAllocation) {
+  Result result =
+      RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --max-tokens 4000000000");
+  EXPECT_EQ(result.exit_code, 1);
+  // The last line of standard error, after the load's logs.
+  EXPECT_THAT(result.err, ::testing::EndsWith("\ndsv2 generate: prompt (1 tokens) + max_tokens "
+                                              "(4000000000) exceeds the context limit of 128 "
+                                              "tokens\n"));
 }
 
 }  // namespace

@@ -1,12 +1,13 @@
 // dsv2-standalone as a process: startup, health, and the SIGTERM drain.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <filesystem>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "dsv2/v1/generation.grpc.pb.h"
@@ -15,6 +16,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/generation_test_util.h"
+#include "tests/hostile_model.h"
 
 namespace dsv2 {
 namespace {
@@ -255,6 +257,68 @@ TEST(StandaloneProcessTest, ClientPrintsWhatGeneratePrints) {
   }
   process.Signal(SIGTERM);
   EXPECT_EQ(process.WaitExit(), 0);
+}
+
+// Hostile model directories at start-up: one clear line, exit 1, no hang.
+TEST(StandaloneProcessTest, HostileModelFilesExitWithTheCause) {
+  const std::string fifo_dir = testutil::CopyModel("tests/data/tiny-lite", "standalone_fifo");
+  std::filesystem::remove(fifo_dir + "/model.safetensors");
+  ASSERT_EQ(mkfifo((fifo_dir + "/model.safetensors").c_str(), 0600), 0);
+  const std::string nan_dir = testutil::CopyModel("tests/data/tiny-lite", "standalone_nan_router");
+  testutil::PoisonBf16(nan_dir, "model.layers.1.mlp.gate.weight", 0);
+  const std::string layers_dir = testutil::CopyModel("tests/data/tiny-lite", "standalone_layers");
+  testutil::SetConfigField(layers_dir, "num_hidden_layers", 1000000);
+  struct Case {
+    std::vector<std::string> args;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--model=" + fifo_dir},
+            "dsv2-standalone: cannot load " + fifo_dir + ": " + fifo_dir +
+                "/model.safetensors is a FIFO (named pipe), not a regular file\n"},
+           {{"--model=" + nan_dir},
+            "dsv2-standalone: cannot load " + nan_dir +
+                ": tensor 'model.layers.1.mlp.gate.weight' in " + nan_dir +
+                "/model.safetensors holds a non-finite value (nan) at [0, 0]; the weights "
+                "are corrupt\n"},
+           {{"--model=" + layers_dir},
+            "dsv2-standalone: cannot load " + layers_dir + ": " + layers_dir +
+                "/config.json: config field 'num_hidden_layers' = 1000000 is out of range [1, "
+                "512]\n"},
+           {{"--model=tests/data/tiny-lite", "--weight_check=maybe"},
+            "dsv2-standalone: cannot load tests/data/tiny-lite: --weight_check must be off, cheap "
+            "or "
+            "full, not 'maybe'\n"},
+       }) {
+    StandaloneProcess process(c.args);
+    EXPECT_EQ(process.WaitAddress(), "");
+    EXPECT_EQ(process.WaitExit(), 1) << c.expected;
+    EXPECT_EQ(process.Stderr(), c.expected);
+  }
+}
+
+// Weights whose NaN the load-time check is told to skip reach the routers:
+// the request fails with the real cause (it used to be "experts [0, 4) have
+// no reachable expert worker", UNAVAILABLE, with the server carrying on),
+// and the server goes NOT_SERVING and exits 1 logging the cause.
+TEST(StandaloneProcessTest, NonFiniteRouterScoresAreFatalWithTheCause) {
+  const std::string dir = testutil::CopyModel("tests/data/tiny-v2", "standalone_nan_embed");
+  testutil::PoisonBf16(dir, "model.embed_tokens.weight", 0);  // Token 0, the prompt's first.
+  StandaloneProcess process({"--model=" + dir, "--weight_check=off"});
+  const std::string address = process.WaitAddress();
+  ASSERT_FALSE(address.empty()) << process.Stderr();
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = v1::Generation::NewStub(channel);
+  const Outcome outcome = Generate(*stub, Greedy("nan", 4));
+  EXPECT_FALSE(outcome.status.ok());
+  EXPECT_EQ(outcome.tokens, 0u);
+  EXPECT_THAT(outcome.status.error_message(),
+              HasSubstr("layer 1: non-finite router scores for token 0"));
+  EXPECT_THAT(outcome.status.error_message(), ::testing::Not(HasSubstr("reachable")));
+  EXPECT_EQ(process.WaitExit(), 1);
+  EXPECT_THAT(process.Stderr(),
+              HasSubstr("fatal engine error: INTERNAL: layer 1: non-finite router scores for token "
+                        "0 (expert 0 is nan)"));
 }
 
 }  // namespace

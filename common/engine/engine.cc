@@ -141,7 +141,10 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
 
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (failed_) return absl::UnavailableError("the engine has failed and is not serving");
+    if (failed_) {
+      return absl::UnavailableError(
+          absl::StrCat("the engine has failed and is not serving: ", failure_.message()));
+    }
     if (!accepting_) return absl::UnavailableError("the server is shutting down");
     if (active_ids_.contains({s.request.owner, s.request.id})) {
       return absl::InvalidArgumentError(
@@ -192,6 +195,11 @@ int64_t Engine::num_active() const {
   return static_cast<int64_t>(active_ids_.size());
 }
 
+absl::Status Engine::failure() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failure_;
+}
+
 bool Engine::healthy(std::chrono::milliseconds stall_timeout) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (failed_) return false;
@@ -224,18 +232,21 @@ void Engine::ReapCancelled() {
   std::set<RequestKey> aborts;
   bool abort_all;
   bool failed;
+  absl::Status failure;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     aborts.swap(abort_ids_);
     abort_all = abort_all_;
     abort_all_ = false;
     failed = failed_;
+    failure = failure_;
   }
   const auto now = std::chrono::steady_clock::now();
   for (Sequence* sequence : scheduler_.AllSequences()) {
     if (failed) {
       Finish(sequence, FinishReason::kError,
-             ErrorOutput(absl::InternalError("the engine has failed")));
+             ErrorOutput(absl::Status(failure.code(),
+                                      absl::StrCat("the engine has failed: ", failure.message()))));
     } else if (abort_all || aborts.contains({sequence->request.owner, sequence->request.id})) {
       Finish(sequence, FinishReason::kAbort);
     } else if (sequence->request.deadline && now >= *sequence->request.deadline) {
@@ -286,6 +297,7 @@ void Engine::Step() {
       {
         std::lock_guard<std::mutex> lock(mutex_);
         failed_ = true;
+        failure_ = status;
       }
       // Reported before the requests end, so whoever sees their errors
       // also sees the engine failed.

@@ -94,6 +94,9 @@ class Engine {
   // False after a fatal error, or when work is pending and no step has
   // finished for `stall_timeout`.
   bool healthy(std::chrono::milliseconds stall_timeout = std::chrono::seconds(60)) const;
+  // The error that made the engine fail (what on_fatal was given), or OK
+  // while it has not failed: what a server reports with NOT_SERVING.
+  absl::Status failure() const;
   const ModelConfig& model_config() const { return model_->config(); }
   int64_t max_model_len() const { return max_model_len_; }
   int64_t block_size() const { return cache_.block_size(); }
@@ -132,6 +135,7 @@ class Engine {
   bool accepting_ = true;
   bool stop_ = false;
   bool failed_ = false;
+  absl::Status failure_;  // Why failed_ is set.
   bool abort_all_ = false;
   EngineStats stats_;
   std::chrono::steady_clock::time_point last_progress_;

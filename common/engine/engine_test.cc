@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/hostile_model.h"
 
 namespace dsv2 {
 namespace {
@@ -401,9 +402,41 @@ TEST(EngineFatalTest, ExpertFailureIsFatalAndReported) {
   EXPECT_THAT(c.error, HasSubstr("expert weights corrupt"));
   EXPECT_EQ(fatal_calls.load(), 1);
   EXPECT_FALSE(engine.healthy());
+  EXPECT_EQ(engine.failure(), absl::InternalError("expert weights corrupt"));
   request.id = "after";
-  EXPECT_EQ(engine.Submit(request).status().code(), absl::StatusCode::kUnavailable);
+  const absl::Status refused = engine.Submit(request).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(refused.message(), "the engine has failed and is not serving: expert weights corrupt");
   EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+}
+
+// A model whose weights make the router's scores NaN (its embedding holds a
+// NaN, which the default cheap check does not scan): the step fails with the
+// real cause — not garbage tokens, not a data-plane error — and the engine
+// keeps it as its failure for health reports.
+TEST(EngineFatalTest, NonFiniteRouterScoresFailTheEngineWithTheCause) {
+  const std::string dir = testutil::CopyModel("tests/data/tiny-v2", "engine_nan");
+  testutil::PoisonBf16(dir, "model.embed_tokens.weight", 0);  // Token 0's first value.
+  auto model = DeepseekV2Model::Load(dir, {.weight_check = WeightCheck::kOff});
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::Status reported;
+  Engine engine(model->get(), nullptr,
+                {.kv_cache_bytes = 8 << 20,
+                 .on_fatal = [&](const absl::Status& status) { reported = status; }});
+  EXPECT_TRUE(engine.failure().ok());
+  GenerationRequest request;
+  request.id = "nan";
+  request.prompt = {0, 1, 2};
+  auto stream = engine.Submit(request);
+  ASSERT_TRUE(stream.ok());
+  const Collected c = Collect(**stream);
+  EXPECT_EQ(c.finish, FinishReason::kError);
+  EXPECT_TRUE(c.tokens.empty());
+  EXPECT_THAT(c.error, HasSubstr("layer 1: non-finite router scores for token 0"));
+  EXPECT_FALSE(engine.healthy());
+  EXPECT_EQ(engine.failure().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(engine.failure().message(), HasSubstr("layer 1: non-finite router scores"));
+  EXPECT_EQ(reported, engine.failure());
 }
 
 // Unreachable expert workers end the requests of the failed step with

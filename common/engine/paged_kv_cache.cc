@@ -6,8 +6,14 @@ namespace dsv2 {
 
 int64_t PagedKvCache::BlocksForBudget(const ModelConfig& config, int64_t block_size,
                                       int64_t bytes) {
-  const int64_t block_bytes =
-      config.num_hidden_layers * block_size * config.latent_dim() * static_cast<int64_t>(sizeof(float));
+  // block_size comes from a flag: a block too large to count in int64 holds
+  // zero blocks' worth of any budget (and the caller reports that).
+  int64_t block_bytes = 0;
+  if (block_size < 1 || __builtin_mul_overflow(config.num_hidden_layers * config.latent_dim() *
+                                                   static_cast<int64_t>(sizeof(float)),
+                                               block_size, &block_bytes)) {
+    return 0;
+  }
   return bytes / block_bytes;
 }
 

@@ -38,7 +38,8 @@ class PagedKvCache {
     int64_t evictions = 0;
   };
 
-  // How many blocks fit in `bytes` for this model.
+  // How many blocks fit in `bytes` for this model; 0 when a block would not
+  // fit in int64 bytes or `block_size` is not positive.
   static int64_t BlocksForBudget(const ModelConfig& config, int64_t block_size, int64_t bytes);
 
   PagedKvCache(const ModelConfig& config, int64_t block_size, int64_t num_blocks);

@@ -27,6 +27,10 @@ TEST(PagedKvCacheTest, BudgetAndAllocation) {
   const ModelConfig config = SmallConfig();
   // 2 layers × 4 positions × 6 values × 4 bytes = 192 bytes per block.
   EXPECT_EQ(PagedKvCache::BlocksForBudget(config, 4, 1000), 5);
+  // A --block_size whose block bytes overflow int64 (they used to wrap to a
+  // negative block size and a negative block count).
+  EXPECT_EQ(PagedKvCache::BlocksForBudget(config, int64_t{1} << 60, 1000), 0);
+  EXPECT_EQ(PagedKvCache::BlocksForBudget(config, 0, 1000), 0);
   PagedKvCache cache(config, 4, 3);
   auto a = cache.Allocate(), b = cache.Allocate(), c = cache.Allocate();
   ASSERT_TRUE(a && b && c);

@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/json_reading.h"
+#include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -16,7 +17,7 @@ namespace {
 constexpr char kIndexName[] = "model.safetensors.index.json";
 constexpr char kSingleName[] = "model.safetensors";
 // DeepSeek-V2's index is a few MB; anything near this is not an index.
-constexpr long kMaxIndexBytes = 100'000'000;
+constexpr int64_t kMaxIndexBytes = 100'000'000;
 
 // Whether `path` exists; errors other than absence are returned.
 absl::StatusOr<bool> Exists(const std::string& path) {
@@ -24,27 +25,6 @@ absl::StatusOr<bool> Exists(const std::string& path) {
   if (stat(path.c_str(), &st) == 0) return true;
   if (errno == ENOENT || errno == ENOTDIR) return false;
   return absl::ErrnoToStatus(errno, absl::StrCat("cannot access ", path));
-}
-
-absl::StatusOr<std::string> ReadIndexFile(const std::string& path) {
-  struct FileCloser {
-    void operator()(FILE* f) const { std::fclose(f); }
-  };
-  std::unique_ptr<FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
-  std::string contents;
-  char buffer[1 << 16];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), file.get())) > 0) {
-    contents.append(buffer, n);
-    if (contents.size() > static_cast<size_t>(kMaxIndexBytes)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": larger than ", kMaxIndexBytes, " bytes, not an index"));
-    }
-  }
-  if (std::ferror(file.get()))
-    return absl::ErrnoToStatus(errno, absl::StrCat("cannot read ", path));
-  return contents;
 }
 
 // A shard must be a file directly inside the checkpoint directory.
@@ -84,23 +64,33 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
     return checkpoint;
   }
 
-  // The index.
+  // The index: read only if it is a regular file, and bounded.
+  ASSIGN_OR_RETURN(const std::string text, ReadRegularFile(index_path, kMaxIndexBytes));
+  RETURN_IF_ERROR(
+      GuardJsonReader(index_path, [&] { return checkpoint.OpenShards(index_path, text); }));
+  return checkpoint;
+}
+
+absl::Status Checkpoint::OpenShards(const std::string& index_path, std::string_view text) {
   auto invalid = [&index_path](auto&&... args) {
     return absl::InvalidArgumentError(absl::StrCat(index_path, ": ", args...));
   };
-  ASSIGN_OR_RETURN(const std::string text, ReadIndexFile(index_path));
   const nlohmann::json root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded()) return invalid("not valid JSON");
   if (!root.is_object()) return invalid("not a JSON object");
   const auto map_it = root.find("weight_map");
-  if (map_it == root.end() || !map_it->is_object()) {
-    return invalid("has no \"weight_map\" object");
+  if (map_it == root.end()) return invalid("has no \"weight_map\" object");
+  if (!map_it->is_object()) {
+    return invalid("has no \"weight_map\" object (got ", JsonTypeName(*map_it), ")");
   }
   if (map_it->empty()) return invalid("\"weight_map\" lists no tensors");
   std::map<std::string, std::string, std::less<>> weight_map;  // tensor -> shard
   std::map<std::string, size_t> shard_index;                   // shard -> files_ index
   for (const auto& [name, shard] : map_it->items()) {
-    if (!shard.is_string()) return invalid("weight_map entry for '", name, "' is not a string");
+    if (!shard.is_string()) {
+      return invalid("weight_map entry for '", name, "' is not a string (got ", JsonTypeName(shard),
+                     ")");
+    }
     const std::string& shard_name = shard.get_ref<const std::string&>();
     if (!IsPlainFileName(shard_name)) {
       return invalid("shard name '", shard_name, "' for tensor '", name,
@@ -113,7 +103,7 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
   // Each distinct shard once, in name order. Locate every stored tensor.
   std::map<std::string, std::string> stored_in;  // tensor -> shard
   for (auto& [shard_name, index] : shard_index) {
-    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(absl::StrCat(dir, "/", shard_name)));
+    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(absl::StrCat(dir_, "/", shard_name)));
     for (const TensorInfo& t : file->tensors()) {
       const auto [it, inserted] = stored_in.emplace(t.name, shard_name);
       if (!inserted) {
@@ -121,8 +111,8 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
                        shard_name, "'");
       }
     }
-    index = checkpoint.files_.size();
-    checkpoint.files_.push_back(std::move(file));
+    index = files_.size();
+    files_.push_back(std::move(file));
   }
 
   // The shards must hold exactly what the index says, where it says.
@@ -138,15 +128,15 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& dir) {
     }
   }
   for (const auto& [tensor, shard] : weight_map) {
-    const TensorInfo* info = checkpoint.files_[shard_index.at(shard)]->Find(tensor);
+    const TensorInfo* info = files_[shard_index.at(shard)]->Find(tensor);
     if (info == nullptr) {
       return invalid("tensor '", tensor, "' is mapped to shard '", shard,
                      "' but that shard does not contain it");
     }
-    checkpoint.tensors_.emplace(tensor, info);
-    checkpoint.total_bytes_ += info->num_bytes;
+    tensors_.emplace(tensor, info);
+    total_bytes_ += info->num_bytes;
   }
-  return checkpoint;
+  return absl::OkStatus();
 }
 
 const TensorInfo* Checkpoint::Find(std::string_view name) const {

@@ -34,8 +34,10 @@ class Checkpoint {
   // index, a shard name that is not a plain file name, or an index that
   // disagrees with the shards (a mapped tensor missing from its shard, a
   // tensor stored in a shard other than the one it is mapped to or in two
-  // shards, a stored tensor absent from the weight_map); errors of
-  // SafetensorsFile::Open pass through.
+  // shards, a stored tensor absent from the weight_map), and for a model
+  // file that is not a regular file (a FIFO, a directory, a device), which
+  // is refused before it is opened; errors of SafetensorsFile::Open pass
+  // through.
   static absl::StatusOr<Checkpoint> Open(const std::string& dir);
 
   Checkpoint(Checkpoint&&) = default;
@@ -59,6 +61,8 @@ class Checkpoint {
 
  private:
   Checkpoint() = default;
+  // Parses the index `text` and opens the shards it names.
+  absl::Status OpenShards(const std::string& index_path, std::string_view text);
 
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;

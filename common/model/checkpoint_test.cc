@@ -1,7 +1,9 @@
 #include "common/model/checkpoint.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -173,6 +175,53 @@ TEST_F(CheckpointTest, MissingDirectory) {
   auto checkpoint = Checkpoint::Open(dir_ + "/absent");
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(checkpoint.status().message(), HasSubstr(dir_ + "/absent"));
+}
+
+// Model files that are not regular files. Each was a hang (a FIFO: open()
+// for reading waits for a writer, and none comes) or an unhelpful read
+// error; each must now fail at once naming the file and what it is.
+// checkpoint_test's ctest TIMEOUT turns a regression into a failure.
+TEST_F(CheckpointTest, FifoAsTheSingleFileIsRefusedAtOnce) {
+  const std::string fifo = dir_ + "/model.safetensors";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  ExpectError(absl::StatusCode::kInvalidArgument,
+              {fifo + " is a FIFO (named pipe), not a regular file"});
+}
+
+TEST_F(CheckpointTest, FifoAsTheIndexIsRefusedAtOnce) {
+  WriteShard("s1.safetensors", {"a"});
+  const std::string fifo = dir_ + "/model.safetensors.index.json";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  ExpectError(absl::StatusCode::kInvalidArgument,
+              {fifo + " is a FIFO (named pipe), not a regular file"});
+}
+
+TEST_F(CheckpointTest, FifoDirectoryOrDeviceAsAShardIsRefused) {
+  ASSERT_EQ(mkfifo((dir_ + "/fifo.safetensors").c_str(), 0600), 0);
+  std::filesystem::create_directories(dir_ + "/dir.safetensors");
+  std::filesystem::create_symlink("/dev/zero", dir_ + "/dev.safetensors");
+  for (const auto& [shard, what] : std::vector<std::pair<std::string, std::string>>{
+           {"fifo.safetensors", "a FIFO (named pipe)"},
+           {"dir.safetensors", "a directory"},
+           {"dev.safetensors", "a character device"}}) {
+    WriteIndex(absl::StrCat(R"({"weight_map": {"a": ")", shard, R"("}})"));
+    ExpectError(absl::StatusCode::kInvalidArgument,
+                {dir_ + "/" + shard + " is " + what + ", not a regular file"});
+  }
+}
+
+// Wrong JSON types anywhere in the index are named, with the type found.
+TEST_F(CheckpointTest, IndexWithWrongTypesNamesTheField) {
+  const std::string index = dir_ + "/model.safetensors.index.json";
+  WriteIndex(R"({"weight_map": "s1.safetensors"})");
+  ExpectError(absl::StatusCode::kInvalidArgument,
+              {index + ": has no \"weight_map\" object (got string)"});
+  WriteIndex(R"({"weight_map": {"a": ["s1.safetensors"]}})");
+  ExpectError(absl::StatusCode::kInvalidArgument,
+              {index + ": weight_map entry for 'a' is not a string (got array)"});
+  WriteIndex(R"({"weight_map": {"a": null}})");
+  ExpectError(absl::StatusCode::kInvalidArgument,
+              {index + ": weight_map entry for 'a' is not a string (got null)"});
 }
 
 }  // namespace

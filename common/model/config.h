@@ -7,6 +7,11 @@
 // engine cannot run exactly fails at load, not with wrong numbers later.
 // Field defaults for absent optional keys follow the original remote code
 // (modeling_deepseek.py / configuration_deepseek.py).
+//
+// config.json is input: every number in it is bounded (config_limits below)
+// before anything is sized from it, so a hostile or corrupt file is an
+// InvalidArgument naming the field, its value and the bound, never a huge
+// allocation or an overflowed size.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +22,35 @@
 #include "absl/status/statusor.h"
 
 namespace dsv2 {
+
+// Upper bounds on config.json's numbers. Each leaves several times the
+// headroom over the largest published DeepSeek-V2-family value (DeepSeek-V2,
+// V2.5, Coder-V2 and their Lite versions; V3-sized models noted for scale),
+// and together they keep every size computed from a config — parameter
+// counts, tensor bytes, KV cache bytes per token and per block, the forward
+// pass's buffers — far inside int64 (config_test parses a config at every
+// bound and checks those sizes exactly). docs/architecture.md lists them.
+namespace config_limits {
+inline constexpr int64_t kMaxVocabSize = int64_t{1} << 20;            // V2 102400, V3 129280
+inline constexpr int64_t kMaxHiddenSize = int64_t{1} << 15;           // V2 5120, V3 7168
+inline constexpr int64_t kMaxIntermediateSize = int64_t{1} << 17;     // V2 12288, V3 18432
+inline constexpr int64_t kMaxMoeIntermediateSize = int64_t{1} << 15;  // V2 1536, V3 2048
+inline constexpr int64_t kMaxLayers = 512;                            // V2 60, V3 61
+inline constexpr int64_t kMaxAttentionHeads = 1024;                   // V2 128
+inline constexpr int64_t kMaxRoutedExperts = 1024;                    // V2 160, V3 256
+inline constexpr int64_t kMaxSharedExperts = 64;                      // V2 2
+inline constexpr int64_t kMaxExpertsPerToken = 64;                    // V2 6, V3 8
+inline constexpr int64_t kMaxLoraRank = int64_t{1} << 14;             // q 1536, kv 512
+inline constexpr int64_t kMaxHeadDim = 1024;                          // nope 128, rope 64, v 128
+// RoPE computes angles from float32 positions, which are exact up to 2^24.
+inline constexpr int64_t kMaxPositionEmbeddings = int64_t{1} << 24;  // V2 163840
+inline constexpr double kMaxRopeTheta = 1e9;                         // V2 1e4
+inline constexpr double kMaxRopeFactor = 1024;                       // V2 40
+inline constexpr double kMaxYarnBeta = 1024;                         // V2 32 and 1
+inline constexpr double kMaxYarnMscale = 100;                        // V2 0.707
+inline constexpr double kMaxRoutedScalingFactor = 1024;              // V2 16
+inline constexpr double kMaxRmsNormEps = 1;                          // V2 1e-6
+}  // namespace config_limits
 
 enum class TopkMethod { kGreedy, kGroupLimitedGreedy };
 

@@ -21,17 +21,22 @@ DeepseekV2Model::DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, Mode
       softmax_scale_(static_cast<float>(config_.SoftmaxScale())),
       experts_(std::make_shared<LocalRoutedExperts>(config_, weights_)) {}
 
-absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(
+    const std::string& dir, const ModelLoadOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(ModelConfig config,
                    LoadModelConfig((std::filesystem::path(dir) / "config.json").string()));
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::Open(dir));
+  // BindWeights checks the checkpoint against the config before it sizes
+  // anything from the config.
   ASSIGN_OR_RETURN(ModelWeights weights, BindWeights(config, checkpoint));
+  RETURN_IF_ERROR(CheckWeightsFinite(checkpoint, options.weight_check, options.full_check_filter));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  DSV2_LOG(INFO) << absl::StrFormat("loaded %s: %d layers, %.3f GB in %d file(s), in %.2f s", dir,
-                                    config.num_hidden_layers, checkpoint.total_bytes() / 1e9,
-                                    checkpoint.num_files(), seconds);
+  DSV2_LOG(INFO) << absl::StrFormat(
+      "loaded %s: %d layers, %.3f GB in %d file(s), weight check %s, in %.2f s", dir,
+      config.num_hidden_layers, checkpoint.total_bytes() / 1e9, checkpoint.num_files(),
+      WeightCheckName(options.weight_check), seconds);
   return std::unique_ptr<DeepseekV2Model>(
       new DeepseekV2Model(std::move(config), std::move(checkpoint), std::move(weights)));
 }
@@ -247,10 +252,7 @@ absl::Status DeepseekV2Model::Ffn(int64_t layer, const float* x, int64_t n, floa
   cpu::Linear(x, n, lw.router, scores.data());
   std::vector<int32_t> ids(n * k);  // [n, k]
   std::vector<float> weights(n * k);
-  for (int64_t i = 0; i < n; ++i) {
-    cpu::Softmax(&scores[i * num_experts], num_experts);
-    SelectExperts(config_, &scores[i * num_experts], &ids[i * k], &weights[i * k]);
-  }
+  RETURN_IF_ERROR(RouteTokens(config_, layer, scores.data(), n, ids.data(), weights.data()));
   // Shared experts, computed while the routed ones are away, added unscaled
   // after them.
   std::vector<float> shared;

@@ -26,9 +26,11 @@
 // different caches; they use the process-wide ThreadPool for their kernels.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,6 +39,7 @@
 #include "common/model/kv_cache_view.h"
 #include "common/model/rope.h"
 #include "common/model/routed_experts.h"
+#include "common/model/weight_check.h"
 #include "common/model/weights.h"
 
 namespace dsv2 {
@@ -54,6 +57,14 @@ struct SequenceChunk {
   ChunkLogits logits = ChunkLogits::kLast;
 };
 
+struct ModelLoadOptions {
+  // Which weights are scanned for NaN and infinity (weight_check.h).
+  WeightCheck weight_check = WeightCheck::kCheap;
+  // Under WeightCheck::kFull, the tensors this process will read (all when
+  // null), so that a full check reads nothing the process would not.
+  std::function<bool(std::string_view name)> full_check_filter;
+};
+
 struct ForwardOptions {
   AttentionForm attention = AttentionForm::kAuto;
   bool all_logits = false;
@@ -61,9 +72,13 @@ struct ForwardOptions {
 
 class DeepseekV2Model {
  public:
-  // Reads config.json and the safetensors checkpoint of `dir`, and checks
-  // that every tensor the config implies is present with its shape.
-  static absl::StatusOr<std::unique_ptr<DeepseekV2Model>> Load(const std::string& dir);
+  // Reads config.json (bounded: config.h) and the safetensors checkpoint of
+  // `dir`, checks that every tensor the config implies is present with its
+  // shape before anything is sized from the config, and scans the weights
+  // `options` selects for non-finite values. Model files that are not
+  // regular files (a FIFO, a directory, a device) are InvalidArgument.
+  static absl::StatusOr<std::unique_ptr<DeepseekV2Model>> Load(
+      const std::string& dir, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -77,7 +92,9 @@ class DeepseekV2Model {
   // the logits rows the chunks ask for, in chunk order ([n, vocab], [1,
   // vocab] or none each).
   // Token ids outside the vocabulary, an empty chunk or a full cache are
-  // InvalidArgument / OutOfRange and change no cache.
+  // InvalidArgument / OutOfRange and change no cache. Non-finite router
+  // scores (weights or activations that overflow) are Internal naming the
+  // layer (see RouteTokens).
   absl::Status ForwardBatch(std::span<const SequenceChunk> chunks,
                             std::vector<float>* logits) const;
 

@@ -1,8 +1,12 @@
 #include "common/model/moe_routing.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
 
 namespace dsv2 {
 namespace {
@@ -18,7 +22,43 @@ std::vector<int32_t> TopK(const std::vector<float>& values, int64_t k) {
   return order;
 }
 
+// The first non-finite value of `values` [count], if any.
+const float* FirstNonFinite(const float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(values[i])) return values + i;
+  }
+  return nullptr;
+}
+
+absl::Status NonFinite(int64_t layer, const char* what, int64_t token, const char* slot,
+                       int64_t index, float value) {
+  return absl::InternalError(absl::StrCat(
+      "layer ", layer, ": non-finite ", what, " for token ", token, " (", slot, " ", index, " is ",
+      std::isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf"),
+      "); the model's weights or activations overflow (a full weight check at load scans every "
+      "tensor)"));
+}
+
 }  // namespace
+
+absl::Status RouteTokens(const ModelConfig& config, int64_t layer, float* logits, int64_t n,
+                         int32_t* expert_ids, float* weights) {
+  const int64_t num_experts = config.n_routed_experts;
+  const int64_t k = config.num_experts_per_tok;
+  for (int64_t i = 0; i < n; ++i) {
+    float* scores = logits + i * num_experts;
+    cpu::Softmax(scores, num_experts);
+    // Before selection: top-k over NaN has no meaning (and no strict order).
+    if (const float* bad = FirstNonFinite(scores, num_experts)) {
+      return NonFinite(layer, "router scores", i, "expert", bad - scores, *bad);
+    }
+    SelectExperts(config, scores, expert_ids + i * k, weights + i * k);
+    if (const float* bad = FirstNonFinite(weights + i * k, k)) {
+      return NonFinite(layer, "routing weights", i, "slot", bad - (weights + i * k), *bad);
+    }
+  }
+  return absl::OkStatus();
+}
 
 void SelectExperts(const ModelConfig& config, const float* scores, int32_t* expert_ids,
                    float* weights) {

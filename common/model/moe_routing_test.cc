@@ -1,8 +1,12 @@
 #include "common/model/moe_routing.h"
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/ops.h"
 
 namespace dsv2 {
 namespace {
@@ -76,6 +80,49 @@ TEST(MoeRoutingTest, TiesGoToLowerIds) {
   SelectExperts(config, scores, ids, weights);
   EXPECT_EQ(ids[0], 0);
   EXPECT_EQ(ids[1], 1);
+}
+
+// RouteTokens is softmax + SelectExperts per token.
+TEST(RouteTokensTest, MatchesSoftmaxThenSelectExperts) {
+  const ModelConfig config = Routing(TopkMethod::kGroupLimitedGreedy, 8, 2, 4, 2, 16.0, false);
+  std::vector<float> logits = {0.5f, -1.0f, 2.0f,  0.25f, 1.5f, -0.5f, 0.0f,  3.0f,
+                               1.0f, 1.0f,  -2.0f, 0.5f,  0.0f, 2.5f,  -1.0f, 0.1f};
+  std::vector<float> scores = logits;
+  std::vector<int32_t> ids(4), expected_ids(4);
+  std::vector<float> weights(4), expected_weights(4);
+  for (int t = 0; t < 2; ++t) {
+    cpu::Softmax(&scores[t * 8], 8);
+    SelectExperts(config, &scores[t * 8], &expected_ids[t * 2], &expected_weights[t * 2]);
+  }
+  ASSERT_TRUE(RouteTokens(config, 3, logits.data(), 2, ids.data(), weights.data()).ok());
+  EXPECT_EQ(ids, expected_ids);
+  EXPECT_EQ(weights, expected_weights);
+  EXPECT_EQ(logits, scores);
+}
+
+// A NaN or an infinity among a token's router logits (weights or
+// activations that overflowed) is an error naming the layer, the token and
+// the expert, instead of a routing chosen by comparisons with NaN.
+TEST(RouteTokensTest, NonFiniteScoresAreAnInternalErrorNamingLayerTokenAndExpert) {
+  const ModelConfig config = Routing(TopkMethod::kGreedy, 4, 2, 1, 1, 1.0, false);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<int32_t> ids(4);
+  std::vector<float> weights(4);
+  std::vector<float> logits = {0.1f, 0.2f, 0.3f, 0.4f, 0.1f, 0.2f, nan, 0.4f};
+  absl::Status status = RouteTokens(config, 7, logits.data(), 2, ids.data(), weights.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(status.message()),
+              ::testing::StartsWith(
+                  "layer 7: non-finite router scores for token 1 (expert 0 is nan); the model's "
+                  "weights or activations overflow"));
+  // +inf makes the softmax inf/inf = NaN for that expert (and 0 - inf for
+  // the max subtraction elsewhere): still caught.
+  logits = {0.1f, inf, 0.3f, 0.4f, 0.1f, 0.2f, 0.3f, 0.4f};
+  status = RouteTokens(config, 2, logits.data(), 2, ids.data(), weights.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(status.message(),
+              ::testing::HasSubstr("layer 2: non-finite router scores for token 0"));
 }
 
 }  // namespace

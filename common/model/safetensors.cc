@@ -1,9 +1,6 @@
 #include "common/model/safetensors.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -15,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/base/json_reading.h"
+#include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -78,11 +77,16 @@ std::optional<int64_t> NonNegativeInt(const Json& value) {
 absl::Status ParseEntry(const Invalid& invalid, const std::string& name, const Json& entry,
                         int64_t data_start, int64_t file_size, TensorInfo& info, int64_t& begin) {
   const std::string quoted = absl::StrCat("tensor '", name, "'");
-  if (!entry.is_object()) return invalid("header entry for ", quoted, " is not an object");
+  if (!entry.is_object()) {
+    return invalid("header entry for ", quoted, " is not an object (got ", JsonTypeName(entry),
+                   ")");
+  }
 
   const auto dtype_it = entry.find("dtype");
   if (dtype_it == entry.end()) return invalid(quoted, " has no \"dtype\"");
-  if (!dtype_it->is_string()) return invalid(quoted, ": \"dtype\" is not a string");
+  if (!dtype_it->is_string()) {
+    return invalid(quoted, ": \"dtype\" is not a string (got ", JsonTypeName(*dtype_it), ")");
+  }
   info.dtype_name = dtype_it->get<std::string>();
   const std::optional<int64_t> element_size = SafetensorsElementSize(info.dtype_name);
   if (!element_size) return invalid(quoted, " has unknown dtype '", info.dtype_name, "'");
@@ -90,14 +94,18 @@ absl::Status ParseEntry(const Invalid& invalid, const std::string& name, const J
 
   const auto shape_it = entry.find("shape");
   if (shape_it == entry.end()) return invalid(quoted, " has no \"shape\"");
-  if (!shape_it->is_array()) return invalid(quoted, ": \"shape\" is not an array");
+  if (!shape_it->is_array()) {
+    return invalid(quoted, ": \"shape\" is not an array (got ", JsonTypeName(*shape_it), ")");
+  }
   int64_t numel = 1;
   for (const Json& dim : *shape_it) {
     if (dim.is_number_integer() && !dim.is_number_unsigned()) {
       return invalid(quoted, " has negative dimension ", dim.get<int64_t>(), " in its shape");
     }
     const std::optional<int64_t> size = NonNegativeInt(dim);
-    if (!size) return invalid(quoted, ": shape entry ", dim.dump(), " is not an int64");
+    if (!size) {
+      return invalid(quoted, ": shape entry ", JsonValueForMessage(dim), " is not an int64");
+    }
     info.shape.push_back(*size);
     if (__builtin_mul_overflow(numel, *size, &numel)) {
       return invalid(quoted, ": element count of its shape overflows int64");
@@ -116,8 +124,9 @@ absl::Status ParseEntry(const Invalid& invalid, const std::string& name, const J
   const std::optional<int64_t> first = NonNegativeInt((*offsets_it)[0]);
   const std::optional<int64_t> last = NonNegativeInt((*offsets_it)[1]);
   if (!first || !last) {
-    return invalid(quoted, ": \"data_offsets\" ", offsets_it->dump(),
-                   " are not two non-negative int64 values");
+    return invalid(quoted, ": \"data_offsets\" [", JsonValueForMessage((*offsets_it)[0]), ", ",
+                   JsonValueForMessage((*offsets_it)[1]),
+                   "] are not two non-negative int64 values");
   }
   if (*first > *last) {
     return invalid(quoted, ": data_offsets begin ", *first, " is after end ", *last);
@@ -137,12 +146,6 @@ absl::Status ParseEntry(const Invalid& invalid, const std::string& name, const J
   return absl::OkStatus();
 }
 
-// Closes a file descriptor on scope exit.
-struct FdCloser {
-  int fd;
-  ~FdCloser() { close(fd); }
-};
-
 }  // namespace
 
 std::optional<int64_t> SafetensorsElementSize(std::string_view dtype_name) {
@@ -157,18 +160,20 @@ int64_t TensorInfo::numel() const {
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  // A FIFO, directory or device is refused before it is opened for reading
+  // (opening a FIFO would block until a writer came).
+  ASSIGN_OR_RETURN(const RegularFile regular, RegularFile::Open(path));
+  return GuardJsonReader(path, [&] { return Map(regular); });
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Map(const RegularFile& regular) {
+  const std::string& path = regular.path();
   const Invalid invalid(path);
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
-  FdCloser closer{fd};
-  struct stat st;
-  if (fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot stat ", path));
-  if (!S_ISREG(st.st_mode)) return invalid("not a regular file");
-  const int64_t size = st.st_size;
+  const int64_t size = regular.size();
   if (size < 8) {
     return invalid("file is ", size, " bytes, shorter than the 8-byte header length field");
   }
-  void* mapping = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0);
+  void* mapping = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, regular.fd(), 0);
   if (mapping == MAP_FAILED) return absl::ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path));
   // From here the mapping is owned (and unmapped on error) by `file`.
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
@@ -201,10 +206,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   std::vector<int64_t> begins;  // Parallel to tensors_.
   for (const auto& [name, entry] : root.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) return invalid("\"__metadata__\" is not an object");
+      if (!entry.is_object()) {
+        return invalid("\"__metadata__\" is not an object (got ", JsonTypeName(entry), ")");
+      }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          return invalid("\"__metadata__\" value for key '", key, "' is not a string");
+          return invalid("\"__metadata__\" value for key '", key, "' is not a string (got ",
+                         JsonTypeName(value), ")");
         }
         file->metadata_[key] = value.get<std::string>();
       }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/base/regular_file.h"
 #include "common/tensor/dtype.h"
 
 namespace dsv2 {
@@ -55,8 +56,9 @@ struct TensorInfo {
 
 class SafetensorsFile {
  public:
-  // Maps and validates `path`. A missing file is NotFound; every format
-  // problem is InvalidArgument naming the file and, where one is at fault,
+  // Maps and validates `path`. A missing file is NotFound; a path that is
+  // not a regular file (a FIFO, a directory, a device) and every format
+  // problem are InvalidArgument naming the file and, where one is at fault,
   // the tensor.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
 
@@ -74,6 +76,7 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Map(const RegularFile& file);
 
   std::string path_;
   void* mapping_ = nullptr;  // mmap of the whole file; munmap'd by the destructor.

@@ -1,6 +1,7 @@
 #include "common/model/safetensors.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <fstream>
@@ -319,6 +320,43 @@ TEST_F(SafetensorsTest, NeverCrashesOnCorruptedOrTruncatedFiles) {
   }
   // Changes inside names and metadata strings stay valid; the rest must not.
   EXPECT_GT(opened, 0);
+}
+
+// A FIFO in place of a checkpoint file: open() for reading used to wait for
+// a writer forever. checkpoint_test's ctest TIMEOUT catches a regression.
+TEST_F(SafetensorsTest, FifoIsRefusedWithoutBlocking) {
+  const std::string fifo = Path("model.safetensors");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto file = SafetensorsFile::Open(fifo);
+  ASSERT_FALSE(file.ok());
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(file.status().message(), fifo + " is a FIFO (named pipe), not a regular file");
+}
+
+// Wrong JSON types in the header name the tensor, the field and the type.
+TEST_F(SafetensorsTest, WrongTypesNameTheTypeFound) {
+  ExpectInvalid(Raw(R"({"w":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", "0000"),
+                {"tensor 'w': \"dtype\" is not a string (got number)"});
+  ExpectInvalid(Raw(R"({"w":{"dtype":"F32","shape":{"a":1},"data_offsets":[0,4]}})", "0000"),
+                {"tensor 'w': \"shape\" is not an array (got object)"});
+  ExpectInvalid(Raw(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,"4"]}})", "0000"),
+                {"tensor 'w': \"data_offsets\" [0, \"4\"] are not two non-negative int64 values"});
+  ExpectInvalid(Raw(R"({"w": true})"),
+                {"header entry for tensor 'w' is not an object (got boolean)"});
+  ExpectInvalid(Raw(R"({"__metadata__":{"format":null}})"),
+                {"\"__metadata__\" value for key 'format' is not a string (got null)"});
+}
+
+// A shape entry nested 100000 arrays deep: the message used to print it
+// with a recursive dump, one stack frame per level.
+TEST_F(SafetensorsTest, DeeplyNestedShapeEntryIsDescribedNotDumped) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  ExpectInvalid(
+      Raw(R"({"w":{"dtype":"F32","shape":[)" + deep + R"(],"data_offsets":[0,4]}})", "0000"),
+      {"tensor 'w': shape entry an array of 1 elements is not an int64"});
+  ExpectInvalid(
+      Raw(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[)" + deep + R"(,4]}})", "0000"),
+      {"\"data_offsets\" [an array of 1 elements, 4]"});
 }
 
 }  // namespace

@@ -11,39 +11,72 @@ constexpr char kEmbedName[] = "model.embed_tokens.weight";
 
 std::string LayerPrefix(int64_t layer) { return absl::StrCat("model.layers.", layer, "."); }
 
-void AddMlp(std::vector<TensorSpec>& specs, const std::string& prefix, int64_t width,
-            int64_t hidden, int64_t layer, int64_t expert) {
-  specs.push_back({prefix + "gate_proj.weight", {width, hidden}, layer, expert});
-  specs.push_back({prefix + "up_proj.weight", {width, hidden}, layer, expert});
-  specs.push_back({prefix + "down_proj.weight", {hidden, width}, layer, expert});
-}
+// Walks the specs of a config, stopping once the visitor has said stop.
+class SpecWalker {
+ public:
+  explicit SpecWalker(absl::FunctionRef<bool(const TensorSpec&)> visit) : visit_(visit) {}
+
+  bool stopped() const { return stopped_; }
+  void Add(TensorSpec spec) {
+    if (!stopped_) stopped_ = !visit_(spec);
+  }
+  void AddMlp(const std::string& prefix, int64_t width, int64_t hidden, int64_t layer,
+              int64_t expert) {
+    Add({prefix + "gate_proj.weight", {width, hidden}, layer, expert});
+    Add({prefix + "up_proj.weight", {width, hidden}, layer, expert});
+    Add({prefix + "down_proj.weight", {hidden, width}, layer, expert});
+  }
+
+ private:
+  absl::FunctionRef<bool(const TensorSpec&)> visit_;
+  bool stopped_ = false;
+};
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+// What the config says that puts `spec` in the list, for messages.
+std::string Why(const ModelConfig& config, const TensorSpec& spec) {
+  if (spec.expert >= 0) {
+    return absl::StrCat("; the config has n_routed_experts = ", config.n_routed_experts);
+  }
+  if (spec.layer >= 0) {
+    return absl::StrCat("; the config has num_hidden_layers = ", config.num_hidden_layers);
+  }
+  return "";
+}
+
+// `spec` in `checkpoint`, present with its shape and a float dtype.
+absl::StatusOr<const TensorInfo*> FindExpected(const ModelConfig& config,
+                                               const Checkpoint& checkpoint,
+                                               const TensorSpec& spec) {
+  const TensorInfo* info = checkpoint.Find(spec.name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat("checkpoint ", checkpoint.dir(), " has no tensor '",
+                                            spec.name, "' (expected shape ",
+                                            ShapeString(spec.shape), Why(config, spec), ")"));
+  }
+  if (info->shape != spec.shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", spec.name, "' in ", info->file, " has shape ", ShapeString(info->shape),
+        ", but the config implies ", ShapeString(spec.shape)));
+  }
+  if (!info->dtype.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "' in ", info->file,
+                                                   " has dtype ", info->dtype_name,
+                                                   "; expected BF16, F16 or F32"));
+  }
+  return info;
+}
+
 class Binder {
  public:
-  explicit Binder(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+  Binder(const ModelConfig& config, const Checkpoint& checkpoint)
+      : config_(config), checkpoint_(checkpoint) {}
 
   absl::StatusOr<const TensorInfo*> Get(const TensorSpec& spec) {
-    const TensorInfo* info = checkpoint_.Find(spec.name);
-    if (info == nullptr) {
-      return absl::NotFoundError(absl::StrCat("checkpoint ", checkpoint_.dir(),
-                                              " has no tensor '", spec.name, "' (expected shape ",
-                                              ShapeString(spec.shape), ")"));
-    }
-    if (info->shape != spec.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", spec.name, "' in ", info->file, " has shape ", ShapeString(info->shape),
-          ", but the config implies ", ShapeString(spec.shape)));
-    }
-    if (!info->dtype.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "' in ", info->file,
-                                                     " has dtype ", info->dtype_name,
-                                                     "; expected BF16, F16 or F32"));
-    }
-    return info;
+    return FindExpected(config_, checkpoint_, spec);
   }
 
   absl::StatusOr<WeightMatrix> Matrix(const TensorSpec& spec) {
@@ -59,6 +92,7 @@ class Binder {
   }
 
  private:
+  const ModelConfig& config_;
   const Checkpoint& checkpoint_;
 };
 
@@ -70,63 +104,81 @@ int64_t TensorSpec::numel() const {
   return n;
 }
 
-std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
+void ForEachExpectedTensor(const ModelConfig& c, absl::FunctionRef<bool(const TensorSpec&)> visit) {
   const int64_t h = c.hidden_size;
   const int64_t heads = c.num_attention_heads;
-  std::vector<TensorSpec> specs;
-  specs.push_back({kEmbedName, {c.vocab_size, h}});
-  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+  SpecWalker walk(visit);
+  walk.Add({kEmbedName, {c.vocab_size, h}});
+  for (int64_t layer = 0; layer < c.num_hidden_layers && !walk.stopped(); ++layer) {
     const std::string p = LayerPrefix(layer);
-    specs.push_back({p + "input_layernorm.weight", {h}, layer});
+    walk.Add({p + "input_layernorm.weight", {h}, layer});
     if (c.has_q_lora()) {
-      specs.push_back({p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, layer});
-      specs.push_back({p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, layer});
-      specs.push_back(
-          {p + "self_attn.q_b_proj.weight", {heads * c.qk_head_dim(), c.q_lora_rank}, layer});
+      walk.Add({p + "self_attn.q_a_proj.weight", {c.q_lora_rank, h}, layer});
+      walk.Add({p + "self_attn.q_a_layernorm.weight", {c.q_lora_rank}, layer});
+      walk.Add({p + "self_attn.q_b_proj.weight", {heads * c.qk_head_dim(), c.q_lora_rank}, layer});
     } else {
-      specs.push_back({p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), h}, layer});
+      walk.Add({p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), h}, layer});
     }
-    specs.push_back({p + "self_attn.kv_a_proj_with_mqa.weight", {c.latent_dim(), h}, layer});
-    specs.push_back({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, layer});
-    specs.push_back({p + "self_attn.kv_b_proj.weight",
-                     {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
-                     layer});
-    specs.push_back({p + "self_attn.o_proj.weight", {h, heads * c.v_head_dim}, layer});
-    specs.push_back({p + "post_attention_layernorm.weight", {h}, layer});
+    walk.Add({p + "self_attn.kv_a_proj_with_mqa.weight", {c.latent_dim(), h}, layer});
+    walk.Add({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, layer});
+    walk.Add({p + "self_attn.kv_b_proj.weight",
+              {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+              layer});
+    walk.Add({p + "self_attn.o_proj.weight", {h, heads * c.v_head_dim}, layer});
+    walk.Add({p + "post_attention_layernorm.weight", {h}, layer});
     if (c.IsMoeLayer(layer)) {
-      specs.push_back({p + "mlp.gate.weight", {c.n_routed_experts, h}, layer});
-      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-        AddMlp(specs, absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size, h, layer,
-               e);
+      walk.Add({p + "mlp.gate.weight", {c.n_routed_experts, h}, layer});
+      for (int64_t e = 0; e < c.n_routed_experts && !walk.stopped(); ++e) {
+        walk.AddMlp(absl::StrCat(p, "mlp.experts.", e, "."), c.moe_intermediate_size, h, layer, e);
       }
       if (c.n_shared_experts > 0) {
-        AddMlp(specs, p + "mlp.shared_experts.", c.n_shared_experts * c.moe_intermediate_size, h,
-               layer, -1);
+        walk.AddMlp(p + "mlp.shared_experts.", c.n_shared_experts * c.moe_intermediate_size, h,
+                    layer, -1);
       }
     } else {
-      AddMlp(specs, p + "mlp.", c.intermediate_size, h, layer, -1);
+      walk.AddMlp(p + "mlp.", c.intermediate_size, h, layer, -1);
     }
   }
-  specs.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, h}});
+  walk.Add({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) walk.Add({"lm_head.weight", {c.vocab_size, h}});
+}
+
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
+  std::vector<TensorSpec> specs;
+  ForEachExpectedTensor(config, [&](const TensorSpec& spec) {
+    specs.push_back(spec);
+    return true;
+  });
   return specs;
+}
+
+absl::Status CheckCheckpointMatchesConfig(const ModelConfig& config, const Checkpoint& checkpoint) {
+  absl::Status status;
+  ForEachExpectedTensor(config, [&](const TensorSpec& spec) {
+    status = FindExpected(config, checkpoint, spec).status();
+    return status.ok();
+  });
+  return status;
 }
 
 ParameterCounts CountParameters(const ModelConfig& config) {
   ParameterCounts counts;
   int64_t expert0 = 0;  // Parameters of routed expert 0, summed over the MoE layers.
-  for (const TensorSpec& spec : ExpectedTensors(config)) {
+  ForEachExpectedTensor(config, [&](const TensorSpec& spec) {
     counts.total += spec.numel();
     const bool lookup_only = spec.name == kEmbedName && !config.tie_word_embeddings;
     if (spec.expert < 0 && !lookup_only) counts.activated += spec.numel();
     if (spec.expert == 0) expert0 += spec.numel();
-  }
+    return true;
+  });
   counts.activated += config.num_experts_per_tok * expert0;
   return counts;
 }
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c, const Checkpoint& checkpoint) {
-  Binder binder(checkpoint);
+  // Nothing below is sized from the config until the checkpoint agrees with it.
+  RETURN_IF_ERROR(CheckCheckpointMatchesConfig(c, checkpoint));
+  Binder binder(c, checkpoint);
   const std::vector<TensorSpec> specs = ExpectedTensors(c);
   auto it = specs.begin();  // Walks the specs in the order ExpectedTensors emits them.
   auto next = [&]() -> const TensorSpec& { return *it++; };

@@ -5,12 +5,16 @@
 // ExpectedTensors() is the single list of tensor names in the project: the
 // loader checks a checkpoint against it, `dsv2 inspect` counts parameters
 // from it, and `dsv2 make-model` writes checkpoints from it.
+// ForEachExpectedTensor walks the same list one tensor at a time, so that a
+// config can be checked against a checkpoint (and its parameters counted)
+// without first allocating a list as long as the config says.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
@@ -29,6 +33,18 @@ struct TensorSpec {
 // Every tensor the config implies, in checkpoint order (embedding, layers,
 // final norm, LM head).
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
+// Calls `visit` with each of them in the same order, until it returns false.
+void ForEachExpectedTensor(const ModelConfig& config,
+                           absl::FunctionRef<bool(const TensorSpec&)> visit);
+
+// Checks, before anything is allocated from the config, that `checkpoint`
+// holds every tensor of ExpectedTensors(config) with that shape and a float
+// dtype (BF16, F16, F32). Walks the list one tensor at a time and stops at
+// the first that is missing (NotFound) or wrong (InvalidArgument), naming it,
+// its file, the shape the config implies and, for a layer's tensor, how many
+// layers the config says — so a config that claims more than the checkpoint
+// holds fails after reading at most one tensor beyond it.
+absl::Status CheckCheckpointMatchesConfig(const ModelConfig& config, const Checkpoint& checkpoint);
 
 struct ParameterCounts {
   int64_t total = 0;
@@ -70,10 +86,8 @@ struct ModelWeights {
   WeightMatrix lm_head;                       // [vocab, hidden]
 };
 
-// Checks that `checkpoint` holds every tensor of ExpectedTensors(config) with
-// that shape and a float dtype (BF16, F16, F32), naming the first tensor that
-// is missing or wrong, and binds the views. The checkpoint must outlive the
-// returned weights.
+// CheckCheckpointMatchesConfig, then binds the views. The checkpoint must
+// outlive the returned weights.
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Checkpoint& checkpoint);
 
 }  // namespace dsv2

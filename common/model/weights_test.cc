@@ -151,5 +151,41 @@ TEST_F(BindWeightsTest, NonFloatDtypeIsNamed) {
   EXPECT_THAT(status.message(), HasSubstr("I16"));
 }
 
+// A config that claims more layers than the checkpoint holds fails at the
+// first tensor past the checkpoint, naming it and what the config says.
+TEST_F(BindWeightsTest, ConfigClaimingMoreLayersThanTheCheckpointIsNamed) {
+  const std::string dir = WriteCheckpoint(config_, [](auto&) {});
+  auto checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  ModelConfig claims = config_;
+  claims.num_hidden_layers = config_limits::kMaxLayers;
+  const absl::Status status = CheckCheckpointMatchesConfig(claims, *checkpoint);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(status.message(),
+            "checkpoint " + dir +
+                " has no tensor 'model.layers.2.input_layernorm.weight' (expected shape [32]; "
+                "the config has num_hidden_layers = 512)");
+  EXPECT_EQ(BindWeights(claims, *checkpoint).status(), status);
+  claims = config_;
+  claims.n_routed_experts = 16;
+  EXPECT_THAT(CheckCheckpointMatchesConfig(claims, *checkpoint).message(),
+              HasSubstr("'model.layers.1.mlp.gate.weight' in " + dir +
+                        "/model.safetensors has shape [8, 32], but the config implies [16, 32]"));
+}
+
+TEST(WeightsWalkTest, ForEachStopsWhenAskedAndMatchesTheList) {
+  auto v2 = LoadModelConfig("common/model/presets/deepseek-v2.json");
+  ASSERT_TRUE(v2.ok());
+  const std::vector<TensorSpec> all = ExpectedTensors(*v2);
+  size_t visited = 0;
+  bool same = true;
+  ForEachExpectedTensor(*v2, [&](const TensorSpec& spec) {
+    same = same && spec.name == all[visited].name && spec.shape == all[visited].shape;
+    return ++visited < 10;
+  });
+  EXPECT_EQ(visited, 10u);
+  EXPECT_TRUE(same);
+}
+
 }  // namespace
 }  // namespace dsv2

@@ -1,15 +1,18 @@
 #include "common/tokenizer/chat_template.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
+#include "common/base/json_reading.h"
+#include "common/base/regular_file.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
 namespace {
 
 using nlohmann::json;
+
+// DeepSeek-V2's tokenizer_config.json is 1.3 KB; some models list every
+// added token in it, a few MB.
+constexpr int64_t kMaxTokenizerConfigBytes = int64_t{1} << 26;
 
 // bos_token / eos_token are a string or an AddedToken object {"content": ...}.
 absl::StatusOr<std::optional<std::string>> TokenField(const json& root, const char* key,
@@ -20,30 +23,35 @@ absl::StatusOr<std::optional<std::string>> TokenField(const json& root, const ch
   if (value.is_object() && value.contains("content") && value["content"].is_string()) {
     return std::optional<std::string>(value["content"].get<std::string>());
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(source, ": ", key, " must be a string or {\"content\": ...}"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      source, ": ", key, " must be a string or {\"content\": ...}, got ", JsonTypeName(value)));
 }
 
 absl::StatusOr<std::optional<bool>> BoolField(const json& root, const char* key,
                                               const std::string& source) {
   if (!root.contains(key) || root[key].is_null()) return std::optional<bool>();
-  if (!root[key].is_boolean())
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, " must be a boolean"));
+  if (!root[key].is_boolean()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": ", key, " must be a boolean, got ", JsonTypeName(root[key])));
+  }
   return std::optional<bool>(root[key].get<bool>());
 }
 
 }  // namespace
 
 absl::StatusOr<TokenizerConfig> TokenizerConfig::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path);
+  auto text = ReadRegularFile(path, kMaxTokenizerConfigBytes);
+  if (!text.ok()) return text.status();
+  return FromJson(*text, path);
 }
 
 absl::StatusOr<TokenizerConfig> TokenizerConfig::FromJson(std::string_view text,
                                                           const std::string& source) {
+  return GuardJsonReader(source, [&] { return Parse(text, source); });
+}
+
+absl::StatusOr<TokenizerConfig> TokenizerConfig::Parse(std::string_view text,
+                                                       const std::string& source) {
   const json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
@@ -64,7 +72,8 @@ absl::StatusOr<TokenizerConfig> TokenizerConfig::FromJson(std::string_view text,
   if (root.contains("chat_template") && !root["chat_template"].is_null()) {
     if (!root["chat_template"].is_string()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          source, ": chat_template must be a string (named template lists are not supported)"));
+          source, ": chat_template must be a string, got ", JsonTypeName(root["chat_template"]),
+          " (named template lists are not supported)"));
     }
     config.chat_template = root["chat_template"].get<std::string>();
   }

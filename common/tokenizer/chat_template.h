@@ -27,9 +27,15 @@ struct TokenizerConfig {
   std::optional<bool> add_eos_token;
   std::optional<std::string> chat_template;
 
+  // A path that is not a regular file (a FIFO, a directory) is
+  // InvalidArgument; a missing one NotFound.
   static absl::StatusOr<TokenizerConfig> FromFile(const std::string& path);
-  // `source` names the file in error messages.
+  // `source` names the file in error messages. Every field of the wrong
+  // JSON type is InvalidArgument naming it and the type found.
   static absl::StatusOr<TokenizerConfig> FromJson(std::string_view json, const std::string& source);
+
+ private:
+  static absl::StatusOr<TokenizerConfig> Parse(std::string_view json, const std::string& source);
 };
 
 struct ChatMessage {

@@ -102,6 +102,30 @@ TEST(ChatTemplateTest, OtherTemplatesAreRejectedNotRenderedWrongly) {
   EXPECT_THAT(bad.status().message(), HasSubstr("cfg.json: add_bos_token must be a boolean"));
 }
 
+// Every field of tokenizer_config.json with the wrong JSON type is named
+// with the type found.
+TEST(ChatTemplateTest, ConfigFieldsOfTheWrongTypeAreNamed) {
+  struct Case {
+    std::string json;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"bos_token": 5})",
+            "cfg.json: bos_token must be a string or {\"content\": ...}, got number"},
+           {R"({"eos_token": {"content": 1}})",
+            "cfg.json: eos_token must be a string or {\"content\": ...}, got object"},
+           {R"({"add_eos_token": [true]})", "cfg.json: add_eos_token must be a boolean, got array"},
+           {R"({"chat_template": [{"name": "default", "template": "x"}]})",
+            "cfg.json: chat_template must be a string, got array"},
+           {R"([1, 2])", "cfg.json: not a JSON object"},
+       }) {
+    auto config = TokenizerConfig::FromJson(c.json, "cfg.json");
+    ASSERT_FALSE(config.ok()) << c.json;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(config.status().message(), HasSubstr(c.expected));
+  }
+}
+
 TEST(ModelTokenizerTest, PromptsGetBosFromTheConfig) {
   auto model = ModelTokenizer::Load("tests/data/tiny-v2");
   ASSERT_TRUE(model.ok()) << model.status();

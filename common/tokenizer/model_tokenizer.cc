@@ -8,14 +8,18 @@
 namespace dsv2 {
 
 absl::StatusOr<ModelTokenizer> ModelTokenizer::Load(const std::string& dir) {
+  // The non-throwing exists(): a path it cannot examine is left to the
+  // reader, whose error names it. The readers refuse what is not a regular
+  // file (a FIFO would block them).
+  std::error_code error;
   const std::string json_path = dir + "/tokenizer.json";
-  if (!std::filesystem::exists(json_path)) {
+  if (!std::filesystem::exists(json_path, error) && !error) {
     return absl::NotFoundError(absl::StrCat(dir, " has no tokenizer.json"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(json_path));
   TokenizerConfig config;
   const std::string config_path = dir + "/tokenizer_config.json";
-  if (std::filesystem::exists(config_path)) {
+  if (std::filesystem::exists(config_path, error) || error) {
     ASSIGN_OR_RETURN(config, TokenizerConfig::FromFile(config_path));
   }
   return ModelTokenizer(std::move(tokenizer), std::move(config));

@@ -2,9 +2,7 @@
 // tokenizer_json.cc).
 #include "common/tokenizer/tokenizer.h"
 
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
@@ -19,14 +17,6 @@ using tokenizer_internal::Segment;
 Tokenizer::Tokenizer(std::unique_ptr<tokenizer_internal::TokenizerParts> parts)
     : parts_(std::move(parts)) {}
 Tokenizer::~Tokenizer() = default;
-
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open tokenizer file ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path);
-}
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
                                                        const EncodeOptions& options) const {

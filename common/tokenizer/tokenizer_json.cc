@@ -1,10 +1,15 @@
 // Loading tokenizer.json: every component and field is checked, and
 // anything this implementation does not reproduce exactly is rejected with
 // its JSON path, e.g. "tokenizer.json: normalizer.type 'NFC' is not supported".
+// Every value's type is checked before it is read ("... must be a string,
+// got number"), so no nlohmann exception is thrown; GuardJsonReader is the
+// backstop should one be missed.
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/base/json_reading.h"
+#include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/tokenizer/tokenizer_parts.h"
@@ -24,6 +29,18 @@ using tokenizer_internal::Regex;
 using tokenizer_internal::SplitBehavior;
 using tokenizer_internal::SplitStage;
 using tokenizer_internal::TokenizerParts;
+
+// Token ids are indexes of the decoding tables, which are as long as the
+// largest id: a bound on ids bounds what a file can make the loader
+// allocate. Eight times the largest vocabulary published (Gemma's 256000).
+constexpr int64_t kMaxTokenId = (int64_t{1} << 21) - 1;
+// DeepSeek-V2's tokenizer.json is 4.6 MB.
+constexpr int64_t kMaxTokenizerJsonBytes = int64_t{1} << 28;
+
+bool IsTokenId(const json& id) {
+  return id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= kMaxTokenId &&
+         !(id.is_number_unsigned() && id.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId));
+}
 
 class Loader {
  public:
@@ -76,7 +93,9 @@ class Loader {
 
   absl::Status CheckObject(const json& node, std::string_view path,
                            std::initializer_list<const char*> allowed) const {
-    if (!node.is_object()) return Error(path.empty() ? "(top level)" : path, "must be an object");
+    if (!node.is_object()) {
+      return Error(path.empty() ? "(top level)" : path, Expected("an object", node));
+    }
     for (const auto& [key, value] : node.items()) {
       bool known = false;
       for (const char* a : allowed) known = known || key == a;
@@ -85,17 +104,24 @@ class Loader {
     return absl::OkStatus();
   }
 
+  // "must be a string, got number".
+  static std::string Expected(const char* what, const json& value) {
+    return absl::StrCat("must be ", what, ", got ", JsonTypeName(value));
+  }
+
   absl::StatusOr<bool> Bool(const json& node, std::string_view path, const char* key,
                             bool fallback) const {
     if (!node.contains(key) || node[key].is_null()) return fallback;
-    if (!node[key].is_boolean()) return Error(Join(path, key), "must be true or false");
+    if (!node[key].is_boolean()) {
+      return Error(Join(path, key), Expected("true or false", node[key]));
+    }
     return node[key].get<bool>();
   }
 
   absl::StatusOr<std::string> String(const json& node, std::string_view path,
                                      const char* key) const {
-    if (!node.contains(key) || !node[key].is_string())
-      return Error(Join(path, key), "must be a string");
+    if (!node.contains(key)) return Error(Join(path, key), "is missing (must be a string)");
+    if (!node[key].is_string()) return Error(Join(path, key), Expected("a string", node[key]));
     std::string value = node[key].get<std::string>();
     if (!tokenizer_internal::IsValidUtf8(value))
       return Error(Join(path, key), "is not valid UTF-8");
@@ -103,7 +129,7 @@ class Loader {
   }
 
   absl::StatusOr<std::string> Type(const json& node, std::string_view path) const {
-    if (!node.is_object()) return Error(path, "must be an object or null");
+    if (!node.is_object()) return Error(path, Expected("an object or null", node));
     return String(node, path, "type");
   }
 
@@ -146,21 +172,26 @@ class Loader {
     ASSIGN_OR_RETURN(options.byte_fallback, Bool(node, "model", "byte_fallback", false));
     ASSIGN_OR_RETURN(options.ignore_merges, Bool(node, "model", "ignore_merges", false));
 
-    if (!node.contains("vocab") || !node["vocab"].is_object())
-      return Error("model.vocab", "must be an object");
+    if (!node.contains("vocab") || !node["vocab"].is_object()) {
+      return Error("model.vocab", node.contains("vocab") ? Expected("an object", node["vocab"])
+                                                         : "is missing (must be an object)");
+    }
     std::vector<std::pair<std::string, int32_t>> vocab;
     vocab.reserve(node["vocab"].size());
     for (const auto& [token, id] : node["vocab"].items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 30)) {
+      if (!IsTokenId(id)) {
         return Error(absl::StrCat("model.vocab['", token, "']"),
-                     "must be a non-negative integer id");
+                     absl::StrCat("must be a non-negative integer id up to ", kMaxTokenId, ", got ",
+                                  JsonValueForMessage(id)));
       }
       if (!tokenizer_internal::IsValidUtf8(token))
         return Error("model.vocab", "has a token that is not UTF-8");
       vocab.emplace_back(token, id.get<int32_t>());
     }
-    if (!node.contains("merges") || !node["merges"].is_array())
-      return Error("model.merges", "must be an array");
+    if (!node.contains("merges") || !node["merges"].is_array()) {
+      return Error("model.merges", node.contains("merges") ? Expected("an array", node["merges"])
+                                                           : "is missing (must be an array)");
+    }
     std::vector<std::pair<std::string, std::string>> merges;
     merges.reserve(node["merges"].size());
     for (size_t i = 0; i < node["merges"].size(); ++i) {
@@ -318,7 +349,7 @@ class Loader {
   }
 
   absl::Status LoadAddedTokens(const json& node, TokenizerParts* parts) {
-    if (!node.is_array()) return Error("added_tokens", "must be an array");
+    if (!node.is_array()) return Error("added_tokens", Expected("an array", node));
     std::vector<AddedToken> tokens;
     std::map<std::string, int32_t> new_ids;
     for (size_t i = 0; i < node.size(); ++i) {
@@ -327,9 +358,10 @@ class Loader {
       RETURN_IF_ERROR(CheckObject(
           t, path, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"}));
       AddedToken token;
-      if (!t.contains("id") || !t["id"].is_number_integer() || t["id"].get<int64_t>() < 0 ||
-          t["id"].get<int64_t>() > (1 << 30)) {
-        return Error(Join(path, "id"), "must be a non-negative integer");
+      if (!t.contains("id") || !IsTokenId(t["id"])) {
+        return Error(Join(path, "id"),
+                     absl::StrCat("must be a non-negative integer up to ", kMaxTokenId,
+                                  t.contains("id") ? ", got " + JsonValueForMessage(t["id"]) : ""));
       }
       ASSIGN_OR_RETURN(token.content, String(t, path, "content"));
       ASSIGN_OR_RETURN(token.single_word, Bool(t, path, "single_word", false));
@@ -396,7 +428,9 @@ class Loader {
     RETURN_IF_ERROR(CheckObject(node, path, {"type", "single", "pair", "special_tokens"}));
     const json& specials =
         node.contains("special_tokens") ? node["special_tokens"] : json::object();
-    if (!specials.is_object()) return Error(Join(path, "special_tokens"), "must be an object");
+    if (!specials.is_object()) {
+      return Error(Join(path, "special_tokens"), Expected("an object", specials));
+    }
     if (!node.contains("single") || !node["single"].is_array())
       return Error(Join(path, "single"), "must be an array");
     tokenizer_internal::PostProcessStep step;
@@ -405,7 +439,12 @@ class Loader {
       const json& item = node["single"][i];
       const std::string item_path = absl::StrCat(std::string(path), ".single[", i, "]");
       if (item.is_object() && item.contains("Sequence") && item["Sequence"].is_object()) {
-        if (seen_sequence || item["Sequence"].value("id", "") != "A") {
+        const json& sequence = item["Sequence"];
+        if (sequence.contains("id") && !sequence["id"].is_string()) {
+          return Error(absl::StrCat(item_path, ".Sequence.id"),
+                       Expected("a string", sequence["id"]));
+        }
+        if (seen_sequence || !sequence.contains("id") || sequence["id"] != "A") {
           return Error(item_path, "must be the one sequence $A");
         }
         seen_sequence = true;
@@ -419,9 +458,10 @@ class Loader {
                                                "' without ids in special_tokens"));
         }
         for (const json& id : specials[name]["ids"]) {
-          if (!id.is_number_integer() || id.get<int64_t>() < 0) {
+          if (!IsTokenId(id)) {
             return Error(Join(path, "special_tokens"),
-                         absl::StrCat("'", name, "' has an invalid id"));
+                         absl::StrCat("'", name, "' has an invalid id ", JsonValueForMessage(id),
+                                      " (ids are integers in [0, ", kMaxTokenId, "])"));
           }
           (seen_sequence ? step.suffix : step.prefix).push_back(id.get<int32_t>());
         }
@@ -495,14 +535,26 @@ class Loader {
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
+  auto text = ReadRegularFile(path, kMaxTokenizerJsonBytes);
+  if (absl::IsNotFound(text.status())) {
+    return absl::NotFoundError(absl::StrCat("cannot open tokenizer file ", path));
+  }
+  if (!text.ok()) return text.status();
+  return FromJson(*text, path);
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text,
                                                                const std::string& source) {
-  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded())
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
-  Loader loader(source);
-  ASSIGN_OR_RETURN(std::unique_ptr<tokenizer_internal::TokenizerParts> parts, loader.Load(root));
-  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(parts)));
+  return GuardJsonReader(source, [&]() -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    const json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (root.is_discarded()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON"));
+    }
+    Loader loader(source);
+    ASSIGN_OR_RETURN(std::unique_ptr<tokenizer_internal::TokenizerParts> parts, loader.Load(root));
+    return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(parts)));
+  });
 }
 
 }  // namespace dsv2

@@ -4,13 +4,19 @@
 // tokenizer_corpus_test.cc.
 #include "common/tokenizer/tokenizer.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/base/json_reading.h"
 #include "common/tokenizer/bpe.h"
+#include "common/tokenizer/model_tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -142,6 +148,120 @@ TEST(TokenizerLoadTest, UnsupportedComponentsAreRejectedByName) {
   EXPECT_THAT(bad_json.status().message(), HasSubstr("broken.json: not valid JSON"));
   EXPECT_EQ(Tokenizer::FromFile("no/such/tokenizer.json").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// Values of the wrong JSON type anywhere in the file are named with the type
+// found. The first case aborted the process (an nlohmann type_error escaped
+// the loader; `dsv2 tokenize` exited 134).
+TEST(TokenizerLoadTest, WrongJsonTypesAreNamedNotThrown) {
+  auto template_processing = [](nlohmann::json sequence_id) {
+    return nlohmann::json{
+        {"type", "TemplateProcessing"},
+        {"single",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", sequence_id}, {"type_id", 0}}}}}},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {0}}, {"tokens", {"<s>"}}}}}}};
+  };
+  struct Case {
+    std::function<void(nlohmann::json&)> change;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {[&](auto& j) { j["post_processor"] = template_processing(5); },
+       "edited.json: post_processor.single[1].Sequence.id must be a string, got number"},
+      {[&](auto& j) {
+         j["post_processor"] = {{"type", "Sequence"},
+                                {"processors", {template_processing(nullptr)}}};
+       },
+       "edited.json: post_processor.processors[0].single[1].Sequence.id must be a string, got "
+       "null"},
+      {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["type"] = 5; },
+       "edited.json: pre_tokenizer.pretokenizers[0].type must be a string, got number"},
+      {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][0] = 5; },
+       "edited.json: pre_tokenizer.pretokenizers[0] must be an object or null, got number"},
+      {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = {"Isolated"}; },
+       "edited.json: pre_tokenizer.pretokenizers[0].behavior must be a string, got array"},
+      {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["invert"] = "no"; },
+       "edited.json: pre_tokenizer.pretokenizers[0].invert must be true or false, got string"},
+      {[](auto& j) {
+         j["model"]["vocab"] = {1, 2};
+       },
+       "edited.json: model.vocab must be an object, got array"},
+      {[](auto& j) { j["model"]["merges"] = "a b"; },
+       "edited.json: model.merges must be an array, got string"},
+      {[](auto& j) { j["added_tokens"][0]["content"] = 5; },
+       "edited.json: added_tokens[0].content must be a string, got number"},
+      {[](auto& j) {
+         j["added_tokens"] = {{"content", "x"}};
+       },
+       "edited.json: added_tokens must be an array, got object"},
+      {[](auto& j) { j["decoder"] = "ByteLevel"; },
+       "edited.json: decoder must be an object or null, got string"},
+      {[](auto& j) {
+         j["normalizer"]["normalizers"] = {{{"type", "Prepend"}, {"prepend", 1}}};
+       },
+       "edited.json: normalizer.normalizers[0].prepend must be a string, got number"},
+      {[&](auto& j) {
+         j["post_processor"] = template_processing("A");
+         j["post_processor"]["special_tokens"]["<s>"]["ids"] = {"zero"};
+       },
+       "edited.json: post_processor.special_tokens '<s>' has an invalid id \"zero\""},
+  };
+  const int64_t unchecked = UncheckedJsonErrors();
+  for (const Case& c : cases) {
+    const std::string error = LoadError(c.change);
+    EXPECT_THAT(error, HasSubstr(c.expected));
+    EXPECT_THAT(error, ::testing::Not(HasSubstr(kUncheckedJsonMessage)));
+  }
+  // Every case was caught by a type check, none by the exception backstop.
+  EXPECT_EQ(UncheckedJsonErrors(), unchecked);
+}
+
+// Ids index the decoding tables, so an id of a billion used to allocate
+// tens of GB; ids past the bound are refused instead, wherever they appear.
+TEST(TokenizerLoadTest, HugeTokenIdsAreRefusedBeforeAllocatingForThem) {
+  EXPECT_THAT(LoadError([](auto& j) { j["model"]["vocab"]["hi"] = 1000000000; }),
+              HasSubstr("edited.json: model.vocab['hi'] must be a non-negative integer id up to "
+                        "2097151, got 1000000000"));
+  EXPECT_THAT(LoadError([](auto& j) { j["added_tokens"][0]["id"] = uint64_t{1} << 40; }),
+              HasSubstr("added_tokens[0].id must be a non-negative integer up to 2097151, got "
+                        "1099511627776"));
+  EXPECT_THAT(LoadError([](auto& j) {
+                j["post_processor"] = {
+                    {"type", "TemplateProcessing"},
+                    {"single",
+                     {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                      {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                    {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {int64_t{1} << 32}}}}}}};
+              }),
+              HasSubstr("'<s>' has an invalid id 4294967296 (ids are integers in [0, 2097151])"));
+  // The largest id allowed still loads.
+  EXPECT_EQ(LoadError([](auto& j) { j["model"]["vocab"]["hi"] = (1 << 21) - 1; }), "");
+}
+
+TEST(TokenizerLoadTest, FilesThatAreNotRegularFilesAreRefusedAtOnce) {
+  const std::string dir = testing::TempDir() + "/tokenizer_fifo_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/model");
+  const std::string fifo = dir + "/model/tokenizer.json";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // Nobody writes to it: reading it the old way blocked forever (tokenizer
+  // tests have a ctest TIMEOUT for such a regression).
+  auto tokenizer = Tokenizer::FromFile(fifo);
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tokenizer.status().message(), fifo + " is a FIFO (named pipe), not a regular file");
+  EXPECT_EQ(ModelTokenizer::Load(dir + "/model").status().message(),
+            fifo + " is a FIFO (named pipe), not a regular file");
+  std::filesystem::remove(fifo);
+  std::filesystem::copy_file(kTiny, fifo);
+  const std::string config_fifo = dir + "/model/tokenizer_config.json";
+  ASSERT_EQ(mkfifo(config_fifo.c_str(), 0600), 0);
+  EXPECT_EQ(ModelTokenizer::Load(dir + "/model").status().message(),
+            config_fifo + " is a FIFO (named pipe), not a regular file");
+  std::filesystem::remove(config_fifo);
+  std::filesystem::create_directories(config_fifo);
+  EXPECT_EQ(ModelTokenizer::Load(dir + "/model").status().message(),
+            config_fifo + " is a directory, not a regular file");
 }
 
 TEST(TokenizerLoadTest, DeeplyNestedSequencesAreRejectedNotOverflowed) {

@@ -23,7 +23,8 @@ class Detokenizer final : public IncrementalTextDecoder {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TextFrontend>> TextFrontend::LoadIfPresent(const std::string& dir) {
-  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
+  std::error_code error;  // Not the throwing exists(): ModelTokenizer::Load names the problem.
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json", error) && !error) {
     DSV2_LOG(WARNING) << dir << " has no tokenizer.json: only token-id input is served";
     return nullptr;
   }

@@ -37,6 +37,9 @@ ABSL_FLAG(double, stream_write_timeout_s, 30,
           "A client that does not take a message of its stream for this long is cut off.");
 ABSL_FLAG(int64_t, stream_backlog_mib, 4,
           "A client whose stream has more than this much output waiting is cut off.");
+ABSL_FLAG(std::string, weight_check, "cheap",
+          "Scan the weights for NaN and infinity at load: off, cheap (norms and MoE routers) or "
+          "full (every tensor this process reads).");
 
 namespace dsv2 {
 
@@ -108,7 +111,11 @@ bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* exp
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
     const std::string& dir, const std::function<bool(std::string_view)>& want) {
   const auto start = std::chrono::steady_clock::now();
-  auto model = DeepseekV2Model::Load(dir);
+  const auto check = ParseWeightCheck(absl::GetFlag(FLAGS_weight_check));
+  if (!check.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--weight_check ", check.status().message()));
+  }
+  auto model = DeepseekV2Model::Load(dir, {.weight_check = *check, .full_check_filter = want});
   if (!model.ok()) return model.status();
   if (absl::GetFlag(FLAGS_prefault)) {
     auto last_log = start;
@@ -222,7 +229,7 @@ int ServeEngine(const ServeParams& params) {
     const int signal = WaitForTerminationSignal(absl::Milliseconds(50));
     if (params.fatal != nullptr && *params.fatal) {
       health->Shutdown();
-      DSV2_LOG(ERROR) << "fatal engine error: shutting down";
+      DSV2_LOG(ERROR) << "fatal engine error: " << engine.failure() << "; shutting down";
       server->Shutdown(std::chrono::system_clock::now() + 2s);
       return 1;
     }

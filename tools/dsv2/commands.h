@@ -18,11 +18,11 @@ absl::Status Inspect(std::span<const std::string> argv, std::ostream& out);
 // The report `inspect` prints: architecture, parameters, KV cache per token.
 std::string InspectReport(const ModelConfig& config);
 
-// dsv2 logits --model DIR --tokens 1,2,3 --out FILE.npy
+// dsv2 logits --model DIR --tokens 1,2,3 --out FILE.npy [--weight-check off|cheap|full]
 absl::Status Logits(std::span<const std::string> argv, std::ostream& out);
 
 // dsv2 generate --model DIR (--tokens 1,2,3 | --prompt TEXT [--chat]) --max-tokens N
-//               [sampling flags] [--stats]
+//               [sampling flags] [--stats] [--weight-check off|cheap|full]
 // With --prompt, DIR/tokenizer.json (and tokenizer_config.json for BOS and
 // the chat template) encodes the prompt and the text streams out as decoded.
 absl::Status Generate(std::span<const std::string> argv, std::ostream& out);

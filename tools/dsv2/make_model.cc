@@ -63,8 +63,11 @@ absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out) {
   ASSIGN_OR_RETURN(std::string dir, args.Require("out"));
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   ASSIGN_OR_RETURN(std::string preset_json, PresetConfigJson(preset));
-  nlohmann::json json = nlohmann::json::parse(preset_json);
-  ASSIGN_OR_RETURN(int64_t layers, args.GetInt("layers", json["num_hidden_layers"].get<int64_t>()));
+  // The presets are built in and parse (config_test); the config parser
+  // checks them, and --layers, like any config.json.
+  ASSIGN_OR_RETURN(ModelConfig preset_config, ParseModelConfig(preset_json));
+  nlohmann::json json = nlohmann::json::parse(preset_json, nullptr, /*allow_exceptions=*/false);
+  ASSIGN_OR_RETURN(int64_t layers, args.GetInt("layers", preset_config.num_hidden_layers));
   if (layers < 1) return absl::InvalidArgumentError("--layers must be at least 1");
   json["num_hidden_layers"] = layers;
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(json.dump()));

@@ -1,5 +1,6 @@
 // `dsv2 logits` and `dsv2 generate`: the model run from the command line,
 // `generate` through the same engine and request conversion as the server.
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -24,6 +25,20 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+const FlagSpec kWeightCheckFlag = {
+    "weight-check", true,
+    "scan the weights for NaN and infinity at load: off, cheap (the default: norms and MoE "
+    "routers) or full (every tensor)"};
+
+absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModel(const Args& args,
+                                                           const std::string& dir) {
+  auto check = ParseWeightCheck(args.Get("weight-check").value_or("cheap"));
+  if (!check.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--weight-check ", check.status().message()));
+  }
+  return DeepseekV2Model::Load(dir, {.weight_check = *check});
+}
+
 }  // namespace
 
 absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
@@ -31,12 +46,13 @@ absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
       {"model", true, "model directory"},
       {"tokens", true, "comma-separated prompt token ids"},
       {"out", true, "output .npy file: float32 [tokens, vocab]"},
+      kWeightCheckFlag,
   };
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, args.GetTokenIds("tokens"));
   ASSIGN_OR_RETURN(std::string path, args.Require("out"));
-  ASSIGN_OR_RETURN(auto model, DeepseekV2Model::Load(dir));
+  ASSIGN_OR_RETURN(auto model, LoadModel(args, dir));
   const int64_t n = static_cast<int64_t>(tokens.size());
   LatentKvCache cache(model->config(), n);
   std::vector<float> logits;
@@ -50,23 +66,27 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
   std::vector<FlagSpec> flags = {
       {"model", true, "model directory"},
       {"stats", false, "print prefill and decode tokens per second to standard error"},
+      kWeightCheckFlag,
   };
   for (FlagSpec& flag : RequestFlags()) flags.push_back(std::move(flag));
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
   ASSIGN_OR_RETURN(v1::GenerateRequest request, BuildRequest(args));
-  ASSIGN_OR_RETURN(auto model, DeepseekV2Model::Load(dir));
+  ASSIGN_OR_RETURN(auto model, LoadModel(args, dir));
   ASSIGN_OR_RETURN(std::unique_ptr<TextFrontend> text, TextFrontend::LoadIfPresent(dir));
   if (!request.has_token_ids() && text == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(dir, " has no tokenizer.json: give the prompt as --tokens"));
   }
   // The same conversion and engine as the server, with a KV cache sized for
-  // this one request.
+  // this one request — no larger than the model's context, which the engine
+  // enforces anyway (so --max-tokens 4000000000 is an error, not terabytes).
   ASSIGN_OR_RETURN(GenerationRequest engine_request, ToEngineRequest(request, text.get()));
   const ModelConfig& config = model->config();
   EngineOptions options;
-  const int64_t positions = static_cast<int64_t>(engine_request.prompt.size()) + engine_request.max_tokens;
+  const int64_t positions =
+      std::min(static_cast<int64_t>(engine_request.prompt.size()) + engine_request.max_tokens,
+               config.max_position_embeddings);
   const int64_t blocks = (positions + options.block_size - 1) / options.block_size;
   options.kv_cache_bytes = blocks * config.num_hidden_layers * options.block_size *
                            config.latent_dim() * static_cast<int64_t>(sizeof(float));

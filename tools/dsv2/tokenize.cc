@@ -17,7 +17,8 @@ namespace {
 // --tokenizer names a tokenizer.json or a model directory holding one.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const Args& args) {
   ASSIGN_OR_RETURN(std::string path, args.Require("tokenizer"));
-  if (std::filesystem::is_directory(path)) path += "/tokenizer.json";
+  std::error_code error;  // Not the throwing is_directory(): FromFile names any problem.
+  if (std::filesystem::is_directory(path, error)) path += "/tokenizer.json";
   return Tokenizer::FromFile(path);
 }
 

@@ -1,26 +1,25 @@
-#include "common/tokenizer/fuzz/fuzz_target.h"
-
-#include <cstdio>
-#include <cstdlib>
+// The tokenizer: tokenizer.json parsing, encoding arbitrary bytes, decoding
+// arbitrary ids, regex translation. The first byte picks what the rest is:
+//   0  a tokenizer.json: loaded; if it loads, strings are encoded and ids decoded;
+//   1  text (any bytes) encoded by the test tokenizers: ill-formed UTF-8 is an
+//      error or replaced; well-formed text must round-trip through the tiny
+//      tokenizer, and streaming must equal decoding;
+//   2  token ids (little-endian 16-bit) decoded and streamed;
+//   3  a regex pattern: compiled and, if it compiles, run over fixed text.
+// (tokenizer_json_fuzz_target.cc fuzzes whole tokenizer.json files alone.)
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/fuzz/fuzz_target.h"
 #include "common/tokenizer/regex.h"
 #include "common/tokenizer/streaming_detokenizer.h"
 #include "common/tokenizer/tokenizer.h"
 #include "common/tokenizer/unicode.h"
 
-namespace dsv2::tokenizer_fuzz {
+namespace dsv2::fuzz {
 namespace {
-
-void Require(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "tokenizer fuzz invariant failed: %s\n", what);
-    std::abort();
-  }
-}
 
 struct TestTokenizers {
   std::unique_ptr<Tokenizer> tiny;  // DeepSeek-V2's structure: decode(encode(x)) == x.
@@ -90,7 +89,10 @@ void FuzzOneInput(const uint8_t* data, size_t size) {
   switch (data[0] % 4) {
     case 0: {
       auto tokenizer = Tokenizer::FromJson(rest, "fuzz.json");
-      if (!tokenizer.ok()) return;
+      if (!tokenizer.ok()) {
+        RequireCheckedJsonReads();
+        return;
+      }
       for (std::string_view text :
            {"", "Hello, world! 123", "  \n\t\xE4\xB8\xAD\xE6\x96\x87 x\xF0\x9F\x98\x80",
             "<s>a</s> <|endoftext|>", "caf\xE9"}) {
@@ -136,4 +138,4 @@ void FuzzOneInput(const uint8_t* data, size_t size) {
   }
 }
 
-}  // namespace dsv2::tokenizer_fuzz
+}  // namespace dsv2::fuzz
