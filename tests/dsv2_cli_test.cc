@@ -23,6 +23,12 @@
 namespace dsv2 {
 namespace {
 
+// A path of this test process's own under the test directory: ctest runs
+// tests of this binary in parallel, so fixed names would clash.
+std::string TestPath(const std::string& name) {
+  return testing::TempDir() + "/dsv2_cli_" + std::to_string(getpid()) + "_" + name;
+}
+
 using ::testing::HasSubstr;
 
 struct Result {
@@ -78,7 +84,7 @@ TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
 TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
   const nlohmann::json golden = Golden(GetParam());
   const auto prompt = golden["prompt"].get<std::vector<int>>();
-  const std::string out = testing::TempDir() + "/logits_" + GetParam() + ".npy";
+  const std::string out = TestPath("logits_" + GetParam() + ".npy");
   const Result result = RunDsv2(absl::StrCat("logits --model tests/data/", GetParam(), " --tokens ",
                                          absl::StrJoin(prompt, ","), " --out ", out));
   ASSERT_EQ(result.exit_code, 0) << result.err;
@@ -126,7 +132,7 @@ TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
 }
 
 TEST(CliTest, TruncatedCheckpointIsRejectedNotCrashed) {
-  const std::string dir = testing::TempDir() + "/truncated-model";
+  const std::string dir = TestPath("truncated-model");
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file("tests/data/tiny-lite/config.json", dir + "/config.json",
                              std::filesystem::copy_options::overwrite_existing);
@@ -140,7 +146,7 @@ TEST(CliTest, TruncatedCheckpointIsRejectedNotCrashed) {
 
 TEST(CliTest, MakeModelWritesAPublishedFormatCheckpointThatRuns) {
   // One V2-Lite layer at the real dimensions: about 1 GB.
-  const std::string dir = testing::TempDir() + "/lite-1-layer";
+  const std::string dir = TestPath("lite-1-layer");
   Result made = RunDsv2(absl::StrCat("make-model --preset lite --layers 1 --seed 3 --out ", dir));
   ASSERT_EQ(made.exit_code, 0) << made.err;
   Result inspect = RunDsv2(absl::StrCat("inspect --model ", dir));
@@ -156,7 +162,7 @@ TEST(CliTest, MakeModelWritesAPublishedFormatCheckpointThatRuns) {
 // (tests/data/tokenizer/expected/tiny.jsonl, tools/golden/make_tokenizer_golden.py).
 
 std::string WriteTemp(const std::string& name, const std::string& content) {
-  const std::string path = testing::TempDir() + "/" + name;
+  const std::string path = TestPath(name);
   std::ofstream(path, std::ios::binary) << content;
   return path;
 }
@@ -251,7 +257,7 @@ INSTANTIATE_TEST_SUITE_P(TinyModels, PromptCliTest, ::testing::Values("tiny-v2",
                          });
 
 TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {
-  const std::string dir = testing::TempDir() + "/model-without-tokenizer";
+  const std::string dir = TestPath("model-without-tokenizer");
   std::filesystem::create_directories(dir);
   for (const char* f : {"config.json", "model.safetensors"}) {
     std::filesystem::copy_file(std::string("tests/data/tiny-lite/") + f, dir + "/" + f,
@@ -345,7 +351,7 @@ TEST(CliHostileModelTest, NanWeightsFailGenerateWithTheCause) {
                           "/model.safetensors holds a non-finite value (nan) at [0, 0]; the "
                           "weights are corrupt\n");
   Result logits = RunDsv2("logits --weight-check=full --model " + embed + " --tokens 0,5 --out " +
-                          testing::TempDir() + "/nan_logits.npy");
+                          TestPath("nan_logits.npy"));
   EXPECT_EQ(logits.exit_code, 1);
   EXPECT_THAT(logits.err, HasSubstr("holds a non-finite value (nan) at [0, 0]"));
 
