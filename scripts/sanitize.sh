@@ -36,7 +36,7 @@ case "$mode" in
 esac
 build="${BUILD_DIR:-$root/build-$mode}"
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DDSV2_ENABLE_CUDA=OFF -DDSV2_THREAD_SAFETY_ANALYSIS=ON \
+  -DDSV2_ENABLE_CUDA=OFF -DDSV2_BUILD_BENCHMARKS=OFF -DDSV2_THREAD_SAFETY_ANALYSIS=ON \
   -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
   -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_SHARED_LINKER_FLAGS="$flags" \
   -DDSV2_PYTHON="$root/.venv/bin/python" >/dev/null
