@@ -2,7 +2,7 @@
 // message sizes decode uses, next to ucx_perftest on the same UCX transport
 // measured in the same run.
 //
-//   transport_bench [--transports tcp,shm] [--hidden 2048,5120] [--tokens 1,8,32,64]
+//   transport_bench [--transports tcp,shm,tcp+seal,shm+seal] [--hidden 2048,5120] [--tokens 1,8,32,64]
 //                   [--top-k 6] [--reps 5] [--iters 200] [--window 8]
 //                   [--busy-poll-us 0] [--no-perftest] [--json]
 //
@@ -18,9 +18,11 @@
 //   ucp_am_lat at the dispatch frame size (one-way latency; the table shows
 //              2x, a ping-pong round trip), and
 //   ucp_am_bw  at the dispatch frame size (one direction streaming).
-// tcp = UCX_TLS=tcp with the listener (ucx://) address; shm = UCX_TLS=sm
-// with the local (ucx-local://) address. The ratio columns are ours /
-// perftest's.
+// tcp = UCX_TLS=tcp with the worker's tcp (ucx://) address; shm =
+// UCX_TLS=sm with the local (ucx-local://) address; a "+seal" suffix
+// (tcp+seal, shm+seal) seals every frame with AES-256-GCM as a keyed
+// cluster does (docs/security.md) — list both to see what sealing costs.
+// The ratio columns are ours / perftest's.
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -36,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -54,12 +57,24 @@ using transport::Message;
 using transport::UcxTransport;
 using transport::UcxTransportOptions;
 
+bool Sealed(const std::string& transport) { return absl::EndsWith(transport, "+seal"); }
+
 UcxTransportOptions::Mode ModeFor(const std::string& transport) {
-  return transport == "shm" ? UcxTransportOptions::Mode::kLocal
-                            : UcxTransportOptions::Mode::kTcp;
+  return absl::StartsWith(transport, "shm") ? UcxTransportOptions::Mode::kLocal
+                                            : UcxTransportOptions::Mode::kTcp;
 }
 
-const char* TlsFor(const std::string& transport) { return transport == "shm" ? "sm" : "tcp"; }
+const char* TlsFor(const std::string& transport) {
+  return absl::StartsWith(transport, "shm") ? "sm" : "tcp";
+}
+
+// The key both processes seal with: a benchmark has no secret to keep.
+void SetBenchKey(UcxTransport& transport) {
+  transport::FrameKey key;
+  key.id = 1;
+  for (size_t i = 0; i < key.secret.size(); ++i) key.secret[i] = static_cast<uint8_t>(i * 37 + 11);
+  transport.SetFrameKeys({key});
+}
 
 // --serve MODE: answer every dispatch with an (unfilled) combine of its shape.
 int Serve(const std::string& transport, long busy_poll_us) {
@@ -73,6 +88,7 @@ int Serve(const std::string& transport, long busy_poll_us) {
     std::fprintf(stderr, "transport_bench --serve: %s\n", server.status().ToString().c_str());
     return 1;
   }
+  if (Sealed(transport)) SetBenchKey(**server);
   (*server)->SetRequestHandler([](IncomingRequest request) {
     Message reply;
     reply.header = request.header();
@@ -266,6 +282,12 @@ int Main(int argc, char** argv) {
   }
   const std::vector<std::string> transports =
       absl::StrSplit(flags.Get("transports", "tcp,shm"), ',', absl::SkipEmpty());
+  for (const std::string& name : transports) {
+    if (name != "tcp" && name != "shm" && name != "tcp+seal" && name != "shm+seal") {
+      std::fprintf(stderr, "unknown transport %s (tcp, shm, tcp+seal, shm+seal)\n", name.c_str());
+      return 2;
+    }
+  }
   const std::vector<long> hiddens = flags.GetList("hidden", "2048,5120");
   const std::vector<long> token_counts = flags.GetList("tokens", "1,8,32,64");
   const long top_k = flags.GetInt("top-k", 6);
@@ -298,6 +320,7 @@ int Main(int argc, char** argv) {
       return 1;
     }
     UcxTransport& c = **client;
+    if (Sealed(name)) SetBenchKey(c);
     for (long hidden : hiddens) {
       for (long tokens : token_counts) {
         Row row{name, hidden, tokens, 0, 0, 0, 0, {}};
@@ -390,13 +413,13 @@ int Main(int argc, char** argv) {
       "UcxTransport::Call vs ucx_perftest (UCX %s), top-%ld, bf16 dispatch and combine, "
       "medians of %d reps x %ld calls, window %ld, busy-poll %ld us\n",
       ucp_get_version_string(), top_k, reps, iters, window, busy_poll_us);
-  std::printf("%-4s %6s %6s %10s %10s | %9s %9s %6s | %9s %9s %6s\n", "tl", "hidden", "tokens",
+  std::printf("%-8s %6s %6s %10s %10s | %9s %9s %6s | %9s %9s %6s\n", "tl", "hidden", "tokens",
               "dispatch B", "combine B", "RTT us", "perftest", "ratio", "GB/s", "perftest",
               "ratio");
   for (const Row& r : rows) {
     const double p_rtt = 2 * r.perftest.latency_us;
     const double p_bw = r.perftest.bandwidth_mb_s * 1048576.0 / 1e9;
-    std::printf("%-4s %6ld %6ld %10llu %10llu | %9.1f %9.1f %6.2f | %9.3f %9.3f %6.2f\n",
+    std::printf("%-8s %6ld %6ld %10llu %10llu | %9.1f %9.1f %6.2f | %9.3f %9.3f %6.2f\n",
                 r.transport.c_str(), r.hidden, r.tokens,
                 static_cast<unsigned long long>(r.dispatch_bytes),
                 static_cast<unsigned long long>(r.combine_bytes), r.rtt_us, p_rtt,
