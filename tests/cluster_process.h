@@ -58,20 +58,10 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "common/base/test_dir.h"
 #include "tests/test_certs.h"
 
 namespace dsv2::testutil {
-
-// A new empty directory under testing::TempDir() named after `prefix`.
-inline std::string NewTestDir(const std::string& prefix) {
-  static std::atomic<int> counter{0};
-  std::string dir = ::testing::TempDir();
-  if (dir.empty() || dir.back() != '/') dir += '/';
-  dir += prefix + "_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
 
 class ChildProcess {
  public:

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/base/test_dir.h"
 #include "common/engine/engine.h"
 #include "common/model/deepseek_v2.h"
 #include "dsv2/v1/generation.grpc.pb.h"
@@ -637,8 +638,7 @@ TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
 }
 
 TEST(GenerationServerTest, OnlyTheOwnerMayAbortARequestAndIdsArePerOwner) {
-  const std::string dir = ::testing::TempDir() + "/owner_tokens";
-  std::filesystem::create_directories(dir);
+  const std::string dir = testutil::NewTestDir("owner_tokens");
   std::ofstream(dir + "/tokens") << "alice aaaaaaaaaaaaaaaaaaaaaaaa\nbob bbbbbbbbbbbbbbbbbbbbbbbb\n";
   auto tokens = ApiTokens::Load(dir + "/tokens");
   ASSERT_TRUE(tokens.ok());

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/test_dir.h"
 #include "common/model/safetensors_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -19,12 +20,6 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-std::string FreshDir() {
-  std::string pattern = ::testing::TempDir() + "/safetensors_test_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return ::testing::TempDir();
-  return pattern;
-}
 
 std::string ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -74,7 +69,7 @@ class SafetensorsTest : public ::testing::Test {
     for (const std::string& part : parts) EXPECT_THAT(message, HasSubstr(part));
   }
 
-  std::string dir_ = FreshDir();
+  std::string dir_ = testutil::NewTestDir("safetensors_test");
   int counter_ = 0;
 };
 

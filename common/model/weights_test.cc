@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/base/test_dir.h"
 #include "common/model/safetensors_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -54,9 +55,7 @@ TEST(WeightsTest, ExpectedTensorNamesFollowThePublishedLayout) {
 // Writes a random checkpoint for `config` with `mutate` applied to the spec list.
 std::string WriteCheckpoint(const ModelConfig& config,
                             const std::function<void(std::vector<TensorToWrite>&)>& mutate) {
-  static int counter = 0;
-  const std::string dir = testing::TempDir() + "/weights_test_" + std::to_string(counter++);
-  std::filesystem::create_directories(dir);
+  const std::string dir = testutil::NewTestDir("weights_test");
   std::vector<TensorToWrite> tensors;
   for (const TensorSpec& spec : ExpectedTensors(config)) tensors.push_back({spec.name, "BF16", spec.shape});
   mutate(tensors);

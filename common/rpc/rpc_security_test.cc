@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "common/base/test_dir.h"
 #include "common/rpc/access.h"
 #include "common/rpc/api_tokens.h"
 #include "common/rpc/grpc_options.h"
@@ -23,13 +24,6 @@ namespace dsv2 {
 namespace {
 
 using testutil::TestCerts;
-
-std::string TempDir(const std::string& name) {
-  std::string pattern = ::testing::TempDir() + "/" + name + "_XXXXXX";
-  char* made = mkdtemp(pattern.data());
-  EXPECT_NE(made, nullptr);
-  return pattern;
-}
 
 // ----------------------------------------------------------------------------
 // Identities
@@ -86,7 +80,7 @@ TEST(ApiTokensTest, NamesTheLineThatIsWrong) {
 }
 
 TEST(ApiTokensTest, ReloadsWhenTheFileChangesAndKeepsTheOldOnABadChange) {
-  const std::string dir = TempDir("tokens");
+  const std::string dir = testutil::NewTestDir("tokens");
   const std::string path = dir + "/tokens";
   std::ofstream(path) << "alice aaaaaaaaaaaaaaaaaaaaaaaa\n";
   auto tokens = ApiTokens::Load(path, absl::ZeroDuration());
@@ -109,7 +103,7 @@ TEST(ApiTokensTest, ReloadsWhenTheFileChangesAndKeepsTheOldOnABadChange) {
 }
 
 TEST(ApiTokensTest, RefusesFilesThatAreNotRegular) {
-  const std::string dir = TempDir("tokens_fifo");
+  const std::string dir = testutil::NewTestDir("tokens_fifo");
   ASSERT_EQ(mkfifo((dir + "/fifo").c_str(), 0600), 0);
   auto tokens = ApiTokens::Load(dir + "/fifo");
   EXPECT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument);
@@ -123,7 +117,7 @@ TEST(ApiTokensTest, RefusesFilesThatAreNotRegular) {
 class TlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    certs_ = std::make_unique<TestCerts>(TempDir("certs"));
+    certs_ = std::make_unique<TestCerts>(testutil::NewTestDir("certs"));
     ASSERT_TRUE(certs_->Make("router", "router-1"));
     ASSERT_TRUE(certs_->Make("expert", "expert-1"));
     ASSERT_TRUE(certs_->Make("attention", "attention-1"));
@@ -147,7 +141,7 @@ TEST_F(TlsTest, ChecksCertificatesAtStartUp) {
   EXPECT_TRUE(
       absl::StrContains(CheckTlsFiles(certs_->Files("old")).status().message(), "expired at 2020"));
 
-  TestCerts other(TempDir("other_ca"));
+  TestCerts other(testutil::NewTestDir("other_ca"));
   ASSERT_TRUE(other.Make("router", "stranger"));
   TlsFiles foreign = other.Files("stranger");
   foreign.ca = certs_->ca();
@@ -241,7 +235,7 @@ TEST_F(TlsTest, ClusterPlaneAuthenticatesEveryCallAndChecksItsRole) {
   // Plaintext to a TLS port, and a certificate of another CA: no connection.
   EXPECT_EQ(Call(server.address(), grpc::InsecureChannelCredentials()).error_code(),
             grpc::StatusCode::UNAVAILABLE);
-  TestCerts other(TempDir("rogue_ca"));
+  TestCerts other(testutil::NewTestDir("rogue_ca"));
   ASSERT_TRUE(other.Make("router", "router-1"));
   TlsFiles rogue = other.Files("router-1");
   rogue.ca = certs_->ca();  // It trusts the server, the server does not trust it.

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/base/test_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -15,12 +16,6 @@ namespace dsv2 {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string FreshDir() {
-  std::string pattern = ::testing::TempDir() + "/npy_test_XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) return ::testing::TempDir();
-  return pattern;
-}
 
 std::string ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -53,7 +48,7 @@ std::string FloatBytes(const std::vector<float>& values) {
 class NpyTest : public ::testing::Test {
  protected:
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-  std::string dir_ = FreshDir();
+  std::string dir_ = testutil::NewTestDir("npy_test");
 };
 
 TEST_F(NpyTest, RoundTrip) {

@@ -12,6 +12,7 @@
 
 #include <fstream>
 
+#include "common/base/test_dir.h"
 #include "common/engine/engine.h"
 #include "common/rpc/access.h"
 #include "common/model/deepseek_v2.h"
@@ -669,7 +670,7 @@ TEST(RouterTest, NotReadyAndDrainingAreUnavailable) {
 // With tokens, requests belong to their principal through the router too:
 // two clients may use one id, and one cannot abort the other's request.
 TEST(RouterTest, RequestsBelongToTheirPrincipal) {
-  const std::string path = ::testing::TempDir() + "/router_tokens";
+  const std::string path = testutil::NewTestDir("router_tokens") + "/tokens";
   std::ofstream(path) << "alice aaaaaaaaaaaaaaaaaaaaaaaa\nbob bbbbbbbbbbbbbbbbbbbbbbbb\n";
   auto tokens = ApiTokens::Load(path);
   ASSERT_TRUE(tokens.ok()) << tokens.status();
