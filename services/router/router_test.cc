@@ -319,7 +319,10 @@ TEST(RouterTest, LoadServiceReportsTheEnginesBlocks) {
   Worker a({.block_size = 16, .kv_cache_bytes = 256 << 10});
   Router router({{"a", &a}});
   ASSERT_TRUE(router.WaitEligible("a"));
-  const internal::Load load = router.View("a")->load;
+  const RouterWorkerView view = *router.View("a");
+  const internal::Load& load = view.load;
+  // The worker counts the GetLoad calls it answered: here, the router's polls.
+  EXPECT_EQ(load.get_load_calls(), view.polls);
   EXPECT_EQ(load.kv_blocks_total(), 16);  // 256 KiB / (4 layers x 16 x 64 floats).
   EXPECT_EQ(load.kv_blocks_free(), 16);
   EXPECT_EQ(load.block_size(), 16);
