@@ -48,13 +48,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -63,11 +61,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "bench/stats.h"
+#include "common/base/mutex.h"
 #include "common/base/process.h"
 #include "common/model/config.h"
 #include "dsv2/internal/attention.grpc.pb.h"
@@ -427,6 +427,59 @@ std::vector<int32_t> Prompt(int64_t batch, int64_t stream, int64_t length, int64
   return ids;
 }
 
+// How far a measurement's streams are: told by the streams' threads,
+// waited on by the thread that snapshots the data plane.
+class StreamProgress {
+ public:
+  explicit StreamProgress(int64_t streams) : streams_(streams) {}
+
+  // Releases the streams, which wait in WaitGo.
+  void Go() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    go_ = true;
+  }
+  void WaitGo() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(&go_));
+  }
+  // A stream received its first token, its last, or both.
+  void Count(bool first, bool last) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    started_ += first ? 1 : 0;
+    finished_ += last ? 1 : 0;
+  }
+  void Fail() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    ++failed_;
+  }
+  // Waits until every stream has its first token; false if one failed.
+  bool WaitAllStarted() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    const auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return started_ == streams_ || failed_ > 0;
+    };
+    mutex_.Await(absl::Condition(&done));
+    return failed_ == 0;
+  }
+  // Waits until a stream has its last token; false if one failed.
+  bool WaitOneFinished() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    const auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return finished_ > 0 || failed_ > 0;
+    };
+    mutex_.Await(absl::Condition(&done));
+    return failed_ == 0;
+  }
+
+ private:
+  const int64_t streams_;
+  Mutex mutex_;
+  int64_t started_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t finished_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t failed_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool go_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
 Measurement Measure(const System& system, int64_t batch, int64_t prompt_len, int64_t max_tokens,
                     int64_t vocab, uint64_t salt) {
   Measurement m;
@@ -443,24 +496,15 @@ Measurement Measure(const System& system, int64_t batch, int64_t prompt_len, int
     grpc::Status status;
   };
   std::vector<Stream> streams(batch);
-  std::mutex mutex;
-  std::condition_variable changed;
-  int64_t started = 0, finished = 0, failed = 0;
-  bool go = false;
+  StreamProgress progress(batch);
 
   // Snapshots of the data plane when every stream has its first token and
   // when the first stream has its last.
   std::optional<DataPlane> first, last;
   std::thread monitor([&] {
-    std::unique_lock<std::mutex> lock(mutex);
-    changed.wait(lock, [&] { return started == batch || failed > 0; });
-    if (failed) return;
-    lock.unlock();
+    if (!progress.WaitAllStarted()) return;
     first = Snapshot(system);
-    lock.lock();
-    changed.wait(lock, [&] { return finished > 0 || failed > 0; });
-    if (failed) return;
-    lock.unlock();
+    if (!progress.WaitOneFinished()) return;
     last = Snapshot(system);
   });
 
@@ -475,10 +519,7 @@ Measurement Measure(const System& system, int64_t batch, int64_t prompt_len, int
       request.mutable_sampling()->set_temperature(0);
       request.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(max_tokens));
       request.mutable_stopping()->set_ignore_eos(true);
-      {
-        std::unique_lock<std::mutex> lock(mutex);
-        changed.wait(lock, [&] { return go; });
-      }
+      progress.WaitGo();
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
       auto reader = stub->Generate(&context, request);
@@ -494,27 +535,18 @@ Measurement Measure(const System& system, int64_t batch, int64_t prompt_len, int
         st.arrivals.push_back({now, static_cast<int64_t>(st.tokens.size())});
         const bool now_last = static_cast<int64_t>(st.tokens.size()) >= max_tokens;
         if ((!counted_first) || (now_last && !counted_last)) {
-          std::lock_guard<std::mutex> lock(mutex);
-          if (!counted_first) ++started;
-          if (now_last && !counted_last) ++finished;
+          progress.Count(!counted_first, now_last && !counted_last);
           counted_first = true;
           counted_last = counted_last || now_last;
-          changed.notify_all();
         }
       }
       st.status = reader->Finish();
       if (!st.status.ok() || static_cast<int64_t>(st.tokens.size()) != max_tokens) {
-        std::lock_guard<std::mutex> lock(mutex);
-        ++failed;
-        changed.notify_all();
+        progress.Fail();
       }
     });
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    go = true;
-    changed.notify_all();
-  }
+  progress.Go();
   for (std::thread& t : threads) t.join();
   const double end = NowSeconds();
   monitor.join();

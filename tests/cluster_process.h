@@ -361,7 +361,8 @@ class Cluster {
 
   // Waits until the controller's map is complete and lists every running
   // worker ALIVE, every running attention worker reports serving, and the
-  // router is SERVING; then lets the router poll every worker's load again.
+  // router is SERVING; then until the router has polled every running attention
+  // worker's load again (WaitPolledAgain).
   ::testing::AssertionResult WaitReady(
       std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
     std::string missing;
@@ -398,7 +399,11 @@ class Cluster {
         },
         timeout);
     if (!ready) return Failure("cluster not ready: " + missing);
-    std::this_thread::sleep_for(std::chrono::milliseconds(3 * options_.load_interval_ms + 20));
+    for (auto& p : attention_) {
+      if (p->running() && !WaitPolledAgain(*p, timeout)) {
+        return Failure("the router did not poll " + p->name() + " again");
+      }
+    }
     return ::testing::AssertionSuccess();
   }
 
@@ -474,6 +479,25 @@ class Cluster {
   Credentials IdentityCredentials(const std::string& id) const {
     if (!options_.tls) return grpc::InsecureChannelCredentials();
     return ChannelTlsCredentials(certs_->Files(id));
+  }
+
+  // Waits until the router has polled `attention`'s load and taken in the
+  // answer since this call. The worker counts the GetLoad calls it answered
+  // (the test's own among them); the router keeps one poll in flight
+  // per worker and sends the next only once it has taken in the last. So
+  // three of its polls answered from now mean the second was both sent and
+  // taken in after now.
+  bool WaitPolledAgain(ChildProcess& attention, std::chrono::milliseconds timeout) {
+    internal::Load load;
+    if (!Load(attention, &load).ok()) return false;
+    const int64_t start = load.get_load_calls();  // This call included.
+    int64_t own = 0;  // The test's calls since; a failed one may have been answered.
+    return WaitFor(
+        [&] {
+          ++own;
+          return Load(attention, &load).ok() && load.get_load_calls() - start - own >= 3;
+        },
+        timeout);
   }
 
   // Appends the TLS flags of a process with identity `role`/`id` (making its

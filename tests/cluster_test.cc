@@ -8,18 +8,18 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <fstream>
 #include <functional>
 #include <future>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "common/cluster/control_client.h"
 #include "common/model/config.h"
 #include "common/rpc/tls.h"
@@ -121,29 +121,28 @@ class Traffic {
         ended_(requests_.size(), false) {
     for (size_t i = 0; i < requests_.size(); ++i) {
       threads_.emplace_back([this, i, deadline] {
-        Outcome outcome = Generate(*stub_, requests_[i], deadline, [&](size_t n) {
-          std::lock_guard<std::mutex> lock(mutex_);
+        outcomes_[i] = Generate(*stub_, requests_[i], deadline, [&](size_t n) {
+          MutexLock lock(&mutex_);
           tokens_[i] = n;
-          changed_.notify_all();
         });
-        std::lock_guard<std::mutex> lock(mutex_);
-        outcomes_[i] = std::move(outcome);
+        MutexLock lock(&mutex_);
         ended_[i] = true;
-        changed_.notify_all();
       });
     }
   }
   ~Traffic() { Join(); }
 
   // Waits until every call has received `tokens` tokens or ended.
-  bool WaitTokens(size_t tokens, std::chrono::milliseconds timeout = 30s) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, timeout, [&] {
+  bool WaitTokens(size_t tokens, std::chrono::milliseconds timeout = 30s)
+      ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    const auto reached = [this, tokens]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
       for (size_t i = 0; i < tokens_.size(); ++i) {
         if (!ended_[i] && tokens_[i] < tokens) return false;
       }
       return true;
-    });
+    };
+    return mutex_.AwaitWithTimeout(absl::Condition(&reached), absl::FromChrono(timeout));
   }
 
   const std::vector<Outcome>& Join() {
@@ -157,11 +156,11 @@ class Traffic {
  private:
   const std::vector<v1::GenerateRequest> requests_;
   std::unique_ptr<v1::Generation::Stub> stub_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::vector<Outcome> outcomes_;  // Guarded by mutex_ until joined.
-  std::vector<size_t> tokens_;     // Guarded by mutex_.
-  std::vector<bool> ended_;        // Guarded by mutex_.
+  // Outcome i is written by call i's thread alone, and read after Join.
+  std::vector<Outcome> outcomes_;
+  Mutex mutex_;  // WaitTokens waits on it.
+  std::vector<size_t> tokens_ ABSL_GUARDED_BY(mutex_);
+  std::vector<bool> ended_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::thread> threads_;
 };
 
@@ -225,9 +224,9 @@ Reference ComputeReference(const std::string& model) {
 // The reference of `model`, computed once per process on a thread of its
 // own: ask early, so that it runs while a cluster starts.
 std::shared_future<Reference> StandaloneOutputs(const std::string& model) {
-  static std::mutex mutex;
+  static Mutex mutex;
   static std::map<std::string, std::shared_future<Reference>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
+  MutexLock lock(&mutex);
   auto [it, added] = cache.try_emplace(model);
   if (added) it->second = std::async(std::launch::async, ComputeReference, model).share();
   return it->second;
@@ -660,7 +659,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
   // Rounds of concurrent requests until told to stop, each checked.
   std::atomic<bool> stop{false};
   std::atomic<int> rounds{0};
-  std::mutex mutex;
+  Mutex mutex;
   std::vector<std::string> problems;
   std::thread client([&] {
     for (int round = 0; !stop; ++round) {
@@ -674,7 +673,7 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
         if (!o.status.ok() ||
             o.tokens != std::vector<int32_t>(full.begin(),
                                              full.begin() + request.stopping().max_tokens())) {
-          std::lock_guard<std::mutex> lock(mutex);
+          MutexLock lock(&mutex);
           problems.push_back(request.request_id() + ": " + std::to_string(o.status.error_code()) +
                              " " + o.status.error_message() + ", " +
                              std::to_string(o.tokens.size()) + " tokens");
@@ -687,10 +686,16 @@ TEST(ClusterTest, ControllerRestartWhileServing) {
 
   EXPECT_TRUE(rounds_reach(2));
   cluster.controller().Kill(SIGKILL);
-  // Two leases without a controller: nobody notices but the watchers.
+  // Two leases without a controller: nobody notices but the watchers. Real
+  // time is what this measures: no worker may act on a lease running out
+  // while the controller is away, and that nothing happens has no event to
+  // wait for.
+  const auto killed = std::chrono::steady_clock::now();
+  const auto two_leases = 2 * std::chrono::milliseconds(testutil::ClusterOptions{}.lease_ms);
   const int before = rounds;
-  std::this_thread::sleep_for(1200ms);
-  EXPECT_TRUE(rounds_reach(before + 2));
+  EXPECT_TRUE(WaitFor(
+      [&] { return rounds >= before + 2 && std::chrono::steady_clock::now() - killed >= two_leases; },
+      30s));
   EXPECT_EQ(cluster.Health(cluster.router()), HealthCheckResponse::SERVING);
 
   // The default warm-up must outlast the workers' way back (their control
@@ -949,10 +954,17 @@ TEST(ClusterTest, CancellationReachesTheAttentionWorker) {
       3s);
   EXPECT_TRUE(freed) << load.DebugString();
   EXPECT_LT(std::chrono::steady_clock::now() - cancelled_at, 3s);
-  // Ended, not finished: far fewer tokens than asked for, and no more since.
+  // Ended, not finished: far fewer tokens than asked for, and no more since
+  // (none from a retry of the cancelled call, say). That nothing more
+  // happens has no event to wait for, so real time is what this measures:
+  // 200 ms, several steps of these slow experts.
   EXPECT_LT(load.generation_tokens(), kMaxTokens / 2) << load.DebugString();
-  std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(LoadOf(cluster, cluster.attention(0)).generation_tokens(), load.generation_tokens());
+  EXPECT_FALSE(WaitFor(
+      [&] {
+        return LoadOf(cluster, cluster.attention(0)).generation_tokens() !=
+               load.generation_tokens();
+      },
+      200ms));
   ExpectAllAliveBut(cluster, {});
 }
 

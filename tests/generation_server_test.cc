@@ -1,14 +1,14 @@
 // The public API over real gRPC on a loopback port chosen by the OS, served
 // in this process so the tests can read the engine's stats.
-#include <condition_variable>
 #include <filesystem>
 #include <future>
 #include <fstream>
-#include <mutex>
 #include <random>
 #include <sstream>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "common/base/test_dir.h"
 #include "common/engine/engine.h"
 #include "common/model/deepseek_v2.h"
@@ -249,28 +249,26 @@ class GatedExperts : public RoutedExperts {
                        const float* weights, float* out,
                        absl::FunctionRef<void()> meanwhile) override {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       entered_ = true;
-      entered_cv_.notify_all();
-      open_cv_.wait(lock, [&] { return open_; });
+      mutex_.Await(absl::Condition(&open_));
     }
     return local_.Compute(layer, x, n, k, ids, weights, out, meanwhile);
   }
-  void WaitEntered() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    entered_cv_.wait(lock, [&] { return entered_; });
+  void WaitEntered() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(&entered_));
   }
-  void Open() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  void Open() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     open_ = true;
-    open_cv_.notify_all();
   }
 
  private:
   LocalRoutedExperts local_;
-  std::mutex mutex_;
-  std::condition_variable entered_cv_, open_cv_;
-  bool entered_ = false, open_ = false;
+  Mutex mutex_;
+  bool entered_ ABSL_GUARDED_BY(mutex_) = false;
+  bool open_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
 TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsComplete) {
@@ -673,8 +671,10 @@ TEST(GenerationServerTest, OnlyTheOwnerMayAbortARequestAndIdsArePerOwner) {
   abort.set_request_id("shared-id");
   v1::AbortResponse response;
   auto bob_abort = context_for(bob);
-  // Bob's own request of that id is still active (held behind Alice's step),
-  // so his Abort ends his, never hers.
+  // Bob's own request of that id is active once the server has taken it in
+  // (the call may still be on its way: the Abort could overtake it), and
+  // stays so, held behind Alice's step; so his Abort ends his, never hers.
+  ASSERT_TRUE(WaitFor([&] { return server.engine().num_active() == 2; }));
   ASSERT_TRUE(server.stub().Abort(bob_abort.get(), abort, &response).ok());
   gate->Open();
   const StreamResult bobs = ReadStream(*bob_reader);

@@ -4,12 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
+#include "common/base/mutex.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -157,8 +157,7 @@ void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
 
   constexpr int kRequests = 32;
   std::vector<Outcome> outcomes(kRequests);
-  std::mutex mutex;
-  std::condition_variable all_streaming;
+  Mutex mutex;
   int streaming = 0;
   std::vector<std::thread> clients;
   for (int i = 0; i < kRequests; ++i) {
@@ -171,8 +170,8 @@ void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
       bool first = true;
       while (reader->Read(&response)) {
         if (first) {
-          std::lock_guard<std::mutex> lock(mutex);
-          if (++streaming == kRequests) all_streaming.notify_one();
+          MutexLock lock(&mutex);
+          ++streaming;
           first = false;
         }
         if (response.has_complete()) outcome.finish = response.complete().finish_reason();
@@ -181,8 +180,9 @@ void DrainScenario(double grace_s, v1::FinishReason expected_finish) {
     });
   }
   {
-    std::unique_lock<std::mutex> lock(mutex);
-    ASSERT_TRUE(all_streaming.wait_for(lock, 60s, [&] { return streaming == kRequests; }));
+    MutexLock lock(&mutex);
+    const auto all_streaming = [&] { return streaming == kRequests; };
+    ASSERT_TRUE(mutex.AwaitWithTimeout(absl::Condition(&all_streaming), absl::Seconds(60)));
   }
   process.Signal(SIGTERM);
   ASSERT_TRUE(watch->Read(&update));

@@ -14,8 +14,9 @@
 // the same compile-time checks (-Wthread-safety).
 //
 // Waiting: Await blocks, with the mutex released, until `condition` holds;
-// every Unlock wakes the waiters to re-evaluate theirs (waits are rare and
-// short here, so the simplicity is worth the extra wake-ups).
+// every Unlock, and every Await that starts waiting, wakes the waiters to
+// re-evaluate theirs (waits are rare and short here, so the simplicity is
+// worth the extra wake-ups).
 //
 // Thread safety: thread-safe, as a mutex is.
 #pragma once
@@ -89,6 +90,9 @@ inline bool Mutex::AwaitWithDeadline(const absl::Condition& condition, absl::Tim
   std::unique_lock<std::mutex> lock(mutex_, std::adopt_lock);
   ++waiters_;
   bool held = condition.Eval();
+  // Waiting releases the mutex as Unlock does, after the caller may have
+  // changed what other waiters' conditions read: they look again.
+  if (!held && waiters_ > 1) changed_.notify_all();
   while (!held) {
     if (deadline == absl::InfiniteFuture()) {
       changed_.wait(lock);

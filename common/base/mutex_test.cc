@@ -42,6 +42,33 @@ TEST(MutexTest, AwaitWithTimeoutGivesUpAndSaysSo) {
                                        absl::Milliseconds(50)));
 }
 
+// A thread that changes state and then waits (a gate: "I am here; wait to
+// be let through") releases the mutex inside Await, not through Unlock; a
+// waiter for that state must still see it.
+TEST(MutexTest, AwaitThatStartsWaitingWakesWaitersForWhatItChanged) {
+  struct Gate {
+    Mutex mutex;
+    bool entered ABSL_GUARDED_BY(mutex) = false;
+    bool open ABSL_GUARDED_BY(mutex) = false;
+  } gate;
+  std::thread passer;
+  {
+    MutexLock lock(&gate.mutex);
+    // Started with the mutex held, so it enters only once this thread waits.
+    passer = std::thread([&] {
+      MutexLock passer_lock(&gate.mutex);
+      gate.entered = true;
+      gate.mutex.Await(absl::Condition(&gate.open));
+    });
+    const absl::Time start = absl::Now();
+    EXPECT_TRUE(gate.mutex.AwaitWithTimeout(absl::Condition(&gate.entered), absl::Seconds(10)));
+    // At the timeout the condition holds too: woken is what is checked.
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << "woken only by the timeout";
+    gate.open = true;
+  }
+  passer.join();
+}
+
 TEST(MutexTest, NotifyWaitersWakesAWaiterOnAnAtomic) {
   Mutex mutex;
   std::atomic<bool> flag{false};

@@ -12,10 +12,9 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stop_ = true;
   }
-  work_ready_.notify_all();
   for (auto& worker : workers_) worker.join();
 }
 
@@ -27,32 +26,35 @@ ThreadPool& ThreadPool::Default() {
   return *pool;
 }
 
-void ThreadPool::RunChunks() {
+void ThreadPool::RunChunks(const Job& job) {
   while (true) {
-    int64_t chunk;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (next_chunk_ >= num_chunks_) return;
-      chunk = next_chunk_++;
-    }
-    const int64_t begin = chunk * chunk_;
-    (*body_)(begin, std::min(n_, begin + chunk_));
+    // Each index of [0, num_chunks) is taken once; the job was published
+    // (under mutex_) after the counter was reset.
+    const int64_t chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (chunk >= job.num_chunks) return;
+    const int64_t begin = chunk * job.chunk;
+    (*job.body)(begin, std::min(job.n, begin + job.chunk));
   }
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
+    Job job;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      work_ready_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      MutexLock lock(&mutex_);
+      const auto woken = [this, &seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stop_ || generation_ != seen;
+      };
+      mutex_.Await(absl::Condition(&woken));
       if (stop_) return;
       seen = generation_;
+      job = job_;
     }
-    RunChunks();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_workers_ == 0) work_done_.notify_one();
+    RunChunks(job);
+    // Release: the caller sees this worker's outputs once the count is zero.
+    if (pending_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      done_mutex_.NotifyWaiters();
     }
   }
 }
@@ -66,25 +68,24 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     body(0, n);
     return;
   }
-  std::lock_guard<std::mutex> call_lock(call_mutex_);
+  MutexLock call_lock(&call_mutex_);
   // A few chunks per thread balance uneven cores without much locking.
   const int64_t target_chunks = static_cast<int64_t>(threads) * 4;
   const int64_t chunk = std::max(min_chunk, (n + target_chunks - 1) / target_chunks);
+  const Job job{&body, n, chunk, (n + chunk - 1) / chunk};
+  // The previous call's workers have all finished: nobody reads these now.
+  next_chunk_.store(0, std::memory_order_relaxed);
+  pending_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    body_ = &body;
-    n_ = n;
-    chunk_ = chunk;
-    next_chunk_ = 0;
-    num_chunks_ = (n + chunk - 1) / chunk;
-    pending_workers_ = static_cast<int>(workers_.size());
+    MutexLock lock(&mutex_);
+    job_ = job;
     ++generation_;
   }
-  work_ready_.notify_all();
-  RunChunks();
-  std::unique_lock<std::mutex> lock(mutex_);
-  work_done_.wait(lock, [&] { return pending_workers_ == 0; });
-  body_ = nullptr;
+  RunChunks(job);
+  MutexLock lock(&done_mutex_);
+  done_mutex_.Await(absl::Condition(
+      +[](std::atomic<int>* pending) { return pending->load(std::memory_order_acquire) == 0; },
+      &pending_workers_));
 }
 
 }  // namespace dsv2

@@ -7,12 +7,14 @@
 // serialized. It must not be called from inside a ParallelFor body.
 #pragma once
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 
 namespace dsv2 {
 
@@ -35,22 +37,35 @@ class ThreadPool {
   static ThreadPool& Default();
 
  private:
+  // One ParallelFor call's work. Workers copy it when they see a new
+  // generation, so they read it without the lock while they run chunks.
+  struct Job {
+    const std::function<void(int64_t, int64_t)>* body = nullptr;
+    int64_t n = 0;
+    int64_t chunk = 0;
+    int64_t num_chunks = 0;
+  };
+
   void WorkerLoop(int index);
-  void RunChunks();
+  // Runs chunks of `job` until every chunk has been taken.
+  void RunChunks(const Job& job);
 
   std::vector<std::thread> workers_;
-  std::mutex call_mutex_;  // Serializes ParallelFor calls.
-  std::mutex mutex_;
-  std::condition_variable work_ready_;
-  std::condition_variable work_done_;
-  const std::function<void(int64_t, int64_t)>* body_ = nullptr;
-  int64_t n_ = 0;
-  int64_t chunk_ = 0;
-  int64_t next_chunk_ = 0;  // Guarded by mutex_.
-  int64_t num_chunks_ = 0;
-  int pending_workers_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  Mutex call_mutex_;  // Serializes ParallelFor calls.
+  // Idle workers wait on it for a new job (generation_ moves) or stop_.
+  Mutex mutex_;
+  Job job_ ABSL_GUARDED_BY(mutex_);  // The last job; read with a new generation only.
+  uint64_t generation_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
+  // The next chunk of the current job, and the workers still running it.
+  // Atomics rather than fields under mutex_: every Unlock of a Mutex wakes
+  // its waiters, and taking a chunk or finishing must not wake the idle
+  // workers. Reset before the job is published under mutex_.
+  std::atomic<int64_t> next_chunk_{0};
+  std::atomic<int> pending_workers_{0};
+  // ParallelFor waits on it for pending_workers_ to reach zero; the last
+  // worker to finish wakes it.
+  Mutex done_mutex_;
 };
 
 }  // namespace dsv2

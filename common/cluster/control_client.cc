@@ -54,33 +54,53 @@ ControlClient::~ControlClient() { Stop(); }
 
 void ControlClient::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stop_ = true;
+    // TryCancel does not block; the lock keeps each context alive (Call
+    // removes it before it goes).
     for (grpc::ClientContext* context : in_flight_) context->TryCancel();
   }
-  cv_.notify_all();
-  std::lock_guard<std::mutex> join(join_mutex_);
+  MutexLock join(&join_mutex_);
   if (member_.joinable()) member_.join();
   if (watcher_.joinable()) watcher_.join();
   if (reporter_.joinable()) reporter_.join();
 }
 
 std::optional<ClusterMap> ControlClient::map() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return map_;
 }
 
 bool ControlClient::WaitForMap(const std::function<bool(const ClusterMap&)>& pred,
                                absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  const auto satisfied = [&] { return map_.has_value() && pred(*map_); };
-  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return stop_ || satisfied(); });
+  MutexLock lock(&mutex_);
+  const auto satisfied = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return map_.has_value() && pred(*map_);
+  };
+  const auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stop_ || satisfied(); };
+  mutex_.AwaitWithTimeout(absl::Condition(&done), timeout);
   return satisfied();
 }
 
+ControlClient::Stats ControlClient::StatsLocked() const {
+  Stats stats = stats_;
+  stats.calls_in_flight = static_cast<int64_t>(in_flight_.size());
+  return stats;
+}
+
 ControlClient::Stats ControlClient::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
+  MutexLock lock(&mutex_);
+  return StatsLocked();
+}
+
+bool ControlClient::WaitForStats(const std::function<bool(const Stats&)>& pred,
+                                 absl::Duration timeout) {
+  MutexLock lock(&mutex_);
+  const auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return stop_ || pred(StatsLocked());
+  };
+  mutex_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  return pred(StatsLocked());
 }
 
 absl::Status ControlClient::Drain() {
@@ -90,7 +110,7 @@ absl::Status ControlClient::Drain() {
   // Remembered before asking, so that a registration after a failed call
   // (the controller restarting) drains again.
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     drained_ = true;
   }
   internal::DrainRequest request;
@@ -103,24 +123,24 @@ absl::Status ControlClient::Drain() {
 }
 
 void ControlClient::ReportSuspect(const std::string& worker_id, const std::string& reason) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const absl::Time now = absl::Now();
-    auto [last, added] = reported_at_.try_emplace(worker_id, now);
-    if (!added && now - last->second < absl::Seconds(1)) return;
-    last->second = now;
-    if (stop_ || reports_.size() >= 64) return;
-    reports_.emplace_back(worker_id, reason.substr(0, 1024));
-  }
-  cv_.notify_all();
+  MutexLock lock(&mutex_);
+  const absl::Time now = absl::Now();
+  auto [last, added] = reported_at_.try_emplace(worker_id, now);
+  if (!added && now - last->second < absl::Seconds(1)) return;
+  last->second = now;
+  if (stop_ || reports_.size() >= 64) return;
+  reports_.emplace_back(worker_id, reason.substr(0, 1024));
 }
 
 void ControlClient::ReportLoop() {
   while (true) {
     std::pair<std::string, std::string> report;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return stop_ || !reports_.empty(); });
+      MutexLock lock(&mutex_);
+      const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stop_ || !reports_.empty();
+      };
+      mutex_.Await(absl::Condition(&woken));
       if (stop_) return;
       report = std::move(reports_.front());
       reports_.pop_front();
@@ -133,7 +153,7 @@ void ControlClient::ReportLoop() {
       return stub_->ReportSuspect(context, request, &response);
     });
     if (status.ok()) {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       ++stats_.suspects_reported;
     } else if (!Stopping()) {
       DSV2_LOG(WARNING) << "could not report expert worker " << report.first
@@ -147,24 +167,24 @@ grpc::Status ControlClient::Call(absl::Duration timeout,
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stop_) return grpc::Status(grpc::StatusCode::CANCELLED, "control client stopped");
     in_flight_.push_back(&context);
   }
   const grpc::Status status = call(&context);
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), &context));
   return status;
 }
 
 bool ControlClient::Stopping() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return stop_;
 }
 
 bool ControlClient::SleepUntil(absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  cv_.wait_until(lock, absl::ToChronoTime(deadline), [&] { return stop_; });
+  MutexLock lock(&mutex_);
+  mutex_.AwaitWithDeadline(absl::Condition(&stop_), deadline);
   return !stop_;
 }
 
@@ -173,7 +193,7 @@ grpc::Status ControlClient::RegisterSelf(absl::Duration* lease) {
   *request.mutable_worker() = ToProto(*options_.self);
   {
     // The slot held under the last map, for a restarted controller.
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (map_.has_value()) {
       const auto& slots = map_->expert_workers;
       const auto slot = std::find(slots.begin(), slots.end(), options_.self->id);
@@ -188,7 +208,7 @@ grpc::Status ControlClient::RegisterSelf(absl::Duration* lease) {
   *lease = absl::Milliseconds(response.lease_ms());
   bool drain_again = false;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     ++stats_.registrations;
     drain_again = drained_;
   }
@@ -231,6 +251,10 @@ void ControlClient::MemberLoop() {
         next_heartbeat = absl::Now() + period;
       } else {
         if (Stopping()) return;  // The call was cancelled.
+        {
+          MutexLock lock(&mutex_);
+          ++stats_.register_failures;
+        }
         log_error("register", status);
         if (!SleepUntil(absl::Now() + options_.retry_interval)) return;
         continue;
@@ -244,13 +268,17 @@ void ControlClient::MemberLoop() {
       return stub_->Heartbeat(context, request, &response);
     });
     if (status.ok()) {
+      {
+        MutexLock lock(&mutex_);
+        ++stats_.heartbeats;
+      }
       last_error.clear();
       next_heartbeat = absl::Now() + period;
       continue;
     }
     if (Stopping()) return;  // The call was cancelled.
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       ++stats_.heartbeat_failures;
     }
     log_error("heartbeat", status);
@@ -268,7 +296,7 @@ void ControlClient::WatchLoop() {
     grpc::ClientContext context;
     internal::WatchRequest request;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (stop_) return;
       // Resume from the map held: only newer ones (or another epoch's) come.
       if (map_.has_value()) {
@@ -289,19 +317,19 @@ void ControlClient::WatchLoop() {
         continue;
       }
       {
-        std::lock_guard<std::mutex> lock(mutex_);
+        MutexLock lock(&mutex_);
         if (map_.has_value() && !map->NewerThan(map_->epoch, map_->version)) continue;
         map_ = *map;
         ++stats_.maps_received;
       }
-      cv_.notify_all();
-      if (on_map_) on_map_(*map);
+      if (on_map_) on_map_(*map);  // Without the lock: it may take its time.
     }
     const grpc::Status status = reader->Finish();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), &context));
       if (stop_) return;
+      ++stats_.watch_failures;
     }
     if (!failing) {
       DSV2_LOG(WARNING) << "cluster map watch on " << options_.controller << " ended: "

@@ -20,20 +20,20 @@
 // client (Stop joins that thread).
 #pragma once
 
-#include <condition_variable>
-#include <deque>
-#include <map>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 #include "common/cluster/cluster_state.h"
 #include "common/model/config.h"
 #include "dsv2/internal/control.grpc.pb.h"
@@ -73,7 +73,8 @@ class ControlClient {
   std::optional<ClusterMap> map() const;
   // Waits until the last map satisfies `pred` (called with the client's
   // lock held: it must not call the client); false at timeout or Stop.
-  bool WaitForMap(const std::function<bool(const ClusterMap&)>& pred, absl::Duration timeout);
+  bool WaitForMap(const std::function<bool(const ClusterMap&)>& pred, absl::Duration timeout)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   // Asks the controller to drain `self`. From then on the client drains
   // again after every later registration, whether this call succeeded or
   // not (a restarted controller does not remember; one restarting now did
@@ -84,52 +85,67 @@ class ControlClient {
   // time (ControllerService::ReportSuspect). Returns at once: the report is
   // sent from a thread of the client's, at most once a second per worker and
   // 64 waiting; a failed report is logged, not retried.
-  void ReportSuspect(const std::string& worker_id, const std::string& reason);
+  void ReportSuspect(const std::string& worker_id, const std::string& reason)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   // Ends the threads promptly, cancelling calls in flight. Idempotent.
-  void Stop();
+  void Stop() ABSL_LOCKS_EXCLUDED(mutex_, join_mutex_);
 
   struct Stats {
     int64_t registrations = 0;       // Successful Register calls.
+    int64_t register_failures = 0;   // Register calls refused or not answered.
+    int64_t heartbeats = 0;          // Heartbeats answered OK (the lease renewed).
     int64_t heartbeat_failures = 0;  // Heartbeats refused or not answered.
     int64_t maps_received = 0;       // Newer maps taken (on_map calls).
+    int64_t watch_failures = 0;      // Watch streams that ended (each is reopened).
     int64_t suspects_reported = 0;   // ReportSuspect calls answered OK.
+    int64_t calls_in_flight = 0;     // Calls to the controller now (the watch included).
   };
-  Stats stats() const;
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mutex_);
+  // Waits until the stats satisfy `pred` (called with the client's lock
+  // held: it must not call the client); false at timeout or Stop.
+  bool WaitForStats(const std::function<bool(const Stats&)>& pred, absl::Duration timeout)
+      ABSL_LOCKS_EXCLUDED(mutex_);
 
  private:
   ControlClient(ControlClientOptions options, ModelConfig config, MapCallback on_map);
 
-  void MemberLoop();
-  void WatchLoop();
-  void ReportLoop();
+  void MemberLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void WatchLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void ReportLoop() ABSL_LOCKS_EXCLUDED(mutex_);
   // Registers self; then drains again if Drain succeeded before. Returns the
   // lease, or the call's error.
-  grpc::Status RegisterSelf(absl::Duration* lease);
-  // Runs `call` with a fresh context that Stop cancels; CANCELLED once stopping.
+  grpc::Status RegisterSelf(absl::Duration* lease) ABSL_LOCKS_EXCLUDED(mutex_);
+  // Runs `call` with a fresh context that Stop cancels; CANCELLED once
+  // stopping. The lock is not held while the call runs.
   grpc::Status Call(absl::Duration timeout,
-                    const std::function<grpc::Status(grpc::ClientContext*)>& call);
-  bool Stopping() const;
+                    const std::function<grpc::Status(grpc::ClientContext*)>& call)
+      ABSL_LOCKS_EXCLUDED(mutex_);
+  bool Stopping() const ABSL_LOCKS_EXCLUDED(mutex_);
   // Waits until `deadline` or Stop; false when stopping.
-  bool SleepUntil(absl::Time deadline);
+  bool SleepUntil(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mutex_);
+  Stats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const ControlClientOptions options_;
   const ModelConfig config_;
   const MapCallback on_map_;
   std::unique_ptr<internal::Controller::Stub> stub_;
 
-  mutable std::mutex mutex_;
-  std::condition_variable cv_;  // A new map, or stopping.
-  bool stop_ = false;
-  std::vector<grpc::ClientContext*> in_flight_;  // Calls Stop cancels.
-  std::optional<ClusterMap> map_;
-  bool drained_ = false;
-  Stats stats_;
+  // Waiters (WaitForMap, WaitForStats, the threads between calls) wait on
+  // it for their conditions.
+  mutable Mutex mutex_;
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
+  std::vector<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mutex_);  // Calls Stop cancels.
+  std::optional<ClusterMap> map_ ABSL_GUARDED_BY(mutex_);
+  bool drained_ ABSL_GUARDED_BY(mutex_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mutex_);  // But calls_in_flight: in_flight_.size().
   // Suspect reports to send (worker id, reason), and when each worker was
   // last reported.
-  std::deque<std::pair<std::string, std::string>> reports_;
-  std::map<std::string, absl::Time> reported_at_;
+  std::deque<std::pair<std::string, std::string>> reports_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, absl::Time> reported_at_ ABSL_GUARDED_BY(mutex_);
 
-  std::mutex join_mutex_;  // Serializes Stop's joins.
+  // Serializes Stop's joins. The threads are started by Start before the
+  // client is shared, and joined only under it.
+  Mutex join_mutex_;
   std::thread member_;
   std::thread watcher_;
   std::thread reporter_;

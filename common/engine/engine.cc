@@ -69,11 +69,10 @@ Engine::Engine(const DeepseekV2Model* model, const TextDecoderFactory* text, Eng
 
 Engine::~Engine() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stop_ = true;
     abort_all_ = true;
   }
-  wake_.notify_all();
   thread_.join();
 }
 
@@ -140,7 +139,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
   if (text_ != nullptr) s.decoder = text_->NewDecoder(s.request.skip_special_tokens);
 
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (failed_) {
       return absl::UnavailableError(
           absl::StrCat("the engine has failed and is not serving: ", failure_.message()));
@@ -158,50 +157,45 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
     active_ids_.insert({s.request.owner, s.request.id});
     inbox_.push_back(std::move(sequence));
   }
-  wake_.notify_all();
   return stream;
 }
 
 bool Engine::Abort(const std::string& owner, const std::string& id) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (!active_ids_.contains({owner, id})) return false;
     abort_ids_.insert({owner, id});
   }
-  wake_.notify_all();
   return true;
 }
 
 void Engine::StopAccepting() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   accepting_ = false;
 }
 
 void Engine::AbortAll() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    abort_all_ = true;
-  }
-  wake_.notify_all();
+  MutexLock lock(&mutex_);
+  abort_all_ = true;
 }
 
 EngineStats Engine::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return stats_;
 }
 
 int64_t Engine::num_active() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return static_cast<int64_t>(active_ids_.size());
 }
 
 absl::Status Engine::failure() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return failure_;
 }
 
 bool Engine::healthy(std::chrono::milliseconds stall_timeout) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (failed_) return false;
   return active_ids_.empty() || std::chrono::steady_clock::now() - last_progress_ < stall_timeout;
 }
@@ -209,11 +203,15 @@ bool Engine::healthy(std::chrono::milliseconds stall_timeout) const {
 void Engine::Loop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] {
+      // Only this thread changes the scheduler, so its part is fixed while
+      // it waits.
+      const bool scheduled = scheduler_.num_running() > 0 || scheduler_.num_waiting() > 0;
+      MutexLock lock(&mutex_);
+      const auto has_work = [this, scheduled]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
         return stop_ || !inbox_.empty() || !abort_ids_.empty() || abort_all_ ||
-               (!failed_ && (scheduler_.num_running() > 0 || scheduler_.num_waiting() > 0));
-      });
+               (!failed_ && scheduled);
+      };
+      mutex_.Await(absl::Condition(&has_work));
       for (auto& sequence : inbox_) scheduler_.AddWaiting(std::move(sequence));
       inbox_.clear();
       // Submit bounds inbox + waiting: keep the count exact as they move.
@@ -221,7 +219,7 @@ void Engine::Loop() {
     }
     ReapCancelled();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (stop_) break;
     }
     Step();
@@ -234,7 +232,7 @@ void Engine::ReapCancelled() {
   bool failed;
   absl::Status failure;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     aborts.swap(abort_ids_);
     abort_all = abort_all_;
     abort_all_ = false;
@@ -258,7 +256,7 @@ void Engine::ReapCancelled() {
 void Engine::Step() {
   const std::vector<ScheduledChunk> plan = scheduler_.Schedule();
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stats_.waiting = scheduler_.num_waiting();  // Admitted ones no longer wait.
   }
   int64_t computed_prompt_tokens = 0;
@@ -287,7 +285,7 @@ void Engine::Step() {
       for (const ScheduledChunk& work : plan) {
         Finish(work.sequence, FinishReason::kError, ErrorOutput(status));
       }
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       UpdateStatsLocked();
       last_progress_ = std::chrono::steady_clock::now();
       return;
@@ -295,7 +293,7 @@ void Engine::Step() {
     if (!status.ok()) {
       DSV2_LOG(ERROR) << "engine step failed: " << status;
       {
-        std::lock_guard<std::mutex> lock(mutex_);
+        MutexLock lock(&mutex_);
         failed_ = true;
         failure_ = status;
       }
@@ -315,7 +313,7 @@ void Engine::Step() {
       if (work.completes) Advance(sequence, &logits[row++ * vocab]);
     }
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   stats_.prompt_tokens += computed_prompt_tokens;
   stats_.steps += plan.empty() ? 0 : 1;
   UpdateStatsLocked();
@@ -420,7 +418,7 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
     finish = FinishReason::kLength;
   }
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     ++stats_.generation_tokens;
   }
   if (finish) return Finish(s, *finish, std::move(out));
@@ -444,7 +442,7 @@ void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
   std::unique_ptr<Sequence> removed = scheduler_.Remove(s);
   {
     // The id is free before the client sees the end, so it can be reused at once.
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     active_ids_.erase({removed->request.owner, removed->request.id});
     ++stats_.finished[static_cast<int>(reason)];
     UpdateStatsLocked();

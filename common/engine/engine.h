@@ -18,14 +18,15 @@
 #include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "common/base/mutex.h"
 #include "common/engine/paged_kv_cache.h"
 #include "common/engine/request.h"
 #include "common/engine/scheduler.h"
@@ -114,9 +115,8 @@ class Engine {
   // Ends a sequence: `out` (with the last token, if any) becomes its final
   // event, its blocks go back and its id is freed.
   void Finish(Sequence* sequence, FinishReason reason, GenerationOutput out = {});
-  // Copies the scheduler's and the cache's figures into stats_ (step thread,
-  // mutex_ held).
-  void UpdateStatsLocked();
+  // Copies the scheduler's and the cache's figures into stats_ (step thread).
+  void UpdateStatsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const DeepseekV2Model* model_;
   const TextDecoderFactory* text_;
@@ -125,20 +125,20 @@ class Engine {
   PagedKvCache cache_;
   Scheduler scheduler_;  // Step thread only.
 
-  mutable std::mutex mutex_;  // Guards everything below.
-  std::condition_variable wake_;
-  std::vector<std::unique_ptr<Sequence>> inbox_;
+  // The step thread waits on it for work.
+  mutable Mutex mutex_;
+  std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
   // (owner, id) of every active request, and of those to abort.
   using RequestKey = std::pair<std::string, std::string>;
-  std::set<RequestKey> active_ids_;
-  std::set<RequestKey> abort_ids_;
-  bool accepting_ = true;
-  bool stop_ = false;
-  bool failed_ = false;
-  absl::Status failure_;  // Why failed_ is set.
-  bool abort_all_ = false;
-  EngineStats stats_;
-  std::chrono::steady_clock::time_point last_progress_;
+  std::set<RequestKey> active_ids_ ABSL_GUARDED_BY(mutex_);
+  std::set<RequestKey> abort_ids_ ABSL_GUARDED_BY(mutex_);
+  bool accepting_ ABSL_GUARDED_BY(mutex_) = true;
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
+  bool failed_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Status failure_ ABSL_GUARDED_BY(mutex_);  // Why failed_ is set.
+  bool abort_all_ ABSL_GUARDED_BY(mutex_) = false;
+  EngineStats stats_ ABSL_GUARDED_BY(mutex_);
+  std::chrono::steady_clock::time_point last_progress_ ABSL_GUARDED_BY(mutex_);
 
   std::thread thread_;
 };

@@ -27,19 +27,21 @@ size_t EventBytes(const GenerationOutput& output) {
 
 void RequestStream::Push(GenerationOutput output) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (output.finish) finished_ = true;
     backlog_bytes_ += EventBytes(output);
     events_.push_back(std::move(output));
   }
-  ready_.notify_all();
-  std::lock_guard<std::mutex> lock(listener_mutex_);
+  MutexLock lock(&listener_mutex_);
   if (listener_) listener_();
 }
 
 std::optional<GenerationOutput> RequestStream::Next(std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (!ready_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return std::nullopt;
+  MutexLock lock(&mutex_);
+  const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !events_.empty(); };
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&ready), absl::FromChrono(timeout))) {
+    return std::nullopt;
+  }
   GenerationOutput output = std::move(events_.front());
   events_.pop_front();
   backlog_bytes_ -= EventBytes(output);
@@ -47,7 +49,7 @@ std::optional<GenerationOutput> RequestStream::Next(std::chrono::milliseconds ti
 }
 
 std::optional<GenerationOutput> RequestStream::TryNext() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (events_.empty()) return std::nullopt;
   GenerationOutput output = std::move(events_.front());
   events_.pop_front();
@@ -56,22 +58,22 @@ std::optional<GenerationOutput> RequestStream::TryNext() {
 }
 
 bool RequestStream::finished() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return finished_;
 }
 
 size_t RequestStream::backlog_bytes() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return backlog_bytes_;
 }
 
 void RequestStream::SetListener(std::function<void()> listener) {
   bool queued;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     queued = !events_.empty();
   }
-  std::lock_guard<std::mutex> lock(listener_mutex_);
+  MutexLock lock(&listener_mutex_);
   listener_ = std::move(listener);
   if (listener_ && queued) listener_();
 }

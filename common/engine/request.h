@@ -2,17 +2,17 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "common/base/mutex.h"
 #include "common/sampling/sampler.h"
 
 namespace dsv2 {
@@ -81,16 +81,17 @@ class RequestStream {
   // are queued), on the pushing thread; it must be quick and must not call
   // SetListener. SetListener(nullptr) returns once no call is running, so
   // the listener's owner may then go.
-  void SetListener(std::function<void()> listener);
+  void SetListener(std::function<void()> listener) ABSL_LOCKS_EXCLUDED(mutex_, listener_mutex_);
 
  private:
-  mutable std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<GenerationOutput> events_;
-  size_t backlog_bytes_ = 0;
-  bool finished_ = false;
-  std::mutex listener_mutex_;  // Held while the listener runs.
-  std::function<void()> listener_;
+  mutable Mutex mutex_;  // Next waits on it for an event.
+  std::deque<GenerationOutput> events_ ABSL_GUARDED_BY(mutex_);
+  size_t backlog_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+  // Held while the listener runs, so that SetListener(nullptr) can wait for
+  // a call in progress; the listener may take mutex_ (TryNext).
+  Mutex listener_mutex_ ABSL_ACQUIRED_BEFORE(mutex_);
+  std::function<void()> listener_ ABSL_GUARDED_BY(listener_mutex_);
 };
 
 }  // namespace dsv2

@@ -6,8 +6,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/model/routed_experts.h"
 
 namespace dsv2 {
@@ -16,7 +16,7 @@ using transport::IncomingRequest;
 
 // Shared with the transport's handler, which may outlive the server.
 struct ExpertServer::Queue {
-  absl::Mutex mutex;
+  Mutex mutex;
   std::deque<IncomingRequest> requests ABSL_GUARDED_BY(mutex);
   size_t bytes ABSL_GUARDED_BY(mutex) = 0;  // Payload bytes of `requests`.
   bool stopped ABSL_GUARDED_BY(mutex) = false;
@@ -30,7 +30,7 @@ ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& t
                                   IncomingRequest request) {
     absl::Status refused;
     {
-      absl::MutexLock lock(&queue->mutex);
+      MutexLock lock(&queue->mutex);
       if (queue->stopped) {
         refused = absl::UnavailableError("expert server stopped");
       } else if (queue->bytes + request.payload().size() > limit && !queue->requests.empty()) {
@@ -51,7 +51,7 @@ ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& t
 ExpertServer::~ExpertServer() {
   std::deque<IncomingRequest> left;
   {
-    absl::MutexLock lock(&queue_->mutex);
+    MutexLock lock(&queue_->mutex);
     queue_->stopped = true;
     left.swap(queue_->requests);
     queue_->bytes = 0;
@@ -63,7 +63,7 @@ ExpertServer::~ExpertServer() {
 }
 
 ExpertServer::Stats ExpertServer::stats() const {
-  absl::MutexLock lock(&queue_->mutex);
+  MutexLock lock(&queue_->mutex);
   Stats stats = queue_->stats;
   stats.queued = static_cast<int64_t>(queue_->requests.size());
   return stats;
@@ -74,7 +74,7 @@ void ExpertServer::Loop() {
   while (true) {
     std::deque<IncomingRequest> batch;
     {
-      absl::MutexLock lock(&q.mutex);
+      MutexLock lock(&q.mutex);
       auto work = [&q]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(q.mutex) {
         return q.stopped || !q.requests.empty();
       };
@@ -116,7 +116,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
     if (status.ok()) status = transport::ValidateRouting(*view, config.n_routed_experts);
     if (!status.ok()) {
       {
-        absl::MutexLock lock(&queue_->mutex);
+        MutexLock lock(&queue_->mutex);
         ++queue_->stats.invalid_requests;
       }
       request.RespondError(status);
@@ -156,7 +156,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
                       weights.data(), partials.data());
     {
       // Counted before answering, so a caller that has its answer sees it.
-      absl::MutexLock lock(&queue_->mutex);
+      MutexLock lock(&queue_->mutex);
       queue_->stats.requests += static_cast<int64_t>(requests.size());
       queue_->stats.rows += rows;
     }
@@ -176,7 +176,7 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
       row += h.token_count;
     }
   }
-  absl::MutexLock lock(&queue_->mutex);
+  MutexLock lock(&queue_->mutex);
   ++queue_->stats.batches;
 }
 

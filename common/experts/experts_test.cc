@@ -3,9 +3,9 @@
 // replicas take over a dead worker's rows, a unit with no worker fails
 // UNAVAILABLE, tokens reach at most topk_group workers, and malformed
 // dispatches are refused.
-#include <mutex>
 #include <random>
 
+#include "common/base/mutex.h"
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
 #include "common/model/moe_routing.h"
@@ -178,10 +178,10 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
     Cluster reference(*model_, 1, 1, DType::kBF16);
     ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
   }
-  std::mutex mutex;
+  Mutex mutex;
   std::vector<transport::IncomingRequest> held;
   auto hang = [&](transport::IncomingRequest request) {
-    std::lock_guard<std::mutex> lock(mutex);
+    MutexLock lock(&mutex);
     held.push_back(std::move(request));
   };
   std::vector<std::pair<std::string, std::string>> reports;
@@ -212,7 +212,7 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
   EXPECT_THAT(status.message(), HasSubstr("no answer within 2s"));
   ASSERT_EQ(reports.size(), 1u);
   EXPECT_EQ(reports[0].first, "w1");
-  std::lock_guard<std::mutex> lock(mutex);
+  MutexLock lock(&mutex);
   held.clear();
 }
 

@@ -44,25 +44,25 @@ void RemoteRoutedExperts::SetRoute(std::shared_ptr<const ExpertRoute> route) {
                route->alive.size() == workers)
         << "an ExpertRoute names every placement worker's id, address and liveness";
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   route_ = std::move(route);
   suspect_until_.clear();  // A new map has the latest word on liveness.
 }
 
 RemoteRoutedExperts::Stats RemoteRoutedExperts::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return stats_;
 }
 
 void RemoteRoutedExperts::Suspect(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   suspect_until_[address] = absl::Now() + options_.suspect_time;
 }
 
 bool RemoteRoutedExperts::HasOtherReplicas(const ExpertRoute& route,
                                            const std::vector<int32_t>& units, int32_t w) {
   const absl::Time now = absl::Now();
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   for (int32_t unit : units) {
     bool other = false;
     for (int32_t candidate : route.placement.unit_workers[unit]) {
@@ -77,7 +77,7 @@ bool RemoteRoutedExperts::HasOtherReplicas(const ExpertRoute& route,
 
 absl::Duration RemoteRoutedExperts::AttemptTimeout() {
   if (options_.attempt_timeout > absl::ZeroDuration()) return options_.attempt_timeout;
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (round_trip_count_ == 0) return options_.timeout;  // Nothing measured yet.
   absl::Duration slowest = absl::ZeroDuration();
   const size_t n = std::min(round_trip_count_, round_trips_.size());
@@ -87,14 +87,14 @@ absl::Duration RemoteRoutedExperts::AttemptTimeout() {
 }
 
 void RemoteRoutedExperts::RecordAnswer(absl::Duration round_trip) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   round_trips_[round_trip_count_++ % round_trips_.size()] = round_trip;
 }
 
 int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn) {
   std::vector<int32_t> candidates;
   const absl::Time now = absl::Now();
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   for (int32_t w : route.placement.unit_workers[unit]) {
     if (!route.alive[w]) continue;
     auto it = suspect_until_.find(route.addresses[w]);
@@ -113,7 +113,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
   std::shared_ptr<const ExpertRoute> route;
   uint64_t turn;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     route = route_;
     turn = turn_++;
   }
@@ -122,7 +122,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
   call.calls = 1;
   auto finish = [&](absl::Status status) {
     if (!ran_meanwhile) meanwhile();
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stats_.calls += call.calls;
     stats_.tokens += call.tokens;
     stats_.token_workers += call.token_workers;

@@ -35,12 +35,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 #include "common/cluster/cluster_state.h"
 #include "common/model/routed_experts.h"
 #include "common/tensor/dtype.h"
@@ -93,38 +94,41 @@ class RemoteRoutedExperts final : public RoutedExperts {
   RemoteRoutedExperts(const ModelConfig& config, transport::Transport& transport,
                       RemoteExpertsOptions options);
 
-  void SetRoute(std::shared_ptr<const ExpertRoute> route);
+  void SetRoute(std::shared_ptr<const ExpertRoute> route) ABSL_LOCKS_EXCLUDED(mutex_);
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,
                        absl::FunctionRef<void()> meanwhile) override;
 
-  Stats stats() const;
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mutex_);
 
  private:
   // A live, unsuspected worker of `unit`, turn by turn; -1 when none.
-  int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn);
-  void Suspect(const std::string& address);
+  int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn)
+      ABSL_LOCKS_EXCLUDED(mutex_);
+  void Suspect(const std::string& address) ABSL_LOCKS_EXCLUDED(mutex_);
   // Whether every unit in `units` has a live, unsuspected worker besides
   // worker `w`.
-  bool HasOtherReplicas(const ExpertRoute& route, const std::vector<int32_t>& units, int32_t w);
+  bool HasOtherReplicas(const ExpertRoute& route, const std::vector<int32_t>& units, int32_t w)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   // How long one attempt may take from now.
-  absl::Duration AttemptTimeout();
-  void RecordAnswer(absl::Duration round_trip);
+  absl::Duration AttemptTimeout() ABSL_LOCKS_EXCLUDED(mutex_);
+  void RecordAnswer(absl::Duration round_trip) ABSL_LOCKS_EXCLUDED(mutex_);
 
   const int64_t hidden_;
   const int64_t granule_size_;
   transport::Transport& transport_;
   const RemoteExpertsOptions options_;
-  mutable std::mutex mutex_;
-  std::shared_ptr<const ExpertRoute> route_;                     // Guarded by mutex_.
-  absl::flat_hash_map<std::string, absl::Time> suspect_until_;  // Guarded by mutex_.
-  uint64_t turn_ = 0;                                            // Guarded by mutex_.
-  Stats stats_;                                                  // Guarded by mutex_.
+  // Never held while a dispatch is sent or awaited, nor around on_suspect.
+  mutable Mutex mutex_;
+  std::shared_ptr<const ExpertRoute> route_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<std::string, absl::Time> suspect_until_ ABSL_GUARDED_BY(mutex_);
+  uint64_t turn_ ABSL_GUARDED_BY(mutex_) = 0;
+  Stats stats_ ABSL_GUARDED_BY(mutex_);
   // The last answers' round trips (a ring), for the adaptive attempt
-  // deadline. Guarded by mutex_.
-  std::array<absl::Duration, 64> round_trips_{};
-  size_t round_trip_count_ = 0;
+  // deadline.
+  std::array<absl::Duration, 64> round_trips_ ABSL_GUARDED_BY(mutex_) = {};
+  size_t round_trip_count_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 }  // namespace dsv2

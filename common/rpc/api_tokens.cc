@@ -100,7 +100,7 @@ absl::StatusOr<std::unique_ptr<ApiTokens>> ApiTokens::Load(std::string path,
   absl::StatusOr<absl::flat_hash_map<Digest, std::string>> tokens = Parse(text.str(), path);
   if (!tokens.ok()) return tokens.status();
   std::unique_ptr<ApiTokens> result(new ApiTokens(std::move(path), reload_interval));
-  absl::MutexLock lock(&result->mutex_);
+  MutexLock lock(&result->mutex_);
   result->tokens_ = *std::move(tokens);
   result->stamp_ = *stamp;
   result->next_check_ = absl::Now() + reload_interval;
@@ -136,7 +136,7 @@ void ApiTokens::MaybeReload() {
 
 std::optional<std::string> ApiTokens::Lookup(std::string_view token) {
   const Digest digest = Sha256(token);
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   MaybeReload();
   auto it = tokens_.find(digest);
   if (it == tokens_.end()) return std::nullopt;
@@ -144,7 +144,7 @@ std::optional<std::string> ApiTokens::Lookup(std::string_view token) {
 }
 
 int64_t ApiTokens::reloads() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   return reloads_;
 }
 

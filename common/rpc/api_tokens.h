@@ -25,8 +25,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 
 namespace dsv2 {
 
@@ -54,7 +54,7 @@ class ApiTokens {
 
   const std::string path_;
   const absl::Duration reload_interval_;
-  mutable absl::Mutex mutex_;
+  mutable Mutex mutex_;
   absl::flat_hash_map<Digest, std::string> tokens_ ABSL_GUARDED_BY(mutex_);
   absl::Time next_check_ ABSL_GUARDED_BY(mutex_);
   // The file's identity when last read: a change of any reloads it.

@@ -40,7 +40,7 @@ std::string SerialHex(const ASN1_INTEGER* serial) {
 
 Revocations::Revocations(std::string crl_dir, absl::Duration check_interval)
     : dir_(std::move(crl_dir)), check_interval_(check_interval) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   MaybeReload();
 }
 
@@ -101,13 +101,13 @@ bool Revocations::IsRevoked(absl::string_view pem) {
   if (cert == nullptr) return true;
   Entry entry{NameDer(X509_get_issuer_name(cert.get())),
               SerialHex(X509_get0_serialNumber(cert.get()))};
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   MaybeReload();
   return revoked_.contains(entry);
 }
 
 size_t Revocations::size() {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   MaybeReload();
   return revoked_.size();
 }

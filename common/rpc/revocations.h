@@ -19,8 +19,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 
 namespace dsv2 {
 
@@ -43,7 +43,7 @@ class Revocations {
 
   const std::string dir_;
   const absl::Duration check_interval_;
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::set<Entry> revoked_ ABSL_GUARDED_BY(mutex_);
   std::string stamp_ ABSL_GUARDED_BY(mutex_);  // Names, sizes and mtimes of the files read.
   absl::Time next_check_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();

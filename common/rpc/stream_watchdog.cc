@@ -9,48 +9,55 @@ StreamWatchdog::StreamWatchdog(absl::Duration timeout)
 
 StreamWatchdog::~StreamWatchdog() {
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     stop_ = true;
   }
   thread_.join();
 }
 
+void StreamWatchdog::DisarmLocked(const std::shared_ptr<Guard>& guard) {
+  auto it = deadlines_.find(guard.get());
+  if (it == deadlines_.end()) return;
+  armed_.erase({it->second, guard});
+  deadlines_.erase(it);
+}
+
 void StreamWatchdog::Arm(const std::shared_ptr<Guard>& guard) {
-  absl::MutexLock lock(&mutex_);
-  armed_.erase({guard->deadline_, guard});
-  guard->deadline_ = absl::Now() + timeout_;
-  armed_.insert({guard->deadline_, guard});
+  MutexLock lock(&mutex_);
+  DisarmLocked(guard);
+  const absl::Time deadline = absl::Now() + timeout_;
+  deadlines_.emplace(guard.get(), deadline);
+  armed_.insert({deadline, guard});
 }
 
 void StreamWatchdog::Disarm(const std::shared_ptr<Guard>& guard) {
-  absl::MutexLock lock(&mutex_);
-  armed_.erase({guard->deadline_, guard});
-  guard->deadline_ = absl::InfiniteFuture();
+  MutexLock lock(&mutex_);
+  DisarmLocked(guard);
 }
 
 void StreamWatchdog::Forget(const std::shared_ptr<Guard>& guard) {
   Disarm(guard);
-  absl::MutexLock lock(&guard->mutex_);
+  MutexLock lock(&guard->mutex_);
   guard->context_ = nullptr;
 }
 
 void StreamWatchdog::CancelNow(const std::shared_ptr<Guard>& guard) {
   Disarm(guard);
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     ++cancelled_;
   }
-  absl::MutexLock lock(&guard->mutex_);
+  MutexLock lock(&guard->mutex_);
   if (guard->context_ != nullptr) guard->context_->TryCancel();
 }
 
 int64_t StreamWatchdog::cancelled() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   return cancelled_;
 }
 
 void StreamWatchdog::Loop() {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   while (!stop_) {
     const absl::Time next = armed_.empty() ? absl::Now() + absl::Milliseconds(200)
                                            : armed_.begin()->first;
@@ -60,13 +67,13 @@ void StreamWatchdog::Loop() {
     const absl::Time now = absl::Now();
     while (!armed_.empty() && armed_.begin()->first <= now) {
       expired.push_back(armed_.begin()->second);
-      expired.back()->deadline_ = absl::InfiniteFuture();
+      deadlines_.erase(expired.back().get());
       armed_.erase(armed_.begin());
       ++cancelled_;
     }
     mutex_.Unlock();
     for (const std::shared_ptr<Guard>& guard : expired) {
-      absl::MutexLock guard_lock(&guard->mutex_);
+      MutexLock guard_lock(&guard->mutex_);
       if (guard->context_ != nullptr) guard->context_->TryCancel();
     }
     mutex_.Lock();

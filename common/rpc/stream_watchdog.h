@@ -23,8 +23,9 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 #include "grpcpp/server_context.h"
 
 namespace dsv2 {
@@ -38,9 +39,8 @@ class StreamWatchdog {
 
    private:
     friend class StreamWatchdog;
-    absl::Mutex mutex_;
+    Mutex mutex_;
     grpc::CallbackServerContext* context_ ABSL_GUARDED_BY(mutex_);  // Null once done.
-    absl::Time deadline_ = absl::InfiniteFuture();  // Guarded by the watchdog's mutex.
   };
 
   explicit StreamWatchdog(absl::Duration timeout);
@@ -65,10 +65,14 @@ class StreamWatchdog {
 
  private:
   void Loop();
+  void DisarmLocked(const std::shared_ptr<Guard>& guard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const absl::Duration timeout_;
-  mutable absl::Mutex mutex_;
+  mutable Mutex mutex_;
+  // The armed guards by deadline, and each one's deadline (an entry in both
+  // or in neither; armed_ keeps the guard alive while it is keyed here).
   std::set<std::pair<absl::Time, std::shared_ptr<Guard>>> armed_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<const Guard*, absl::Time> deadlines_ ABSL_GUARDED_BY(mutex_);
   bool stop_ ABSL_GUARDED_BY(mutex_) = false;
   int64_t cancelled_ ABSL_GUARDED_BY(mutex_) = 0;
   std::thread thread_;

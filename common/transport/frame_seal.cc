@@ -75,7 +75,7 @@ FrameSealer::~FrameSealer() = default;
 void FrameSealer::SetKeys(std::vector<FrameKey> keys, absl::Duration hold_second) {
   std::vector<std::pair<uint64_t, std::array<uint8_t, 32>>> derived;
   for (const FrameKey& key : keys) derived.emplace_back(key.id, DeriveKey(key.secret, salt_.data()));
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   keys_ = std::move(keys);
   derived_ = std::move(derived);
   seal_first_after_ = absl::Now() + hold_second;
@@ -88,7 +88,7 @@ uint64_t FrameSealer::KeyIdOf(const Seal& seal) {
 }
 
 bool FrameSealer::sealing() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return !keys_.empty();
 }
 
@@ -98,7 +98,7 @@ absl::StatusOr<Seal> FrameSealer::SealFrame(absl::Span<const uint8_t> aad,
   uint64_t key_id;
   std::array<uint8_t, 32> key;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (derived_.empty()) return absl::FailedPreconditionError("no data-plane key to seal with");
     size_t pick = derived_.size() > 1 && absl::Now() < seal_first_after_ ? 1 : 0;
     if (wanted) {
@@ -133,7 +133,7 @@ absl::Status FrameSealer::OpenFrame(absl::Span<const uint8_t> seal, absl::Span<c
   std::array<uint8_t, kFrameKeyBytes> secret;
   bool found = false;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     for (const FrameKey& key : keys_) {
       if (key.id == key_id) {
         secret = key.secret;

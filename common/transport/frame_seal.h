@@ -36,14 +36,15 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/base/mutex.h"
 
 namespace dsv2::transport {
 
@@ -85,12 +86,12 @@ class FrameSealer {
                          absl::Span<uint8_t> payload) const;
 
  private:
-  mutable std::mutex mutex_;
-  std::vector<FrameKey> keys_;  // Guarded by mutex_.
-  absl::Time seal_first_after_ = absl::InfinitePast();  // Guarded by mutex_.
-  std::array<uint8_t, 16> salt_{};
-  // Per key id: this sender's derived key (guarded by mutex_).
-  std::vector<std::pair<uint64_t, std::array<uint8_t, 32>>> derived_;
+  mutable Mutex mutex_;
+  std::vector<FrameKey> keys_ ABSL_GUARDED_BY(mutex_);
+  absl::Time seal_first_after_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
+  std::array<uint8_t, 16> salt_{};  // Drawn by the constructor.
+  // Per key id: this sender's derived key.
+  std::vector<std::pair<uint64_t, std::array<uint8_t, 32>>> derived_ ABSL_GUARDED_BY(mutex_);
   std::atomic<uint64_t> counter_{0};
 };
 

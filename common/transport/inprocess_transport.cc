@@ -2,12 +2,12 @@
 
 #include "common/transport/core_transport_impl.h"
 
-#include <condition_variable>
 #include <deque>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/base/mutex.h"
 #include "common/transport/transport_internal.h"
 
 namespace dsv2::transport {
@@ -48,17 +48,17 @@ class InProcessEndpoint : public std::enable_shared_from_this<InProcessEndpoint>
                       std::shared_ptr<ResponseSink> sink);
   // A frame arriving as a reply to one of this endpoint's calls.
   void ReceiveReply(absl::Span<const uint8_t> header, MessageBuffer payload);
-  void Shutdown();
-  bool stopped() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mutex_);
+  bool stopped() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return stopped_;
   }
 
  private:
   absl::StatusOr<Message> Decode(absl::Span<const uint8_t> header, MessageBuffer payload);
   // Ends a call from the timer thread (never inline inside Call).
-  void FailLater(PendingCall call, absl::Status status);
-  void TimerLoop();
+  void FailLater(PendingCall call, absl::Status status) ABSL_LOCKS_EXCLUDED(mutex_);
+  void TimerLoop() ABSL_LOCKS_EXCLUDED(mutex_);
 
   const std::shared_ptr<InProcessNetwork> network_;
   const InProcessTransportOptions options_;
@@ -68,11 +68,12 @@ class InProcessEndpoint : public std::enable_shared_from_this<InProcessEndpoint>
   internal::CallTable calls_;
   internal::RequestDispatcher dispatcher_;
 
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::pair<PendingCall, absl::Status>> failures_;  // Guarded by mutex_.
-  uint64_t generation_ = 0;                                    // Guarded by mutex_.
-  bool stopped_ = false;                                       // Guarded by mutex_.
+  // The timer thread waits on it for failures to deliver, a new deadline
+  // (generation_ moves) or Shutdown.
+  Mutex mutex_;
+  std::deque<std::pair<PendingCall, absl::Status>> failures_ ABSL_GUARDED_BY(mutex_);
+  uint64_t generation_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread timer_;
 };
 
@@ -152,9 +153,9 @@ void InProcessEndpoint::Call(std::string_view peer_address, Message request, abs
   }
   bool stopped_meanwhile;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stopped_meanwhile = stopped_;
-    ++generation_;
+    ++generation_;  // The new deadline may be the earliest: the timer looks again.
   }
   if (stopped_meanwhile) {
     // Shutdown ran between the check above and Add: end the call here, as
@@ -166,7 +167,6 @@ void InProcessEndpoint::Call(std::string_view peer_address, Message request, abs
     }
     return;
   }
-  wake_.notify_one();  // The new deadline may be the earliest.
 
   std::shared_ptr<InProcessEndpoint> peer = network_->Find(peer_address);
   if (peer == nullptr) {
@@ -218,11 +218,10 @@ void InProcessEndpoint::ReceiveReply(absl::Span<const uint8_t> header, MessageBu
 
 void InProcessEndpoint::FailLater(PendingCall call, absl::Status status) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (!stopped_) {
       failures_.emplace_back(std::move(call), std::move(status));
       ++generation_;
-      wake_.notify_one();
       return;
     }
   }
@@ -230,37 +229,40 @@ void InProcessEndpoint::FailLater(PendingCall call, absl::Status status) {
 }
 
 void InProcessEndpoint::TimerLoop() {
-  std::unique_lock<std::mutex> lock(mutex_);
+  mutex_.Lock();
   while (!stopped_) {
     std::deque<std::pair<PendingCall, absl::Status>> failures;
     failures.swap(failures_);
     const uint64_t seen = generation_;
-    lock.unlock();
+    // Callbacks run without the lock.
+    mutex_.Unlock();
     for (auto& [call, status] : failures) internal::FinishCall(counters_, std::move(call), status);
     internal::FailCalls(counters_, calls_.TakeExpired(absl::Now()),
                         absl::DeadlineExceededError("data-plane call deadline exceeded"));
     const absl::Duration wait = std::min(calls_.NextDeadline() - absl::Now(), absl::Seconds(1));
-    lock.lock();
+    mutex_.Lock();
     if (wait > absl::ZeroDuration()) {
-      wake_.wait_for(lock, absl::ToChronoNanoseconds(wait),
-                     [&] { return stopped_ || generation_ != seen; });
+      const auto woken = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stopped_ || generation_ != seen;
+      };
+      mutex_.AwaitWithTimeout(absl::Condition(&woken), wait);
     }
   }
+  mutex_.Unlock();
 }
 
 void InProcessEndpoint::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stopped_) return;
     stopped_ = true;
   }
-  wake_.notify_all();
   network_->Unregister(address_);
   if (timer_.joinable()) timer_.join();
   dispatcher_.Stop();
   std::deque<std::pair<PendingCall, absl::Status>> failures;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     failures.swap(failures_);
   }
   for (auto& [call, status] : failures) {
@@ -306,7 +308,7 @@ absl::Status InProcessNetwork::SendRaw(std::string_view address, absl::Span<cons
 
 absl::Status InProcessNetwork::Register(const std::string& address,
                                         std::weak_ptr<Endpoint> endpoint) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   auto [it, inserted] = endpoints_.try_emplace(address, endpoint);
   if (!inserted) {
     if (!it->second.expired()) {
@@ -318,18 +320,18 @@ absl::Status InProcessNetwork::Register(const std::string& address,
 }
 
 void InProcessNetwork::Unregister(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   endpoints_.erase(address);
 }
 
 std::shared_ptr<InProcessEndpoint> InProcessNetwork::Find(std::string_view address) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   auto it = endpoints_.find(std::string(address));
   return it == endpoints_.end() ? nullptr : it->second.lock();
 }
 
 std::string InProcessNetwork::NextName() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return absl::StrCat(next_name_++);
 }
 

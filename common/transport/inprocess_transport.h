@@ -22,8 +22,10 @@
 #include <string>
 #include <string_view>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/base/mutex.h"
 #include "common/transport/core_transport.h"
 #include "common/transport/transport.h"
 
@@ -64,9 +66,9 @@ class InProcessNetwork {
   std::shared_ptr<Endpoint> Find(std::string_view address);
   std::string NextName();
 
-  std::mutex mutex_;
-  absl::flat_hash_map<std::string, std::weak_ptr<Endpoint>> endpoints_;
-  uint64_t next_name_ = 0;
+  Mutex mutex_;
+  absl::flat_hash_map<std::string, std::weak_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_name_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 class InProcessTransport final : public internal::CoreTransport<internal::InProcessEndpoint> {

@@ -115,7 +115,7 @@ MessageBuffer BufferPool::Allocate(size_t size) {
   const size_t slot = kMinSlot << c;
   uint8_t* data = nullptr;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (c < static_cast<int>(free_lists_.size())) {
       if (!free_lists_[c].empty()) {
         data = free_lists_[c].back();
@@ -143,13 +143,13 @@ MessageBuffer BufferPool::Allocate(size_t size) {
 }
 
 void BufferPool::Release(uint8_t* data, size_t capacity) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   free_lists_[SizeClass(capacity)].push_back(data);
   stats_.bytes_in_use -= capacity;
 }
 
 BufferPool::Stats BufferPool::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return stats_;
 }
 

@@ -22,13 +22,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/base/mutex.h"
 #include "common/transport/frame.h"
 
 namespace dsv2::transport {
@@ -109,10 +110,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   uint8_t* const arena_;
   const size_t arena_bytes_;
   void* registration_ = nullptr;
-  mutable std::mutex mutex_;
-  size_t carved_ = 0;                              // Guarded by mutex_.
-  std::vector<std::vector<uint8_t*>> free_lists_;  // By size class; guarded by mutex_.
-  Stats stats_;                                    // Guarded by mutex_.
+  mutable Mutex mutex_;
+  size_t carved_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::vector<std::vector<uint8_t*>> free_lists_ ABSL_GUARDED_BY(mutex_);  // By size class.
+  Stats stats_ ABSL_GUARDED_BY(mutex_);
 };
 
 // One frame in memory: the header fields and the payload bytes.

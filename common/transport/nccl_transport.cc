@@ -6,15 +6,16 @@
 #include <nccl.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <future>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/transport/transport_internal.h"
 
 namespace dsv2::transport {
@@ -93,11 +94,11 @@ class NcclCore : public std::enable_shared_from_this<NcclCore> {
   void SendReply(int peer, Message reply);
 
  private:
-  bool Post(absl::AnyInvocable<void()> command);
-  void Run(std::promise<absl::Status>* started);
+  bool Post(absl::AnyInvocable<void()> command) ABSL_LOCKS_EXCLUDED(mutex_);
+  void Run(std::promise<absl::Status>* started) ABSL_LOCKS_EXCLUDED(mutex_);
   absl::Status Init();
   void Teardown();
-  void RunCommands();
+  void RunCommands() ABSL_LOCKS_EXCLUDED(mutex_);
   void ExpireDeadlines();
   // Waits for the last group to be enqueued and the stream to drain.
   absl::Status Wait();
@@ -114,14 +115,16 @@ class NcclCore : public std::enable_shared_from_this<NcclCore> {
   std::string address_;
   std::string tag_;
 
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<absl::AnyInvocable<void()>> commands_;  // Guarded by mutex_.
-  bool stopping_ = false;                            // Guarded by mutex_.
-  std::mutex shutdown_mutex_;
+  Mutex mutex_;  // A failed progress thread waits on it for commands.
+  std::deque<absl::AnyInvocable<void()>> commands_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  Mutex shutdown_mutex_;  // Serializes Shutdown.
   std::thread thread_;
 
-  // Progress-thread state.
+  // Progress-thread state: owned by the progress thread, which alone reads
+  // and writes it, from Init to the end of Teardown; other threads reach it
+  // only by Post-ing a command. No lock protects it, so it carries no lock
+  // annotation.
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   DeviceBuffer send_headers_, recv_headers_, out_, in_;
@@ -230,30 +233,28 @@ void NcclCore::Teardown() {
 }
 
 void NcclCore::Shutdown() {
-  std::lock_guard<std::mutex> shutdown_lock(shutdown_mutex_);
+  MutexLock shutdown_lock(&shutdown_mutex_);
   dispatcher_.Stop();
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stopping_ = true;
   }
-  wake_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 
 bool NcclCore::Post(absl::AnyInvocable<void()> command) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stopping_) return false;
     commands_.push_back(std::move(command));
   }
-  wake_.notify_one();
   return true;
 }
 
 void NcclCore::RunCommands() {
   std::deque<absl::AnyInvocable<void()>> commands;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     commands.swap(commands_);
   }
   for (auto& command : commands) command();
@@ -273,12 +274,14 @@ void NcclCore::Run(std::promise<absl::Status>* started) {
   }
   for (;;) {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (stopping_) break;
       if (failed_) {
         // Nothing moves any more; wake for commands (which fail at once) and deadlines.
-        wake_.wait_for(lock, std::chrono::milliseconds(100),
-                       [this] { return stopping_ || !commands_.empty(); });
+        const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          return stopping_ || !commands_.empty();
+        };
+        mutex_.AwaitWithTimeout(absl::Condition(&woken), absl::Milliseconds(100));
       }
     }
     RunCommands();

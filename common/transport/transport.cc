@@ -150,7 +150,7 @@ constexpr size_t kRememberedEndedCalls = 16384;
 CallTable::CallTable(size_t max_calls) : max_calls_(max_calls) {}
 
 bool CallTable::Add(uint64_t id, PendingCall* call) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (calls_.size() >= max_calls_) return false;
   by_deadline_.emplace(call->deadline, id);
   calls_.emplace(id, std::move(*call));
@@ -158,7 +158,7 @@ bool CallTable::Add(uint64_t id, PendingCall* call) {
 }
 
 bool CallTable::Bind(uint64_t id, uint64_t connection) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   auto it = calls_.find(id);
   if (it == calls_.end()) return false;
   it->second.connection = connection;
@@ -174,7 +174,7 @@ void CallTable::RememberEndedLocked(uint64_t id) {
 }
 
 CallTable::Lookup CallTable::Take(uint64_t id, PendingCall* out) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   auto it = calls_.find(id);
   if (it == calls_.end()) return ended_.contains(id) ? Lookup::kLate : Lookup::kUnknown;
   by_deadline_.erase({it->second.deadline, id});
@@ -186,14 +186,14 @@ CallTable::Lookup CallTable::Take(uint64_t id, PendingCall* out) {
 }
 
 CallTable::Lookup CallTable::Peek(uint64_t id) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (calls_.contains(id)) return Lookup::kFound;
   return ended_.contains(id) ? Lookup::kLate : Lookup::kUnknown;
 }
 
 std::vector<PendingCall> CallTable::TakeExpired(absl::Time now) {
   std::vector<PendingCall> expired;
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   while (!by_deadline_.empty() && by_deadline_.begin()->first <= now) {
     const uint64_t id = by_deadline_.begin()->second;
     by_deadline_.erase(by_deadline_.begin());
@@ -207,7 +207,7 @@ std::vector<PendingCall> CallTable::TakeExpired(absl::Time now) {
 
 std::vector<PendingCall> CallTable::TakeConnection(uint64_t connection) {
   std::vector<PendingCall> taken;
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   for (auto it = calls_.begin(); it != calls_.end();) {
     if (it->second.connection == connection) {
       by_deadline_.erase({it->second.deadline, it->first});
@@ -223,7 +223,7 @@ std::vector<PendingCall> CallTable::TakeConnection(uint64_t connection) {
 
 std::vector<PendingCall> CallTable::TakeAll() {
   std::vector<PendingCall> taken;
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   for (auto& [id, call] : calls_) {
     RememberEndedLocked(id);
     taken.push_back(std::move(call));
@@ -234,12 +234,12 @@ std::vector<PendingCall> CallTable::TakeAll() {
 }
 
 absl::Time CallTable::NextDeadline() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return by_deadline_.empty() ? absl::InfiniteFuture() : by_deadline_.begin()->first;
 }
 
 size_t CallTable::size() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return calls_.size();
 }
 
@@ -313,22 +313,22 @@ absl::Status ValidateOutgoingRequest(const Message& request) {
 // PeerFilter
 
 void PeerFilter::Set(AllowedPeers peers) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   allowed_ = std::move(peers);
 }
 
 void PeerFilter::AllowAll() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   allowed_.reset();
 }
 
 bool PeerFilter::Allowed(PeerId peer) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return !allowed_.has_value() || allowed_->contains(peer);
 }
 
 bool PeerFilter::AllowedAt(PeerId peer, std::string_view reply_address) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (!allowed_.has_value()) return true;
   auto it = allowed_->find(peer);
   return it != allowed_->end() && (it->second.empty() || it->second == reply_address);
@@ -345,12 +345,11 @@ WorkQueue::~WorkQueue() { Stop(); }
 
 bool WorkQueue::Post(absl::AnyInvocable<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stopped_) return false;
     if (!inline_) {
       if (tasks_.size() >= capacity_) return false;
       tasks_.push_back(std::move(task));
-      ready_.notify_one();
       return true;
     }
   }
@@ -361,11 +360,10 @@ bool WorkQueue::Post(absl::AnyInvocable<void()> task) {
 void WorkQueue::Stop() {
   std::deque<absl::AnyInvocable<void()>> dropped;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stopped_ && threads_.empty()) return;
     stopped_ = true;
     dropped.swap(tasks_);
-    ready_.notify_all();
   }
   dropped.clear();  // Outside the lock: destroying a task may answer a request.
   for (std::thread& t : threads_) {
@@ -378,8 +376,11 @@ void WorkQueue::Loop() {
   for (;;) {
     absl::AnyInvocable<void()> task;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      ready_.wait(lock, [this] { return stopped_ || !tasks_.empty(); });
+      MutexLock lock(&mutex_);
+      const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stopped_ || !tasks_.empty();
+      };
+      mutex_.Await(absl::Condition(&woken));
       if (stopped_) return;
       task = std::move(tasks_.front());
       tasks_.pop_front();
@@ -396,13 +397,13 @@ RequestDispatcher::RequestDispatcher(Counters* counters, int handler_threads, si
 
 void RequestDispatcher::SetHandler(RequestHandler handler) {
   auto shared = std::make_shared<const RequestHandler>(std::move(handler));
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   handler_ = std::move(shared);
 }
 
 bool RequestDispatcher::Admit(const FrameHeader& header, std::string_view reply_address) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (handler_ == nullptr || !*handler_) {
       counters_->Add(counters_->unexpected_dropped);
       return false;
@@ -444,7 +445,7 @@ struct QueuedRequest {
 void RequestDispatcher::Dispatch(Message request, std::shared_ptr<ResponseSink> sink) {
   std::shared_ptr<const RequestHandler> handler;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     handler = handler_;
   }
   if (handler == nullptr) {

@@ -7,15 +7,15 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdlib>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "common/base/mutex.h"
 #include "common/transport/inprocess_transport.h"
 #include "common/transport/transport_test_util.h"
 #include "common/transport/ucx_transport.h"
@@ -53,18 +53,20 @@ struct ServerOptions {
 // Requests a handler keeps unanswered until the test releases them.
 class HeldRequests {
  public:
-  void Add(IncomingRequest request) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  void Add(IncomingRequest request) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     held_.push_back(std::move(request));
-    added_.notify_all();
   }
   // Waits (bounded) for `n` held requests.
-  bool WaitFor(size_t n) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return added_.wait_for(lock, std::chrono::seconds(10), [&] { return held_.size() >= n; });
+  bool WaitFor(size_t n) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    const auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return held_.size() >= n;
+    };
+    return mutex_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
   }
-  std::optional<IncomingRequest> Take() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::optional<IncomingRequest> Take() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     if (held_.empty()) return std::nullopt;
     IncomingRequest r = std::move(held_.front());
     held_.pop_front();
@@ -72,9 +74,8 @@ class HeldRequests {
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable added_;
-  std::deque<IncomingRequest> held_;
+  Mutex mutex_;
+  std::deque<IncomingRequest> held_ ABSL_GUARDED_BY(mutex_);
 };
 
 class TransportConformanceTest : public ::testing::TestWithParam<Kind> {
@@ -448,26 +449,26 @@ TEST_P(TransportConformanceTest, HandlerErrorsReachTheCaller) {
 }
 
 TEST_P(TransportConformanceTest, AFullHandlerQueueAnswersResourceExhausted) {
-  std::mutex mutex;
-  std::condition_variable cv;
+  Mutex mutex;
   bool release = false;
   int entered = 0;
   auto server = Make(1, {.handler_threads = 1, .max_queued_requests = 1});
   auto client = Make(2);
   server->SetRequestHandler([&](IncomingRequest r) {
-    std::unique_lock<std::mutex> lock(mutex);
-    ++entered;
-    cv.notify_all();
-    cv.wait_for(lock, std::chrono::seconds(20), [&] { return release; });
-    lock.unlock();
+    {
+      MutexLock lock(&mutex);
+      ++entered;
+      mutex.AwaitWithTimeout(absl::Condition(&release), absl::Seconds(20));
+    }
     ServeToyExpert(std::move(r));
   });
   // The first occupies the handler thread, the second waits in the queue...
   auto first = CallFuture(*client, server->address(), *TestDispatch(*client, 1, 16, 1, 0),
                           In(absl::Seconds(30)));
   {
-    std::unique_lock<std::mutex> lock(mutex);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered == 1; }));
+    MutexLock lock(&mutex);
+    const auto one_entered = [&] { return entered == 1; };
+    ASSERT_TRUE(mutex.AwaitWithTimeout(absl::Condition(&one_entered), absl::Seconds(10)));
   }
   auto second = CallFuture(*client, server->address(), *TestDispatch(*client, 1, 16, 1, 1),
                            In(absl::Seconds(30)));
@@ -478,10 +479,9 @@ TEST_P(TransportConformanceTest, AFullHandlerQueueAnswersResourceExhausted) {
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
   EXPECT_EQ(server->counters().overload_dropped, 1u);
   {
-    std::lock_guard<std::mutex> lock(mutex);
+    MutexLock lock(&mutex);
     release = true;
   }
-  cv.notify_all();
   EXPECT_TRUE(first.get().ok());
   EXPECT_TRUE(second.get().ok());
 }

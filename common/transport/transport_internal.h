@@ -7,21 +7,21 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 #include "common/transport/transport.h"
 
 namespace dsv2::transport::internal {
@@ -75,15 +75,15 @@ class CallTable {
   size_t size() const;
 
  private:
-  void RememberEndedLocked(uint64_t id);
+  void RememberEndedLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const size_t max_calls_;
   std::atomic<uint64_t> next_id_{1};
-  mutable std::mutex mutex_;
-  absl::flat_hash_map<uint64_t, PendingCall> calls_;
-  std::set<std::pair<absl::Time, uint64_t>> by_deadline_;
-  std::deque<uint64_t> ended_order_;
-  absl::flat_hash_set<uint64_t> ended_;
+  mutable Mutex mutex_;
+  absl::flat_hash_map<uint64_t, PendingCall> calls_ ABSL_GUARDED_BY(mutex_);
+  std::set<std::pair<absl::Time, uint64_t>> by_deadline_ ABSL_GUARDED_BY(mutex_);
+  std::deque<uint64_t> ended_order_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_set<uint64_t> ended_ ABSL_GUARDED_BY(mutex_);
 };
 
 // Ends `call` with `result`, counting it; runs the callback on this thread.
@@ -109,8 +109,8 @@ class PeerFilter {
   bool AllowedAt(PeerId peer, std::string_view reply_address) const;
 
  private:
-  mutable std::mutex mutex_;
-  std::optional<AllowedPeers> allowed_;  // nullopt: everyone.
+  mutable Mutex mutex_;
+  std::optional<AllowedPeers> allowed_ ABSL_GUARDED_BY(mutex_);  // nullopt: everyone.
 };
 
 // A bounded FIFO of tasks run by `threads` threads (0: Post runs the task
@@ -130,10 +130,11 @@ class WorkQueue {
 
   const size_t capacity_;
   const bool inline_;
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<absl::AnyInvocable<void()>> tasks_;
-  bool stopped_ = false;
+  Mutex mutex_;  // The threads wait on it for a task.
+  std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mutex_);
+  bool stopped_ ABSL_GUARDED_BY(mutex_) = false;
+  // Started by the constructor; joined and cleared by Stop, which its
+  // owner never runs on two threads at once.
   std::vector<std::thread> threads_;
 };
 
@@ -159,8 +160,8 @@ class RequestDispatcher {
  private:
   Counters* const counters_;
   PeerFilter filter_;
-  std::mutex mutex_;
-  std::shared_ptr<const RequestHandler> handler_;  // Guarded by mutex_.
+  Mutex mutex_;
+  std::shared_ptr<const RequestHandler> handler_ ABSL_GUARDED_BY(mutex_);
   std::atomic<bool> stopping_{false};
   WorkQueue queue_;
 };

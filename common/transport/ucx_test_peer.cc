@@ -10,9 +10,9 @@
 
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
+#include "common/base/mutex.h"
 #include "common/transport/transport_test_util.h"
 #include "common/transport/ucx_transport.h"
 
@@ -29,11 +29,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ucx_test_peer: %s\n", std::string(transport.status().message()).c_str());
     return 1;
   }
-  std::mutex mutex;
+  dsv2::Mutex mutex;
   std::vector<IncomingRequest> held;
   (*transport)->SetRequestHandler([&](IncomingRequest request) {
     if (request.header().layer == 999) {
-      std::lock_guard<std::mutex> lock(mutex);
+      dsv2::MutexLock lock(&mutex);
       held.push_back(std::move(request));
       std::printf("held\n");
       std::fflush(stdout);

@@ -25,6 +25,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -32,6 +33,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/transport/transport_internal.h"
 
 namespace dsv2::transport {
@@ -260,12 +262,12 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
 
  private:
   // Runs `command` on the progress thread; false once stopping.
-  bool Post(absl::AnyInvocable<void()> command);
+  bool Post(absl::AnyInvocable<void()> command) ABSL_LOCKS_EXCLUDED(mutex_);
   void Wake();
-  void Run(std::promise<absl::Status>* started);
+  void Run(std::promise<absl::Status>* started) ABSL_LOCKS_EXCLUDED(mutex_);
   absl::Status Init();
-  void Teardown();
-  bool RunCommands();  // True if any ran.
+  void Teardown() ABSL_LOCKS_EXCLUDED(mutex_);
+  bool RunCommands() ABSL_LOCKS_EXCLUDED(mutex_);  // True if any ran.
   void ExpireDeadlines();
   int EpollTimeoutMs();
 
@@ -326,15 +328,18 @@ class UcxCore : public std::enable_shared_from_this<UcxCore> {
   FrameSealer sealer_;
 
   // Cross-thread state.
-  std::mutex shutdown_mutex_;  // Serializes Shutdown.
-  std::mutex mutex_;
-  std::deque<absl::AnyInvocable<void()>> commands_;  // Guarded by mutex_.
-  bool stopping_ = false;                            // Guarded by mutex_.
-  int wake_fd_ = -1;
+  Mutex shutdown_mutex_;  // Serializes Shutdown.
+  Mutex mutex_;
+  std::deque<absl::AnyInvocable<void()>> commands_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  int wake_fd_ = -1;  // Set by Start before the thread runs; written to from any thread.
   std::thread thread_;
   std::thread::id thread_id_;
 
-  // Progress-thread state.
+  // Progress-thread state: owned by the progress thread, which alone reads
+  // and writes it (UCX runs in UCS_THREAD_MODE_SINGLE), from Init to the end
+  // of Teardown; other threads reach it only by Post-ing a command. No lock
+  // protects it, so it carries no lock annotation.
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   ucp_mem_h memh_ = nullptr;
@@ -388,7 +393,7 @@ absl::Status UcxCore::Start() {
   if (!status.ok()) {
     thread_.join();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       stopping_ = true;
     }
     dispatcher_.Stop();
@@ -549,12 +554,12 @@ absl::Status UcxCore::Init() {
 }
 
 void UcxCore::Shutdown() {
-  std::lock_guard<std::mutex> shutdown_lock(shutdown_mutex_);
+  MutexLock shutdown_lock(&shutdown_mutex_);
   // Handlers first, while their answers (queued requests are answered
   // UNAVAILABLE) can still be sent.
   dispatcher_.Stop();
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     stopping_ = true;
   }
   Wake();
@@ -611,7 +616,7 @@ void UcxCore::Teardown() {
   // them were failed above through the call table; replies are dropped.
   std::deque<absl::AnyInvocable<void()>> leftover;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     leftover.swap(commands_);
   }
 }
@@ -621,7 +626,7 @@ void UcxCore::Teardown() {
 
 bool UcxCore::Post(absl::AnyInvocable<void()> command) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (stopping_) return false;
     commands_.push_back(std::move(command));
   }
@@ -637,7 +642,7 @@ void UcxCore::Wake() {
 bool UcxCore::RunCommands() {
   std::deque<absl::AnyInvocable<void()>> commands;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     commands.swap(commands_);
   }
   for (auto& command : commands) command();
@@ -656,7 +661,7 @@ void UcxCore::Run(std::promise<absl::Status>* started) {
   absl::Time last_event = absl::Now();
   for (;;) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (stopping_) break;
     }
     bool active = RunCommands();
@@ -675,7 +680,7 @@ void UcxCore::Run(std::promise<absl::Status>* started) {
     const ucs_status_t armed = ucp_worker_arm(worker_);
     if (armed == UCS_ERR_BUSY) continue;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (!commands_.empty() || stopping_) continue;
     }
     epoll_event events[16];

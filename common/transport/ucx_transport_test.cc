@@ -25,6 +25,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/mutex.h"
 #include "common/transport/transport_test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -234,12 +235,12 @@ INSTANTIATE_TEST_SUITE_P(BothModes, UcxPeerDeathTest, ::testing::Values("tcp", "
 TEST(UcxTransportTest, ServerShutdownFailsCallsInFlightUnavailable) {
   ScopedUcxTls tls("tcp");
   std::promise<void> got;
-  std::mutex mutex;
+  Mutex mutex;
   std::vector<IncomingRequest> held;
   auto server = MakeClient(UcxTransportOptions::Mode::kTcp, 1);
   auto client = MakeClient(UcxTransportOptions::Mode::kTcp, 2);
   server->SetRequestHandler([&](IncomingRequest r) {
-    std::lock_guard<std::mutex> lock(mutex);
+    MutexLock lock(&mutex);
     held.push_back(std::move(r));
     if (held.size() == 1) got.set_value();
   });

@@ -7,8 +7,9 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <mutex>
 
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "services/controller/controller_service.h"
@@ -75,18 +76,18 @@ class Recorder {
  public:
   ControlClient::MapCallback callback() {
     return [this](const ClusterMap& map) {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       maps_.push_back(map);
     };
   }
-  std::vector<ClusterMap> maps() const {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<ClusterMap> maps() const ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return maps_;
   }
 
  private:
-  mutable std::mutex mutex_;
-  std::vector<ClusterMap> maps_;
+  mutable Mutex mutex_;
+  std::vector<ClusterMap> maps_ ABSL_GUARDED_BY(mutex_);
 };
 
 std::unique_ptr<ControlClient> StartWorker(const std::string& controller, const std::string& id,
@@ -107,8 +108,12 @@ TEST(ControlClientTest, RegistersRenewsAndReceivesTheMap) {
   EXPECT_EQ(first.expert_workers, (std::vector<std::string>{"e1"}));
   EXPECT_EQ(first.Find("e1")->info.peer_id, 11u);
   EXPECT_EQ(first.placement.ExpertsOf(0).size(), 16u);
-  // Past two leases the worker is still alive: it renews on its own.
-  std::this_thread::sleep_for(2 * kLease);
+  // Past two leases the worker is still alive: it renews on its own. Seven
+  // heartbeats, a third of a lease apart, span more than two leases, and a
+  // lapsed lease would have failed one and changed the map.
+  ASSERT_TRUE(client->WaitForStats(
+      [](const ControlClient::Stats& s) { return s.heartbeats >= 7 || s.heartbeat_failures > 0; },
+      kWait));
   const ClusterMap later = *client->map();
   EXPECT_TRUE(Has(later, "e1"));
   EXPECT_EQ(later.version, first.version);
@@ -134,9 +139,14 @@ TEST(ControlClientTest, RidesOutAControllerRestartOnTheSamePort) {
   ASSERT_TRUE(worker->WaitForMap(
       [](const ClusterMap& m) { return m.complete && Has(m, "e1") && Has(m, "e2"); }, kWait));
 
-  // The controller goes away: the last map stays, and serving on it goes on.
+  // The controller goes away: the last map stays, and serving on it goes on,
+  // however often heartbeats fail and the watch stream breaks.
   controller.reset();
-  std::this_thread::sleep_for(2 * kLease);
+  ASSERT_TRUE(worker->WaitForStats(
+      [](const ControlClient::Stats& s) {
+        return s.heartbeat_failures >= 3 && s.watch_failures >= 3;
+      },
+      kWait));
   ASSERT_TRUE(worker->map().has_value());
   EXPECT_EQ(worker->map()->epoch, old_epoch);
   EXPECT_TRUE(worker->map()->complete);
@@ -247,11 +257,19 @@ TEST(ControlClientTest, StopIsPromptWhenTheControllerIsUnreachable) {
   ASSERT_EQ(getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
   const std::string silent_address = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
 
-  for (const std::string& address : {"127.0.0.1:" + std::to_string(ClosedPort()), silent_address}) {
+  // A closed port refuses Register, which is then retried after a pause; the
+  // silent listener keeps Register and the watch in flight.
+  const std::string closed_address = "127.0.0.1:" + std::to_string(ClosedPort());
+  for (const std::string& address : {closed_address, silent_address}) {
     SCOPED_TRACE(address);
     auto worker = ControlClient::Start({.controller = address, .self = Expert("e1", 11)},
                                        TinyConfig(), nullptr);
-    std::this_thread::sleep_for(300ms);  // Calls in flight or between retries.
+    const bool closed = address == closed_address;
+    ASSERT_TRUE(worker->WaitForStats(
+        [closed](const ControlClient::Stats& s) {
+          return closed ? s.register_failures > 0 : s.calls_in_flight == 2;
+        },
+        kWait));
     EXPECT_EQ(worker->stats().registrations, 0);
     EXPECT_FALSE(worker->map().has_value());
     const auto before = std::chrono::steady_clock::now();
@@ -260,6 +278,8 @@ TEST(ControlClientTest, StopIsPromptWhenTheControllerIsUnreachable) {
     worker->Stop();  // Idempotent.
     // Waiting on a stopped client returns at once.
     EXPECT_FALSE(worker->WaitForMap([](const ClusterMap&) { return true; }, absl::Seconds(5)));
+    EXPECT_FALSE(worker->WaitForStats(
+        [](const ControlClient::Stats& s) { return s.registrations > 0; }, absl::Seconds(5)));
     EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
   }
   close(silent);

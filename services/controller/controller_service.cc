@@ -44,13 +44,14 @@ std::string NewDataPlaneKey() {
 ControllerService::ControllerService(ModelConfig config, int64_t replicas,
                                      std::chrono::milliseconds lease,
                                      std::chrono::milliseconds warmup, AccessPolicy policy,
-                                     std::chrono::milliseconds suspect_time)
+                                     std::chrono::milliseconds suspect_time, Clock clock)
     : lease_(lease),
       suspect_time_(suspect_time),
       policy_(std::move(policy)),
       data_plane_key_(policy_.open() ? "" : NewDataPlaneKey()),
       epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
-      warm_at_(ClusterState::Clock::now() + warmup),
+      clock_(clock != nullptr ? std::move(clock) : Clock(&ClusterState::Clock::now)),
+      warm_at_(clock_() + warmup),
       state_(std::move(config), replicas, lease, epoch_),
       warm_(warmup <= std::chrono::milliseconds(0)) {
   expirer_ = std::thread([this] { ExpireLoop(); });
@@ -62,32 +63,31 @@ ControllerService::~ControllerService() {
 }
 
 void ControllerService::Shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  changed_.notify_all();
+  MutexLock lock(&mutex_);
+  stop_ = true;
 }
 
 void ControllerService::ExpireLoop() {
-  std::unique_lock<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   while (!stop_) {
     // Often enough that a lapsed lease shows in the map within a small part
     // of the lease (health follows the map).
-    auto wake = ClusterState::Clock::now() +
-                std::clamp<std::chrono::milliseconds>(lease_ / 8, 10ms, 50ms);
-    if (!warm_) wake = std::min(wake, warm_at_);
-    changed_.wait_until(lock, wake);
+    absl::Duration wait =
+        absl::FromChrono(std::clamp<std::chrono::milliseconds>(lease_ / 8, 10ms, 50ms));
+    if (!warm_) {
+      wait = std::min(wait, absl::FromChrono(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                warm_at_ - clock_())));
+    }
+    mutex_.AwaitWithTimeout(absl::Condition(&stop_), wait);
     if (stop_) break;
-    if (!warm_ && ClusterState::Clock::now() >= warm_at_) {
+    const ClusterState::Clock::time_point now = clock_();
+    if (!warm_ && now >= warm_at_) {
       warm_ = true;
       DSV2_LOG(INFO) << "warm-up over: publishing cluster map version " << state_.map().version
                      << " (" << state_.map().workers.size() << " workers)";
-      changed_.notify_all();
     }
-    if (state_.ExpireLeases(ClusterState::Clock::now())) {
+    if (state_.ExpireLeases(now)) {
       DSV2_LOG(WARNING) << "lease lapsed; cluster map version " << state_.map().version;
-      changed_.notify_all();
     }
   }
 }
@@ -101,8 +101,8 @@ grpc::Status ControllerService::Register(grpc::ServerContext* context,
   if (!info.ok()) return ToGrpc(info.status());
   const Role role = info->role == WorkerRole::kAttention ? Role::kAttention : Role::kExpert;
   if (absl::Status s = CheckSelf(*caller, info->id, role, "Register"); !s.ok()) return ToGrpc(s);
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (absl::Status status = state_.Register(*info, ClusterState::Clock::now(),
+  MutexLock lock(&mutex_);
+  if (absl::Status status = state_.Register(*info, clock_(),
                                            static_cast<int64_t>(request->slot_hint()) - 1);
       !status.ok()) {
     return ToGrpc(status);
@@ -111,7 +111,6 @@ grpc::Status ControllerService::Register(grpc::ServerContext* context,
                  << info->peer_id << "); cluster map version " << state_.map().version;
   response->set_lease_ms(static_cast<uint32_t>(lease_.count()));
   response->set_map_version(state_.map().version);
-  changed_.notify_all();
   return grpc::Status::OK;
 }
 
@@ -124,8 +123,8 @@ grpc::Status ControllerService::Heartbeat(grpc::ServerContext* context,
       !s.ok()) {
     return ToGrpc(s);
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (absl::Status status = state_.Heartbeat(request->worker_id(), ClusterState::Clock::now());
+  MutexLock lock(&mutex_);
+  if (absl::Status status = state_.Heartbeat(request->worker_id(), clock_());
       !status.ok()) {
     return ToGrpc(status);
   }
@@ -138,7 +137,7 @@ grpc::Status ControllerService::GetClusterMap(grpc::ServerContext* context,
                                               internal::ClusterMap* response) {
   absl::StatusOr<Caller> caller = policy_.Authorize(*context, kMembers, "GetClusterMap");
   if (!caller.ok()) return ToGrpc(caller.status());
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (!warm_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller warming up");
   *response = MapFor(*caller);
   return grpc::Status::OK;
@@ -162,21 +161,28 @@ grpc::Status ControllerService::WatchClusterMap(grpc::ServerContext* context,
   // its version (this controller restarted versions at 1).
   uint64_t known_epoch = request->known_epoch();
   uint64_t known_version = request->known_version();
-  std::unique_lock<std::mutex> lock(mutex_);
+  const auto newer = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return warm_ && state_.map().NewerThan(known_epoch, known_version);
+  };
+  const auto woken = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stop_ || newer(); };
+  mutex_.Lock();
   while (!stop_ && !context->IsCancelled()) {
-    if (warm_ && state_.map().NewerThan(known_epoch, known_version)) {
+    if (newer()) {
       const internal::ClusterMap map = MapFor(*caller);
       known_epoch = map.epoch();
       known_version = map.version();
-      lock.unlock();
+      // Never held across the write: a slow watcher must not stall the
+      // controller.
+      mutex_.Unlock();
       if (!writer->Write(map)) return grpc::Status::OK;  // The watcher went away.
-      lock.lock();
+      mutex_.Lock();
       continue;
     }
-    // Woken by changes and the end of the warm-up; the timeout notices
-    // cancelled watchers.
-    changed_.wait_for(lock, 100ms);
+    // Woken by a newer map (the warm-up's end included) and Shutdown; the
+    // timeout notices cancelled watchers.
+    mutex_.AwaitWithTimeout(absl::Condition(&woken), absl::Milliseconds(100));
   }
+  mutex_.Unlock();
   return grpc::Status::OK;
 }
 
@@ -191,11 +197,10 @@ grpc::Status ControllerService::Drain(grpc::ServerContext* context,
       return ToGrpc(s);
     }
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (absl::Status status = state_.Drain(request->worker_id()); !status.ok()) return ToGrpc(status);
   DSV2_LOG(INFO) << "draining " << request->worker_id() << "; cluster map version "
                  << state_.map().version;
-  changed_.notify_all();
   return grpc::Status::OK;
 }
 
@@ -207,10 +212,9 @@ grpc::Status ControllerService::ReportSuspect(grpc::ServerContext* context,
   if (request->reason().size() > 1024) {
     return ToGrpc(absl::InvalidArgumentError("reason is longer than 1024 bytes"));
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   const uint64_t version = state_.map().version;
-  if (absl::Status status =
-          state_.Suspect(request->worker_id(), ClusterState::Clock::now() + suspect_time_);
+  if (absl::Status status = state_.Suspect(request->worker_id(), clock_() + suspect_time_);
       !status.ok()) {
     return ToGrpc(status);
   }
@@ -219,7 +223,6 @@ grpc::Status ControllerService::ReportSuspect(grpc::ServerContext* context,
                       << (caller->principal.empty() ? "an attention worker" : caller->principal)
                       << " (" << request->reason() << "); suspect for " << suspect_time_.count()
                       << " ms; cluster map version " << state_.map().version;
-    changed_.notify_all();
   }
   return grpc::Status::OK;
 }

@@ -17,14 +17,18 @@
 // key for its epoch and sends it, with the map, to attention and expert
 // workers only.
 //
+// Leases, suspicions and the warm-up are measured on `clock` (default
+// steady_clock::now), which tests replace to move time by hand.
+//
 // Thread safety: gRPC calls it from many threads; one mutex guards the state.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
+#include <functional>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "common/cluster/cluster_state.h"
 #include "common/rpc/access.h"
 #include "dsv2/internal/control.grpc.pb.h"
@@ -33,9 +37,13 @@ namespace dsv2 {
 
 class ControllerService final : public internal::Controller::Service {
  public:
+  using Clock = std::function<ClusterState::Clock::time_point()>;
+
+  // `clock` null: ClusterState::Clock::now.
   ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease,
                     std::chrono::milliseconds warmup, AccessPolicy policy = AccessPolicy::Open(),
-                    std::chrono::milliseconds suspect_time = std::chrono::seconds(5));
+                    std::chrono::milliseconds suspect_time = std::chrono::seconds(5),
+                    Clock clock = nullptr);
   ~ControllerService() override;  // Stops the lease thread and ends watches.
 
   grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* request,
@@ -56,15 +64,15 @@ class ControllerService final : public internal::Controller::Service {
                              internal::ReportSuspectResponse* response) override;
 
   // Ends every watch stream (before the server shuts down).
-  void Shutdown();
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mutex_);
 
   uint64_t epoch() const { return epoch_; }
 
  private:
   // Expires leases, and ends the warm-up.
-  void ExpireLoop();
+  void ExpireLoop() ABSL_LOCKS_EXCLUDED(mutex_);
   // The wire map for `caller`: with the data-plane key for workers only.
-  internal::ClusterMap MapFor(const Caller& caller) const;
+  internal::ClusterMap MapFor(const Caller& caller) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const std::chrono::milliseconds lease_;
   const std::chrono::milliseconds suspect_time_;
@@ -73,12 +81,14 @@ class ControllerService final : public internal::Controller::Service {
   // plaintext, where frames are not sealed.
   const std::string data_plane_key_;
   const uint64_t epoch_;
+  const Clock clock_;
   const ClusterState::Clock::time_point warm_at_;  // When the warm-up ends.
-  std::mutex mutex_;
-  std::condition_variable changed_;  // Map changed, warm-up ended, or shutting down.
-  ClusterState state_;               // Guarded by mutex_.
-  bool warm_ = false;                // Guarded by mutex_.
-  bool stop_ = false;                // Guarded by mutex_.
+  // Watch streams and the lease thread wait on it for a newer map, the end
+  // of the warm-up or Shutdown.
+  mutable Mutex mutex_;
+  ClusterState state_ ABSL_GUARDED_BY(mutex_);
+  bool warm_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread expirer_;
 };
 

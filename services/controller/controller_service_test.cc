@@ -1,8 +1,9 @@
-// The controller over real gRPC on a loopback port chosen by the OS.
+// The controller over real gRPC on a loopback port chosen by the OS, on a
+// clock the tests move by hand.
 #include "services/controller/controller_service.h"
 
-#include <thread>
-
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
@@ -11,13 +12,32 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Time that moves only when the test moves it.
+class ManualClock {
+ public:
+  ClusterState::Clock::time_point Now() const ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    return now_;
+  }
+  void Advance(ClusterState::Clock::duration by) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    now_ += by;
+  }
+
+ private:
+  mutable Mutex mutex_;
+  ClusterState::Clock::time_point now_ ABSL_GUARDED_BY(mutex_) = ClusterState::Clock::now();
+};
+
 class ControllerTest : public ::testing::Test {
  protected:
   void Start(std::chrono::milliseconds lease, std::chrono::milliseconds warmup = 0ms,
              int64_t replicas = 1) {
     auto config = LoadModelConfig("tests/data/tiny-v2/config.json");  // 16 experts, 4 groups.
     ASSERT_TRUE(config.ok());
-    service_ = std::make_unique<ControllerService>(*config, replicas, lease, warmup);
+    service_ = std::make_unique<ControllerService>(*config, replicas, lease, warmup,
+                                                   AccessPolicy::Open(), std::chrono::seconds(5),
+                                                   [this] { return clock_.Now(); });
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -64,6 +84,16 @@ class ControllerTest : public ::testing::Test {
     return internal::WORKER_STATE_UNSPECIFIED;
   }
 
+  // Renews `ids` every third of `lease` while `time` passes (on the clock).
+  void RenewFor(const std::vector<std::string>& ids, std::chrono::milliseconds lease,
+                std::chrono::milliseconds time) {
+    for (std::chrono::milliseconds passed{0}; passed < time; passed += lease / 3) {
+      clock_.Advance(lease / 3);
+      for (const std::string& id : ids) ASSERT_TRUE(Heartbeat(id).ok()) << id;
+    }
+  }
+
+  ManualClock clock_;  // Outlives the service.
   std::unique_ptr<ControllerService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<internal::Controller::Stub> stub_;
@@ -90,16 +120,13 @@ TEST_F(ControllerTest, WatchersSeeRegistrationLapseAndReRegistration) {
   EXPECT_EQ(map.placement(1).worker_ids(0), "e2");
   const uint64_t registered = map.version();
 
-  // Only e1 and a1 keep renewing, at a worker's cadence: e2's lease lapses.
-  std::jthread renewer([&](std::stop_token stop) {
-    while (!stop.stop_requested()) {
-      EXPECT_TRUE(Heartbeat("e1").ok());
-      EXPECT_TRUE(Heartbeat("a1").ok());
-      std::this_thread::sleep_for(50ms);
-    }
-  });
+  // Only e1 and a1 keep renewing, at a worker's cadence, for more than a
+  // lease: e2's lease lapses, and the lease thread publishes its death.
+  RenewFor({"e1", "a1"}, 300ms, 400ms);
   while (StateOf(map, "e2") != internal::WORKER_STATE_DEAD) ASSERT_TRUE(watch->Read(&map));
   EXPECT_GT(map.version(), registered);
+  EXPECT_EQ(StateOf(map, "e1"), internal::WORKER_STATE_ALIVE);
+  EXPECT_EQ(StateOf(map, "a1"), internal::WORKER_STATE_ALIVE);
   // Without replicas e2's groups have no server: the map says so, and the
   // placement does not move (e2 may come back).
   EXPECT_FALSE(map.complete());
@@ -113,7 +140,6 @@ TEST_F(ControllerTest, WatchersSeeRegistrationLapseAndReRegistration) {
   while (!map.complete()) ASSERT_TRUE(watch->Read(&map));
   EXPECT_EQ(StateOf(map, "e2"), internal::WORKER_STATE_ALIVE);
   EXPECT_EQ(map.placement(1).worker_ids(0), "e2");
-  renewer.request_stop();
   watch_context.TryCancel();
 }
 
@@ -121,15 +147,18 @@ TEST_F(ControllerTest, ANewWorkerTakesOverADeadWorkersGroups) {
   Start(300ms);
   ASSERT_TRUE(Register("e1", internal::ROLE_EXPERT).ok());
   ASSERT_TRUE(Register("e2", internal::ROLE_EXPERT).ok());
+  // e2 stops renewing; e1 keeps going for more than a lease, and the lease
+  // thread marks e2 dead.
+  RenewFor({"e1"}, 300ms, 400ms);
+  grpc::ClientContext watch_context;
+  watch_context.set_deadline(std::chrono::system_clock::now() + 30s);
+  auto watch = stub_->WatchClusterMap(&watch_context, internal::WatchRequest());
   internal::ClusterMap map;
-  // e2 stops renewing; e1 keeps going until e2 is dead.
-  const auto give_up = std::chrono::steady_clock::now() + 10s;
   do {
-    ASSERT_TRUE(Heartbeat("e1").ok());
-    std::this_thread::sleep_for(50ms);
-    ASSERT_TRUE(GetMap(&map).ok());
-    ASSERT_LT(std::chrono::steady_clock::now(), give_up);
+    ASSERT_TRUE(watch->Read(&map));
   } while (StateOf(map, "e2") != internal::WORKER_STATE_DEAD);
+  watch_context.TryCancel();
+  EXPECT_EQ(StateOf(map, "e1"), internal::WORKER_STATE_ALIVE);
   EXPECT_FALSE(map.complete());
   ASSERT_TRUE(Register("e3", internal::ROLE_EXPERT).ok());
   ASSERT_TRUE(GetMap(&map).ok());
@@ -183,7 +212,6 @@ TEST_F(ControllerTest, DrainAndInvalidRegistrations) {
 }
 
 TEST_F(ControllerTest, PublishesNothingDuringWarmUp) {
-  const auto started = std::chrono::steady_clock::now();
   Start(10s, 400ms);
   internal::ClusterMap map;
   const grpc::Status early = GetMap(&map);
@@ -196,8 +224,12 @@ TEST_F(ControllerTest, PublishesNothingDuringWarmUp) {
   grpc::ClientContext watch_context;
   watch_context.set_deadline(std::chrono::system_clock::now() + 30s);
   auto watch = stub_->WatchClusterMap(&watch_context, internal::WatchRequest());
+  // Nothing until the warm-up is over on the controller's clock, however
+  // long it takes in real time; the first map comes when it is.
+  clock_.Advance(399ms);
+  EXPECT_EQ(GetMap(&map).error_code(), grpc::StatusCode::UNAVAILABLE);
+  clock_.Advance(1ms);
   ASSERT_TRUE(watch->Read(&map));
-  EXPECT_GE(std::chrono::steady_clock::now() - started, 400ms);
   EXPECT_EQ(map.workers_size(), 2);
   EXPECT_TRUE(map.complete());
   EXPECT_EQ(map.version(), 2u);

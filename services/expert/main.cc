@@ -7,19 +7,19 @@
 //
 // SIGINT/SIGTERM: leave the placement (Drain), keep answering for
 // --drain_s while attention workers move to the new map, then exit 0.
-#include <condition_variable>
 #include <iostream>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/expert_server.h"
@@ -62,29 +62,28 @@ class ExpertPrefaulter {
       : model_(model), id_(std::move(id)), thread_([this] { Loop(); }) {}
   ~ExpertPrefaulter() {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       stop_ = true;
     }
-    wake_.notify_one();
     thread_.join();
   }
 
   // Reads what `map` places here (the latest map wins).
-  void Update(const ClusterMap& map) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      pending_ = map;
-    }
-    wake_.notify_one();
+  void Update(const ClusterMap& map) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    pending_ = map;
   }
 
  private:
-  void Loop() {
+  void Loop() ABSL_LOCKS_EXCLUDED(mutex_) {
     while (true) {
       ClusterMap map;
       {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || pending_.has_value(); });
+        MutexLock lock(&mutex_);
+        const auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+          return stop_ || pending_.has_value();
+        };
+        mutex_.Await(absl::Condition(&woken));
         if (stop_) return;
         map = *std::move(pending_);
         pending_.reset();
@@ -93,8 +92,8 @@ class ExpertPrefaulter {
     }
   }
 
-  bool Stopping() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool Stopping() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return stop_;
   }
 
@@ -126,11 +125,10 @@ class ExpertPrefaulter {
   const DeepseekV2Model& model_;
   const std::string id_;
   std::set<int64_t> resident_;  // Only the thread touches it.
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;                 // Guarded by mutex_.
-  std::optional<ClusterMap> pending_;  // Guarded by mutex_.
-  std::thread thread_;                 // Last: starts after the members above.
+  Mutex mutex_;  // The thread waits on it for a map or the end.
+  bool stop_ ABSL_GUARDED_BY(mutex_) = false;
+  std::optional<ClusterMap> pending_ ABSL_GUARDED_BY(mutex_);
+  std::thread thread_;  // Last: starts after the members above.
 };
 
 int Serve() {

@@ -1,11 +1,12 @@
 #include "services/frontend/generation_service.h"
 
 #include <chrono>
-#include <mutex>
 #include <optional>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/raw_messages.h"
 #include "services/frontend/api_limits.h"
@@ -168,7 +169,7 @@ class GenerationService::GenerateCall final
     bool stop = false;
     bool finish = false;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       writing_ = false;
       stop = !ok || cancelled_;
       if (stop && !finished_) finished_ = finish = true;
@@ -186,7 +187,7 @@ class GenerationService::GenerateCall final
     service_->engine_->Abort(owner_, id_);
     bool finish = false;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       cancelled_ = true;
       if (!writing_ && !finished_) finished_ = finish = true;
     }
@@ -202,12 +203,12 @@ class GenerationService::GenerateCall final
  private:
   // Writes the next event if none is being written. From the engine's
   // listener and from OnWriteDone; Start*/Finish are called without the lock.
-  void Pump() {
+  void Pump() ABSL_LOCKS_EXCLUDED(mutex_) {
     std::shared_ptr<GenerateCall> keep = shared_from_this();
     enum { kNothing, kWrite, kWriteLast, kCutOff } action = kNothing;
     grpc::Status last_status;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (finished_ || cancelled_) return;
       if (stream_->backlog_bytes() > service_->options_.max_backlog_bytes) {
         // Its writes do not keep up: the client is not reading.
@@ -262,11 +263,13 @@ class GenerationService::GenerateCall final
   const std::shared_ptr<RequestStream> stream_;
   const std::shared_ptr<StreamWatchdog::Guard> guard_;
   std::shared_ptr<GenerateCall> self_;  // gRPC's reference, until OnDone.
-  std::mutex mutex_;
-  bool writing_ = false;    // Guarded by mutex_: a write is in flight.
-  bool finished_ = false;   // Guarded by mutex_: Finish was (or is being) called.
-  bool cancelled_ = false;  // Guarded by mutex_.
-  grpc::ByteBuffer buffer_;  // The message being written.
+  Mutex mutex_;
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;    // A write is in flight.
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;   // Finish was (or is being) called.
+  bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  // The message being written: filled under mutex_ as writing_ turns true,
+  // then read by gRPC, without the lock, until OnWriteDone.
+  grpc::ByteBuffer buffer_;
 };
 
 GenerationService::GenerationService(Engine* engine, const TextFrontend* text,

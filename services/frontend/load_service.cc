@@ -25,6 +25,7 @@ grpc::Status LoadService::GetLoad(grpc::ServerContext* context,
   response->set_serving(serving_ == nullptr || serving_());
   response->set_generation_tokens(stats.generation_tokens);
   if (data_plane_) data_plane_(response->mutable_data_plane());
+  response->set_get_load_calls(calls_.fetch_add(1, std::memory_order_relaxed) + 1);
   return grpc::Status::OK;
 }
 

@@ -5,6 +5,8 @@
 // thread-safe and `serving` must be too.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <utility>
 
@@ -37,6 +39,7 @@ class LoadService final : public internal::AttentionWorker::Service {
   std::function<bool()> serving_;
   std::function<void(internal::DataPlaneStats*)> data_plane_;
   const AccessPolicy policy_;
+  std::atomic<int64_t> calls_{0};  // GetLoad calls answered.
 };
 
 }  // namespace dsv2

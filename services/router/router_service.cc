@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/rpc/grpc_options.h"
 #include "common/rpc/raw_messages.h"
 #include "services/frontend/api_limits.h"
@@ -127,7 +128,7 @@ class RouterService::ForwardedCall final
   void Start() {
     self_ = shared_from_this();
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       starting_ = true;
     }
     StartAttempt();
@@ -136,7 +137,7 @@ class RouterService::ForwardedCall final
   void OnWriteDone(bool ok) override {
     router_->watchdog_.Disarm(guard_);
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       writing_ = false;
       if (!ok) client_failed_ = true;
     }
@@ -145,7 +146,7 @@ class RouterService::ForwardedCall final
 
   void OnCancel() override {
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       client_failed_ = true;
     }
     Advance();
@@ -154,7 +155,7 @@ class RouterService::ForwardedCall final
   void OnDone() override {
     router_->watchdog_.Forget(guard_);
     {
-      absl::MutexLock lock(&router_->mutex_);
+      MutexLock lock(&router_->mutex_);
       --router_->active_streams_;
     }
     self_.reset();  // May destroy this; nothing may follow.
@@ -169,7 +170,7 @@ class RouterService::ForwardedCall final
   // A message from the worker; false to stop reading (the call is over).
   bool OnWorkerMessage(v1::GenerateResponse response) {
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       if (client_failed_ || finished_) return false;
       if (response.has_error()) {
         // The last message: held until the status says whether the call is
@@ -190,7 +191,7 @@ class RouterService::ForwardedCall final
 
   void OnAttemptDone(const std::shared_ptr<Worker>& worker, const grpc::Status& status) {
     {
-      absl::MutexLock lock(&router_->mutex_);
+      MutexLock lock(&router_->mutex_);
       --worker->active;
       // Between attempts the request is on no worker (Abort is remembered).
       if (auto it = router_->calls_.find(key_); it != router_->calls_.end()) {
@@ -200,7 +201,7 @@ class RouterService::ForwardedCall final
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) router_->MarkFailed(*worker, status);
     bool retry = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       attempt_context_.reset();
       if (client_failed_ || finished_ || final_) {
         // The client is gone (or cut off): nothing more to say.
@@ -253,7 +254,7 @@ class RouterService::ForwardedCall final
     bool write = false;
     bool cut_off = false;
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       if (finished_) return;
       if (too_slow_ && !client_failed_) {
         // Its writes do not keep up: the client is not reading. Its pending
@@ -293,7 +294,7 @@ class RouterService::ForwardedCall final
     if (finish) {
       // The id is free (and Abort finds nothing) before the client sees the end.
       {
-        absl::MutexLock lock(&router_->mutex_);
+        MutexLock lock(&router_->mutex_);
         router_->calls_.erase(key_);
       }
       Finish(*finish);
@@ -312,7 +313,7 @@ class RouterService::ForwardedCall final
   std::set<std::string> tried_;
   grpc::Status failure_;
 
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);  // To write to the client.
   size_t queued_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   grpc::ByteBuffer buffer_;  // Being written (writing_).
@@ -368,7 +369,7 @@ void RouterService::ForwardedCall::StartAttempt() {
   std::optional<grpc::Status> end;
   bool aborted = false;
   {
-    absl::MutexLock lock(&router_->mutex_);
+    MutexLock lock(&router_->mutex_);
     const auto entry = router_->calls_.find(key_);
     if (entry != router_->calls_.end() && entry->second.aborted) {
       aborted = true;  // Before it reached a worker, or between attempts.
@@ -392,7 +393,7 @@ void RouterService::ForwardedCall::StartAttempt() {
   }
   if (worker == nullptr) {
     {
-      absl::MutexLock lock(&mutex_);
+      MutexLock lock(&mutex_);
       starting_ = false;
       if (aborted) {
         v1::GenerateResponse response;
@@ -411,7 +412,7 @@ void RouterService::ForwardedCall::StartAttempt() {
       router_->ForwardContext(*context_, key_.first, /*bounded=*/false);
   auto* attempt = new Attempt(shared_from_this(), worker, forward);
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     attempt_context_ = forward;
     starting_ = false;
   }
@@ -451,7 +452,7 @@ class RouterService::UnaryForward {
   void Try() {
     std::shared_ptr<Worker> worker;
     {
-      absl::MutexLock lock(&router_->mutex_);
+      MutexLock lock(&router_->mutex_);
       worker = router_->ChooseLocked(tried_, /*tokens=*/0);
       if (worker == nullptr && tried_.empty()) ++router_->counters_.no_worker;
     }
@@ -509,19 +510,19 @@ RouterService::RouterService(RouterOptions options)
 
 RouterService::~RouterService() {
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     stop_ = true;
   }
   poller_.join();
   // Callbacks of polls in flight touch this object; each ends within its
   // deadline.
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   mutex_.Await(absl::Condition(
       +[](int64_t* in_flight) { return *in_flight == 0; }, &polls_in_flight_));
 }
 
 void RouterService::SetWorkers(std::vector<AttentionEndpoint> endpoints) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   std::map<std::string, std::shared_ptr<Worker>> workers;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels;
   for (AttentionEndpoint& endpoint : endpoints) {
@@ -559,12 +560,12 @@ void RouterService::SetWorkers(std::vector<AttentionEndpoint> endpoints) {
 }
 
 void RouterService::SetServing(bool serving) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   serving_ = serving;
 }
 
 void RouterService::StopAccepting() {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   accepting_ = false;
 }
 
@@ -577,17 +578,17 @@ bool RouterService::ReadyLocked() const {
 }
 
 bool RouterService::ready() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   return ReadyLocked();
 }
 
 int64_t RouterService::active_streams() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   return active_streams_;
 }
 
 std::vector<RouterWorkerView> RouterService::workers() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   std::vector<RouterWorkerView> views;
   for (const auto& [id, w] : workers_) {
     views.push_back({.endpoint = w->endpoint,
@@ -604,7 +605,7 @@ std::vector<RouterWorkerView> RouterService::workers() const {
 }
 
 RouterCounters RouterService::counters() const {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   return counters_;
 }
 
@@ -637,7 +638,7 @@ std::shared_ptr<RouterService::Worker> RouterService::ChooseLocked(
 }
 
 void RouterService::MarkFailed(Worker& worker, const grpc::Status& status) {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   ++counters_.failures[worker.endpoint.id];
   if (!worker.failed) {
     DSV2_LOG(WARNING) << "attention worker " << worker.endpoint.id
@@ -673,7 +674,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* RouterService::Generate(
   if (!parsed.ok()) return FinishedStream(ToGrpcStatus(parsed));
   CallKey key{caller->principal, request.request_id()};
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     if (!accepting_) return FinishedStream(Unavailable("the router is draining"));
     if (!serving_) {
       return FinishedStream(Unavailable("cluster not ready: the cluster map is not complete"));
@@ -708,7 +709,7 @@ grpc::ServerUnaryReactor* RouterService::Abort(grpc::CallbackServerContext* cont
   if (!parsed.ok()) return FinishUnary(context, ToGrpcStatus(parsed));
   std::shared_ptr<Worker> worker;
   {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     const auto it = calls_.find({caller->principal, request.request_id()});
     if (it == calls_.end()) {
       return FinishUnary(context,
@@ -780,7 +781,7 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
 }
 
 void RouterService::PollLoop() {
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   while (!stop_) {
     std::vector<std::unique_ptr<Poll>> polls;
     const auto deadline = std::chrono::system_clock::now() + options_.load_timeout;
@@ -819,7 +820,7 @@ void RouterService::OnPolled(Poll* raw, const grpc::Status& status) {
   // Declared before the lock, so it is freed after the lock is released
   // (it may hold the last reference to a removed worker and its channel).
   std::unique_ptr<Poll> poll(raw);
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   Worker& w = *poll->worker;
   w.poll_in_flight = false;
   if (status.ok()) {

@@ -57,8 +57,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/base/mutex.h"
 #include "common/rpc/access.h"
 #include "common/rpc/stream_watchdog.h"
 #include "dsv2/internal/attention.grpc.pb.h"
@@ -191,7 +191,7 @@ class RouterService final : public RawGenerationService {
   const RouterOptions options_;
   StreamWatchdog watchdog_;
 
-  mutable absl::Mutex mutex_;
+  mutable Mutex mutex_;
   std::map<std::string, std::shared_ptr<Worker>> workers_ ABSL_GUARDED_BY(mutex_);  // By id.
   // By address.
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mutex_);

@@ -5,13 +5,13 @@
 #include "services/router/router_service.h"
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <thread>
 
 #include <fstream>
 
+#include "absl/base/thread_annotations.h"
+#include "common/base/mutex.h"
 #include "common/base/test_dir.h"
 #include "common/engine/engine.h"
 #include "common/rpc/access.h"
@@ -61,10 +61,10 @@ class GatedExperts final : public RoutedExperts {
                        const float* weights, float* out,
                        absl::FunctionRef<void()> meanwhile) override {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       ++held_;
-      cv_.notify_all();
-      cv_.wait(lock, [&] { return allowance_ != 0; });
+      const auto open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return allowance_ != 0; };
+      mutex_.Await(absl::Condition(&open));
       --held_;
       if (allowance_ > 0) --allowance_;
     }
@@ -75,23 +75,24 @@ class GatedExperts final : public RoutedExperts {
   // Lets `calls` more Compute calls through, then shuts.
   void Allow(int64_t calls) { Set(calls); }
   // Waits until a step is held at the shut gate.
-  bool WaitHeld() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, 10s, [&] { return held_ > 0 && allowance_ == 0; });
+  bool WaitHeld() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    const auto held = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return held_ > 0 && allowance_ == 0;
+    };
+    return mutex_.AwaitWithTimeout(absl::Condition(&held), absl::Seconds(10));
   }
 
  private:
-  void Set(int64_t allowance) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  void Set(int64_t allowance) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     allowance_ = allowance;
-    cv_.notify_all();
   }
 
   LocalRoutedExperts local_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int64_t allowance_ = -1;  // Calls still let through; -1: open.
-  int64_t held_ = 0;
+  Mutex mutex_;
+  int64_t allowance_ ABSL_GUARDED_BY(mutex_) = -1;  // Calls still let through; -1: open.
+  int64_t held_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 // Counts the Generate and Abort calls a worker receives and the deadline of
@@ -102,7 +103,7 @@ class RecordingGeneration final : public grpc::experimental::ServerInterceptorFa
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     const std::string method = info->method();
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     if (method == "/dsv2.v1.Generation/Generate") {
       ++generate_calls_;
       deadline_ = info->server_context()->deadline();
@@ -112,24 +113,24 @@ class RecordingGeneration final : public grpc::experimental::ServerInterceptorFa
     return nullptr;
   }
 
-  int64_t generate_calls() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  int64_t generate_calls() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return generate_calls_;
   }
-  std::chrono::system_clock::time_point deadline() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::chrono::system_clock::time_point deadline() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return deadline_;
   }
-  int64_t abort_calls() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  int64_t abort_calls() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
     return abort_calls_;
   }
 
  private:
-  std::mutex mutex_;
-  int64_t generate_calls_ = 0;
-  std::chrono::system_clock::time_point deadline_;
-  int64_t abort_calls_ = 0;
+  Mutex mutex_;
+  int64_t generate_calls_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::chrono::system_clock::time_point deadline_ ABSL_GUARDED_BY(mutex_);
+  int64_t abort_calls_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 StreamResult Generate(v1::Generation::Stub& stub, const v1::GenerateRequest& request,
@@ -320,7 +321,10 @@ TEST(RouterTest, LoadServiceReportsTheEnginesBlocks) {
   Worker a({.block_size = 16, .kv_cache_bytes = 256 << 10});
   Router router({{"a", &a}});
   ASSERT_TRUE(router.WaitEligible("a"));
-  const internal::Load load = router.View("a")->load;
+  const RouterWorkerView view = *router.View("a");
+  const internal::Load& load = view.load;
+  // The worker counts the GetLoad calls it answered: here, the router's polls.
+  EXPECT_EQ(load.get_load_calls(), view.polls);
   EXPECT_EQ(load.kv_blocks_total(), 16);  // 256 KiB / (4 layers x 16 x 64 floats).
   EXPECT_EQ(load.kv_blocks_free(), 16);
   EXPECT_EQ(load.block_size(), 16);
