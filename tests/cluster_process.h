@@ -475,6 +475,18 @@ class Cluster {
     return GetLoad(attention.address(), load, RouterCredentials());
   }
 
+  // The running worker processes (their names are their worker ids).
+  std::vector<ChildProcess*> Workers() {
+    std::vector<ChildProcess*> workers;
+    for (auto& p : experts_) {
+      if (p->running()) workers.push_back(p.get());
+    }
+    for (auto& p : attention_) {
+      if (p->running()) workers.push_back(p.get());
+    }
+    return workers;
+  }
+
  private:
   Credentials IdentityCredentials(const std::string& id) const {
     if (!options_.tls) return grpc::InsecureChannelCredentials();
@@ -513,17 +525,6 @@ class Cluster {
     return true;
   }
 
-  // The running worker processes (their names are their worker ids).
-  std::vector<ChildProcess*> Workers() {
-    std::vector<ChildProcess*> workers;
-    for (auto& p : experts_) {
-      if (p->running()) workers.push_back(p.get());
-    }
-    for (auto& p : attention_) {
-      if (p->running()) workers.push_back(p.get());
-    }
-    return workers;
-  }
 
   std::unique_ptr<ChildProcess> StartControllerProcess(const std::string& name,
                                                        const std::string& listen,

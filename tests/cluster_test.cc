@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "common/base/mutex.h"
 #include "common/cluster/control_client.h"
 #include "common/model/config.h"
@@ -360,6 +361,28 @@ const Topology kTopologies[] = {
 
 INSTANTIATE_TEST_SUITE_P(Topologies, ClusterOutputsTest, ::testing::ValuesIn(kTopologies),
                          TopologyName);
+
+// A TLS cluster seals its data plane unless the controller is told not to;
+// either way it serves the same outputs.
+TEST(ClusterTest, DataPlaneSealingFollowsTheControllerFlag) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  for (const bool seal : {true, false}) {
+    SCOPED_TRACE(seal ? "sealed" : "plaintext");
+    Cluster cluster(
+        {.binaries = kBinaries,
+         .model = kTinyV2,
+         .controller_flags = {std::string("--seal_data_plane=") + (seal ? "true" : "false")}});
+    ASSERT_TRUE(cluster.Start());
+    ASSERT_TRUE(cluster.WaitReady());
+    ExpectRouterServesStandaloneOutputs(cluster, Requests("r", kPrompts, 8), reference);
+    for (ChildProcess* worker : cluster.Workers()) {
+      const std::string log = worker->Log(1 << 20);
+      EXPECT_EQ(absl::StrContains(log, "data plane: frames sealed with the key of epoch"), seal)
+          << worker->name();
+      EXPECT_EQ(absl::StrContains(log, "data plane: plaintext frames"), !seal) << worker->name();
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ class Controller {
  public:
   static std::unique_ptr<Controller> Start(int port, std::chrono::milliseconds warmup) {
     auto controller = std::unique_ptr<Controller>(new Controller());
-    controller->service_ = std::make_unique<ControllerService>(TinyConfig(), 1, kLease, warmup);
+    controller->service_ = std::make_unique<ControllerService>(
+        TinyConfig(), ControllerOptions{.lease = kLease, .warmup = warmup});
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
                              &controller->port_);

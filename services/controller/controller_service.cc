@@ -41,19 +41,17 @@ std::string NewDataPlaneKey() {
 
 }  // namespace
 
-ControllerService::ControllerService(ModelConfig config, int64_t replicas,
-                                     std::chrono::milliseconds lease,
-                                     std::chrono::milliseconds warmup, AccessPolicy policy,
-                                     std::chrono::milliseconds suspect_time, Clock clock)
-    : lease_(lease),
-      suspect_time_(suspect_time),
-      policy_(std::move(policy)),
-      data_plane_key_(policy_.open() ? "" : NewDataPlaneKey()),
+ControllerService::ControllerService(ModelConfig config, ControllerOptions options)
+    : lease_(options.lease),
+      suspect_time_(options.suspect_time),
+      policy_(std::move(options.policy)),
+      data_plane_key_(policy_.open() || !options.seal_data_plane ? "" : NewDataPlaneKey()),
       epoch_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
-      clock_(clock != nullptr ? std::move(clock) : Clock(&ClusterState::Clock::now)),
-      warm_at_(clock_() + warmup),
-      state_(std::move(config), replicas, lease, epoch_),
-      warm_(warmup <= std::chrono::milliseconds(0)) {
+      clock_(options.clock != nullptr ? std::move(options.clock)
+                                      : Clock(&ClusterState::Clock::now)),
+      warm_at_(clock_() + options.warmup),
+      state_(std::move(config), options.replicas, options.lease, epoch_),
+      warm_(options.warmup <= std::chrono::milliseconds(0)) {
   expirer_ = std::thread([this] { ExpireLoop(); });
 }
 

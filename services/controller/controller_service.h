@@ -15,7 +15,7 @@
 // GetClusterMap and WatchClusterMap any identity of the cluster. Others get
 // PERMISSION_DENIED naming the rule. On a TLS cluster it draws a data-plane
 // key for its epoch and sends it, with the map, to attention and expert
-// workers only.
+// workers only, unless told not to seal (ControllerOptions::seal_data_plane).
 //
 // Leases, suspicions and the warm-up are measured on `clock` (default
 // steady_clock::now), which tests replace to move time by hand.
@@ -35,15 +35,26 @@
 
 namespace dsv2 {
 
-class ControllerService final : public internal::Controller::Service {
- public:
+struct ControllerOptions {
   using Clock = std::function<ClusterState::Clock::time_point()>;
 
-  // `clock` null: ClusterState::Clock::now.
-  ControllerService(ModelConfig config, int64_t replicas, std::chrono::milliseconds lease,
-                    std::chrono::milliseconds warmup, AccessPolicy policy = AccessPolicy::Open(),
-                    std::chrono::milliseconds suspect_time = std::chrono::seconds(5),
-                    Clock clock = nullptr);
+  int64_t replicas = 1;  // Expert workers holding each routing group (or slice).
+  std::chrono::milliseconds lease{750};
+  std::chrono::milliseconds warmup{0};
+  // How long an expert worker reported hung serves no unit.
+  std::chrono::milliseconds suspect_time{5000};
+  AccessPolicy policy = AccessPolicy::Open();
+  // With a Cluster policy: draw a data-plane key, so workers seal every
+  // frame. False leaves frames in plaintext (an Open policy always does).
+  bool seal_data_plane = true;
+  Clock clock;  // Null: ClusterState::Clock::now.
+};
+
+class ControllerService final : public internal::Controller::Service {
+ public:
+  using Clock = ControllerOptions::Clock;
+
+  ControllerService(ModelConfig config, ControllerOptions options);
   ~ControllerService() override;  // Stops the lease thread and ends watches.
 
   grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* request,

@@ -35,9 +35,11 @@ class ControllerTest : public ::testing::Test {
              int64_t replicas = 1) {
     auto config = LoadModelConfig("tests/data/tiny-v2/config.json");  // 16 experts, 4 groups.
     ASSERT_TRUE(config.ok());
-    service_ = std::make_unique<ControllerService>(*config, replicas, lease, warmup,
-                                                   AccessPolicy::Open(), std::chrono::seconds(5),
-                                                   [this] { return clock_.Now(); });
+    service_ = std::make_unique<ControllerService>(
+        *config, ControllerOptions{.replicas = replicas,
+                                   .lease = lease,
+                                   .warmup = warmup,
+                                   .clock = [this] { return clock_.Now(); }});
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);

@@ -31,6 +31,11 @@ ABSL_FLAG(int64_t, suspect_ms, 5000,
 ABSL_FLAG(int64_t, warmup_ms, -1,
           "After start, publish no cluster map for this long, so live workers re-register "
           "first (-1: the lease + 1.5 s).");
+ABSL_FLAG(bool, seal_data_plane, true,
+          "With TLS, seal every data-plane frame with AES-256-GCM under a key this controller "
+          "draws and sends to the workers in the cluster map. false: frames travel in "
+          "plaintext, for networks that are private or encrypted below (docs/security.md). "
+          "Without TLS frames are never sealed.");
 
 // How long a live worker may take to find a restarted controller: its
 // control channel reconnects with a backoff of at most 5 x 200 ms (+ 20%
@@ -70,9 +75,14 @@ int main(int argc, char** argv) {
     std::cerr << "dsv2-controller: " << security.status().message() << "\n";
     return 2;
   }
+  const bool seal = absl::GetFlag(FLAGS_seal_data_plane) && !security->ClusterPolicy().open();
   dsv2::ControllerService service(
-      *config, absl::GetFlag(FLAGS_replicas), lease, warmup, security->ClusterPolicy(),
-      std::chrono::milliseconds(absl::GetFlag(FLAGS_suspect_ms)));
+      *config, {.replicas = absl::GetFlag(FLAGS_replicas),
+                .lease = lease,
+                .warmup = warmup,
+                .suspect_time = std::chrono::milliseconds(absl::GetFlag(FLAGS_suspect_ms)),
+                .policy = security->ClusterPolicy(),
+                .seal_data_plane = seal});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -89,7 +99,8 @@ int main(int argc, char** argv) {
   DSV2_LOG(INFO) << "controller for " << model << " on port " << port << ", replicas "
                  << absl::GetFlag(FLAGS_replicas) << ", lease " << lease.count() << " ms, warm-up "
                  << warmup.count() << " ms, epoch " << service.epoch() << "; "
-                 << security->Describe();
+                 << security->Describe() << "; data plane "
+                 << (seal ? "sealed" : "in plaintext");
   dsv2::WritePortFile(absl::GetFlag(FLAGS_port_file), port);
   const int signal = dsv2::WaitForTerminationSignal();
   DSV2_LOG(INFO) << dsv2::TerminationSignalName(signal) << ": shutting down";

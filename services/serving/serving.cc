@@ -150,7 +150,7 @@ void DataPlaneKeys::Apply(const ClusterMap& map) {
       }
     }
   }
-  if (keys.size() == keys_.size() &&
+  if (applied_ && keys.size() == keys_.size() &&
       std::equal(keys.begin(), keys.end(), keys_.begin(), [](const auto& a, const auto& b) {
         return a.id == b.id && a.secret == b.secret;
       })) {
@@ -164,6 +164,7 @@ void DataPlaneKeys::Apply(const ClusterMap& map) {
                                                        "and opens after)"
                                                      : ""));
   const bool rotated = keys.size() > 1;
+  applied_ = true;
   keys_ = keys;
   transport_->SetFrameKeys(std::move(keys), rotated ? kNewKeyHold : absl::ZeroDuration());
 }

@@ -90,6 +90,7 @@ class DataPlaneKeys {
  private:
   transport::UcxTransport* const transport_;
   std::vector<transport::FrameKey> keys_;
+  bool applied_ = false;  // A map has been applied (and the mode logged).
 };
 
 // The data-plane figures of an attention worker (or dsv2-standalone) for
