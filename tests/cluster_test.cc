@@ -29,6 +29,7 @@
 #include "common/transport/transport.h"
 #include "common/transport/ucx_transport.h"
 #include "dsv2/v1/generation.grpc.pb.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster_process.h"
@@ -44,6 +45,7 @@ using ::dsv2::testutil::GetClusterMap;
 using ::dsv2::testutil::GetLoad;
 using ::dsv2::testutil::HealthOf;
 using ::dsv2::testutil::WaitFor;
+using ::testing::MatchesRegex;
 using ::grpc::health::v1::HealthCheckResponse;
 using namespace std::chrono_literals;
 
@@ -542,7 +544,8 @@ TEST(ClusterTest, AHungExpertWorkerWithoutReplicaIsUnavailable) {
 
 // Health follows an unusable cluster within a second (default lease): an
 // idle expert worker that dies takes the router and the attention worker
-// NOT_SERVING, and so does the death of the only attention worker.
+// NOT_SERVING, and so does the death of the only attention worker. The
+// attention worker says why, in its load report and its log.
 TEST(ClusterTest, HealthFollowsAnUnusableClusterWithinASecond) {
   Cluster cluster({.binaries = kBinaries,
                    .model = kTinyV2,
@@ -563,6 +566,21 @@ TEST(ClusterTest, HealthFollowsAnUnusableClusterWithinASecond) {
   auto killed = std::chrono::steady_clock::now();
   EXPECT_LT(noticed(cluster.router(), killed), bound) << "router, expert worker killed";
   EXPECT_LT(noticed(cluster.attention(0), killed), bound) << "attention worker, expert killed";
+  internal::Load load;
+  ASSERT_TRUE(cluster.Load(cluster.attention(0), &load).ok());
+  EXPECT_FALSE(load.serving());
+  EXPECT_THAT(load.not_serving_reason(),
+              MatchesRegex("cluster map version [0-9]+ is incomplete: experts [0-9]+\\.\\.[0-9]+ "
+                           "have no live expert worker \\(expert-2 dead\\).*"));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string log = cluster.attention(0).Log(1 << 20);
+        const size_t at = log.find("health: NOT_SERVING: cluster map version");
+        return at != std::string::npos &&
+               log.find("have no live expert worker (expert-2 dead)", at) != std::string::npos;
+      },
+      5s))
+      << cluster.attention(0).Log();
 
   ASSERT_TRUE(cluster.AddExpert("expert-3"));
   ASSERT_TRUE(cluster.WaitReady());

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace dsv2 {
 
@@ -11,6 +12,34 @@ const ClusterMap::Worker* ClusterMap::Find(const std::string& id) const {
     if (worker.info.id == id) return &worker;
   }
   return nullptr;
+}
+
+std::string ClusterMap::WhyIncomplete() const {
+  if (complete) return "";
+  if (placement.num_units == 0) return "no expert worker has joined the cluster";
+  std::string first;
+  int64_t unserved = 0;
+  for (int64_t u = 0; u < placement.num_units; ++u) {
+    std::vector<std::string> holders;
+    bool served = false;
+    for (int32_t w : placement.unit_workers[u]) {
+      const Worker* holder = Find(expert_workers[w]);
+      const bool alive = holder != nullptr && holder->state == WorkerState::kAlive;
+      served = served || (alive && !holder->suspect);
+      holders.push_back(absl::StrCat(expert_workers[w], " ",
+                                     holder == nullptr ? "unknown"
+                                     : holder->suspect ? "suspect (hung)"
+                                     : alive           ? "alive"
+                                                       : "dead"));
+    }
+    if (served) continue;
+    if (unserved++ == 0) {
+      first = absl::StrCat("experts ", placement.unit_begin[u], "..", placement.unit_begin[u + 1] - 1,
+                           " have no live expert worker (", absl::StrJoin(holders, ", "), ")");
+    }
+  }
+  if (unserved > 1) absl::StrAppend(&first, "; ", unserved - 1, " more unit(s) neither");
+  return first;
 }
 
 ClusterState::ClusterState(ModelConfig config, int64_t replicas, Clock::duration lease,

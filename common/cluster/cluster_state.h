@@ -86,6 +86,11 @@ struct ClusterMap {
   }
   // The entry of worker `id`, or null.
   const Worker* Find(const std::string& id) const;
+  // Why the map is not complete, for a NOT_SERVING report: no expert
+  // worker, or the first unit without a live worker (its experts and the
+  // state of each holder) and how many others lack one. Empty when it is
+  // complete.
+  std::string WhyIncomplete() const;
 };
 
 class ClusterState {

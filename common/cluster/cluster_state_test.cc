@@ -2,10 +2,13 @@
 
 #include <algorithm>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace dsv2 {
 namespace {
+
+using ::testing::HasSubstr;
 
 using namespace std::chrono_literals;
 using Clock = ClusterState::Clock;
@@ -57,6 +60,7 @@ TEST(ClusterStateTest, RegistrationPublishesVersionedPlacement) {
   EXPECT_FALSE(state.map().complete);
   ASSERT_TRUE(state.Register(Attention("a1"), t0).ok());
   EXPECT_FALSE(state.map().complete);  // No expert worker yet.
+  EXPECT_EQ(state.map().WhyIncomplete(), "no expert worker has joined the cluster");
   EXPECT_EQ(state.map().placement.num_units, 0);
   ASSERT_TRUE(state.Register(Expert("e1"), t0).ok());
   ASSERT_TRUE(state.Register(Expert("e2"), t0).ok());
@@ -120,6 +124,9 @@ TEST(ClusterStateTest, DeathKeepsThePlacementAndWithoutReplicasMakesTheMapIncomp
   EXPECT_EQ(state.map().expert_workers, (Ids{"e1", "e2"}));
   EXPECT_EQ(Holders(state.map()), placed);
   EXPECT_FALSE(state.map().complete);
+  // e2's two groups of four experts (units 1 and 3) lack a live worker.
+  EXPECT_EQ(state.map().WhyIncomplete(),
+            "experts 4..7 have no live expert worker (e2 dead); 1 more unit(s) neither");
   EXPECT_EQ(state.Heartbeat("e2", t0 + 7s).code(), absl::StatusCode::kNotFound);
 
   // The same worker registering again takes its slot back: serving resumes.
@@ -130,6 +137,7 @@ TEST(ClusterStateTest, DeathKeepsThePlacementAndWithoutReplicasMakesTheMapIncomp
   EXPECT_EQ(state.map().expert_workers, (Ids{"e1", "e2"}));
   EXPECT_EQ(Holders(state.map()), placed);
   EXPECT_TRUE(state.map().complete);
+  EXPECT_EQ(state.map().WhyIncomplete(), "");
 
   EXPECT_TRUE(state.ExpireLeases(t0 + 20s));
   EXPECT_FALSE(state.map().complete);  // No live expert worker.
@@ -170,6 +178,8 @@ TEST(ClusterStateTest, ASuspectWorkerServesNoUnitUntilItExpiresOrRegistersAgain)
   // ...both suspect: incomplete. A repeated report publishes nothing new.
   ASSERT_TRUE(state.Suspect("e2", t0 + 3s).ok());
   EXPECT_FALSE(state.map().complete);
+  EXPECT_THAT(state.map().WhyIncomplete(),
+              HasSubstr("have no live expert worker (e1 suspect (hung), e2 suspect (hung))"));
   const uint64_t both = state.map().version;
   ASSERT_TRUE(state.Suspect("e2", t0 + 4s).ok());
   EXPECT_EQ(state.map().version, both);

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/logging.h"
 #include "common/base/status_macros.h"
 
@@ -194,10 +195,18 @@ absl::Status Engine::failure() const {
   return failure_;
 }
 
-bool Engine::healthy(std::chrono::milliseconds stall_timeout) const {
+absl::Status Engine::Health(std::chrono::milliseconds stall_timeout) const {
   MutexLock lock(&mutex_);
-  if (failed_) return false;
-  return active_ids_.empty() || std::chrono::steady_clock::now() - last_progress_ < stall_timeout;
+  if (failed_) {
+    return absl::Status(failure_.code(), absl::StrCat("engine failed: ", failure_.message()));
+  }
+  const auto idle = std::chrono::steady_clock::now() - last_progress_;
+  if (active_ids_.empty() || idle < stall_timeout) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrFormat(
+      "engine stalled: %d request(s) pending and no step finished for %.2f s (the limit is "
+      "%.2f s)",
+      active_ids_.size(), std::chrono::duration<double>(idle).count(),
+      std::chrono::duration<double>(stall_timeout).count()));
 }
 
 void Engine::Loop() {

@@ -10,7 +10,7 @@
 //   ASSIGN_OR_RETURN(auto stream, engine.Submit(request));
 //   while (auto out = stream->Next(100ms)) { ... if (out->finish) break; }
 //
-// Thread safety: Submit, Abort, Drain, stats() and healthy() may be called
+// Thread safety: Submit, Abort, Drain, stats() and Health() may be called
 // from any thread.
 #pragma once
 
@@ -92,9 +92,11 @@ class Engine {
 
   EngineStats stats() const;
   int64_t num_active() const;
-  // False after a fatal error, or when work is pending and no step has
-  // finished for `stall_timeout`.
-  bool healthy(std::chrono::milliseconds stall_timeout = std::chrono::seconds(60)) const;
+  // OK while the engine computes. Otherwise why it does not, for a health
+  // report: after a fatal error that error (failure()), prefixed "engine
+  // failed: "; when work is pending and no step has finished for
+  // `stall_timeout`, UNAVAILABLE "engine stalled: ...".
+  absl::Status Health(std::chrono::milliseconds stall_timeout = std::chrono::seconds(60)) const;
   // The error that made the engine fail (what on_fatal was given), or OK
   // while it has not failed: what a server reports with NOT_SERVING.
   absl::Status failure() const;

@@ -1,8 +1,10 @@
 #include "common/engine/engine.h"
 
 #include <fstream>
+#include <future>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "common/sampling/sampler.h"
 #include "common/tensor/npy.h"
@@ -15,6 +17,7 @@ namespace dsv2 {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
 using namespace std::chrono_literals;
 
 // Token t reads as one lowercase letter, 'a' + t % 26: enough text to test
@@ -401,7 +404,7 @@ TEST(EngineFatalTest, ExpertFailureIsFatalAndReported) {
   EXPECT_EQ(c.finish, FinishReason::kError);
   EXPECT_THAT(c.error, HasSubstr("expert weights corrupt"));
   EXPECT_EQ(fatal_calls.load(), 1);
-  EXPECT_FALSE(engine.healthy());
+  EXPECT_EQ(engine.Health(), absl::InternalError("engine failed: expert weights corrupt"));
   EXPECT_EQ(engine.failure(), absl::InternalError("expert weights corrupt"));
   request.id = "after";
   const absl::Status refused = engine.Submit(request).status();
@@ -433,7 +436,8 @@ TEST(EngineFatalTest, NonFiniteRouterScoresFailTheEngineWithTheCause) {
   EXPECT_EQ(c.finish, FinishReason::kError);
   EXPECT_TRUE(c.tokens.empty());
   EXPECT_THAT(c.error, HasSubstr("layer 1: non-finite router scores for token 0"));
-  EXPECT_FALSE(engine.healthy());
+  EXPECT_THAT(engine.Health().message(),
+              HasSubstr("engine failed: layer 1: non-finite router scores"));
   EXPECT_EQ(engine.failure().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(engine.failure().message(), HasSubstr("layer 1: non-finite router scores"));
   EXPECT_EQ(reported, engine.failure());
@@ -469,7 +473,7 @@ TEST(EngineFatalTest, UnreachableExpertsEndTheStepsRequestsOnly) {
   EXPECT_EQ(failed.finish, FinishReason::kError);
   EXPECT_THAT(failed.error, HasSubstr("unreachable"));
   EXPECT_EQ(engine.stats().kv_blocks_used, 0);
-  EXPECT_TRUE(engine.healthy());
+  EXPECT_TRUE(engine.Health().ok()) << engine.Health();
 
   experts->failing = false;
   request.id = "lucky";
@@ -479,6 +483,53 @@ TEST(EngineFatalTest, UnreachableExpertsEndTheStepsRequestsOnly) {
   EXPECT_EQ(ok.finish, FinishReason::kLength);
   EXPECT_EQ(ok.tokens, expected);
   EXPECT_EQ(fatal_calls, 0);
+}
+
+// Experts that do not answer until released: a hung data plane.
+class HangingExperts : public RoutedExperts {
+ public:
+  explicit HangingExperts(const DeepseekV2Model& model)
+      : local_(model.config(), model.weights()), released_(release_.get_future().share()) {}
+
+  absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
+                       const float* weights, float* out,
+                       absl::FunctionRef<void()> meanwhile) override {
+    released_.wait();
+    return local_.Compute(layer, x, n, k, ids, weights, out, meanwhile);
+  }
+  void Release() { release_.set_value(); }
+
+ private:
+  LocalRoutedExperts local_;
+  std::promise<void> release_;
+  std::shared_future<void> released_;
+};
+
+// A step that does not finish makes the engine report itself stalled, with
+// the figures, once the stall timeout passes; healthy again once it moves.
+TEST(EngineHealthTest, AStuckStepIsReportedAsAStallWithItsFigures) {
+  auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto experts = std::make_shared<HangingExperts>(**model);
+  (*model)->SetRoutedExperts(experts);
+  Engine engine(model->get(), nullptr, {.kv_cache_bytes = 8 << 20});
+  EXPECT_TRUE(engine.Health(std::chrono::milliseconds(1)).ok());  // Idle is not stalled.
+  GenerationRequest request;
+  request.id = "stuck";
+  request.prompt = {0, 5, 9};
+  request.max_tokens = 2;
+  auto stream = engine.Submit(request);
+  ASSERT_TRUE(stream.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const absl::Status stalled = engine.Health(std::chrono::milliseconds(20));
+  EXPECT_EQ(stalled.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(stalled.message()),
+              MatchesRegex("engine stalled: 1 request\\(s\\) pending and no step finished for "
+                           "[0-9.]+ s \\(the limit is 0.02 s\\)"));
+  EXPECT_TRUE(engine.Health(std::chrono::seconds(60)).ok());
+  experts->Release();
+  EXPECT_EQ(Collect(**stream).finish, FinishReason::kLength);
+  EXPECT_TRUE(engine.Health(std::chrono::milliseconds(1)).ok());
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 // expert workers of the cluster map over the UCX data plane.
 //
 // Health is SERVING while the engine is healthy and every routed expert has
-// a live worker. SIGINT/SIGTERM: leave the cluster (the router stops
+// a live worker; otherwise NOT_SERVING, with the cause in the log and in
+// its Load report. SIGINT/SIGTERM: leave the cluster (the router stops
 // choosing this worker), then drain as dsv2-standalone does.
 #include <iostream>
 
@@ -13,7 +14,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/base/thread_annotations.h"
 #include "common/base/logging.h"
+#include "common/base/mutex.h"
 #include "common/base/process.h"
 #include "common/cluster/control_client.h"
 #include "common/experts/remote_experts.h"
@@ -44,6 +47,46 @@ ABSL_FLAG(int64_t, expert_attempt_timeout_ms, 0,
 
 namespace dsv2 {
 namespace {
+
+// Whether this worker may serve according to its latest cluster map: OK,
+// or why not.
+class MapReadiness {
+ public:
+  void Update(const ClusterMap& map, const std::string& id) ABSL_LOCKS_EXCLUDED(mutex_) {
+    // Ready once the map lists this worker alive (the expert workers admit
+    // its dispatches from that same map) and every unit has a live worker.
+    const ClusterMap::Worker* me = map.Find(id);
+    absl::Status status;
+    if (me == nullptr) {
+      status = absl::UnavailableError(
+          absl::StrCat("cluster map version ", map.version, " does not list this worker yet"));
+    } else if (me->state != WorkerState::kAlive) {
+      status = absl::UnavailableError(absl::StrCat(
+          "cluster map version ", map.version, " lists this worker as ",
+          me->state == WorkerState::kDraining ? "draining" : "dead"));
+    } else if (!map.complete) {
+      status = absl::UnavailableError(absl::StrCat("cluster map version ", map.version,
+                                                   " is incomplete: ", map.WhyIncomplete()));
+    }
+    MutexLock lock(&mutex_);
+    if (!draining_) status_ = std::move(status);
+  }
+  void Drain() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    status_ = absl::UnavailableError("draining");
+    draining_ = true;
+  }
+  absl::Status Get() const ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    return status_;
+  }
+
+ private:
+  mutable Mutex mutex_;
+  absl::Status status_ ABSL_GUARDED_BY(mutex_) =
+      absl::UnavailableError("no cluster map from the controller yet");
+  bool draining_ ABSL_GUARDED_BY(mutex_) = false;
+};
 
 int Serve() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
@@ -125,10 +168,13 @@ int Serve() {
   std::unique_ptr<ControlClient> control;
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir, *streams);
-  // Ready: the map is complete and lists this worker alive.
-  std::atomic<bool> ready{false}, draining{false};
+  MapReadiness readiness;
   LoadService load(
-      &engine, [&] { return ready && !draining && engine.healthy(); },
+      &engine,
+      [&] {
+        absl::Status status = EngineHealth(engine);
+        return status.ok() ? readiness.Get() : status;
+      },
       [&](internal::DataPlaneStats* stats) { FillDataPlaneStats(*experts, **data_plane, stats); },
       security->ClusterPolicy());
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -141,7 +187,7 @@ int Serve() {
       .engine = &engine,
       .generation = &generation,
       .services = {&load},
-      .ready = [&] { return ready.load(); },
+      .ready = [&] { return readiness.Get(); },
       .on_listening =
           [&](int port) {
             const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
@@ -166,17 +212,14 @@ int Serve() {
                 [&, id = self.id](const ClusterMap& map) {
                   keys.Apply(map);
                   experts->SetRoute(RouteFromMap(map));
-                  // Ready once the map lists this worker alive: the expert
-                  // workers admit its dispatches from that same map.
-                  const ClusterMap::Worker* me = map.Find(id);
-                  ready = map.complete && me != nullptr && me->state == WorkerState::kAlive;
+                  readiness.Update(map, id);
                 });
             reporter = control.get();
             return absl::OkStatus();
           },
       .on_drain =
           [&] {
-            draining = true;
+            readiness.Drain();
             if (absl::Status s = control->Drain(); !s.ok()) {
               DSV2_LOG(WARNING) << "could not leave the cluster: " << s;
             }

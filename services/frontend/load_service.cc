@@ -22,7 +22,9 @@ grpc::Status LoadService::GetLoad(grpc::ServerContext* context,
   response->set_running(stats.running);
   response->set_waiting(stats.waiting);
   response->set_block_size(engine_->block_size());
-  response->set_serving(serving_ == nullptr || serving_());
+  const absl::Status health = health_();
+  response->set_serving(health.ok());
+  response->set_not_serving_reason(std::string(health.message()));
   response->set_generation_tokens(stats.generation_tokens);
   if (data_plane_) data_plane_(response->mutable_data_plane());
   response->set_get_load_calls(calls_.fetch_add(1, std::memory_order_relaxed) + 1);

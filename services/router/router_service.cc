@@ -824,10 +824,16 @@ void RouterService::OnPolled(Poll* raw, const grpc::Status& status) {
   Worker& w = *poll->worker;
   w.poll_in_flight = false;
   if (status.ok()) {
+    const internal::Load& load = poll->response;
     if (!w.load_known) {
-      DSV2_LOG(INFO) << "attention worker " << w.endpoint.id
-                     << " answers: " << (poll->response.serving() ? "serving" : "not serving")
-                     << ", " << poll->response.kv_blocks_total() << " KV blocks";
+      DSV2_LOG(INFO) << "attention worker " << w.endpoint.id << " answers: "
+                     << (load.serving() ? "serving"
+                                        : "not serving (" + load.not_serving_reason() + ")")
+                     << ", " << load.kv_blocks_total() << " KV blocks";
+    } else if (load.serving() != w.load.serving()) {
+      DSV2_LOG(WARNING) << "attention worker " << w.endpoint.id << ": "
+                        << (load.serving() ? "serving again"
+                                           : "not serving: " + load.not_serving_reason());
     }
     w.load_known = true;
     w.load = poll->response;

@@ -158,7 +158,9 @@ class Worker {
     generation_ = std::make_unique<GenerationService>(
         engine_.get(), text_.get(), kModel,
         GenerationServiceOptions{.trust_forwarded_principal = true});
-    load_ = std::make_unique<LoadService>(engine_.get(), [this] { return serving.load(); });
+    load_ = std::make_unique<LoadService>(engine_.get(), [this] {
+      return serving ? absl::OkStatus() : absl::UnavailableError("told not to serve");
+    });
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(generation_.get());
@@ -329,9 +331,11 @@ TEST(RouterTest, LoadServiceReportsTheEnginesBlocks) {
   EXPECT_EQ(load.kv_blocks_free(), 16);
   EXPECT_EQ(load.block_size(), 16);
   EXPECT_TRUE(load.serving());
+  EXPECT_EQ(load.not_serving_reason(), "");
   a.serving = false;
   EXPECT_TRUE(router.WaitView("a", [](const RouterWorkerView& v) {
-    return v.load_known && !v.load.serving() && !v.eligible;
+    return v.load_known && !v.load.serving() && !v.eligible &&
+           v.load.not_serving_reason() == "told not to serve";
   }));
 }
 

@@ -137,6 +137,11 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
   return model;
 }
 
+absl::Status EngineHealth(const Engine& engine) {
+  return engine.Health(std::chrono::milliseconds(
+      static_cast<int64_t>(absl::GetFlag(FLAGS_stall_timeout_s) * 1000)));
+}
+
 void DataPlaneKeys::Apply(const ClusterMap& map) {
   std::vector<transport::FrameKey> keys;
   if (!map.data_plane_key.empty()) {
@@ -203,17 +208,19 @@ int ServeEngine(const ServeParams& params) {
     return 1;
   }
   Engine& engine = *params.engine;
-  const std::chrono::milliseconds stall_timeout(
-      static_cast<int64_t>(absl::GetFlag(FLAGS_stall_timeout_s) * 1000));
-  auto healthy = [&] {
-    return engine.healthy(stall_timeout) && (!params.ready || params.ready());
+  auto why_not = [&] {
+    absl::Status status = EngineHealth(engine);
+    if (status.ok() && params.ready) status = params.ready();
+    return status;
   };
   // "" answers for the process, the service name for the API; both follow
   // the engine and the extra readiness, and turn NOT_SERVING when draining.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  bool serving = healthy();
+  const absl::Status cause = why_not();
+  bool serving = cause.ok();
   health->SetServingStatus(serving);
   health->SetServingStatus(v1::Generation::service_full_name(), serving);
+  if (!serving) DSV2_LOG(INFO) << "health: NOT_SERVING until ready: " << cause.message();
   const std::string host = params.listen.substr(0, params.listen.rfind(':'));
   DSV2_LOG(INFO) << params.program << ": serving " << params.model_dir << " on " << host << ":"
                  << port;
@@ -238,11 +245,18 @@ int ServeEngine(const ServeParams& params) {
       DSV2_LOG(INFO) << TerminationSignalName(signal) << ": draining";
       break;
     }
-    if (const bool now = healthy(); now != serving) {
-      DSV2_LOG(WARNING) << "health: " << (now ? "SERVING again" : "NOT_SERVING");
-      health->SetServingStatus(now);
-      health->SetServingStatus(v1::Generation::service_full_name(), now);
-      serving = now;
+    // Logged when serving turns, with the cause (not each time the cause
+    // changes: a stall's message counts seconds).
+    const absl::Status now = why_not();
+    if (now.ok() != serving) {
+      if (now.ok()) {
+        DSV2_LOG(INFO) << "health: SERVING";
+      } else {
+        DSV2_LOG(WARNING) << "health: NOT_SERVING: " << now.message();
+      }
+      serving = now.ok();
+      health->SetServingStatus(serving);
+      health->SetServingStatus(v1::Generation::service_full_name(), serving);
     }
   }
 

@@ -54,9 +54,9 @@ struct ServeParams {
   Engine* engine = nullptr;
   GenerationService* generation = nullptr;  // Over `engine`; its health follows the engine.
   std::vector<grpc::Service*> services;     // Others to serve.
-  // Extra readiness beyond the engine's health (e.g. every expert group has
-  // a live worker); null: always ready.
-  std::function<bool()> ready;
+  // Extra readiness beyond the engine's health: OK, or why not (e.g. an
+  // expert group has no live worker); null: always ready.
+  std::function<absl::Status()> ready;
   // Once listening, with the bound port (e.g. to register with the
   // controller). A non-OK status ends serving with exit code 1.
   std::function<absl::Status(int port)> on_listening;
@@ -66,10 +66,15 @@ struct ServeParams {
   const std::atomic<bool>* fatal = nullptr;  // Set by the engine's on_fatal.
 };
 
+// Why `engine` cannot compute now (Engine::Health with --stall_timeout_s),
+// or OK.
+absl::Status EngineHealth(const Engine& engine);
+
 // Serves until SIGINT/SIGTERM (drain: health NOT_SERVING, new requests
 // UNAVAILABLE, running ones finish within --drain_grace_s or are aborted;
 // returns 0) or a fatal engine error (returns 1). Health is NOT_SERVING
-// while the engine is stalled (--stall_timeout_s) or `ready` is false.
+// while EngineHealth or `ready` is not OK; each change is logged with the
+// cause.
 // The caller blocks SIGINT and SIGTERM in every thread before starting
 // threads (BlockTerminationSignals, common/base/process.h).
 int ServeEngine(const ServeParams& params);

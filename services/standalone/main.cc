@@ -95,7 +95,7 @@ int Serve() {
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir, *streams);
   LoadService load(
-      &engine, [] { return true; },
+      &engine, [&] { return EngineHealth(engine); },
       [&](internal::DataPlaneStats* stats) {
         FillDataPlaneStats(*experts, **attention_side, stats);
       },
