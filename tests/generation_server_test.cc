@@ -19,9 +19,9 @@
 #include "nlohmann/json.hpp"
 #include "common/rpc/access.h"
 #include "grpcpp/generic/generic_stub.h"
-#include "services/frontend/api_limits.h"
-#include "services/frontend/generation_service.h"
-#include "services/frontend/text_frontend.h"
+#include "server/api/api_limits.h"
+#include "server/grpc/generation_service.h"
+#include "server/api/text_frontend.h"
 #include "tests/generation_test_util.h"
 
 namespace dsv2 {

@@ -3,7 +3,7 @@
 // garbage (or, on a cluster, misleading data-plane errors) at the first
 // request.
 //
-// Three levels, chosen with --weight_check (services/serving) or the dsv2
+// Three levels, chosen with --weight_check (server/serving) or the dsv2
 // tool's --weight-check:
 //   off    nothing is scanned;
 //   cheap  (the default) the tensors a non-finite value poisons every token

@@ -29,7 +29,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "services/serving/serving.h"
+#include "server/serving/serving.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
 ABSL_FLAG(std::string, controller, "", "The controller's host:port.");

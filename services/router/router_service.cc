@@ -11,7 +11,7 @@
 #include "common/base/mutex.h"
 #include "common/rpc/grpc_options.h"
 #include "common/rpc/raw_messages.h"
-#include "services/frontend/api_limits.h"
+#include "server/api/api_limits.h"
 
 namespace dsv2 {
 namespace {

@@ -64,7 +64,7 @@
 #include "dsv2/internal/attention.grpc.pb.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "services/frontend/generation_service.h"
+#include "server/grpc/generation_service.h"
 
 namespace dsv2 {
 

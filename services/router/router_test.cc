@@ -21,9 +21,9 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "gtest/gtest.h"
-#include "services/frontend/generation_service.h"
-#include "services/frontend/load_service.h"
-#include "services/frontend/text_frontend.h"
+#include "server/grpc/generation_service.h"
+#include "server/grpc/load_service.h"
+#include "server/api/text_frontend.h"
 #include "tests/generation_test_util.h"
 
 namespace dsv2 {

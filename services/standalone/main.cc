@@ -18,10 +18,10 @@
 #include "common/experts/remote_experts.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/inprocess_transport.h"
-#include "services/frontend/generation_service.h"
-#include "services/frontend/load_service.h"
-#include "services/frontend/text_frontend.h"
-#include "services/serving/serving.h"
+#include "server/grpc/generation_service.h"
+#include "server/grpc/load_service.h"
+#include "server/api/text_frontend.h"
+#include "server/serving/serving.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",

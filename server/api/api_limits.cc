@@ -1,4 +1,4 @@
-#include "services/frontend/api_limits.h"
+#include "server/api/api_limits.h"
 
 #include "absl/strings/str_cat.h"
 

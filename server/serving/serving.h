@@ -18,7 +18,7 @@
 #include "common/tensor/dtype.h"
 #include "dsv2/internal/attention.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "services/frontend/generation_service.h"
+#include "server/grpc/generation_service.h"
 
 namespace dsv2 {
 

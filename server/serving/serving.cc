@@ -1,4 +1,4 @@
-#include "services/serving/serving.h"
+#include "server/serving/serving.h"
 
 #include <charconv>
 #include <chrono>

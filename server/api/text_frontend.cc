@@ -1,4 +1,4 @@
-#include "services/frontend/text_frontend.h"
+#include "server/api/text_frontend.h"
 
 #include <filesystem>
 

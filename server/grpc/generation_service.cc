@@ -1,4 +1,4 @@
-#include "services/frontend/generation_service.h"
+#include "server/grpc/generation_service.h"
 
 #include <chrono>
 #include <optional>
@@ -9,7 +9,7 @@
 #include "common/base/mutex.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/raw_messages.h"
-#include "services/frontend/api_limits.h"
+#include "server/api/api_limits.h"
 
 namespace dsv2 {
 namespace {

@@ -1,4 +1,4 @@
-#include "services/frontend/load_service.h"
+#include "server/grpc/load_service.h"
 
 #include <algorithm>
 

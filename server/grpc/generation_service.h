@@ -33,7 +33,7 @@
 #include "common/rpc/access.h"
 #include "common/rpc/stream_watchdog.h"
 #include "dsv2/v1/generation.grpc.pb.h"
-#include "services/frontend/text_frontend.h"
+#include "server/api/text_frontend.h"
 
 namespace dsv2 {
 
