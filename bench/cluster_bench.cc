@@ -1,12 +1,13 @@
 // Decode throughput of the disaggregated loopback cluster against
 // dsv2-standalone, the data-plane bytes per token per MoE layer against the
-// theoretical 2 x hidden x 2 bytes x workers reached, and UcxTransport goodput
+// theoretical 2 x hidden x E bytes x workers reached (E: 4 for f32, 2 for
+// bf16), and UcxTransport goodput
 // at the message sizes the cluster used against ucx_perftest — all measured
 // in one run.
 //
 //   cluster_bench [--model DIR] [--batches 32,64] [--micro-batches 1,2] [--tokens 32]
 //                 [--prompt 8] [--warmup-tokens 4] [--attention 1] [--experts 2]
-//                 [--kv-cache-mib 256] [--build DIR] [--state DIR] [--reps 1]
+//                 [--kv-cache-mib 256] [--dtype f32|bf16] [--build DIR] [--state DIR] [--reps 1]
 //                 [--transport-reps 3] [--transport-iters 100]
 //                 [--no-standalone] [--no-cluster] [--no-transport] [--json]
 //
@@ -16,7 +17,8 @@
 // cluster (controller, --experts expert workers, --attention attention
 // workers with --micro_batches=m, router) with deploy/local/cluster.sh and
 // measures the same through the router. Both get the same --kv_cache_mib
-// and --max_num_seqs. A measurement sends B concurrent greedy streams
+// and --max_num_seqs, and --data_plane_dtype --dtype (default f32, the
+// servers' default). A measurement sends B concurrent greedy streams
 // (distinct random token-id prompts of --prompt tokens, ignore_eos,
 // max_tokens --tokens) and timestamps every streamed chunk (--reps times
 // per configuration on the same servers; the median by throughput counts):
@@ -31,9 +33,9 @@
 //                    in-process data plane, same counters); per token per
 //                    MoE layer = Δ(bytes_sent + bytes_received) / Δtokens
 //                    (tokens count once per MoE layer and micro-batch), the
-//                    theory 2 x hidden x 2 x Δtoken_workers / Δtokens.
-//                    Dispatched rows are derived from the bf16 combine bytes:
-//                    rows = (Δbytes_received - 64 x Δmessages) / (2 x hidden).
+//                    theory 2 x hidden x E x Δtoken_workers / Δtokens.
+//                    Dispatched rows are derived from the combine bytes:
+//                    rows = (Δbytes_received - 64 x Δmessages) / (E x hidden).
 //   same tokens      streams whose cluster output equals standalone's.
 //
 // Then it runs bench/transport_bench (UCX_TLS=tcp, the listener transport
@@ -196,6 +198,8 @@ struct Options {
   std::string model, build, state, cluster_script;
   int attention = 1, experts = 2;
   long kv_cache_mib = 256, max_num_seqs = 64;
+  std::string dtype = "f32";  // --data_plane_dtype.
+  int ElementBytes() const { return dtype == "bf16" ? 2 : 4; }
 };
 
 class System {
@@ -215,7 +219,8 @@ class System {
 std::vector<std::string> EngineFlags(const Options& o, int micro_batches) {
   return {absl::StrCat("--micro_batches=", micro_batches),
           absl::StrCat("--kv_cache_mib=", o.kv_cache_mib),
-          absl::StrCat("--max_num_seqs=", o.max_num_seqs)};
+          absl::StrCat("--max_num_seqs=", o.max_num_seqs),
+          absl::StrCat("--data_plane_dtype=", o.dtype)};
 }
 
 class Standalone final : public System {
@@ -613,7 +618,7 @@ int Main(int argc, char** argv) {
   if (flags.Has("help") ||
       !flags
            .Unknown({"model", "batches", "micro-batches", "tokens", "prompt", "warmup-tokens",
-                     "attention", "experts", "kv-cache-mib", "build", "state", "reps",
+                     "attention", "experts", "kv-cache-mib", "dtype", "build", "state", "reps",
                      "transport-reps", "transport-iters", "no-standalone", "no-cluster",
                      "no-transport", "json"})
            .empty()) {
@@ -640,6 +645,12 @@ int Main(int argc, char** argv) {
   o.attention = static_cast<int>(flags.GetInt("attention", 1));
   o.experts = static_cast<int>(flags.GetInt("experts", 2));
   o.kv_cache_mib = flags.GetInt("kv-cache-mib", 256);
+  o.dtype = flags.Get("dtype", "f32");
+  if (o.dtype != "f32" && o.dtype != "bf16") {
+    std::fprintf(stderr, "cluster_bench: --dtype must be f32 or bf16\n");
+    return 2;
+  }
+  const int element = o.ElementBytes();
   const std::vector<long> batches = flags.GetList("batches", "32,64");
   const std::vector<long> micro = flags.GetList("micro-batches", "1,2");
   const int64_t max_tokens = flags.GetInt("tokens", 32);
@@ -747,7 +758,9 @@ int Main(int argc, char** argv) {
 
   // Transport goodput at the mean rows per dispatch the cluster sent.
   auto rows_of = [&](const DataPlane& d) {
-    return d.messages > 0 ? (d.bytes_received - kHeaderBytes * d.messages) / (2.0 * hidden) : 0.0;
+    return d.messages > 0
+               ? (d.bytes_received - kHeaderBytes * d.messages) / (1.0 * element * hidden)
+               : 0.0;
   };
   std::map<long, TransportRow> transport_rows;
   // The sizes measured: the cluster's mean rows per dispatch, those within
@@ -770,11 +783,13 @@ int Main(int argc, char** argv) {
     if (!sizes.empty()) {
       Log("transport_bench (tcp) at " + absl::StrJoin(sizes, ",") + " rows per dispatch");
       const std::string out = o.state + "/transport_bench.json";
-      const int code = Run({o.build + "/bench/transport_bench", "--transports", "tcp", "--hidden",
-                            absl::StrCat(hidden), "--top-k", absl::StrCat(top_k), "--tokens",
-                            absl::StrJoin(sizes, ","), "--reps", flags.Get("transport-reps", "3"),
-                            "--iters", flags.Get("transport-iters", "100"), "--json"},
-                           o.state + "/transport_bench.log", {}, out, /*own_group=*/true);
+      // transport_bench sends bf16 rows: an f32 row is a bf16 row of twice the width.
+      const int code =
+          Run({o.build + "/bench/transport_bench", "--transports", "tcp", "--hidden",
+               absl::StrCat(hidden * element / 2), "--top-k", absl::StrCat(top_k), "--tokens",
+               absl::StrJoin(sizes, ","), "--reps", flags.Get("transport-reps", "3"), "--iters",
+               flags.Get("transport-iters", "100"), "--json"},
+              o.state + "/transport_bench.log", {}, out, /*own_group=*/true);
       try {
         const nlohmann::json j = nlohmann::json::parse(ReadFile(out));
         for (const auto& row : j["rows"]) {
@@ -819,9 +834,9 @@ int Main(int argc, char** argv) {
     const double rows = rows_of(d);
     b.per_token = static_cast<double>(d.bytes_sent + d.bytes_received) / d.tokens;
     b.workers = static_cast<double>(d.token_workers) / d.tokens;
-    b.theory = 2.0 * hidden * 2 * b.workers;
+    b.theory = 2.0 * hidden * element * b.workers;
     b.rows_per_token = rows / d.tokens;
-    b.act = 2.0 * hidden * 2 * b.rows_per_token;
+    b.act = 2.0 * hidden * element * b.rows_per_token;
     b.headers = 2.0 * kHeaderBytes * d.messages / d.tokens;
     b.ids = b.per_token - b.act - b.headers;  // Ids, weights, alignment padding.
     b.rows_per_msg = d.messages > 0 ? rows / d.messages : 0;
@@ -953,11 +968,12 @@ int Main(int argc, char** argv) {
         b.rows_per_msg, b.dispatch_frame, b.rate_gb_s);
   }
   std::printf(
-      "theory = 2 x hidden x 2 B x workers reached per token; act+part = bf16 activation and "
+      "theory = 2 x hidden x %d B (%s) x workers reached per token; act+part = activation and "
       "partial-sum rows\n(one row per token and combine granule: one expert under greedy routing, "
       "one group under group-limited);\nids+wts = top-k int32 ids + f32 weights per row and "
       "alignment; headers = 2 x 64 B per dispatch;\nDP GB/s = the cluster's data-plane bytes "
-      "over the decode window's wall time (standalone: in-process, no copy).\n");
+      "over the decode window's wall time (standalone: in-process, no copy).\n",
+      element, o.dtype.c_str());
   if (!transport_rows.empty()) {
     std::printf(
         "\nData-plane goodput at the cluster's message sizes (transport_bench, UCX_TLS=tcp, "

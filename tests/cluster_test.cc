@@ -20,6 +20,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/base/mutex.h"
 #include "common/cluster/control_client.h"
 #include "common/model/config.h"
@@ -189,7 +191,9 @@ int PromptOf(const v1::GenerateRequest& request) {
   return -1;
 }
 
-// dsv2-standalone's greedy outputs of kLongTokens for every prompt.
+// dsv2-standalone's greedy outputs of kLongTokens for every prompt, with
+// default flags, checked against `dsv2 generate`'s (exact by default: the
+// cluster, the standalone server and the tool give the same tokens).
 struct Reference {
   std::vector<std::vector<int32_t>> outputs;  // By prompt.
   std::string error;                          // Why there are none.
@@ -218,6 +222,21 @@ Reference ComputeReference(const std::string& model) {
         return reference;
       }
       reference.outputs.push_back(o.tokens);
+    }
+  }
+  for (int p = 0; p < kPrompts; ++p) {
+    const std::string command = absl::StrCat(
+        DSV2_BINARY, " generate --model ", model, " --tokens ", absl::StrJoin(Prompt(p), ","),
+        " --max-tokens ", kLongTokens, " --ignore-eos 2>/dev/null");
+    FILE* pipe = popen(command.c_str(), "r");
+    std::vector<int32_t> tokens;
+    int32_t token;
+    while (pipe != nullptr && fscanf(pipe, "%d", &token) == 1) tokens.push_back(token);
+    const int code = pipe != nullptr ? pclose(pipe) : -1;
+    if (code != 0 || tokens != reference.outputs[p]) {
+      reference.error = absl::StrCat("dsv2-standalone's tokens for prompt ", p,
+                                     " differ from `", command, "` (exit ", code, ")");
+      return reference;
     }
   }
   std::filesystem::remove_all(dir);

@@ -240,10 +240,10 @@ std::string RunTool(const std::string& args) {
   return out;
 }
 
-// dsv2 generate computes the experts in-process in f32; with an f32 data
-// plane the server's numbers are the same bit for bit.
+// dsv2 generate computes the experts in-process in f32; the server's data
+// plane is f32 by default, so its numbers are the same bit for bit.
 TEST(StandaloneProcessTest, ClientPrintsWhatGeneratePrints) {
-  StandaloneProcess process({"--model=tests/data/tiny-v2", "--data_plane_dtype=f32"});
+  StandaloneProcess process({"--model=tests/data/tiny-v2"});
   const std::string address = process.WaitAddress();
   ASSERT_FALSE(address.empty()) << process.Stderr();
   for (const std::string request :

@@ -62,7 +62,9 @@ struct ExpertRoute {
 std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map);
 
 struct RemoteExpertsOptions {
-  DType dispatch_dtype = DType::kBF16;  // Activations on the wire; the reply uses the same.
+  // Activations on the wire; the reply uses the same. F32 is exact (the
+  // numbers of LocalRoutedExperts); BF16 halves the bytes and rounds.
+  DType dispatch_dtype = DType::kF32;
   // The longest a MoE layer waits for a worker with no replica to go to.
   absl::Duration timeout = absl::Seconds(5);
   // Per attempt (see above); zero: adaptive.

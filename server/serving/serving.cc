@@ -24,8 +24,10 @@ ABSL_FLAG(bool, prefix_caching, true, "Share KV blocks of common prompt prefixes
 ABSL_FLAG(int64_t, micro_batches, 1,
           "Micro-batches per step (1-4), run concurrently so that one computes while another's "
           "routed experts are on the data plane.");
-ABSL_FLAG(std::string, data_plane_dtype, "bf16",
-          "Activations and partial sums on the data plane: bf16 (half the bytes) or f32 (exact).");
+ABSL_FLAG(std::string, data_plane_dtype, "f32",
+          "Activations and partial sums on the data plane: f32 (exact: the numbers of dsv2 "
+          "generate) or bf16 (half the bytes; rounds, so greedy tokens may differ; "
+          "docs/performance.md).");
 ABSL_FLAG(double, drain_grace_s, 30, "On SIGTERM, seconds running requests may take to finish.");
 ABSL_FLAG(double, stall_timeout_s, 60,
           "Health turns NOT_SERVING when work is pending and no step finished for this long.");
