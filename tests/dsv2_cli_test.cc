@@ -209,11 +209,52 @@ TEST(CliTokenizerTest, BadTokenizerInputGetsOneClearLine) {
   EXPECT_EQ(replaced.exit_code, 0) << replaced.err;
   Result unknown = RunDsv2("detokenize --tokenizer tests/data/tiny-v2 --ids 5,99999");
   EXPECT_EQ(unknown.exit_code, 1);
-  EXPECT_THAT(unknown.err, HasSubstr("token id 99999 at index 1 is not in the vocabulary"));
+  EXPECT_THAT(unknown.err,
+              HasSubstr("token id 99999 at index 1 is not below the vocabulary size 3200"));
   EXPECT_EQ(unknown.out, "");
   Result missing = RunDsv2("tokenize --tokenizer tests/data/no-such.json --text a");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr("cannot open tokenizer file tests/data/no-such.json"));
+}
+
+// A model with more vocabulary rows than its tokenizer has tokens (the last
+// 400 of tiny-v2's 3,200 cut from its tokenizer): generation never emits a
+// row the tokenizer lacks — without a tokenizer the same request does — and
+// detokenize reads such a row as nothing, as the servers' text does.
+TEST(CliTokenizerTest, PaddedVocabularyRowsAreNeverGeneratedAndDecodeToNothing) {
+  constexpr int32_t kTokens = 2800;
+  const std::string padded = testutil::CopyModel("tests/data/tiny-v2", "padded_vocab");
+  testutil::TruncateTokenizer(padded, kTokens);
+  const std::string bare = testutil::CopyModel("tests/data/tiny-v2", "padded_vocab_bare");
+  std::filesystem::remove(bare + "/tokenizer.json");
+  auto ids_of = [](const std::string& out) {
+    std::vector<int32_t> ids;
+    std::istringstream in(out);
+    for (int32_t id; in >> id;) ids.push_back(id);
+    return ids;
+  };
+  const std::string request = " --tokens 0,40,41,42,7,300 --max-tokens 96 --ignore-eos";
+  const Result free = RunDsv2("generate --model " + bare + request);
+  ASSERT_EQ(free.exit_code, 0) << free.err;
+  const std::vector<int32_t> unmasked = ids_of(free.out);
+  ASSERT_EQ(unmasked.size(), 96u);
+  EXPECT_GE(*std::max_element(unmasked.begin(), unmasked.end()), kTokens)
+      << "the request never reaches a padded row: it tests nothing";
+  const Result masked = RunDsv2("generate --model " + padded + request);
+  ASSERT_EQ(masked.exit_code, 0) << masked.err;
+  const std::vector<int32_t> ids = ids_of(masked.out);
+  ASSERT_EQ(ids.size(), 96u);
+  for (int32_t id : ids) EXPECT_LT(id, kTokens);
+  EXPECT_THAT(masked.err, HasSubstr("400 of the model's 3200 vocabulary rows have no token"));
+
+  const Result text = RunDsv2("generate --model " + padded + " --prompt 'Hello' --max-tokens 48");
+  EXPECT_EQ(text.exit_code, 0) << text.err;
+  const Result pad = RunDsv2("detokenize --tokenizer " + padded + " --ids 5,3199,6");
+  ASSERT_EQ(pad.exit_code, 0) << pad.err;
+  EXPECT_EQ(pad.out, RunDsv2("detokenize --tokenizer " + padded + " --ids 5,6").out);
+  const Result beyond = RunDsv2("detokenize --tokenizer " + padded + " --ids 3200");
+  EXPECT_EQ(beyond.exit_code, 1);
+  EXPECT_THAT(beyond.err, HasSubstr("token id 3200 at index 0 is not below the vocabulary size 3200"));
 }
 
 class PromptCliTest : public ::testing::TestWithParam<std::string> {};

@@ -45,6 +45,31 @@ inline void SetConfigField(const std::string& dir, const std::string& key,
   std::ofstream(dir + "/config.json") << config.dump(2);
 }
 
+// Cuts `dir`'s tokenizer.json down to its first `size` ids (and the merges
+// among them), so the model's vocab_size has rows the tokenizer lacks, as
+// DeepSeek-V2's 102,400 rows against 100,015 tokens.
+inline void TruncateTokenizer(const std::string& dir, int32_t size) {
+  nlohmann::json tokenizer = ReadJsonFile(dir + "/tokenizer.json");
+  nlohmann::json& vocab = tokenizer["model"]["vocab"];
+  nlohmann::json kept = nlohmann::json::object();
+  for (const auto& [token, id] : vocab.items()) {
+    if (id.get<int32_t>() < size) kept[token] = id;
+  }
+  vocab = kept;
+  nlohmann::json merges = nlohmann::json::array();
+  for (const nlohmann::json& merge : tokenizer["model"]["merges"]) {
+    const std::string a = merge[0], b = merge[1];
+    if (kept.contains(a) && kept.contains(b) && kept.contains(a + b)) merges.push_back(merge);
+  }
+  tokenizer["model"]["merges"] = merges;
+  nlohmann::json added = nlohmann::json::array();
+  for (const nlohmann::json& token : tokenizer["added_tokens"]) {
+    if (token["id"].get<int32_t>() < size) added.push_back(token);
+  }
+  tokenizer["added_tokens"] = added;
+  std::ofstream(dir + "/tokenizer.json") << tokenizer.dump();
+}
+
 // Overwrites element `index` of the BF16 tensor `tensor` in
 // dir/model.safetensors with `bits` (default a quiet NaN; 0x7F80 is +inf).
 inline void PoisonBf16(const std::string& dir, const std::string& tensor, int64_t index,

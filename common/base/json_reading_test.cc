@@ -13,14 +13,14 @@ using ::testing::HasSubstr;
 using Json = nlohmann::json;
 
 TEST(JsonReadingTest, TypeNames) {
-  EXPECT_EQ(JsonTypeName(Json(5)), "number");
-  EXPECT_EQ(JsonTypeName(Json(5u)), "number");
-  EXPECT_EQ(JsonTypeName(Json(0.5)), "number");
-  EXPECT_EQ(JsonTypeName(Json("x")), "string");
-  EXPECT_EQ(JsonTypeName(Json(true)), "boolean");
-  EXPECT_EQ(JsonTypeName(Json(nullptr)), "null");
-  EXPECT_EQ(JsonTypeName(Json::array()), "array");
-  EXPECT_EQ(JsonTypeName(Json::object()), "object");
+  EXPECT_STREQ(JsonTypeName(Json(5)), "number");
+  EXPECT_STREQ(JsonTypeName(Json(5u)), "number");
+  EXPECT_STREQ(JsonTypeName(Json(0.5)), "number");
+  EXPECT_STREQ(JsonTypeName(Json("x")), "string");
+  EXPECT_STREQ(JsonTypeName(Json(true)), "boolean");
+  EXPECT_STREQ(JsonTypeName(Json(nullptr)), "null");
+  EXPECT_STREQ(JsonTypeName(Json::array()), "array");
+  EXPECT_STREQ(JsonTypeName(Json::object()), "object");
 }
 
 TEST(JsonReadingTest, ValuesForMessagesAreShortAndNeverRecurse) {

@@ -64,6 +64,18 @@ Engine::Engine(const DeepseekV2Model* model, const TextDecoderFactory* text, Eng
                  << options_.kv_cache_bytes / (1 << 20) << " MiB), max " << options_.max_num_seqs
                  << " running, " << options_.max_batch_tokens << " tokens per step, "
                  << options_.max_waiting << " waiting";
+  if (text_ != nullptr) {
+    for (int32_t id = 0; id < model->config().vocab_size; ++id) {
+      if (!text_->Decodes(id)) unsampled_.push_back(id);
+    }
+  }
+  if (!unsampled_.empty()) {
+    DSV2_LOG(INFO) << "engine: " << unsampled_.size() << " of the model's "
+                   << model->config().vocab_size
+                   << " vocabulary rows have no token in the tokenizer (ids "
+                   << unsampled_.front() << ".." << unsampled_.back()
+                   << " among them); they are never sampled";
+  }
   stats_.kv_blocks_total = cache_.num_blocks();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -386,8 +398,9 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
   std::vector<float> logits(raw_logits, raw_logits + vocab);
   ApplyPenalties(request.sampling, std::span<const int32_t>(s->tokens).first(s->prompt_len),
                  std::span<const int32_t>(s->tokens).subspan(s->prompt_len), logits.data(), vocab);
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  for (int32_t id : unsampled_) logits[id] = kMasked;
   if (s->num_generated() < request.min_tokens) {
-    constexpr float kMasked = -std::numeric_limits<float>::infinity();
     if (!request.ignore_eos && eos >= 0) logits[eos] = kMasked;
     for (int32_t id : request.stop_token_ids) logits[id] = kMasked;
   }

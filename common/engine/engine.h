@@ -122,6 +122,9 @@ class Engine {
 
   const DeepseekV2Model* model_;
   const TextDecoderFactory* text_;
+  // The model's vocabulary rows the tokenizer has no token for (padding):
+  // never sampled. Set before the step thread starts; read-only after.
+  std::vector<int32_t> unsampled_;
   EngineOptions options_;
   int64_t max_model_len_;
   PagedKvCache cache_;

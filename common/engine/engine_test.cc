@@ -1,7 +1,9 @@
 #include "common/engine/engine.h"
 
+#include <algorithm>
 #include <fstream>
 #include <future>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -21,7 +23,8 @@ using ::testing::MatchesRegex;
 using namespace std::chrono_literals;
 
 // Token t reads as one lowercase letter, 'a' + t % 26: enough text to test
-// stop strings that span tokens without a tokenizer.
+// stop strings that span tokens without a tokenizer. Ids from `size` on are
+// not in its vocabulary (a model's padded rows).
 class LetterDecoder : public IncrementalTextDecoder {
  public:
   std::string Append(int32_t token) override { return std::string(1, char('a' + token % 26)); }
@@ -29,9 +32,15 @@ class LetterDecoder : public IncrementalTextDecoder {
 };
 class LetterDecoderFactory : public TextDecoderFactory {
  public:
+  explicit LetterDecoderFactory(int32_t size = std::numeric_limits<int32_t>::max())
+      : size_(size) {}
   std::unique_ptr<IncrementalTextDecoder> NewDecoder(bool) const override {
     return std::make_unique<LetterDecoder>();
   }
+  bool Decodes(int32_t id) const override { return id < size_; }
+
+ private:
+  int32_t size_;
 };
 
 struct Collected {
@@ -114,6 +123,31 @@ TEST_F(EngineTest, GreedyOutputEqualsTheReference) {
   EXPECT_EQ(c.usage.prompt_tokens, 40);
   EXPECT_EQ(c.usage.completion_tokens, static_cast<int64_t>(expected.size()));
   EXPECT_EQ(c.text.size(), expected.size());
+}
+
+// A model whose vocabulary has rows its tokenizer lacks: greedy decoding
+// that would pick one picks the best decodable token instead, and is
+// otherwise unchanged; logprobs stay those of the raw distribution.
+TEST_F(EngineTest, RowsTheTokenizerLacksAreNeverSampled) {
+  GenerationRequest request = Greedy("padded", {0, 5, 9, 14, 3, 77}, 64);
+  request.logprobs = 0;
+  const Collected free = Run(*MakeEngine(), request);
+  ASSERT_EQ(free.tokens.size(), 64u);
+  // Pretend the tokenizer ends at the largest id greedy chose: from its
+  // first use on, the outputs must differ.
+  const int32_t size = *std::max_element(free.tokens.begin(), free.tokens.end());
+  const size_t first = std::find(free.tokens.begin(), free.tokens.end(), size) - free.tokens.begin();
+  LetterDecoderFactory padded(size);
+  Engine engine(model_, &padded, {.kv_cache_bytes = 16 << 20});
+  const Collected masked = Run(engine, request);
+  ASSERT_EQ(masked.finish, FinishReason::kLength) << masked.error;
+  ASSERT_EQ(masked.tokens.size(), 64u);
+  for (int32_t token : masked.tokens) EXPECT_LT(token, size);
+  EXPECT_TRUE(std::equal(masked.tokens.begin(), masked.tokens.begin() + first,
+                         free.tokens.begin()));
+  EXPECT_NE(masked.tokens[first], size);
+  // The replacement is the runner-up of the raw distribution at that step.
+  EXPECT_LT(masked.logprobs[first].logprob, free.logprobs[first].logprob);
 }
 
 TEST_F(EngineTest, ConcurrentStreamsEqualTheirSoloRuns) {

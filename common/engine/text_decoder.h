@@ -23,6 +23,10 @@ class TextDecoderFactory {
  public:
   virtual ~TextDecoderFactory() = default;
   virtual std::unique_ptr<IncrementalTextDecoder> NewDecoder(bool skip_special_tokens) const = 0;
+  // Whether the tokenizer has token `id`. A model's vocab_size may exceed
+  // its tokenizer (DeepSeek-V2: 102,400 rows for 100,015 tokens); the engine
+  // never samples the rows the tokenizer lacks.
+  virtual bool Decodes(int32_t id) const = 0;
 };
 
 }  // namespace dsv2

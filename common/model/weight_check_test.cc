@@ -35,6 +35,18 @@ TensorInfo View(const std::string& dtype, const std::vector<char>& bytes, int64_
   return t;
 }
 
+// Writes `value` as one element of `dtype` at `at`, which may be unaligned.
+void WriteAs(const std::string& dtype, float value, char* at) {
+  alignas(8) char element[8];
+  if (dtype == "F64") {
+    const double d = value;
+    std::memcpy(element, &d, 8);
+  } else {
+    ConvertFromFloat(&value, 1, *ParseDType(dtype), element);
+  }
+  std::memcpy(at, element, static_cast<size_t>(*SafetensorsElementSize(dtype)));
+}
+
 // Every float dtype, NaN and both infinities, at the first element, at a
 // block boundary and at the last, from an odd (unaligned) address.
 TEST(WeightCheckTest, FindsNonFiniteValuesInEveryFloatDtypeAtAnyPosition) {
@@ -51,23 +63,11 @@ TEST(WeightCheckTest, FindsNonFiniteValuesInEveryFloatDtypeAtAnyPosition) {
         // (all exponent bits but one set) and negative zero.
         for (int64_t i = 0; i < kNumel; ++i) {
           const float value = i % 3 == 0 ? 65504.0f : (i % 3 == 1 ? -0.0f : 1.5f);
-          char* at = bytes.data() + 1 + i * size;
-          if (dtype == "F64") {
-            const double d = value;
-            std::memcpy(at, &d, 8);
-          } else {
-            ConvertFromFloat(&value, 1, *ParseDType(dtype), at);
-          }
+          WriteAs(dtype, value, bytes.data() + 1 + i * size);
         }
         const TensorInfo clean = View(dtype, bytes, 1, kNumel);
         ASSERT_EQ(FindNonFinite(clean, 0, kNumel), std::nullopt) << dtype;
-        char* at = bytes.data() + 1 + position * size;
-        if (dtype == "F64") {
-          const double d = special;
-          std::memcpy(at, &d, 8);
-        } else {
-          ConvertFromFloat(&special, 1, *ParseDType(dtype), at);
-        }
+        WriteAs(dtype, special, bytes.data() + 1 + position * size);
         const TensorInfo poisoned = View(dtype, bytes, 1, kNumel);
         EXPECT_EQ(FindNonFinite(poisoned, 0, kNumel), position) << dtype << " " << special;
         // A range that excludes the element does not see it.

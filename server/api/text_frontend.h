@@ -34,6 +34,9 @@ class TextFrontend final : public TextDecoderFactory {
     return tokenizer_.EncodeChat(messages, /*add_generation_prompt=*/true);
   }
   std::unique_ptr<IncrementalTextDecoder> NewDecoder(bool skip_special_tokens) const override;
+  bool Decodes(int32_t id) const override {
+    return tokenizer_.tokenizer().TokenBytes(id) != nullptr;
+  }
 
   const ModelTokenizer& tokenizer() const { return tokenizer_; }
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
+#include "common/model/config.h"
 #include "common/tokenizer/tokenizer.h"
 #include "tools/dsv2/args.h"
 #include "tools/dsv2/commands.h"
@@ -65,10 +66,21 @@ absl::Status Detokenize(std::span<const std::string> argv, std::ostream& out) {
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, args.GetTokenIds("ids"));
   ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(args));
+  // With a model directory, ids below its vocab_size that the tokenizer
+  // lacks are the model's padding rows: they decode to nothing, as every
+  // text path of the servers treats them.
+  int64_t vocab_size = tokenizer->VocabSize();
+  const std::string config_path = *args.Get("tokenizer") + "/config.json";
+  std::error_code error;
+  if (std::filesystem::exists(config_path, error)) {
+    ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(config_path));
+    vocab_size = std::max(vocab_size, config.vocab_size);
+  }
   for (size_t i = 0; i < ids.size(); ++i) {
-    if (tokenizer->TokenBytes(ids[i]) == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token id ", ids[i], " at index ", i, " is not in the vocabulary"));
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at index ", i,
+                                                     " is not below the vocabulary size ",
+                                                     vocab_size));
     }
   }
   out << tokenizer->Decode(ids, args.Has("skip-special-tokens"));
