@@ -33,7 +33,9 @@ class StandaloneProcess {
     dir_ = testing::TempDir() + "/standalone_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
     std::filesystem::create_directories(dir_);
     std::vector<std::string> args = {DSV2_STANDALONE, "--listen=127.0.0.1:0",
-                                     "--port_file=" + dir_ + "/port", "--kv_cache_mib=32"};
+                                     "--port_file=" + dir_ + "/port", "--kv_cache_mib=32",
+                                     "--http_listen=127.0.0.1:0",
+                                     "--http_port_file=" + dir_ + "/http_port"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     pid_ = fork();
     if (pid_ == 0) {
@@ -70,6 +72,14 @@ class StandaloneProcess {
   }
 
   void Signal(int sig) { kill(pid_, sig); }
+
+  // The HTTP API's port (written before the gRPC port file), or 0.
+  int HttpPort() const {
+    std::ifstream in(dir_ + "/http_port");
+    int port = 0;
+    in >> port;
+    return port;
+  }
 
   // Exit code, or -1 if it did not exit normally within `timeout`.
   int WaitExit(std::chrono::seconds timeout = 30s) {
