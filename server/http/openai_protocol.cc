@@ -473,7 +473,8 @@ std::string OpenAiParam(const absl::Status& status) {
       {"max_tokens", "max_tokens"},         {"min_tokens", "min_tokens"},
       {"logprobs", "logprobs"},             {"stopping.stop_token_ids", "stop_token_ids"},
       {"stop token id", "stop_token_ids"},  {"stopping.stop", "stop"},
-      {"stop strings", "stop"},             {"prompt", "prompt"},
+      {"stop strings", "stop"},             {"prompt (", "max_tokens"},
+      {"prompt", "prompt"},
       {"text", "prompt"},                   {"token_ids", "prompt"},
       {"the prompt", "prompt"},             {"chat.messages", "messages"},
   };
