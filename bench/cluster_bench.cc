@@ -237,7 +237,8 @@ class Standalone final : public System {
                                      "--listen",
                                      "127.0.0.1:0",
                                      "--port_file",
-                                     port_file};
+                                     port_file,
+                                     "--http_listen="};
     for (const std::string& f : EngineFlags(o_, micro_batches)) argv.push_back(f);
     const pid_t pid = Spawn(argv, o_.state + "/standalone.log");
     pid_ = pid;

@@ -30,8 +30,18 @@ echo "(the bundled test model has random weights, so the answer is random text)"
   --max-tokens 48 --stats
 echo
 echo
+# The same router over its OpenAI-compatible HTTP API (docs/openai.md).
+url="$("$cluster" http-url)"
+tls="$build/cluster/tls"
+echo "curl $url/completions (the OpenAI-compatible API, same CA and token):"
+curl -sS --cacert "$tls/ca.pem" -H "Authorization: Bearer $(cat "$tls/local.token")" \
+  -H "Content-Type: application/json" "$url/completions" \
+  -d '{"prompt": "Once upon a time", "max_tokens": 16}'
+echo
+echo
 echo "The cluster keeps serving $model through the router at $addr"
 echo "(logs in $build/cluster/)."
 echo "  query:  $dsv2 client --addr $addr ${client_flags[*]} --prompt 'Once upon a time' --max-tokens 32"
+echo "  http:   curl --cacert $tls/ca.pem -H \"Authorization: Bearer \$(cat $tls/local.token)\" $url/models"
 echo "  status: $cluster status"
 echo "  stop:   $cluster down"

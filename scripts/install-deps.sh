@@ -10,6 +10,9 @@ packages=(
   libgtest-dev libgmock-dev
   libucx-dev ucx-utils
   openssl libssl-dev
+  # The HTTP API (server/http): cpp-httplib, a compiled library with OpenSSL;
+  # curl for its tests and the demo.
+  libcpp-httplib-dev curl
   clang libclang-rt-14-dev
   python3 python3-venv
   # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes.
@@ -30,7 +33,8 @@ else
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python packages of the examples (grpcio from PyPI), in a virtual
+# Python packages of the examples (grpcio, and openai for the HTTP API's
+# client test, from PyPI), in a virtual
 # environment inside the checkout: .venv (or $DSV2_VENV).
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${DSV2_VENV:-$root/.venv}"

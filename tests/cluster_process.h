@@ -18,6 +18,9 @@
 //   auto stub = v1::Generation::NewStub(cluster.RouterChannel());
 //   cluster.expert(1).Kill();
 //
+// The router also serves the OpenAI-compatible HTTP API on a port chosen by
+// the OS (RouterHttpPort), with the same TLS and credentials as its gRPC API.
+//
 // By default every plane runs with TLS, as deploy/local/cluster.sh does:
 // a test CA (tests/test_certs.h) and one certificate per process; the test
 // itself calls the controller as an operator, attention workers as a router
@@ -345,7 +348,8 @@ class Cluster {
     }
     std::vector<std::string> args = {
         "--model=" + options_.model, "--controller=" + controller_address_, "--listen=127.0.0.1:0",
-        "--load_interval_ms=" + std::to_string(options_.load_interval_ms)};
+        "--load_interval_ms=" + std::to_string(options_.load_interval_ms),
+        "--http_listen=127.0.0.1:0", "--http_port_file=" + dir_ + "/router.http.port"};
     if (!AddIdentity("router", "router", &args)) return Failure("no certificate for the router");
     args.insert(args.end(), options_.router_flags.begin(), options_.router_flags.end());
     router_ = std::make_unique<ChildProcess>("router", dir_, options_.binaries.router, args);
@@ -427,6 +431,14 @@ class Cluster {
   ChildProcess& expert(int i) { return *experts_.at(i); }  // 0-based, in start order.
   ChildProcess& attention(int i) { return *attention_.at(i); }
   ChildProcess& router() { return *router_; }
+  // The port of the router's OpenAI-compatible HTTP API (HTTPS with TLS),
+  // written once the router serves; 0 if not.
+  int RouterHttpPort() const {
+    std::ifstream in(dir_ + "/router.http.port");
+    int port = 0;
+    in >> port;
+    return port;
+  }
   int num_experts() const { return static_cast<int>(experts_.size()); }
   int num_attention() const { return static_cast<int>(attention_.size()); }
 

@@ -204,7 +204,8 @@ Reference ComputeReference(const std::string& model) {
   Reference reference;
   {
     ChildProcess standalone("standalone", dir, DSV2_STANDALONE,
-                            {"--model=" + model, "--listen=127.0.0.1:0", "--kv_cache_mib=4"});
+                            {"--model=" + model, "--listen=127.0.0.1:0", "--kv_cache_mib=4",
+                             "--http_listen="});
     if (!standalone.WaitPort()) {
       reference.error = "dsv2-standalone did not start: " + standalone.Log();
       return reference;

@@ -40,7 +40,7 @@ for name in controller expert-1 expert-2 attention-1 router; do
 done
 
 "$build/services/standalone/dsv2-standalone" --model tests/data/tiny-lite --listen 127.0.0.1:0 \
-  --port_file "$state/standalone.port.txt" --kv_cache_mib 32 2>"$state/standalone.txt" &
+  --port_file "$state/standalone.port.txt" --kv_cache_mib 32 --http_listen= 2>"$state/standalone.txt" &
 standalone=$!
 for _ in $(seq 1 300); do [ -s "$state/standalone.port.txt" ] && break; sleep 0.1; done
 request=(--chat --prompt "What is the capital of France?" --max-tokens 24)

@@ -168,7 +168,8 @@ identity() {  # ROLE ID NS-ROLE: the TLS flags of process ID.
 }
 
 # The reference first, so that it loads while the cluster starts.
-start 'standalone!' client "$standalone_bin" --model="$model" --listen=127.0.0.1:0 --kv_cache_mib=32
+start 'standalone!' client "$standalone_bin" --model="$model" --listen=127.0.0.1:0 --kv_cache_mib=32 \
+  --http_listen=
 standalone_pid=$!
 # shellcheck disable=SC2046
 start controller controller "$controller_bin" --model="$model" \
@@ -185,7 +186,7 @@ start attention attention "$attention_bin" --model="$model" --controller="$contr
   --kv_cache_mib=64 $(identity attention attention attention)
 # shellcheck disable=SC2046
 start router router "$router_bin" --model="$model" --controller="$controller" \
-  --listen="${ip[router]}:0" --drain_grace_s=1 $(identity router router router)
+  --listen="${ip[router]}:0" --drain_grace_s=1 --http_listen= $(identity router router router)
 router="${ip[router]}:$(port router)"
 wait_port standalone "$standalone_pid"
 standalone="127.0.0.1:$(port standalone)"

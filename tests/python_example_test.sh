@@ -14,7 +14,7 @@ fi
 work="$(mktemp -d)"
 trap 'kill "$pid" ${tls_pid:-} 2>/dev/null || true; wait "$pid" ${tls_pid:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 "$standalone" --model=tests/data/tiny-v2 --listen=127.0.0.1:0 --port_file="$work/port" \
-  --kv_cache_mib=32 2>"$work/server.log" &
+  --kv_cache_mib=32 --http_listen= 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 1 3000); do [ -s "$work/port" ] && break; sleep 0.01; done
 [ -s "$work/port" ] || { cat "$work/server.log"; echo "server did not start"; exit 1; }
@@ -55,7 +55,7 @@ deploy/tls/make-certs.sh "$work/tls" cert router server >/dev/null
 deploy/tls/make-certs.sh "$work/tls" token py >"$work/py.token"
 "$standalone" --model=tests/data/tiny-v2 --listen=127.0.0.1:0 --port_file="$work/tls_port" \
   --kv_cache_mib=32 --tls_cert="$work/tls/server.pem" --tls_key="$work/tls/server.key" \
-  --api_tokens_file="$work/tls/api-tokens" 2>"$work/tls_server.log" &
+  --api_tokens_file="$work/tls/api-tokens" --http_listen= 2>"$work/tls_server.log" &
 tls_pid=$!
 for _ in $(seq 1 3000); do [ -s "$work/tls_port" ] && break; sleep 0.01; done
 [ -s "$work/tls_port" ] || { cat "$work/tls_server.log"; echo "TLS server did not start"; exit 1; }

@@ -1,5 +1,9 @@
 // dsv2-standalone as a process: startup, health, and the SIGTERM drain.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <random>
+#include <sstream>
 #include <thread>
 
 #include "common/base/mutex.h"
@@ -15,6 +21,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/generation_test_util.h"
 #include "tests/hostile_model.h"
 
@@ -33,7 +40,9 @@ class StandaloneProcess {
     dir_ = testing::TempDir() + "/standalone_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
     std::filesystem::create_directories(dir_);
     std::vector<std::string> args = {DSV2_STANDALONE, "--listen=127.0.0.1:0",
-                                     "--port_file=" + dir_ + "/port", "--kv_cache_mib=32"};
+                                     "--port_file=" + dir_ + "/port", "--kv_cache_mib=32",
+                                     "--http_listen=127.0.0.1:0",
+                                     "--http_port_file=" + dir_ + "/http_port"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     pid_ = fork();
     if (pid_ == 0) {
@@ -70,6 +79,15 @@ class StandaloneProcess {
   }
 
   void Signal(int sig) { kill(pid_, sig); }
+  pid_t pid() const { return pid_; }
+
+  // The HTTP API's port (written before the gRPC port file), or 0.
+  int HttpPort() const {
+    std::ifstream in(dir_ + "/http_port");
+    int port = 0;
+    in >> port;
+    return port;
+  }
 
   // Exit code, or -1 if it did not exit normally within `timeout`.
   int WaitExit(std::chrono::seconds timeout = 30s) {
@@ -257,6 +275,197 @@ TEST(StandaloneProcessTest, ClientPrintsWhatGeneratePrints) {
   }
   process.Signal(SIGTERM);
   EXPECT_EQ(process.WaitExit(), 0);
+}
+
+// One HTTP exchange on a new connection to 127.0.0.1:`port`: `request`
+// sent whole (or as far as the server takes it), then everything until the
+// server closes or `timeout` passes.
+std::string HttpExchange(int port, const std::string& request,
+                         std::chrono::milliseconds timeout = 10s) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    char buffer[8192];
+    while (std::chrono::steady_clock::now() < end) {
+      pollfd p{fd, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+      if (n <= 0) break;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+std::string HttpPost(int port, const std::string& path, const std::string& body) {
+  return HttpExchange(port, "POST " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                            "Content-Type: application/json\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body);
+}
+
+// The JSON body of a complete (Content-Length) HTTP response.
+nlohmann::json JsonBody(const std::string& response) {
+  const size_t start = response.find("\r\n\r\n");
+  if (start == std::string::npos) return nullptr;
+  return nlohmann::json::parse(response.substr(start + 4), nullptr, false);
+}
+
+std::vector<int32_t> ParseIds(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::istringstream in(text);
+  int32_t id;
+  while (in >> id) ids.push_back(id);
+  return ids;
+}
+
+// The same greedy request through the HTTP API, gRPC (`dsv2 client`) and
+// in process (`dsv2 generate`) gives the same tokens and text.
+TEST(StandaloneProcessTest, HttpGrpcAndGenerateGiveTheSameTokens) {
+  StandaloneProcess process({"--model=tests/data/tiny-v2", "--data_plane_dtype=f32"});
+  const std::string address = process.WaitAddress();
+  ASSERT_FALSE(address.empty()) << process.Stderr();
+  const int http = process.HttpPort();
+  ASSERT_GT(http, 0);
+  const std::vector<int32_t> local =
+      ParseIds(RunTool("generate --model tests/data/tiny-v2 --tokens 0,40,41,42 --max-tokens 12 "
+                       "--ignore-eos"));
+  const std::vector<int32_t> grpc =
+      ParseIds(RunTool("client --addr " + address + " --tokens 0,40,41,42 --max-tokens 12 --ignore-eos"));
+  const nlohmann::json response = JsonBody(HttpPost(
+      http, "/v1/completions",
+      R"({"prompt": [0, 40, 41, 42], "max_tokens": 12, "temperature": 0, "ignore_eos": true,
+          "logprobs": 0, "return_tokens_as_token_ids": true})"));
+  ASSERT_TRUE(response.is_object()) << process.Stderr();
+  std::vector<int32_t> via_http;
+  for (const auto& token : response["choices"][0]["logprobs"]["tokens"]) {
+    via_http.push_back(std::stoi(token.get<std::string>().substr(9)));
+  }
+  EXPECT_EQ(local.size(), 12u);
+  EXPECT_EQ(grpc, local);
+  EXPECT_EQ(via_http, local);
+
+  const std::string text = RunTool("generate --model tests/data/tiny-v2 --prompt 'The cat sat on' "
+                                   "--max-tokens 24");
+  const nlohmann::json text_response = JsonBody(HttpPost(
+      http, "/v1/completions", R"({"prompt": "The cat sat on", "max_tokens": 24, "temperature": 0})"));
+  ASSERT_TRUE(text_response.is_object());
+  EXPECT_EQ(text_response["choices"][0]["text"].get<std::string>(), text);
+  const std::string chat = RunTool(
+      "generate --model tests/data/tiny-v2 --prompt 'Hello there' --chat --max-tokens 16");
+  const nlohmann::json chat_response = JsonBody(HttpPost(
+      http, "/v1/chat/completions",
+      R"({"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 16,
+          "temperature": 0})"));
+  ASSERT_TRUE(chat_response.is_object());
+  EXPECT_EQ(chat_response["choices"][0]["message"]["content"].get<std::string>(), chat);
+  process.Signal(SIGTERM);
+  EXPECT_EQ(process.WaitExit(), 0);
+}
+
+// The HTTP port (the project rule: every port gets a hostile test): garbage,
+// an oversized body, malformed JSON, wrong types, unknown fields with bad
+// values, a client that stops reading mid-stream and one that trickles its
+// request; nothing dies, the others are served, threads stay bounded, and
+// the same greedy tokens come out after.
+TEST(StandaloneProcessTest, TheHttpPortTakesHostileClients) {
+  StandaloneProcess process({"--model=tests/data/tiny-v2", "--http_read_timeout_s=1",
+                             "--http_max_connections=8", "--http_max_body_mib=1"});
+  const std::string address = process.WaitAddress();
+  ASSERT_FALSE(address.empty()) << process.Stderr();
+  const int http = process.HttpPort();
+  const std::string greedy =
+      R"({"prompt": [0, 40, 41], "max_tokens": 8, "temperature": 0, "ignore_eos": true})";
+  const nlohmann::json before = JsonBody(HttpPost(http, "/v1/completions", greedy));
+  ASSERT_TRUE(before.is_object());
+
+  // A client that starts a long stream and never reads, and one that
+  // trickles its head: they hold a connection each while others are served.
+  const int stalled = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in target{};
+  target.sin_family = AF_INET;
+  target.sin_port = htons(static_cast<uint16_t>(http));
+  inet_pton(AF_INET, "127.0.0.1", &target.sin_addr);
+  ASSERT_EQ(connect(stalled, reinterpret_cast<sockaddr*>(&target), sizeof(target)), 0);
+  const std::string stream_body =
+      R"({"prompt": [0, 40, 41], "max_tokens": 100, "ignore_eos": true, "stream": true, "logprobs": 20})";
+  const std::string stream_request =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+      std::to_string(stream_body.size()) + "\r\n\r\n" + stream_body;
+  send(stalled, stream_request.data(), stream_request.size(), MSG_NOSIGNAL);
+  std::thread slowloris([http] {
+    HttpExchange(http, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+                 3s);
+  });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join_slowloris{slowloris};
+
+  std::mt19937 rng(7);
+  std::vector<std::pair<std::string, std::string>> attacks = {  // request, expected status line
+      {std::string(16, '\xff'), ""},
+      {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ""},
+      {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+       "HTTP/1.1 413"},
+      {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{\"prompt\"",
+       "HTTP/1.1 400"},
+      {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 33\r\n\r\n"
+       "{\"prompt\": \"x\", \"max_tokens\": []}",
+       "HTTP/1.1 400"},
+      {"GET /v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404"},
+  };
+  for (int i = 0; i < 10; ++i) {
+    std::string bytes(1 + rng() % 3000, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    attacks.emplace_back(bytes, "");
+  }
+  for (const auto& [request, expected] : attacks) {
+    const std::string answer = HttpExchange(http, request, 5s);
+    if (!expected.empty()) {
+      EXPECT_EQ(answer.substr(0, expected.size()), expected) << request.substr(0, 60);
+      const nlohmann::json body = JsonBody(answer);
+      EXPECT_TRUE(body.is_object() && body.contains("error") && body["error"].contains("message") &&
+                  body["error"].contains("type") && body["error"].contains("param") &&
+                  body["error"].contains("code"))
+          << answer;
+    }
+  }
+  // Unknown fields, whatever their values, are ignored.
+  const nlohmann::json unknown = JsonBody(HttpPost(
+      http, "/v1/completions",
+      R"({"prompt": [0, 40, 41], "max_tokens": 8, "temperature": 0, "ignore_eos": true,
+          "frobnicate": {"deep": [[[1e308, null, "\u0000"]]]}, "user": 17, "priority": "high"})"));
+  ASSERT_TRUE(unknown.is_object());
+  EXPECT_EQ(unknown["choices"][0]["text"], before["choices"][0]["text"]);
+
+  slowloris.join();
+  close(stalled);
+  EXPECT_EQ(JsonBody(HttpPost(http, "/v1/completions", greedy))["choices"][0]["text"],
+            before["choices"][0]["text"]);
+  EXPECT_THAT(HttpExchange(http, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+              ::testing::StartsWith("HTTP/1.1 200"));
+  // Threads stay bounded: the connection threads never pass --http_max_connections.
+  const std::string status_path = "/proc/" + std::to_string(process.pid()) + "/status";
+  std::ifstream status(status_path);
+  std::string line;
+  int threads = 0;
+  while (std::getline(status, line)) {
+    if (line.rfind("Threads:", 0) == 0) threads = std::stoi(line.substr(8));
+  }
+  EXPECT_GT(threads, 0);
+  EXPECT_LT(threads, 200) << "a thread per attack?";
+  EXPECT_TRUE(process.WaitExit(0s) == -1) << "the server died: " << process.Stderr();
+  process.Signal(SIGTERM);
+  EXPECT_EQ(process.WaitExit(), 0) << process.Stderr();
 }
 
 // Hostile model directories at start-up: one clear line, exit 1, no hang.

@@ -40,16 +40,17 @@ AccessPolicy AccessPolicy::Public(std::shared_ptr<ApiTokens> tokens, bool client
 bool AccessPolicy::Revoked(const grpc::AuthContext& auth) const {
   if (revocations_ == nullptr) return false;
   for (const grpc::string_ref& pem : auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
-    return revocations_->IsRevoked(absl::string_view(pem.data(), pem.size()));
+    return RevokedPem(std::string_view(pem.data(), pem.size()));
   }
   return false;
 }
 
-std::optional<std::string_view> BearerToken(const grpc::ServerContextBase& context) {
-  const auto& metadata = context.client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it == metadata.end()) return std::nullopt;
-  absl::string_view value(it->second.data(), it->second.size());
+bool AccessPolicy::RevokedPem(std::string_view pem) const {
+  return revocations_ != nullptr && revocations_->IsRevoked(absl::string_view(pem.data(), pem.size()));
+}
+
+std::optional<std::string_view> ParseBearer(std::string_view authorization) {
+  const absl::string_view value(authorization.data(), authorization.size());
   if (value.size() < 7 || !absl::EqualsIgnoreCase(value.substr(0, 7), "bearer ")) {
     return std::nullopt;
   }
@@ -57,7 +58,33 @@ std::optional<std::string_view> BearerToken(const grpc::ServerContextBase& conte
   return std::string_view(token.data(), token.size());
 }
 
+std::optional<std::string_view> BearerToken(const grpc::ServerContextBase& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) return std::nullopt;
+  return ParseBearer(std::string_view(it->second.data(), it->second.size()));
+}
+
+bool IsInProcessCall(const grpc::ServerContextBase& context) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth != nullptr &&
+      !auth->FindPropertyValues(GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME).empty()) {
+    return false;
+  }
+  const std::string peer = context.peer();
+  return !absl::StartsWith(peer, "ipv4:") && !absl::StartsWith(peer, "ipv6:") &&
+         !absl::StartsWith(peer, "unix:") && !absl::StartsWith(peer, "unix-abstract:") &&
+         !absl::StartsWith(peer, "vsock:");
+}
+
 absl::StatusOr<Caller> AccessPolicy::Authenticate(const grpc::ServerContextBase& context) const {
+  if (kind_ != Kind::kCluster && IsInProcessCall(context)) {
+    // A front end of this process that authenticated its own client.
+    const auto& metadata = context.client_metadata();
+    const auto it = metadata.find(kPrincipalMetadata);
+    if (it == metadata.end()) return Caller{};
+    return Caller{std::string(it->second.data(), it->second.size()), std::nullopt};
+  }
   if (kind_ == Kind::kOpen) return Caller{};
   const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (kind_ == Kind::kCluster) {
@@ -74,16 +101,36 @@ absl::StatusOr<Caller> AccessPolicy::Authenticate(const grpc::ServerContextBase&
     return Caller{identity->SpiffeId(), identity};
   }
   // Public: a client certificate, then a bearer token.
+  PresentedCredentials presented{.bearer_token = BearerToken(context)};
   if (client_certs_ && auth) {
     if (std::optional<std::string> name = CertificatePrincipal(*auth)) {
-      if (Revoked(*auth)) {
-        return absl::UnauthenticatedError(absl::StrCat("the certificate of ", *name, " is revoked"));
+      presented.certificate_name = *name;
+      for (const grpc::string_ref& pem :
+           auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+        presented.certificate_pem.assign(pem.data(), pem.size());
+        break;
       }
-      return Caller{absl::StrCat("cert:", *name), PeerIdentity(*auth)};
     }
   }
+  return Authenticate(presented);
+}
+
+absl::StatusOr<Caller> AccessPolicy::Authenticate(const PresentedCredentials& presented) const {
+  if (kind_ == Kind::kOpen) return Caller{};
+  if (kind_ == Kind::kCluster) {
+    return absl::UnauthenticatedError("this is a cluster port: it serves gRPC with mTLS only");
+  }
+  if (client_certs_ && presented.certificate_name) {
+    const std::string& name = *presented.certificate_name;
+    if (RevokedPem(presented.certificate_pem)) {
+      return absl::UnauthenticatedError(absl::StrCat("the certificate of ", name, " is revoked"));
+    }
+    std::optional<Identity> identity;
+    if (absl::StatusOr<Identity> parsed = ParseSpiffeId(name); parsed.ok()) identity = *parsed;
+    return Caller{absl::StrCat("cert:", name), identity};
+  }
   if (tokens_ != nullptr) {
-    const std::optional<std::string_view> token = BearerToken(context);
+    const std::optional<std::string_view> token = presented.bearer_token;
     if (!token) {
       return absl::UnauthenticatedError(
           client_certs_ ? "send a client certificate or `authorization: Bearer <token>`"

@@ -1,6 +1,8 @@
 // Identities, tokens and access policies, over real gRPC servers with TLS on
 // loopback (ports chosen by the OS) and certificates made by
 // deploy/tls/make-certs.sh.
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -189,12 +191,30 @@ class Server {
   }
   ~Server() { server_->Shutdown(); }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::shared_ptr<grpc::Channel> InProcessChannel() {
+    return server_->InProcessChannel(grpc::ChannelArguments());
+  }
 
  private:
   WhoAmI service_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
+
+// Calls GetModelInfo on `channel`, naming `forwarded` in kPrincipalMetadata
+// if set; returns the principal or the status.
+grpc::Status CallOn(const std::shared_ptr<grpc::Channel>& channel, std::string* principal,
+                    const std::string& token, const std::string& forwarded) {
+  auto stub = v1::Generation::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  if (!forwarded.empty()) context.AddMetadata(kPrincipalMetadata, forwarded);
+  v1::ModelInfo info;
+  grpc::Status status = stub->GetModelInfo(&context, {}, &info);
+  if (principal != nullptr) *principal = info.model_path();
+  return status;
+}
 
 // Calls GetModelInfo; returns the principal or the status.
 grpc::Status Call(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds,
@@ -312,6 +332,91 @@ TEST_F(TlsTest, PublicApiTakesTokensOrClientCertificates) {
   ASSERT_TRUE(Call(server.address(), ChannelTlsCredentials(certs_->Files("expert-1")), &principal)
                   .ok());
   EXPECT_EQ(principal, "cert:spiffe://dsv2/expert/expert-1");
+}
+
+// The HTTP API authenticates its clients itself and calls the gRPC server
+// in-process with the principal in metadata: that is trusted from the
+// in-process channel only, never from a network caller, with or without TLS.
+TEST_F(TlsTest, OnlyInProcessCallersNameTheirPrincipal) {
+  const std::string tokens_path = certs_->dir() + "/tokens";
+  std::ofstream(tokens_path) << "alice aaaaaaaaaaaaaaaaaaaaaaaa\n";
+  auto tokens = ApiTokens::Load(tokens_path);
+  ASSERT_TRUE(tokens.ok());
+  const auto policy = AccessPolicy::Public(std::shared_ptr<ApiTokens>(*std::move(tokens)), true);
+  for (const bool tls : {false, true}) {
+    SCOPED_TRACE(tls ? "TLS" : "plaintext");
+    Server server(policy, tls ? ServerTlsCredentials(certs_->Files("router-1"),
+                                                     ClientCerts::kVerifyIfSent)
+                              : grpc::InsecureServerCredentials());
+    auto network = NewClusterChannel(server.address(),
+                                     tls ? ChannelTlsCredentials(TlsFiles{.ca = certs_->ca()})
+                                         : grpc::InsecureChannelCredentials());
+    std::string principal;
+    // A network caller naming a principal is not believed.
+    EXPECT_EQ(CallOn(network, &principal, "", "token:alice").error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    ASSERT_TRUE(CallOn(network, &principal, "aaaaaaaaaaaaaaaaaaaaaaaa", "token:mallory").ok());
+    EXPECT_EQ(principal, "token:alice");
+    // The in-process channel is this process: its principal is believed.
+    ASSERT_TRUE(CallOn(server.InProcessChannel(), &principal, "", "token:bob").ok());
+    EXPECT_EQ(principal, "token:bob");
+    ASSERT_TRUE(CallOn(server.InProcessChannel(), &principal, "", "").ok());
+    EXPECT_EQ(principal, "");
+  }
+  // On a cluster plane the in-process channel gets no such trust.
+  Server cluster(AccessPolicy::Cluster(), grpc::InsecureServerCredentials());
+  EXPECT_EQ(CallOn(cluster.InProcessChannel(), nullptr, "", "spiffe://dsv2/router/r").error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+}
+
+// What another protocol's front end presents is judged like a gRPC call.
+TEST_F(TlsTest, PresentedCredentialsAreJudgedLikeCalls) {
+  const std::string tokens_path = certs_->dir() + "/tokens";
+  std::ofstream(tokens_path) << "alice aaaaaaaaaaaaaaaaaaaaaaaa\n";
+  auto loaded = ApiTokens::Load(tokens_path);
+  ASSERT_TRUE(loaded.ok());
+  std::shared_ptr<ApiTokens> tokens(*std::move(loaded));
+  const std::string token = "aaaaaaaaaaaaaaaaaaaaaaaa";
+
+  const AccessPolicy tokens_only = AccessPolicy::Public(tokens, false);
+  EXPECT_EQ(tokens_only.Authenticate(PresentedCredentials{.bearer_token = token})->principal,
+            "token:alice");
+  EXPECT_EQ(tokens_only.Authenticate(PresentedCredentials{}).status().message(),
+            "send `authorization: Bearer <token>`");
+  EXPECT_EQ(tokens_only.Authenticate(PresentedCredentials{.bearer_token = "nope-nope-nope-nope"})
+                .status()
+                .code(),
+            absl::StatusCode::kUnauthenticated);
+  // A certificate counts only where client certificates are asked for.
+  const PresentedCredentials with_certificate{.certificate_name = "spiffe://dsv2/expert/expert-1"};
+  EXPECT_FALSE(tokens_only.Authenticate(with_certificate).ok());
+  const AccessPolicy both = AccessPolicy::Public(tokens, true);
+  absl::StatusOr<Caller> caller = both.Authenticate(with_certificate);
+  ASSERT_TRUE(caller.ok()) << caller.status();
+  EXPECT_EQ(caller->principal, "cert:spiffe://dsv2/expert/expert-1");
+  ASSERT_TRUE(caller->identity.has_value());
+  EXPECT_EQ(caller->identity->role, Role::kExpert);
+  EXPECT_EQ(AccessPolicy::Open().Authenticate(PresentedCredentials{})->principal, "");
+  EXPECT_EQ(AccessPolicy::Cluster().Authenticate(with_certificate).status().code(),
+            absl::StatusCode::kUnauthenticated);
+
+  EXPECT_EQ(ParseBearer("Bearer abc "), std::optional<std::string_view>("abc"));
+  EXPECT_EQ(ParseBearer("bEaReR abc"), std::optional<std::string_view>("abc"));
+  EXPECT_EQ(ParseBearer("Basic abc"), std::nullopt);
+  EXPECT_EQ(ParseBearer("Bearer"), std::nullopt);
+}
+
+TEST_F(TlsTest, CertificatePrincipalNamesAreGrpcs) {
+  const std::string path = certs_->Cert("expert-1");
+  std::unique_ptr<FILE, decltype(&fclose)> file(fopen(path.c_str(), "r"), fclose);
+  ASSERT_NE(file, nullptr);
+  X509* certificate = PEM_read_X509(file.get(), nullptr, nullptr, nullptr);
+  ASSERT_NE(certificate, nullptr);
+  EXPECT_EQ(CertificatePrincipalName(certificate),
+            std::optional<std::string>("spiffe://dsv2/expert/expert-1"));
+  EXPECT_TRUE(absl::StartsWith(CertificatePem(certificate), "-----BEGIN CERTIFICATE-----"));
+  X509_free(certificate);
+  EXPECT_EQ(CertificatePrincipalName(nullptr), std::nullopt);
 }
 
 TEST(GrpcOptionsTest, AServerListensOnExactlyThePortItReports) {

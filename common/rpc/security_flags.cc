@@ -103,6 +103,7 @@ absl::StatusOr<RpcSecurity> RpcSecurityFromFlags(const SecurityNeeds& needs) {
       api.key = own.key;
     }
     const bool api_insecure = absl::GetFlag(FLAGS_api_insecure) || insecure;
+    security.api_plaintext_anywhere_ = api_insecure;
     if (!api.cert.empty() && !absl::GetFlag(FLAGS_api_insecure)) {
       TlsFiles check = api;
       absl::StatusOr<CertificateInfo> info = CheckTlsFiles(check);
@@ -154,6 +155,11 @@ std::shared_ptr<grpc::ServerCredentials> RpcSecurity::ApiServerCredentials() con
   if (!api_tls_) return grpc::InsecureServerCredentials();
   return ServerTlsCredentials(api_, api_.ca.empty() ? ClientCerts::kNone
                                                      : ClientCerts::kVerifyIfSent);
+}
+
+std::optional<TlsFiles> RpcSecurity::ApiTlsFiles() const {
+  if (!api_tls_) return std::nullopt;
+  return api_;
 }
 
 AccessPolicy RpcSecurity::ApiPolicy() const {

@@ -54,6 +54,13 @@ class RpcSecurity {
   bool api_tls() const { return api_tls_; }
   std::shared_ptr<grpc::ServerCredentials> ApiServerCredentials() const;
   AccessPolicy ApiPolicy() const;
+  // The API's TLS files for a front end that terminates TLS itself (the
+  // HTTP API): certificate and key, and the client CA when clients are
+  // asked for certificates; nullopt when the API is plaintext.
+  std::optional<TlsFiles> ApiTlsFiles() const;
+  // Whether the API may be served in plaintext on any address
+  // (--api_insecure or --insecure), not only on loopback.
+  bool api_plaintext_anywhere() const { return api_plaintext_anywhere_; }
   // One line for the start-up log: what protects each plane.
   std::string Describe() const;
 
@@ -65,6 +72,7 @@ class RpcSecurity {
   TlsFiles cluster_;
   std::optional<Identity> identity_;
   bool api_tls_ = false;
+  bool api_plaintext_anywhere_ = false;
   TlsFiles api_;  // .ca: the client CA (if any).
   std::shared_ptr<ApiTokens> tokens_;
   std::shared_ptr<Revocations> revocations_;  // From --tls_crl_dir.

@@ -174,6 +174,42 @@ absl::StatusOr<CertificateInfo> CheckTlsFiles(const TlsFiles& files) {
   return info;
 }
 
+std::optional<std::string> CertificatePrincipalName(X509* certificate) {
+  if (certificate == nullptr) return std::nullopt;
+  auto* names = static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(certificate, NID_subject_alt_name, nullptr, nullptr));
+  std::vector<std::string> uris;
+  if (names != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+      if (name->type != GEN_URI) continue;
+      const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+      uris.emplace_back(reinterpret_cast<const char*>(uri->data), uri->length);
+    }
+    GENERAL_NAMES_free(names);
+  }
+  if (uris.size() == 1 && uris[0].rfind("spiffe://", 0) == 0) return uris[0];
+  X509_NAME* subject = X509_get_subject_name(certificate);
+  const int index = subject ? X509_NAME_get_index_by_NID(subject, NID_commonName, -1) : -1;
+  if (index < 0) return std::nullopt;
+  unsigned char* utf8 = nullptr;
+  const int length =
+      ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index)));
+  if (length <= 0) return std::nullopt;
+  std::string common_name(reinterpret_cast<const char*>(utf8), length);
+  OPENSSL_free(utf8);
+  if (common_name.empty()) return std::nullopt;
+  return common_name;
+}
+
+std::string CertificatePem(X509* certificate) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
+  if (certificate == nullptr || PEM_write_bio_X509(bio.get(), certificate) != 1) return "";
+  char* data = nullptr;
+  const long length = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, length > 0 ? static_cast<size_t>(length) : 0);
+}
+
 std::shared_ptr<grpc::ServerCredentials> ServerTlsCredentials(const TlsFiles& files,
                                                               ClientCerts client_certs) {
   const unsigned interval = static_cast<unsigned>(

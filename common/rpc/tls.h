@@ -28,6 +28,8 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 
+struct x509_st;  // OpenSSL's X509.
+
 namespace dsv2 {
 
 struct TlsFiles {
@@ -64,6 +66,15 @@ enum class ClientCerts {
 // kNone).
 std::shared_ptr<grpc::ServerCredentials> ServerTlsCredentials(const TlsFiles& files,
                                                               ClientCerts client_certs);
+
+// The principal name of a verified client certificate, as gRPC names the
+// peer of a TLS call (AccessPolicy): its SPIFFE id when its one URI subject
+// alternative name is a spiffe:// URI, else its subject's common name;
+// nullopt when it has neither. For front ends that terminate TLS
+// themselves (the HTTP API).
+std::optional<std::string> CertificatePrincipalName(x509_st* certificate);
+// `certificate` as PEM.
+std::string CertificatePem(x509_st* certificate);
 
 // TLS channel credentials: the server must chain to files.ca and match the
 // target's host name; files.cert/key, if set, are presented as this

@@ -10,6 +10,9 @@
 #   deploy/local/cluster.sh status    lists them with their health
 #   deploy/local/cluster.sh client-flags
 #                                     prints the flags `dsv2 client` needs to call the router
+#   deploy/local/cluster.sh http-url  prints the base URL of the router's OpenAI-compatible
+#                                     HTTP API (https://127.0.0.1:PORT/v1; its CA and token are
+#                                     those of client-flags)
 #
 # Security: `up` makes a throwaway cluster CA and one certificate per process
 # (deploy/tls/make-certs.sh, in STATE/tls), runs every plane with mTLS, and
@@ -20,6 +23,7 @@
 # Options of `up`:
 #   --state DIR             where pids, ports and logs go (default build/cluster)
 #   --router-port P         the router's port (default 0: the OS chooses)
+#   --http-port P           the port of the router's HTTP API (default 0: the OS chooses)
 #   --attention-flags "..." extra flags for every dsv2-attention (e.g. --micro_batches=2)
 #   --expert-flags "..."    extra flags for every dsv2-expert
 #   --timeout S             seconds to wait for the router's health (default 120)
@@ -31,13 +35,13 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
 shift
 state="$build/cluster"
-model="" attention=1 experts=2 replicas=1 router_port=0 timeout=120
+model="" attention=1 experts=2 replicas=1 router_port=0 http_port=0 timeout=120
 attention_flags="" expert_flags="" insecure=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,6 +51,7 @@ while [ $# -gt 0 ]; do
     --replicas) replicas="$2"; shift 2 ;;
     --state) state="$2"; shift 2 ;;
     --router-port) router_port="$2"; shift 2 ;;
+    --http-port) http_port="$2"; shift 2 ;;
     --attention-flags) attention_flags="$2"; shift 2 ;;
     --expert-flags) expert_flags="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
@@ -69,6 +74,13 @@ identity() {
 }
 # What a client of the router (and `dsv2 health` of any process) needs.
 client_flags() { [ -f "$state/client-flags" ] && cat "$state/client-flags" || true; }
+# The base URL of the router's OpenAI-compatible API.
+http_url() {
+  [ -s "$state/router.http.port" ] || return 0
+  local scheme=https
+  [ -f "$tls/ca.pem" ] || scheme=http
+  echo "$scheme://127.0.0.1:$(cat "$state/router.http.port")/v1"
+}
 
 # start NAME BINARY ARGS...: runs it in the background, waits for its port.
 start() {
@@ -160,6 +172,7 @@ case "$command" in
     # shellcheck disable=SC2086,SC2046
     start router "$build/services/router/dsv2-router" --model "$model" \
       --controller "$controller" --listen "127.0.0.1:$router_port" \
+      --http_listen "127.0.0.1:$http_port" --http_port_file "$state/router.http.port" \
       $(identity router router) $router_api
     router="$(address router)"
     # shellcheck disable=SC2046
@@ -169,6 +182,7 @@ case "$command" in
     fi
     trap - ERR
     echo "$router" >"$state/router.addr"
+    echo "cluster.sh: OpenAI-compatible API at $(http_url) (cluster.sh http-url)" >&2
     echo "$router"
     ;;
   down)
@@ -176,6 +190,9 @@ case "$command" in
     ;;
   client-flags)
     client_flags
+    ;;
+  http-url)
+    http_url
     ;;
   status)
     [ -n "$(procs)" ] || { echo "no cluster in $state"; exit 0; }

@@ -5,6 +5,7 @@
 #include "common/base/logging.h"
 #include "common/base/status_macros.h"
 #include "common/tokenizer/streaming_detokenizer.h"
+#include "common/tokenizer/unicode.h"
 
 namespace dsv2 {
 namespace {
@@ -32,6 +33,12 @@ absl::StatusOr<std::unique_ptr<TextFrontend>> TextFrontend::LoadIfPresent(const 
   DSV2_LOG(INFO) << "tokenizer: " << tokenizer.tokenizer().VocabSize() << " tokens from " << dir
                  << "/tokenizer.json";
   return std::make_unique<TextFrontend>(std::move(tokenizer));
+}
+
+TextFrontend::TokenPiece TextFrontend::Token(int32_t id) const {
+  const std::string* bytes = tokenizer_.tokenizer().TokenBytes(id);
+  if (bytes == nullptr) return {};
+  return {tokenizer_internal::ReplaceInvalidUtf8(*bytes), *bytes};
 }
 
 std::unique_ptr<IncrementalTextDecoder> TextFrontend::NewDecoder(bool skip_special_tokens) const {

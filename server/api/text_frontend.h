@@ -38,6 +38,15 @@ class TextFrontend final : public TextDecoderFactory {
     return tokenizer_.tokenizer().TokenBytes(id) != nullptr;
   }
 
+  // What one token stands for, as logprobs name it: its bytes (for
+  // byte-level BPE possibly part of a UTF-8 character; empty for an id that
+  // is no token) and its text, with bytes that are no UTF-8 as U+FFFD.
+  struct TokenPiece {
+    std::string text;
+    std::string bytes;
+  };
+  TokenPiece Token(int32_t id) const;
+
   const ModelTokenizer& tokenizer() const { return tokenizer_; }
 
  private:

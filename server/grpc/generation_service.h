@@ -37,9 +37,6 @@
 
 namespace dsv2 {
 
-// Metadata a router sends with forwarded calls: the client's principal.
-inline constexpr char kPrincipalMetadata[] = "dsv2-principal";
-
 // dsv2.v1.Generation with every method raw (grpc::ByteBuffer) on the
 // callback API; the router implements it too.
 using RawGenerationService = v1::Generation::WithRawCallbackMethod_Generate<

@@ -233,6 +233,14 @@ int ServeEngine(const ServeParams& params) {
       return 1;
     }
   }
+  if (params.start_front_end) {
+    if (absl::Status s = params.start_front_end(server->InProcessChannel(grpc::ChannelArguments()));
+        !s.ok()) {
+      DSV2_LOG(ERROR) << params.program << ": " << s.message();
+      server->Shutdown(std::chrono::system_clock::now() + 2s);
+      return 1;
+    }
+  }
   WritePortFile(params.port_file, port);
 
   while (true) {
@@ -241,6 +249,7 @@ int ServeEngine(const ServeParams& params) {
       health->Shutdown();
       DSV2_LOG(ERROR) << "fatal engine error: " << engine.failure() << "; shutting down";
       server->Shutdown(std::chrono::system_clock::now() + 2s);
+      if (params.stop_front_end) params.stop_front_end();
       return 1;
     }
     if (signal != 0) {
@@ -284,6 +293,7 @@ int ServeEngine(const ServeParams& params) {
     std::this_thread::sleep_for(20ms);
   }
   server->Shutdown(std::chrono::system_clock::now() + 2s);
+  if (params.stop_front_end) params.stop_front_end();
   DSV2_LOG(INFO) << "drained; exiting";
   return 0;
 }

@@ -64,6 +64,12 @@ struct ServeParams {
   // cluster so the router stops choosing this worker).
   std::function<void()> on_drain;
   const std::atomic<bool>* fatal = nullptr;  // Set by the engine's on_fatal.
+  // Front ends of other protocols over the same API (the HTTP API): started
+  // once the gRPC server listens, before the port file is written, with the
+  // server's in-process channel (a failure ends serving with exit code 1);
+  // stopped after the gRPC server has shut down.
+  std::function<absl::Status(std::shared_ptr<grpc::Channel> in_process)> start_front_end;
+  std::function<void()> stop_front_end;
 };
 
 // Why `engine` cannot compute now (Engine::Health with --stall_timeout_s),

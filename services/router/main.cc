@@ -29,11 +29,14 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/api/text_frontend.h"
+#include "server/http/http_api.h"
 #include "services/router/router_service.h"
 
 ABSL_FLAG(std::string, controller, "", "host:port of dsv2-controller.");
 ABSL_FLAG(std::string, model, "",
-          "Model directory; only its config.json is read (to check cluster maps against).");
+          "Model directory: its config.json is read (to check cluster maps against), and with "
+          "the HTTP API its tokenizer (to name tokens in logprobs).");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50052",
           "Address to serve on; port 0 lets the OS choose (see --port_file).");
 ABSL_FLAG(std::string, port_file, "", "Write the bound port to this file once serving.");
@@ -77,6 +80,28 @@ int Serve() {
   if (absl::GetFlag(FLAGS_max_streams) < 1 || !(absl::GetFlag(FLAGS_stream_write_timeout_s) > 0)) {
     std::cerr << "dsv2-router: --max_streams must be >= 1 and --stream_write_timeout_s > 0\n";
     return 2;
+  }
+
+  // The HTTP API names tokens in logprobs with the model's tokenizer.
+  std::unique_ptr<TextFrontend> text;
+  absl::StatusOr<std::unique_ptr<HttpApi>> http = nullptr;
+  if (HttpApi::Enabled()) {
+    absl::StatusOr<std::unique_ptr<TextFrontend>> loaded = TextFrontend::LoadIfPresent(model_dir);
+    if (!loaded.ok()) {
+      std::cerr << "dsv2-router: cannot load the tokenizer of " << model_dir << ": "
+                << loaded.status().message() << "\n";
+      return 1;
+    }
+    text = *std::move(loaded);
+    http = HttpApi::FromFlags(
+        {.model_dir = model_dir,
+         .text = text.get(),
+         .security = &*security,
+         .write_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_write_timeout_s))});
+    if (!http.ok()) {
+      std::cerr << "dsv2-router: " << http.status().message() << "\n";
+      return 2;
+    }
   }
 
   RouterService router(RouterOptions{
@@ -127,6 +152,15 @@ int Serve() {
     return 1;
   }
 
+  if (*http) {
+    if (absl::Status s = (*http)->Start(server->InProcessChannel(grpc::ChannelArguments()));
+        !s.ok()) {
+      std::cerr << "dsv2-router: " << s.message() << "\n";
+      server->Shutdown(std::chrono::system_clock::now() + 1s);
+      client->Stop();
+      return 1;
+    }
+  }
   DSV2_LOG(INFO) << "router on " << listen.substr(0, listen.rfind(':')) << ":" << port
                  << ", controller " << controller << "; " << security->Describe();
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);
@@ -160,6 +194,7 @@ int Serve() {
   }
   // Cancels what is left; the forwarded calls are cancelled with them.
   server->Shutdown(std::chrono::system_clock::now() + 1s);
+  if (*http) (*http)->Stop();
   client->Stop();
   DSV2_LOG(INFO) << "drained; exiting";
   return 0;

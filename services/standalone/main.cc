@@ -21,6 +21,7 @@
 #include "server/grpc/generation_service.h"
 #include "server/grpc/load_service.h"
 #include "server/api/text_frontend.h"
+#include "server/http/http_api.h"
 #include "server/serving/serving.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory: config.json and safetensors weights.");
@@ -92,6 +93,16 @@ int Serve() {
     (*model)->SetRoutedExperts(experts);
   }
 
+  absl::StatusOr<std::unique_ptr<HttpApi>> http =
+      HttpApi::FromFlags({.model_dir = model_dir,
+                          .text = text->get(),
+                          .security = &*security,
+                          .write_timeout = streams->write_timeout});
+  if (!http.ok()) {
+    std::cerr << "dsv2-standalone: " << http.status().message() << "\n";
+    return 2;
+  }
+
   Engine engine(model->get(), text->get(), *options);
   GenerationService generation(&engine, text->get(), model_dir, *streams);
   LoadService load(
@@ -111,6 +122,14 @@ int Serve() {
       .generation = &generation,
       .services = {&load},
       .fatal = &fatal,
+      .start_front_end =
+          [&](std::shared_ptr<grpc::Channel> in_process) {
+            return *http ? (*http)->Start(std::move(in_process)) : absl::OkStatus();
+          },
+      .stop_front_end =
+          [&] {
+            if (*http) (*http)->Stop();
+          },
   });
   (*attention_side)->Shutdown();
   (*expert_side)->Shutdown();

@@ -1,0 +1,435 @@
+#include "server/http/openai_frontend.h"
+
+#include <httplib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <optional>
+#include <random>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+
+namespace dsv2 {
+namespace {
+
+using nlohmann::json;
+
+absl::Status ToStatus(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+void Respond(httplib::Response& response, const OpenAiError& error) {
+  response.status = error.http_status;
+  response.set_content(OpenAiErrorBody(error).dump(-1, ' ', false, json::error_handler_t::replace),
+                       "application/json");
+}
+
+void RespondStatus(httplib::Response& response, const absl::Status& status) {
+  Respond(response, OpenAiErrorFromStatus(status));
+}
+
+// 128 random bits in hex: request ids (and OpenAI's response ids).
+std::string RandomId(const char* prefix) {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  const uint64_t a = random();
+  const uint64_t b = random();
+  std::string bytes(16, '\0');
+  for (int i = 0; i < 8; ++i) {
+    bytes[i] = static_cast<char>(a >> (8 * i));
+    bytes[8 + i] = static_cast<char>(b >> (8 * i));
+  }
+  return absl::StrCat(prefix, absl::BytesToHexString(bytes));
+}
+
+// One Generate call on the in-process channel, read one message at a time
+// by an HTTP handler thread: the next message is asked for only when the
+// handler has taken the last, so a client that reads slowly leaves its
+// output in the service's stream, under the service's bounds. Lives until
+// both the handler has let go and gRPC has called OnDone.
+class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
+ public:
+  struct Event {
+    std::optional<v1::GenerateResponse> message;
+    bool end = false;  // The call ended with `status`.
+    grpc::Status status;
+    bool client_gone = false;  // The HTTP client left; the call was cancelled.
+  };
+
+  static std::shared_ptr<GenerateCall> Start(v1::Generation::Stub& stub,
+                                             std::shared_ptr<grpc::Channel> channel,
+                                             v1::GenerateRequest request,
+                                             const std::string& principal) {
+    std::shared_ptr<GenerateCall> call(new GenerateCall(std::move(channel), std::move(request)));
+    call->self_ = call;
+    if (!principal.empty()) call->context_.AddMetadata(kPrincipalMetadata, principal);
+    stub.async()->Generate(&call->context_, &call->request_, call.get());
+    // Reads are started by the handler, outside the reactions: the hold
+    // keeps OnDone from coming while one may still be started.
+    call->AddHold();
+    {
+      MutexLock lock(&call->mutex_);
+      call->hold_ = true;
+      call->reading_ = true;
+    }
+    call->StartRead(&call->incoming_);
+    call->StartCall();
+    return call;
+  }
+
+  ~GenerateCall() override { close(wake_fd_); }
+
+  // The next message, or the end; cancels the call and says so if the
+  // client leaves first.
+  Event Next(ClientConnection& connection) {
+    while (true) {
+      uint64_t ignored;
+      [[maybe_unused]] ssize_t n = ::read(wake_fd_, &ignored, sizeof(ignored));
+      Event event;
+      bool read_more = false;
+      {
+        MutexLock lock(&mutex_);
+        if (ready_) {
+          event.message = std::move(*ready_);
+          ready_.reset();
+          if (!abandoned_) read_more = reading_ = true;
+        } else if (done_) {
+          event.end = true;
+          event.status = status_;
+          return event;
+        }
+      }
+      if (event.message) {
+        if (read_more) {
+          incoming_.Clear();
+          StartRead(&incoming_);
+        }
+        return event;
+      }
+      if (connection.WaitReadable(wake_fd_, absl::InfiniteFuture()) ==
+          ClientConnection::Wake::kClientGone) {
+        Cancel();
+        event.client_gone = true;
+        return event;
+      }
+    }
+  }
+
+  // Ends the call (the service aborts the request); idempotent.
+  void Cancel() {
+    context_.TryCancel();
+    bool release = false;
+    {
+      MutexLock lock(&mutex_);
+      abandoned_ = true;
+      if (hold_ && !reading_) {
+        hold_ = false;
+        release = true;
+      }
+    }
+    if (release) RemoveHold();
+  }
+
+  void OnReadDone(bool ok) override {
+    bool release = false;
+    {
+      MutexLock lock(&mutex_);
+      reading_ = false;
+      if (ok) {
+        ready_ = std::move(incoming_);
+      } else if (hold_) {
+        // No more messages: nothing will be read again.
+        hold_ = false;
+        release = true;
+      }
+      if (abandoned_ && hold_) {
+        hold_ = false;
+        release = true;
+      }
+    }
+    Wake();
+    if (release) RemoveHold();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    {
+      MutexLock lock(&mutex_);
+      status_ = status;
+      done_ = true;
+    }
+    Wake();
+    self_.reset();  // May destroy this; nothing may follow.
+  }
+
+ private:
+  GenerateCall(std::shared_ptr<grpc::Channel> channel, v1::GenerateRequest request)
+      : channel_(std::move(channel)),
+        request_(std::move(request)),
+        wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+  void Wake() {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
+  }
+
+  const std::shared_ptr<grpc::Channel> channel_;  // Outlives the call.
+  const v1::GenerateRequest request_;
+  const int wake_fd_;  // Readable when there is something for Next.
+  grpc::ClientContext context_;
+  v1::GenerateResponse incoming_;  // Written by gRPC while reading_.
+  std::shared_ptr<GenerateCall> self_;  // gRPC's reference, until OnDone.
+
+  Mutex mutex_;
+  std::optional<v1::GenerateResponse> ready_ ABSL_GUARDED_BY(mutex_);
+  bool reading_ ABSL_GUARDED_BY(mutex_) = false;
+  bool hold_ ABSL_GUARDED_BY(mutex_) = false;
+  bool abandoned_ ABSL_GUARDED_BY(mutex_) = false;
+  bool done_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mutex_);
+};
+
+// What a streaming response's content provider works through.
+struct StreamState {
+  std::shared_ptr<GenerateCall> call;
+  OpenAiRequest request;
+  std::unique_ptr<OpenAiResponder> responder;
+  std::optional<v1::GenerateResponse> first;  // Taken before the headers went out.
+  bool finished = false;
+};
+
+}  // namespace
+
+OpenAiFrontend::OpenAiFrontend(std::shared_ptr<grpc::Channel> channel,
+                               OpenAiFrontendOptions options)
+    : channel_(std::move(channel)),
+      options_(std::move(options)),
+      generation_(v1::Generation::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)),
+      created_(absl::ToUnixSeconds(absl::Now())) {}
+
+void OpenAiFrontend::Register(HttpServer* http) {
+  const AccessPolicy policy = options_.policy;
+  http->SetAuthenticate([policy](const httplib::Request& head,
+                                 const ClientConnection& connection)
+                            -> absl::StatusOr<std::string> {
+    PresentedCredentials presented;
+    const std::string authorization = head.get_header_value("Authorization");
+    if (!authorization.empty()) presented.bearer_token = ParseBearer(authorization);
+    if (connection.certificate()) {
+      presented.certificate_name = connection.certificate()->name;
+      presented.certificate_pem = connection.certificate()->pem;
+    }
+    absl::StatusOr<Caller> caller = policy.Authenticate(presented);
+    if (!caller.ok()) return caller.status();
+    return caller->principal;
+  });
+  http->SetErrorBody([](int status, const std::string& message, httplib::Response& response) {
+    Respond(response, OpenAiErrorForHttpStatus(status, message));
+  });
+  http->Route("POST", "/v1/completions", true,
+              [this](HttpRequest& request, httplib::Response& response) {
+                Generate(OpenAiEndpoint::kCompletions, request, response);
+              });
+  http->Route("POST", "/v1/chat/completions", true,
+              [this](HttpRequest& request, httplib::Response& response) {
+                Generate(OpenAiEndpoint::kChat, request, response);
+              });
+  http->Route("GET", "/v1/models", true, [this](HttpRequest& request, httplib::Response& response) {
+    Models(request, response);
+  });
+  http->Route("GET", "/health", false, [this](HttpRequest& request, httplib::Response& response) {
+    Health(request, response);
+  });
+}
+
+std::unique_ptr<grpc::ClientContext> OpenAiFrontend::UnaryContext(
+    const std::string& principal) const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + options_.unary_timeout));
+  if (!principal.empty()) context->AddMetadata(kPrincipalMetadata, principal);
+  return context;
+}
+
+absl::StatusOr<uint32_t> OpenAiFrontend::ContextLeft(const v1::GenerateRequest& request,
+                                                     const std::string& principal) {
+  v1::TokenizeRequest tokenize;
+  *tokenize.mutable_chat() = request.chat();
+  v1::TokenizeResponse ids;
+  if (grpc::Status s = generation_->Tokenize(UnaryContext(principal).get(), tokenize, &ids);
+      !s.ok()) {
+    return ToStatus(s);
+  }
+  v1::ModelInfo info;
+  if (grpc::Status s = generation_->GetModelInfo(UnaryContext(principal).get(), {}, &info);
+      !s.ok()) {
+    return ToStatus(s);
+  }
+  const int64_t room =
+      std::min<int64_t>(info.max_model_len(), info.kv_cache_tokens()) - ids.token_ids_size();
+  if (room < 1) {
+    absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+        "the prompt is ", ids.token_ids_size(), " tokens, which leaves no room in the context of ",
+        std::min<int64_t>(info.max_model_len(), info.kv_cache_tokens()), " tokens"));
+    return status;
+  }
+  return static_cast<uint32_t>(room);
+}
+
+void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
+                              httplib::Response& response) {
+  absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(endpoint, request.body);
+  if (!parsed.ok()) return RespondStatus(response, parsed.status());
+  if (!parsed->model.empty() && parsed->model != options_.model_name) {
+    return Respond(response, OpenAiError{.http_status = 404,
+                                         .message = absl::StrCat("The model `", parsed->model,
+                                                                 "` does not exist; this server "
+                                                                 "serves `",
+                                                                 options_.model_name, "`."),
+                                         .type = "not_found_error",
+                                         .param = "model",
+                                         .code = "model_not_found"});
+  }
+  const std::string id =
+      RandomId(endpoint == OpenAiEndpoint::kChat ? "chatcmpl-" : "cmpl-");
+  parsed->generate.set_request_id(id);
+  if (parsed->fill_context) {
+    absl::StatusOr<uint32_t> left = ContextLeft(parsed->generate, request.principal);
+    if (!left.ok()) return RespondStatus(response, left.status());
+    parsed->generate.mutable_stopping()->set_max_tokens(*left);
+  }
+
+  std::shared_ptr<GenerateCall> call =
+      GenerateCall::Start(*generation_, channel_, parsed->generate, request.principal);
+  ClientConnection& connection = request.connection;
+  // Nothing is sent before the first message or the end, so that a request
+  // the service refuses gets its HTTP status.
+  GenerateCall::Event first = call->Next(connection);
+  if (first.client_gone) {
+    ++cancelled_;
+    return;
+  }
+  if (first.end) {
+    return RespondStatus(response, first.status.ok()
+                                       ? absl::InternalError("the stream ended without output")
+                                       : ToStatus(first.status));
+  }
+  if (first.message->has_error()) {
+    return RespondStatus(response, absl::Status(static_cast<absl::StatusCode>(
+                                                    first.message->error().code()),
+                                                first.message->error().message()));
+  }
+  const int64_t created = absl::ToUnixSeconds(absl::Now());
+
+  if (!parsed->stream) {
+    OpenAiResponder responder(*parsed, id, options_.model_name, created, options_.text);
+    responder.Add(*first.message);
+    while (true) {
+      GenerateCall::Event event = call->Next(connection);
+      if (event.client_gone) {
+        ++cancelled_;
+        return;
+      }
+      if (event.end) {
+        if (!event.status.ok()) return RespondStatus(response, ToStatus(event.status));
+        break;
+      }
+      if (event.message->has_error()) {
+        return RespondStatus(response, absl::Status(static_cast<absl::StatusCode>(
+                                                        event.message->error().code()),
+                                                    event.message->error().message()));
+      }
+      responder.Add(*event.message);
+    }
+    response.set_content(responder.Body().dump(-1, ' ', false, json::error_handler_t::replace),
+                         "application/json");
+    return;
+  }
+
+  auto state = std::make_shared<StreamState>();
+  state->call = call;
+  state->request = *std::move(parsed);
+  state->responder = std::make_unique<OpenAiResponder>(state->request, id, options_.model_name,
+                                                       created, options_.text);
+  state->first = std::move(first.message);
+  response.set_header("Cache-Control", "no-cache");
+  response.set_header("X-Accel-Buffering", "no");
+  ClientConnection* client = &connection;
+  std::atomic<int64_t>* cancelled = &cancelled_;
+  response.set_chunked_content_provider(
+      "text/event-stream",
+      [state, client, cancelled](size_t, httplib::DataSink& sink) {
+        std::string out;
+        bool last = false;
+        if (state->first) {
+          out = state->responder->StreamStart() + state->responder->StreamMessage(*state->first);
+          state->first.reset();
+        } else {
+          GenerateCall::Event event = state->call->Next(*client);
+          if (event.client_gone) {
+            ++*cancelled;
+            return false;
+          }
+          if (event.end) {
+            out = event.status.ok() ? state->responder->StreamEnd()
+                                    : OpenAiResponder::StreamError(
+                                          OpenAiErrorFromStatus(ToStatus(event.status)));
+            last = true;
+          } else if (event.message->has_error()) {
+            out = OpenAiResponder::StreamError(OpenAiErrorFromStatus(
+                absl::Status(static_cast<absl::StatusCode>(event.message->error().code()),
+                             event.message->error().message())));
+            last = true;
+          } else {
+            out = state->responder->StreamMessage(*event.message);
+          }
+        }
+        // (An empty write would end cpp-httplib's chunked stream.)
+        if (!out.empty() && !sink.write(out.data(), out.size())) {
+          state->call->Cancel();  // The client stopped reading or left.
+          return false;
+        }
+        if (last) {
+          state->finished = true;
+          sink.done();
+        }
+        return true;
+      },
+      [state](bool) {
+        if (!state->finished) state->call->Cancel();
+      });
+}
+
+void OpenAiFrontend::Models(HttpRequest& request, httplib::Response& response) {
+  v1::ModelInfo info;
+  const grpc::Status status =
+      generation_->GetModelInfo(UnaryContext(request.principal).get(), {}, &info);
+  if (!status.ok()) return RespondStatus(response, ToStatus(status));
+  json model{{"id", options_.model_name},
+             {"object", "model"},
+             {"created", created_},
+             {"owned_by", "dsv2-serve"},
+             {"root", info.model_path()},
+             {"parent", nullptr},
+             {"max_model_len", info.max_model_len()}};
+  response.set_content(json{{"object", "list"}, {"data", json::array({std::move(model)})}}.dump(
+                           -1, ' ', false, json::error_handler_t::replace),
+                       "application/json");
+}
+
+void OpenAiFrontend::Health(HttpRequest&, httplib::Response& response) {
+  grpc::health::v1::HealthCheckRequest check;
+  check.set_service(v1::Generation::service_full_name());
+  grpc::health::v1::HealthCheckResponse answer;
+  const grpc::Status status = health_->Check(UnaryContext("").get(), check, &answer);
+  if (status.ok() && answer.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+    response.status = 200;
+    return;
+  }
+  Respond(response, OpenAiErrorForHttpStatus(
+                        503, status.ok() ? "the server is not serving (health NOT_SERVING)"
+                                         : "the server is not serving: " + status.error_message()));
+}
+
+}  // namespace dsv2

@@ -1,0 +1,391 @@
+// The OpenAI-compatible API over a real engine (tests/data/tiny-v2), its
+// dsv2.v1.Generation service on a real gRPC server, and HTTP on a loopback
+// port, the frontend calling the service through the server's in-process
+// channel: outputs equal the gRPC API's, errors have OpenAI's shape and the
+// right statuses, a client that leaves cancels its request, and requests
+// belong to the principal that sent them.
+#include "server/http/openai_frontend.h"
+
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/base/test_dir.h"
+#include "common/engine/engine.h"
+#include "common/model/deepseek_v2.h"
+#include "common/rpc/api_tokens.h"
+#include "gmock/gmock.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/grpc/generation_service.h"
+#include "server/http/http_server.h"
+#include "tests/generation_test_util.h"
+
+namespace dsv2 {
+namespace {
+
+using ::testing::HasSubstr;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr char kAlice[] = "alice-token-0123456789";
+constexpr char kBob[] = "bob-token-0123456789ab";
+
+template <typename Condition>
+bool WaitUntil(Condition condition, std::chrono::milliseconds timeout = 10s) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+class Fixture {
+ public:
+  explicit Fixture(EngineOptions engine_options = {.kv_cache_bytes = 32 << 20}) {
+    const std::string dir = testutil::NewTestDir("openai_frontend");
+    std::ofstream(dir + "/tokens") << "alice " << kAlice << "\nbob " << kBob << "\n";
+    auto tokens = ApiTokens::Load(dir + "/tokens");
+    EXPECT_TRUE(tokens.ok());
+    const AccessPolicy policy =
+        AccessPolicy::Public(std::shared_ptr<ApiTokens>(*std::move(tokens)), false);
+    auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+    EXPECT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+    auto text = TextFrontend::LoadIfPresent("tests/data/tiny-v2");
+    EXPECT_TRUE(text.ok());
+    text_ = *std::move(text);
+    engine_ = std::make_unique<Engine>(model_.get(), text_.get(), engine_options);
+    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), "tests/data/tiny-v2",
+                                                   GenerationServiceOptions{.policy = policy});
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &grpc_port_);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    server_->GetHealthCheckService()->SetServingStatus(v1::Generation::service_full_name(), true);
+    frontend_ = std::make_unique<OpenAiFrontend>(
+        server_->InProcessChannel(grpc::ChannelArguments()),
+        OpenAiFrontendOptions{.model_name = "tiny", .policy = policy, .text = text_.get()});
+    http_ = std::make_unique<HttpServer>(HttpServerOptions{.listen = "127.0.0.1:0"});
+    frontend_->Register(http_.get());
+    const absl::Status started = http_->Start();
+    EXPECT_TRUE(started.ok()) << started;
+  }
+  ~Fixture() {
+    http_->Stop();
+    server_->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+
+  httplib::Result Post(const std::string& path, const json& body, const char* token = kAlice) {
+    httplib::Client client("127.0.0.1", http_->port());
+    client.set_read_timeout(60);
+    httplib::Headers headers;
+    if (token != nullptr) headers.emplace("Authorization", std::string("Bearer ") + token);
+    return client.Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+
+  // Generate over gRPC, as alice.
+  testutil::StreamResult Grpc(const v1::GenerateRequest& request) {
+    auto stub = v1::Generation::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(grpc_port_), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + kAlice);
+    auto reader = stub->Generate(&context, request);
+    return testutil::ReadStream(*reader);
+  }
+  grpc::Status Abort(const std::string& id, const char* token) {
+    auto stub = v1::Generation::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(grpc_port_), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", std::string("Bearer ") + token);
+    v1::AbortRequest request;
+    request.set_request_id(id);
+    v1::AbortResponse response;
+    return stub->Abort(&context, request, &response);
+  }
+
+  int http_port() const { return http_->port(); }
+  Engine& engine() { return *engine_; }
+  grpc::Server& server() { return *server_; }
+  OpenAiFrontend& frontend() { return *frontend_; }
+
+ private:
+  std::unique_ptr<DeepseekV2Model> model_;
+  std::unique_ptr<TextFrontend> text_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  std::unique_ptr<OpenAiFrontend> frontend_;
+  std::unique_ptr<HttpServer> http_;
+};
+
+// The ids of "token_id:N" logprob tokens.
+std::vector<int32_t> TokenIds(const json& tokens) {
+  std::vector<int32_t> ids;
+  for (const json& t : tokens) {
+    int32_t id = -1;
+    EXPECT_TRUE(absl::SimpleAtoi(t.get<std::string>().substr(9), &id)) << t;
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+// The JSON objects of an SSE body; checks the framing and the final [DONE].
+std::vector<json> SseEvents(const std::string& body) {
+  std::vector<json> events;
+  EXPECT_TRUE(body.ends_with("data: [DONE]\n\n")) << body;
+  for (absl::string_view event : absl::StrSplit(body, "\n\n", absl::SkipEmpty())) {
+    EXPECT_TRUE(absl::StartsWith(event, "data: ")) << event;
+    if (event == "data: [DONE]") continue;
+    events.push_back(json::parse(event.substr(6)));
+  }
+  return events;
+}
+
+TEST(OpenAiFrontendTest, OutputsEqualTheGrpcApis) {
+  Fixture f;
+  const std::vector<int32_t> prompt = {0, 11, 12, 13, 14};
+  const testutil::StreamResult grpc = f.Grpc(testutil::Greedy("g", prompt, 12));
+  ASSERT_TRUE(grpc.status.ok()) << grpc.status.error_message();
+  const json request{{"model", "tiny"},        {"prompt", prompt},
+                     {"max_tokens", 12},       {"temperature", 0},
+                     {"ignore_eos", true},     {"logprobs", 0},
+                     {"return_tokens_as_token_ids", true}};
+  auto plain = f.Post("/v1/completions", request);
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  EXPECT_EQ(plain->get_header_value("Content-Type"), "application/json");
+  const json body = json::parse(plain->body);
+  EXPECT_EQ(TokenIds(body["choices"][0]["logprobs"]["tokens"]), grpc.tokens);
+  EXPECT_EQ(body["choices"][0]["text"], grpc.text);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(body["model"], "tiny");
+
+  json streaming = request;
+  streaming["stream"] = true;
+  streaming["stream_options"] = {{"include_usage", true}};
+  auto sse = f.Post("/v1/completions", streaming);
+  ASSERT_TRUE(sse);
+  ASSERT_EQ(sse->status, 200) << sse->body;
+  EXPECT_EQ(sse->get_header_value("Content-Type"), "text/event-stream");
+  std::string text;
+  std::vector<int32_t> ids;
+  const std::vector<json> events = SseEvents(sse->body);
+  ASSERT_GE(events.size(), 2u);
+  for (const json& event : events) {
+    if (event["choices"].empty()) continue;
+    text += event["choices"][0]["text"].get<std::string>();
+    for (int32_t id : TokenIds(event["choices"][0]["logprobs"]["tokens"])) ids.push_back(id);
+  }
+  EXPECT_EQ(text, grpc.text);
+  EXPECT_EQ(ids, grpc.tokens);
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 12);
+
+  // Chat: the same text streamed or not, and as the gRPC chat input gives.
+  v1::GenerateRequest chat_request;
+  chat_request.set_request_id("c");
+  v1::ChatMessage* message = chat_request.mutable_chat()->add_messages();
+  message->set_role("user");
+  message->set_content("Hello there");
+  chat_request.mutable_sampling()->set_temperature(0);
+  chat_request.mutable_stopping()->set_max_tokens(10);
+  const testutil::StreamResult grpc_chat = f.Grpc(chat_request);
+  ASSERT_TRUE(grpc_chat.status.ok());
+  const json chat{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                  {"temperature", 0},
+                  {"max_tokens", 10}};
+  auto chat_plain = f.Post("/v1/chat/completions", chat);
+  ASSERT_TRUE(chat_plain);
+  ASSERT_EQ(chat_plain->status, 200) << chat_plain->body;
+  const json chat_body = json::parse(chat_plain->body);
+  EXPECT_EQ(chat_body["choices"][0]["message"]["content"], grpc_chat.text);
+  EXPECT_EQ(chat_body["choices"][0]["message"]["role"], "assistant");
+  json chat_stream = chat;
+  chat_stream["stream"] = true;
+  auto chat_sse = f.Post("/v1/chat/completions", chat_stream);
+  ASSERT_TRUE(chat_sse);
+  std::string streamed;
+  const std::vector<json> chat_events = SseEvents(chat_sse->body);
+  ASSERT_GE(chat_events.size(), 2u);
+  EXPECT_EQ(chat_events[0]["choices"][0]["delta"]["role"], "assistant");
+  for (const json& event : chat_events) {
+    const json& delta = event["choices"][0]["delta"];
+    if (delta.contains("content")) streamed += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(streamed, grpc_chat.text);
+
+  // A chat request without max_tokens runs to the end of the context.
+  auto unlimited = f.Post("/v1/chat/completions",
+                          json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                               {"temperature", 0},
+                               {"ignore_eos", true}});
+  ASSERT_TRUE(unlimited);
+  ASSERT_EQ(unlimited->status, 200) << unlimited->body;
+  const json usage = json::parse(unlimited->body)["usage"];
+  EXPECT_EQ(usage["total_tokens"], f.engine().max_model_len());
+
+  httplib::Client client("127.0.0.1", f.http_port());
+  auto models = client.Get("/v1/models", {{"Authorization", std::string("Bearer ") + kBob}});
+  ASSERT_TRUE(models);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST(OpenAiFrontendTest, ErrorsHaveOpenAisShapeAndStatus) {
+  Fixture f;
+  const auto expect_error = [&](const std::string& path, const json& body, const char* token,
+                                int status, const std::string& message, const json& param) {
+    auto result = f.Post(path, body, token);
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->status, status) << result->body;
+    EXPECT_EQ(result->get_header_value("Content-Type"), "application/json");
+    const json error = json::parse(result->body)["error"];
+    EXPECT_THAT(error["message"].get<std::string>(), HasSubstr(message));
+    EXPECT_EQ(error["param"], param) << result->body;
+    EXPECT_TRUE(error.contains("type") && error.contains("code")) << result->body;
+  };
+  const json ok{{"prompt", "Hello"}, {"max_tokens", 2}};
+  expect_error("/v1/completions", ok, nullptr, 401, "Bearer", nullptr);
+  expect_error("/v1/completions", ok, "wrong-token-0123456789", 401, "not valid", nullptr);
+  expect_error("/v1/completions", json{{"prompt", "x"}, {"temperature", -1}}, kAlice, 400,
+               "temperature must be >= 0", "temperature");
+  expect_error("/v1/completions", json{{"prompt", "x"}, {"max_tokens", 100000}}, kAlice, 400,
+               "exceeds the context limit", "max_tokens");
+  expect_error("/v1/completions", json{{"prompt", "x"}, {"model", "gpt-4"}}, kAlice, 404,
+               "The model `gpt-4` does not exist", "model");
+  expect_error("/v1/completions", json{{"prompt", 5}}, kAlice, 400, "`prompt` must be",
+               "prompt");
+  expect_error("/v1/chat/completions", json{{"messages", {{{"role", "wizard"}, {"content", "x"}}}}},
+               kAlice, 400, "wizard", nullptr);
+  expect_error("/v1/embeddings", ok, kAlice, 404, "no such route", nullptr);
+
+  // Overload and draining, as the service answers them.
+  f.server().GetHealthCheckService()->SetServingStatus(v1::Generation::service_full_name(), false);
+  f.engine().StopAccepting();
+  expect_error("/v1/completions", ok, kAlice, 503, "shutting down", nullptr);
+  httplib::Client client("127.0.0.1", f.http_port());
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 503);
+}
+
+TEST(OpenAiFrontendTest, AFullQueueIs429) {
+  Fixture f({.kv_cache_bytes = 32 << 20, .max_waiting = 0});
+  auto result = f.Post("/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 2}});
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 429) << result->body;
+  EXPECT_THAT(result->body, HasSubstr("the waiting queue is full"));
+}
+
+// A raw HTTP client: sends a request, reads what comes, and hangs up.
+class Socket {
+ public:
+  explicit Socket(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    EXPECT_EQ(connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  }
+  ~Socket() { Close(); }
+  void Post(const std::string& path, const json& body, const char* token) {
+    const std::string text = body.dump();
+    const std::string request = "POST " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                                token + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                                std::to_string(text.size()) + "\r\n\r\n" + text;
+    EXPECT_EQ(send(fd_, request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+  }
+  // Reads until `needle` has arrived.
+  std::string ReadUntil(const std::string& needle) {
+    std::string out;
+    char buffer[4096];
+    while (out.find(needle) == std::string::npos) {
+      const ssize_t n = recv(fd_, buffer, sizeof(buffer), 0);
+      if (n <= 0) break;
+      out.append(buffer, static_cast<size_t>(n));
+    }
+    return out;
+  }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+TEST(OpenAiFrontendTest, AClientThatLeavesCancelsItsRequest) {
+  Fixture f;
+  const json long_request{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true}};
+  // Mid-stream.
+  {
+    Socket client(f.http_port());
+    json streaming = long_request;
+    streaming["stream"] = true;
+    client.Post("/v1/completions", streaming, kAlice);
+    client.ReadUntil("data: {");
+    EXPECT_EQ(f.engine().num_active(), 1);
+  }
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  // While a non-streaming request generates.
+  {
+    Socket client(f.http_port());
+    client.Post("/v1/completions", long_request, kAlice);
+    ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 1; }));
+  }
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  EXPECT_EQ(f.frontend().cancelled_for_clients_gone(), 2);
+  // The engine aborted both and holds none of their blocks.
+  const EngineStats stats = f.engine().stats();
+  EXPECT_EQ(stats.finished[static_cast<int>(FinishReason::kAbort)], 2);
+  EXPECT_LT(stats.generation_tokens, 2 * 120);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  // Others are served after.
+  auto after = f.Post("/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 3}});
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200);
+}
+
+// The principal reaches the service: an HTTP request is alice's, so bob
+// cannot abort it over gRPC and alice can.
+TEST(OpenAiFrontendTest, RequestsBelongToTheirPrincipal) {
+  Fixture f;
+  Socket client(f.http_port());
+  client.Post("/v1/completions",
+              json{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true},
+                   {"stream", true}},
+              kAlice);
+  const std::string first = client.ReadUntil("\n\n");
+  const size_t start = first.find("data: ");
+  ASSERT_NE(start, std::string::npos) << first;
+  const json event = json::parse(first.substr(start + 6, first.find("\n\n", start) - start - 6));
+  const std::string id = event["id"];
+  EXPECT_EQ(f.Abort(id, kBob).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(f.Abort(id, kAlice).ok());
+  const std::string rest = client.ReadUntil("data: [DONE]");
+  EXPECT_THAT(rest, HasSubstr("data: [DONE]"));
+  EXPECT_THAT(rest, ::testing::Not(HasSubstr("\"finish_reason\":\"length\"")));
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  EXPECT_EQ(f.engine().stats().finished[static_cast<int>(FinishReason::kAbort)], 1);
+}
+
+}  // namespace
+}  // namespace dsv2
