@@ -113,7 +113,7 @@ std::string GoldenName(const ::testing::TestParamInfo<std::string>& info) {
 
 INSTANTIATE_TEST_SUITE_P(GoldenModels, GoldenCliTest,
                          ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite",
-                                           "tests/data/tiny-eps"),
+                                           "tests/data/tiny-eps", "models/demo-v2"),
                          GoldenName);
 
 TEST(CliTest, InspectPublishedConfigs) {
@@ -265,7 +265,8 @@ TEST_P(PromptCliTest, GeneratePromptStreamsTheTextOfTheGeneratedIds) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PromptCliTest,
-                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite"),
+                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite",
+                                           "models/demo-v2"),
                          GoldenName);
 
 TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {

@@ -118,7 +118,7 @@ TEST_P(GoldenServerTest, GreedyOutputEqualsTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(GoldenModels, GoldenServerTest,
-                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite"),
+                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite", "models/demo-v2"),
                          [](const auto& info) {
                            std::string name = info.param.substr(info.param.rfind('/') + 1);
                            std::replace(name.begin(), name.end(), '-', '_');

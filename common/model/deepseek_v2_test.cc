@@ -1,7 +1,9 @@
 // The forward pass against the reference: tiny DeepSeek-V2-shaped models
-// written by tools/golden/make_golden.py with Hugging Face transformers, and
-// the float32 logits it computed (docs/golden.md). Tolerance: max absolute
-// logit error 1e-3 at every position and step; greedy tokens identical.
+// written by tools/golden/make_golden.py with Hugging Face transformers, the
+// bundled demo model (models/demo-v2, trained by tools/demo_model), and the
+// float32 logits make_golden.py computed for each (docs/golden.md).
+// Tolerance: max absolute logit error 1e-3 at every position and step;
+// greedy tokens identical.
 #include "common/model/deepseek_v2.h"
 
 #include <algorithm>
@@ -146,7 +148,7 @@ TEST_P(GoldenTest, GreedyGenerationReproducesReferenceTokens) {
 // much the logits move otherwise).
 INSTANTIATE_TEST_SUITE_P(GoldenModels, GoldenTest,
                          ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite",
-                                           "tests/data/tiny-eps"),
+                                           "tests/data/tiny-eps", "models/demo-v2"),
                          [](const auto& info) {
                            std::string name = info.param.substr(info.param.rfind('/') + 1);
                            std::replace(name.begin(), name.end(), '-', '_');

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate the golden test fixtures for dsv2-serve.
 
-For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped) this script
+For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped, ``tiny-eps``: V2-shaped
+with rms_norm_eps 1e-5) this script
 
   1. builds a random DeepseekV2ForCausalLM (transformers' native port) from a
      config dict written in the *published* DeepSeek-V2 config.json format,
@@ -16,10 +17,14 @@ For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped) this sc
      cache vs. full recompute, and an independent re-implementation of the
      original remote-code semantics, both plain and weight-absorbed MLA).
 
+For a trained checkpoint (TRAINED: models/demo-v2, written by tools/demo_model/train_demo.py) it
+reads the weights and tokenizer as they are and only adds steps 4 and 5 (with an English prompt
+instead of random ids, and the same cross-checks) beside them.
+
 Everything runs on the CPU in float32 with eager attention and eager experts.
 
 Usage:
-    /root/venv-ref/bin/python tools/golden/make_golden.py [--out tests/data]
+    /root/venv-ref/bin/python tools/golden/make_golden.py [--out tests/data] [--only NAME ...]
 
 See docs/golden.md for the file formats and how the C++ tests use them.
 """
@@ -176,6 +181,24 @@ INIT_SCALES = {
         "self_attn.kv_a_proj_with_mqa.weight": 0.01,
     },
 }
+
+# Trained checkpoints (written by their own scripts) that get golden fixtures beside their weights:
+# name -> directory relative to the repository root, and candidate prompt texts (the first whose
+# references are robust is used; the prompt is BOS + its first PROMPT_LEN - 1 tokens).
+TRAINED = {
+    "demo-v2": (
+        "models/demo-v2",
+        [
+            "And it came to pass, when the men of the city saw the young man, that they said one to "
+            "another, Behold, this is he whom the king hath sent unto us this day.",
+            "In the beginning God created the heaven and the earth. And the earth was without form, "
+            "and void; and darkness was upon the face of the deep.",
+            "Then spake the king unto his servants, saying, Go ye into the land of the south, and "
+            "bring me word again of all that ye shall see there.",
+        ],
+    ),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class FragileFixture(Exception):
@@ -805,6 +828,44 @@ def make_fixture(name, out_root):
                             {"seed": seed, "seeds_rejected": [s for s, _ in rejected]})
 
 
+def make_trained_fixture(name):
+    """References for a trained checkpoint (TRAINED): its weights as they are, the first robust prompt."""
+    from tokenizers import Tokenizer
+
+    rel_dir, texts = TRAINED[name]
+    ckpt_dir = os.path.join(ROOT, rel_dir)
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+        pub = json.load(f)
+    tensors = load_file(os.path.join(ckpt_dir, "model.safetensors"))
+    tok = Tokenizer.from_file(os.path.join(ckpt_dir, "tokenizer.json"))
+    model = build_model(pub)
+    from_published(tensors, model)
+    n_params = sum(t.numel() for t in tensors.values())
+    run, rejected = None, []
+    for i, text in enumerate(texts):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if len(ids) < PROMPT_LEN - 1:
+            sys.exit(f"[{name}] prompt {i} has only {len(ids)} tokens, need {PROMPT_LEN - 1}")
+        prompt = [pub["bos_token_id"]] + ids[: PROMPT_LEN - 1]
+        try:
+            run = check_run(model, pub, prompt)
+            break
+        except FragileFixture as e:
+            rejected.append(i)
+            print(f"[{name}] prompt {i} rejected: {e}")
+    if run is None:
+        sys.exit(f"[{name}] no robust prompt among {len(texts)}")
+    for fn in ("prefill_logits.npy", "decode_logits.npy", "golden.json"):
+        if os.path.exists(os.path.join(ckpt_dir, fn)):
+            os.remove(os.path.join(ckpt_dir, fn))
+    extra = {
+        "prompt_text": tok.decode(run["prompt"][1:], skip_special_tokens=False),
+        "generated_text": tok.decode(run["generated"], skip_special_tokens=False),
+        "prompts_rejected": rejected,
+    }
+    return write_references(name, pub, run, ckpt_dir, n_params, extra)
+
+
 def write_references(name, pub, run, ckpt_dir, n_params, extra):
     """Cross-check a chosen run against the checkpoint in ckpt_dir and write the reference files."""
     model = run["model"]
@@ -865,20 +926,21 @@ def write_references(name, pub, run, ckpt_dir, n_params, extra):
         print(f"  {k:<34}: {v:.3g}")
     for fn, size in files.items():
         print(f"  {fn:<20} {size:>10,} bytes")
-    return sum(files.values())
+    return sum(size for fn, size in files.items() if name not in TRAINED or fn.endswith((".npy", "golden.json")))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="tests/data", help="output root (default: tests/data)")
-    ap.add_argument("--only", choices=sorted(MODELS), action="append", help="generate only this model (repeatable)")
+    ap.add_argument("--out", default="tests/data", help="output root of the random fixtures (default: tests/data)")
+    ap.add_argument("--only", choices=sorted(MODELS) + sorted(TRAINED), action="append",
+                    help="generate only this model (repeatable)")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     total = 0
-    for name in args.only or list(MODELS):
-        total += make_fixture(name, args.out)
+    for name in args.only or list(MODELS) + list(TRAINED):
+        total += make_trained_fixture(name) if name in TRAINED else make_fixture(name, args.out)
     print(f"\ntotal size of generated fixture files: {total:,} bytes ({total / 2**20:.2f} MiB)")
 
 
