@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -62,17 +63,21 @@ Result RunDsv2(const std::string& args) {
   return result;
 }
 
-nlohmann::json Golden(const std::string& model) {
-  return nlohmann::json::parse(ReadFile("tests/data/" + model + "/golden.json"));
+nlohmann::json Golden(const std::string& model_dir) {
+  return nlohmann::json::parse(ReadFile(model_dir + "/golden.json"));
 }
 
-class GoldenCliTest : public ::testing::TestWithParam<std::string> {};
+// The parameter is a model directory with golden fixtures (docs/golden.md).
+class GoldenCliTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string Name() const { return GetParam().substr(GetParam().rfind('/') + 1); }
+};
 
 TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
   const nlohmann::json golden = Golden(GetParam());
   const auto prompt = golden["prompt"].get<std::vector<int>>();
   const auto expected = golden["generated"].get<std::vector<int>>();
-  const Result result = RunDsv2(absl::StrCat("generate --model tests/data/", GetParam(), " --tokens ",
+  const Result result = RunDsv2(absl::StrCat("generate --model ", GetParam(), " --tokens ",
                                          absl::StrJoin(prompt, ","), " --max-tokens ",
                                          expected.size(), " --ignore-eos --stats"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
@@ -84,12 +89,12 @@ TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
 TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
   const nlohmann::json golden = Golden(GetParam());
   const auto prompt = golden["prompt"].get<std::vector<int>>();
-  const std::string out = TestPath("logits_" + GetParam() + ".npy");
-  const Result result = RunDsv2(absl::StrCat("logits --model tests/data/", GetParam(), " --tokens ",
+  const std::string out = TestPath("logits_" + Name() + ".npy");
+  const Result result = RunDsv2(absl::StrCat("logits --model ", GetParam(), " --tokens ",
                                          absl::StrJoin(prompt, ","), " --out ", out));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   auto actual = ReadNpy(out);
-  auto expected = ReadNpy("tests/data/" + GetParam() + "/prefill_logits.npy");
+  auto expected = ReadNpy(GetParam() + "/prefill_logits.npy");
   ASSERT_TRUE(actual.ok()) << actual.status();
   ASSERT_TRUE(expected.ok()) << expected.status();
   ASSERT_EQ(actual->shape, expected->shape);
@@ -100,8 +105,16 @@ TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
   EXPECT_LE(worst, 1e-3f);
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyModels, GoldenCliTest, ::testing::Values("tiny-v2", "tiny-lite"),
-                         [](const auto& info) { return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite"; });
+std::string GoldenName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name = info.param.substr(info.param.rfind('/') + 1);
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(GoldenModels, GoldenCliTest,
+                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite",
+                                           "tests/data/tiny-eps", "models/demo-v2"),
+                         GoldenName);
 
 TEST(CliTest, InspectPublishedConfigs) {
   Result v2 = RunDsv2("inspect --config common/model/presets/deepseek-v2.json");
@@ -263,7 +276,7 @@ class PromptCliTest : public ::testing::TestWithParam<std::string> {};
 // produces for the prompt's ids: BOS (add_bos_token) + the text's ids, or
 // the rendered chat template with --chat.
 TEST_P(PromptCliTest, GeneratePromptStreamsTheTextOfTheGeneratedIds) {
-  const std::string model = "tests/data/" + GetParam();
+  const std::string model = GetParam();
   for (bool chat : {false, true}) {
     const std::string prompt = "The capital of France is";
     const std::string rendered =
@@ -292,10 +305,10 @@ TEST_P(PromptCliTest, GeneratePromptStreamsTheTextOfTheGeneratedIds) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyModels, PromptCliTest, ::testing::Values("tiny-v2", "tiny-lite"),
-                         [](const auto& info) {
-                           return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite";
-                         });
+INSTANTIATE_TEST_SUITE_P(Models, PromptCliTest,
+                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite",
+                                           "models/demo-v2"),
+                         GoldenName);
 
 TEST(CliTokenizerTest, GeneratePromptNeedsATokenizer) {
   const std::string dir = TestPath("model-without-tokenizer");

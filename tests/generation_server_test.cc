@@ -1,5 +1,6 @@
 // The public API over real gRPC on a loopback port chosen by the OS, served
 // in this process so the tests can read the engine's stats.
+#include <algorithm>
 #include <filesystem>
 #include <future>
 #include <fstream>
@@ -91,8 +92,8 @@ class ServerFixture {
   std::unique_ptr<v1::Generation::Stub> stub_;
 };
 
-nlohmann::json Golden(const std::string& model) {
-  std::ifstream in("tests/data/" + model + "/golden.json");
+nlohmann::json Golden(const std::string& model_dir) {
+  std::ifstream in(model_dir + "/golden.json");
   std::stringstream text;
   text << in.rdbuf();
   return nlohmann::json::parse(text.str());
@@ -103,7 +104,7 @@ EngineOptions SmallEngine() { return {.kv_cache_bytes = 32 << 20}; }
 class GoldenServerTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenServerTest, GreedyOutputEqualsTheReference) {
-  ServerFixture server("tests/data/" + GetParam(), SmallEngine());
+  ServerFixture server(GetParam(), SmallEngine());
   const nlohmann::json golden = Golden(GetParam());
   const auto expected = golden["generated"].get<std::vector<int32_t>>();
   const StreamResult r = server.Generate(
@@ -116,8 +117,13 @@ TEST_P(GoldenServerTest, GreedyOutputEqualsTheReference) {
   EXPECT_GE(r.chunks, 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyModels, GoldenServerTest, ::testing::Values("tiny-v2", "tiny-lite"),
-                         [](const auto& info) { return info.param == "tiny-v2" ? "tiny_v2" : "tiny_lite"; });
+INSTANTIATE_TEST_SUITE_P(GoldenModels, GoldenServerTest,
+                         ::testing::Values("tests/data/tiny-v2", "tests/data/tiny-lite", "models/demo-v2"),
+                         [](const auto& info) {
+                           std::string name = info.param.substr(info.param.rfind('/') + 1);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST(GenerationServerTest, SixtyFourConcurrentStreamsEqualTheirSoloRuns) {
   ServerFixture server("tests/data/tiny-v2", {.kv_cache_bytes = 32 << 20, .max_batch_tokens = 256});

@@ -12,6 +12,22 @@
 #include "kernels/cpu/ops.h"
 
 namespace dsv2 {
+namespace {
+
+// The epsilon of the attention's low-rank norms, q_a_layernorm and
+// kv_a_layernorm. The reference implementations build them without passing
+// the config's rms_norm_eps, so they take the norm class's default, 1e-6,
+// whatever config.json says: DeepSeek's remote code (modeling_deepseek.py:
+// `DeepseekV2RMSNorm(config.q_lora_rank)` and `(config.kv_lora_rank)`, with
+// `eps=1e-6` the default of `DeepseekV2RMSNorm.__init__`) and transformers'
+// native port (modeling_deepseek_v2.py, the same two constructors; checked
+// in 5.25.0). Only input_layernorm, post_attention_layernorm and the final
+// norm use rms_norm_eps. The published checkpoints set rms_norm_eps to 1e-6,
+// so they cannot tell the two apart; tests/data/tiny-eps can
+// (docs/golden.md).
+constexpr float kAttentionNormEps = 1e-6f;
+
+}  // namespace
 
 DeepseekV2Model::DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, ModelWeights weights)
     : config_(std::move(config)),
@@ -114,7 +130,8 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
     cpu::RmsNorm(h.data(), lw.input_norm.data(), total, hidden, eps, x.data());
     if (config_.has_q_lora()) {
       cpu::Linear(x.data(), total, lw.q_a, q_a.data());
-      cpu::RmsNorm(q_a.data(), lw.q_a_norm.data(), total, config_.q_lora_rank, eps, q_a.data());
+      cpu::RmsNorm(q_a.data(), lw.q_a_norm.data(), total, config_.q_lora_rank, kAttentionNormEps,
+                   q_a.data());
       cpu::Linear(q_a.data(), total, lw.q_b, q.data());
     } else {
       cpu::Linear(x.data(), total, lw.q, q.data());
@@ -165,13 +182,12 @@ void DeepseekV2Model::ChunkAttention(int64_t layer, const SequenceChunk& chunk, 
   const int64_t latent = config_.latent_dim();
   const int64_t start = cache.size();
   const int64_t context = start + n;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
 
   // Latents of the new positions: [c_raw | k_pe] → cache [RMSNorm(c) | RoPE(k_pe)];
   // RoPE on the queries' rope slice.
   for (int64_t i = 0; i < n; ++i) {
     float* slot = cache.At(layer, start + i);
-    cpu::RmsNorm(&kv_a[i * latent], lw.kv_a_norm.data(), 1, rank, eps, slot);
+    cpu::RmsNorm(&kv_a[i * latent], lw.kv_a_norm.data(), 1, rank, kAttentionNormEps, slot);
     std::copy_n(&kv_a[i * latent + rank], rope, slot + rank);
     RotaryEmbedding::Apply(&cos[i * half], &sin[i * half], half, slot + rank);
     for (int64_t head = 0; head < heads; ++head) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate the golden test fixtures for dsv2-serve.
 
-For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped) this script
+For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped, ``tiny-eps``: V2-shaped
+with rms_norm_eps 1e-5) this script
 
   1. builds a random DeepseekV2ForCausalLM (transformers' native port) from a
      config dict written in the *published* DeepSeek-V2 config.json format,
@@ -16,10 +17,14 @@ For each tiny model (``tiny-v2``: V2-shaped, ``tiny-lite``: Lite-shaped) this sc
      cache vs. full recompute, and an independent re-implementation of the
      original remote-code semantics, both plain and weight-absorbed MLA).
 
+For a trained checkpoint (TRAINED: models/demo-v2, written by tools/demo_model/train_demo.py) it
+reads the weights and tokenizer as they are and only adds steps 4 and 5 (with an English prompt
+instead of random ids, and the same cross-checks) beside them.
+
 Everything runs on the CPU in float32 with eager attention and eager experts.
 
 Usage:
-    /root/venv-ref/bin/python tools/golden/make_golden.py [--out tests/data]
+    /root/venv-ref/bin/python tools/golden/make_golden.py [--out tests/data] [--only NAME ...]
 
 See docs/golden.md for the file formats and how the C++ tests use them.
 """
@@ -53,6 +58,12 @@ CHUNK_SPLIT = 25         # chunked-prefill check: 25 tokens, then the remaining 
 LOGIT_GAP_MIN = 1e-2     # top-1 minus top-2 logit wherever a greedy token is chosen
 ROUTE_GAP_MIN = 1e-5     # k-th minus (k+1)-th expert score / group score, every MoE token
 CONSISTENCY_TOL = 1e-4   # max |logit diff| between two fp32 paths that should agree
+ENGINE_TOL = 1e-3        # what the C++ tests allow (docs/golden.md)
+# A fixture with rms_norm_eps != 1e-6 must move the logits by this much if any norm used the wrong eps.
+EPS_EFFECT_MIN = 10 * ENGINE_TOL
+# q_a_layernorm and kv_a_layernorm always use 1e-6, whatever rms_norm_eps says: [REMOTE] and HF
+# construct them as DeepseekV2RMSNorm(rank), whose default eps is 1e-6.
+ATTENTION_NORM_EPS = 1e-6
 MAX_SEED_TRIES = 200     # give up if this many consecutive seeds are fragile
 
 # Keys shared by both configs, exactly as they appear in the published config.json files.
@@ -134,7 +145,60 @@ MODELS = {
         },
         5678,
     ),
+    # rms_norm_eps 1e-5 (a common value elsewhere), with activations small enough where each norm
+    # reads them that the epsilon matters: the embedding (layer 0's input_layernorm) and the
+    # q_a / kv_a projections' outputs have a mean square of about 1e-4 (INIT_SCALES). The
+    # script measures what a wrong epsilon would do to the logits (golden.json "eps_effect").
+    "tiny-eps": (
+        {
+            "vocab_size": 512,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "moe_intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "n_group": 4,
+            "topk_group": 2,
+            "topk_method": "group_limited_greedy",
+            "routed_scaling_factor": 4.0,
+            "q_lora_rank": 24,
+            "kv_lora_rank": 16,
+            "qk_nope_head_dim": 8,
+            "qk_rope_head_dim": 16,
+            "v_head_dim": 8,
+            "rms_norm_eps": 1e-5,
+        },
+        4321,
+    ),
 }
+
+# Multipliers on init_params' standard deviations, per model and parameter-name suffix.
+INIT_SCALES = {
+    "tiny-eps": {
+        "embed_tokens.weight": 0.01,
+        "self_attn.q_a_proj.weight": 0.01,
+        "self_attn.kv_a_proj_with_mqa.weight": 0.01,
+    },
+}
+
+# Trained checkpoints (written by their own scripts) that get golden fixtures beside their weights:
+# name -> directory relative to the repository root, and candidate prompt texts (the first whose
+# references are robust is used; the prompt is BOS + its first PROMPT_LEN - 1 tokens).
+TRAINED = {
+    "demo-v2": (
+        "models/demo-v2",
+        [
+            "And it came to pass, when the men of the city saw the young man, that they said one to "
+            "another, Behold, this is he whom the king hath sent unto us this day.",
+            "In the beginning God created the heaven and the earth. And the earth was without form, "
+            "and void; and darkness was upon the face of the deep.",
+            "Then spake the king unto his servants, saying, Go ye into the land of the south, and "
+            "bring me word again of all that ye shall see there.",
+        ],
+    ),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class FragileFixture(Exception):
@@ -215,6 +279,13 @@ def check_hf_config(model, pub):
     for key in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
         assert rp[key] == rs[key], (key, rp)
     assert cfg.head_dim == pub["qk_rope_head_dim"], "HF must size RoPE by qk_rope_head_dim"
+    for layer in model.model.layers:  # the attention norms ignore rms_norm_eps (see ATTENTION_NORM_EPS)
+        attn = layer.self_attn
+        assert attn.kv_a_layernorm.variance_epsilon == ATTENTION_NORM_EPS
+        assert attn.q_a_layernorm is None or attn.q_a_layernorm.variance_epsilon == ATTENTION_NORM_EPS
+        assert layer.input_layernorm.variance_epsilon == pub["rms_norm_eps"]
+        assert layer.post_attention_layernorm.variance_epsilon == pub["rms_norm_eps"]
+    assert model.model.norm.variance_epsilon == pub["rms_norm_eps"]
     assert cfg._attn_implementation == "eager" and cfg._experts_implementation == "eager"
 
     inv_freq, mult, scale = yarn_by_hand(pub)
@@ -242,19 +313,22 @@ def build_model(pub):
 
 
 @torch.no_grad()
-def init_params(model, seed):
+def init_params(model, seed, scales=None):
     """Re-initialise every parameter (O(1) activations/logits), then round to bf16 values.
 
     Linear / packed-expert weights ~ N(0, 1/sqrt(fan_in)), embedding ~ N(0, 1),
     RMSNorm weights ~ 1 + 0.1 N(0, 1), router weights ~ N(0, 1/sqrt(hidden)).
+    `scales` (INIT_SCALES) multiplies the standard deviation of parameters by name suffix.
     """
     gen = torch.Generator().manual_seed(seed)
     hidden = model.config.hidden_size
 
-    def normal(shape, std, mean=0.0):
-        return torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
-
     for name, p in model.named_parameters():  # deterministic registration order
+        factor = math.prod(f for suffix, f in (scales or {}).items() if name.endswith(suffix))
+
+        def normal(shape, std, mean=0.0):
+            return torch.randn(shape, generator=gen, dtype=torch.float32) * (std * factor) + mean
+
         if name == "model.embed_tokens.weight":
             new = normal(p.shape, 1.0)
         elif name.endswith("norm.weight"):  # input/post_attention/q_a/kv_a layernorms, model.norm
@@ -506,7 +580,7 @@ class RemoteReference:
         inv_freq, self.rope_mult, self.scale = yarn_by_hand(pub)
         self.inv_freq = torch.tensor(inv_freq, dtype=torch.float32)
 
-    def rms(self, x, w, eps=1e-6):
+    def rms(self, x, w, eps=ATTENTION_NORM_EPS):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
     def rope(self, x, pos):
@@ -598,11 +672,8 @@ class RemoteReference:
 # One model: seed search, checks, and writing the fixture directory
 # ---------------------------------------------------------------------------
 
-def try_seed(pub, seed):
-    """Build + run one candidate. Raises FragileFixture if a tie is too close; returns the run otherwise."""
-    model = build_model(pub)
-    init_params(model, seed)
-    prompt = make_prompt(pub, seed)
+def check_run(model, pub, prompt):
+    """Run one candidate (weights + prompt). Raises FragileFixture if a tie is too close; returns the run otherwise."""
     monitor = RoutingMonitor(model, pub)
     prefill, decode, generated = prefill_and_decode(model, prompt)
     monitor.remove()
@@ -629,6 +700,35 @@ def try_seed(pub, seed):
         "logit_gap_all_prefill": float(top2_gap(prefill).min()),
         "monitor": monitor,
     }
+
+
+def try_seed(name, pub, seed):
+    """Build + run one random candidate for `seed`."""
+    model = build_model(pub)
+    init_params(model, seed, INIT_SCALES.get(name))
+    return check_run(model, pub, make_prompt(pub, seed))
+
+
+@torch.no_grad()
+def eps_effect(model, pub, ids, want):
+    """What a wrong epsilon would do: max |logit diff| against `want` (the references over `ids`,
+    one no-cache forward) when the attention norms use rms_norm_eps (as the C++ engine did before it
+    followed the reference), and when every norm uses ATTENTION_NORM_EPS."""
+    attn_norms = [m for layer in model.model.layers
+                  for m in (layer.self_attn.q_a_layernorm, layer.self_attn.kv_a_layernorm) if m is not None]
+    other_norms = [m for layer in model.model.layers
+                   for m in (layer.input_layernorm, layer.post_attention_layernorm)] + [model.model.norm]
+    report = {}
+    for key, norms, eps in (("attention_norms_at_rms_norm_eps", attn_norms, pub["rms_norm_eps"]),
+                            ("all_norms_at_1e-6", other_norms, ATTENTION_NORM_EPS)):
+        saved = [m.variance_epsilon for m in norms]
+        for m in norms:
+            m.variance_epsilon = eps
+        got, _ = hf_forward(model, ids)
+        for m, e in zip(norms, saved):
+            m.variance_epsilon = e
+        report[key + "_max_abs_logit_diff"] = max_abs(got, want)
+    return report
 
 
 def verify(name, pub, run, ckpt_dir):
@@ -704,29 +804,79 @@ def write_checkpoint(pub, model, ckpt_dir):
 
 
 def make_fixture(name, out_root):
+    """A random fixture: seed search over weights and prompt, written to out_root/name."""
     pub = published_config(name)
     first_seed = MODELS[name][1]
     seed, run = first_seed, None
     rejected = []
     for seed in range(first_seed, first_seed + MAX_SEED_TRIES):
         try:
-            run = try_seed(pub, seed)
+            run = try_seed(name, pub, seed)
             break
         except FragileFixture as e:
             rejected.append((seed, str(e)))
             print(f"[{name}] seed {seed} rejected: {e}")
     if run is None:
         sys.exit(f"[{name}] no robust seed in {MAX_SEED_TRIES} tries")
-    model = run["model"]
-    rope_check = check_hf_config(model, pub)
 
     ckpt_dir = os.path.join(out_root, name)
     if os.path.isdir(ckpt_dir):
         shutil.rmtree(ckpt_dir)  # the directory is wholly generated by this script
     os.makedirs(ckpt_dir)
-    n_params = write_checkpoint(pub, model, ckpt_dir)
+    n_params = write_checkpoint(pub, run["model"], ckpt_dir)
+    return write_references(name, pub, run, ckpt_dir, n_params,
+                            {"seed": seed, "seeds_rejected": [s for s, _ in rejected]})
 
+
+def make_trained_fixture(name):
+    """References for a trained checkpoint (TRAINED): its weights as they are, the first robust prompt."""
+    from tokenizers import Tokenizer
+
+    rel_dir, texts = TRAINED[name]
+    ckpt_dir = os.path.join(ROOT, rel_dir)
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+        pub = json.load(f)
+    tensors = load_file(os.path.join(ckpt_dir, "model.safetensors"))
+    tok = Tokenizer.from_file(os.path.join(ckpt_dir, "tokenizer.json"))
+    model = build_model(pub)
+    from_published(tensors, model)
+    n_params = sum(t.numel() for t in tensors.values())
+    run, rejected = None, []
+    for i, text in enumerate(texts):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if len(ids) < PROMPT_LEN - 1:
+            sys.exit(f"[{name}] prompt {i} has only {len(ids)} tokens, need {PROMPT_LEN - 1}")
+        prompt = [pub["bos_token_id"]] + ids[: PROMPT_LEN - 1]
+        try:
+            run = check_run(model, pub, prompt)
+            break
+        except FragileFixture as e:
+            rejected.append(i)
+            print(f"[{name}] prompt {i} rejected: {e}")
+    if run is None:
+        sys.exit(f"[{name}] no robust prompt among {len(texts)}")
+    for fn in ("prefill_logits.npy", "decode_logits.npy", "golden.json"):
+        if os.path.exists(os.path.join(ckpt_dir, fn)):
+            os.remove(os.path.join(ckpt_dir, fn))
+    extra = {
+        "prompt_text": tok.decode(run["prompt"][1:], skip_special_tokens=False),
+        "generated_text": tok.decode(run["generated"], skip_special_tokens=False),
+        "prompts_rejected": rejected,
+    }
+    return write_references(name, pub, run, ckpt_dir, n_params, extra)
+
+
+def write_references(name, pub, run, ckpt_dir, n_params, extra):
+    """Cross-check a chosen run against the checkpoint in ckpt_dir and write the reference files."""
+    model = run["model"]
+    rope_check = check_hf_config(model, pub)
     report = verify(name, pub, run, ckpt_dir)
+    effect = None
+    if pub["rms_norm_eps"] != ATTENTION_NORM_EPS:
+        effect = eps_effect(model, pub, run["prompt"] + run["generated"][:DECODE_STEPS],
+                            torch.cat([run["prefill"], run["decode"]]))
+        for key, value in effect.items():
+            assert value >= EPS_EFFECT_MIN, f"[{name}] {key} = {value:.3g}: the fixture cannot catch it"
 
     np.save(os.path.join(ckpt_dir, "prefill_logits.npy"), run["prefill"].numpy().astype(np.float32))
     np.save(os.path.join(ckpt_dir, "decode_logits.npy"), run["decode"].numpy().astype(np.float32))
@@ -736,8 +886,7 @@ def make_fixture(name, out_root):
         "prompt": run["prompt"],
         "generated": run["generated"],
         "decode_steps": DECODE_STEPS,
-        "seed": seed,
-        "seeds_rejected": [s for s, _ in rejected],
+        **extra,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "safetensors_version": safetensors.__version__,
@@ -746,14 +895,16 @@ def make_fixture(name, out_root):
         "min_expert_score_gap": mon.min_expert_gap,
         "min_group_score_gap": None if mon.min_group_gap == float("inf") else mon.min_group_gap,
         "checks": report,
-        "note": (
-            "float32 logits from transformers' DeepseekV2ForCausalLM (eager attention, eager experts, CPU) "
-            "on the bf16 weights in model.safetensors. prefill_logits[t] = logits after prompt[0..t]; "
-            "generated[0] = argmax(prefill_logits[-1]); decode step i feeds generated[i] at position "
-            f"{PROMPT_LEN}+i through the KV cache, decode_logits[i] are its logits and "
-            "generated[i+1] = argmax(decode_logits[i]). EOS is ignored. See docs/golden.md."
-        ),
     }
+    if effect is not None:
+        golden["eps_effect"] = effect
+    golden["note"] = (
+        "float32 logits from transformers' DeepseekV2ForCausalLM (eager attention, eager experts, CPU) "
+        "on the bf16 weights in model.safetensors. prefill_logits[t] = logits after prompt[0..t]; "
+        "generated[0] = argmax(prefill_logits[-1]); decode step i feeds generated[i] at position "
+        f"{PROMPT_LEN}+i through the KV cache, decode_logits[i] are its logits and "
+        "generated[i+1] = argmax(decode_logits[i]). EOS is ignored. See docs/golden.md."
+    )
     with open(os.path.join(ckpt_dir, "golden.json"), "w") as f:
         json.dump(golden, f, indent=2)
         f.write("\n")
@@ -761,7 +912,8 @@ def make_fixture(name, out_root):
     files = {fn: os.path.getsize(os.path.join(ckpt_dir, fn)) for fn in sorted(os.listdir(ckpt_dir))}
     print(f"\n== {name} ==")
     print(f"  parameters        : {n_params:,} ({n_params * 2 / 1e6:.2f} MB as bf16)")
-    print(f"  seed              : {seed} (rejected: {[s for s, _ in rejected] or 'none'})")
+    for k, v in extra.items():
+        print(f"  {k:<18}: {v}")
     print(f"  prompt            : {run['prompt']}")
     print(f"  greedy tokens     : {run['generated']}")
     print(f"  min logit gap     : {run['logit_gap']:.4g} at greedy rows "
@@ -770,25 +922,26 @@ def make_fixture(name, out_root):
     if mon.where_group is not None:
         print(f"  min group gap     : {mon.min_group_gap:.4g} at {mon.where_group}")
     print(f"  yarn              : {rope_check}")
-    for k, v in report.items():
+    for k, v in {**report, **(effect or {})}.items():
         print(f"  {k:<34}: {v:.3g}")
     for fn, size in files.items():
         print(f"  {fn:<20} {size:>10,} bytes")
-    return sum(files.values())
+    return sum(size for fn, size in files.items() if name not in TRAINED or fn.endswith((".npy", "golden.json")))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="tests/data", help="output root (default: tests/data)")
-    ap.add_argument("--only", choices=sorted(MODELS), action="append", help="generate only this model")
+    ap.add_argument("--out", default="tests/data", help="output root of the random fixtures (default: tests/data)")
+    ap.add_argument("--only", choices=sorted(MODELS) + sorted(TRAINED), action="append",
+                    help="generate only this model (repeatable)")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
     os.makedirs(args.out, exist_ok=True)
     total = 0
-    for name in args.only or list(MODELS):
-        total += make_fixture(name, args.out)
-    print(f"\ntotal size of generated fixtures under {args.out}: {total:,} bytes ({total / 2**20:.2f} MiB)")
+    for name in args.only or list(MODELS) + list(TRAINED):
+        total += make_trained_fixture(name) if name in TRAINED else make_fixture(name, args.out)
+    print(f"\ntotal size of generated fixture files: {total:,} bytes ({total / 2**20:.2f} MiB)")
 
 
 if __name__ == "__main__":
