@@ -15,6 +15,10 @@ packages=(
   libcpp-httplib-dev curl
   clang libclang-rt-14-dev
   python3 python3-venv
+  # /metrics on every process (docs/observability.md): prometheus-cpp with
+  # its civetweb pull exposer; the prometheus server and promtool for the
+  # integration test and the alert rule tests; curl for the tests' scrapes.
+  prometheus-cpp-dev libcivetweb-dev prometheus curl
   # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes.
   clang libclang-rt-14-dev
 )

@@ -90,6 +90,19 @@ Engine::~Engine() {
 }
 
 absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest request) {
+  absl::StatusOr<std::shared_ptr<RequestStream>> stream = SubmitUncounted(std::move(request));
+  if (!stream.ok()) {
+    MutexLock lock(&mutex_);
+    switch (stream.status().code()) {
+      case absl::StatusCode::kResourceExhausted: ++stats_.rejected_queue_full; break;
+      case absl::StatusCode::kUnavailable: ++stats_.rejected_unavailable; break;
+      default: ++stats_.rejected_invalid; break;
+    }
+  }
+  return stream;
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::SubmitUncounted(GenerationRequest request) {
   const ModelConfig& config = model_->config();
   const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
   if (request.id.empty()) return absl::InvalidArgumentError("request_id must not be empty");
@@ -147,6 +160,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(GenerationRequest 
   Sequence& s = *sequence;
   s.tokens = s.request.prompt;
   s.prompt_len = prompt_len;
+  s.arrival_time = std::chrono::steady_clock::now();
   if (!s.request.has_seed) s.request.sampling.seed = std::random_device{}();
   s.sampler = std::make_unique<Sampler>(s.request.sampling);
   if (text_ != nullptr) s.decoder = text_->NewDecoder(s.request.skip_special_tokens);
@@ -284,8 +298,12 @@ void Engine::Step() {
   if (!plan.empty()) {
     std::vector<SequenceChunk> chunks;
     chunks.reserve(plan.size());
+    const auto scheduled_at = std::chrono::steady_clock::now();
+    int64_t step_tokens = 0;
     for (const ScheduledChunk& work : plan) {
       Sequence& s = *work.sequence;
+      if (!s.first_scheduled_time) s.first_scheduled_time = scheduled_at;
+      step_tokens += work.num_tokens;
       const int64_t start = s.kv.size();
       // Prompt tokens always take the decompressed form and generated tokens
       // the absorbed one, so a request's numbers do not depend on how its
@@ -326,6 +344,7 @@ void Engine::Step() {
       }
       return;
     }
+    if (options_.observer != nullptr) options_.observer->OnStep(step_tokens);
     const int64_t vocab = model_->config().vocab_size;
     int64_t row = 0;
     for (const ScheduledChunk& work : plan) {
@@ -406,6 +425,16 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
   }
   const int32_t token = s->sampler->Sample(logits.data(), vocab);
   s->tokens.push_back(token);
+  const auto now = std::chrono::steady_clock::now();
+  if (!s->first_token_time) {
+    s->first_token_time = now;
+    if (options_.observer != nullptr) {
+      options_.observer->OnFirstToken(std::chrono::duration<double>(now - s->arrival_time).count());
+    }
+  } else if (options_.observer != nullptr) {
+    options_.observer->OnNextToken(std::chrono::duration<double>(now - s->last_token_time).count());
+  }
+  s->last_token_time = now;
 
   GenerationOutput out;
   out.token_ids.push_back(token);
@@ -454,6 +483,31 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
   s->stream->Push(std::move(out));
 }
 
+namespace {
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// What an EngineObserver is told of a sequence that ends now.
+FinishedRequest Finished(const Sequence& s, FinishReason reason) {
+  const auto now = std::chrono::steady_clock::now();
+  FinishedRequest r;
+  r.reason = reason;
+  r.prompt_tokens = s.prompt_len;
+  r.generation_tokens = s.num_generated();
+  r.e2e_s = Seconds(now - s.arrival_time);
+  r.scheduled = s.first_scheduled_time.has_value();
+  r.queue_s = Seconds((r.scheduled ? *s.first_scheduled_time : now) - s.arrival_time);
+  if (r.scheduled && s.first_token_time) {
+    r.prefill_s = Seconds(*s.first_token_time - *s.first_scheduled_time);
+    r.decode_s = Seconds(s.last_token_time - *s.first_token_time);
+  }
+  return r;
+}
+
+}  // namespace
+
 void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
   out.finish = reason;
   out.usage = {s->prompt_len, s->num_generated(), s->cached_tokens};
@@ -461,6 +515,7 @@ void Engine::Finish(Sequence* s, FinishReason reason, GenerationOutput out) {
   // an incomplete character, unless a stop string cut the text.
   if (s->decoder && !s->stopped_by_string) s->text += s->decoder->Finish();
   if (s->text.size() > s->text_sent) out.text += s->text.substr(s->text_sent);
+  if (options_.observer != nullptr) options_.observer->OnFinished(Finished(*s, reason));
   std::unique_ptr<Sequence> removed = scheduler_.Remove(s);
   {
     // The id is free before the client sees the end, so it can be reused at once.

@@ -27,6 +27,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "common/base/mutex.h"
+#include "common/engine/engine_observer.h"
 #include "common/engine/paged_kv_cache.h"
 #include "common/engine/request.h"
 #include "common/engine/scheduler.h"
@@ -51,6 +52,9 @@ struct EngineOptions {
   // failing UNAVAILABLE or DEADLINE_EXCEEDED (remote experts unreachable or
   // late) is not fatal: the requests in that step end with that error.
   std::function<void(const absl::Status&)> on_fatal;
+  // Told of every step, token and finished request (metrics); may be null.
+  // Must outlive the engine.
+  EngineObserver* observer = nullptr;
 };
 
 struct EngineStats {
@@ -67,6 +71,11 @@ struct EngineStats {
   int64_t prompt_tokens = 0;      // Computed, i.e. not served from the cache.
   int64_t generation_tokens = 0;
   int64_t finished[5] = {0, 0, 0, 0, 0};  // By FinishReason.
+  // Submit refusals by cause: a field out of bounds (INVALID_ARGUMENT), the
+  // waiting queue full (RESOURCE_EXHAUSTED), draining or failed (UNAVAILABLE).
+  int64_t rejected_invalid = 0;
+  int64_t rejected_queue_full = 0;
+  int64_t rejected_unavailable = 0;
 };
 
 class Engine {
@@ -106,6 +115,7 @@ class Engine {
   int64_t kv_capacity_tokens() const { return cache_.num_blocks() * cache_.block_size(); }
 
  private:
+  absl::StatusOr<std::shared_ptr<RequestStream>> SubmitUncounted(GenerationRequest request);
   void Loop();
   void Step();
   // ForwardBatch over options_.micro_batches concurrent micro-batches.

@@ -391,6 +391,65 @@ TEST_F(EngineTest, StopAcceptingIsUnavailable) {
   EXPECT_EQ(engine->Submit(Greedy("late", {1}, 2)).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// Records what the engine tells its observer.
+class RecordingObserver : public EngineObserver {
+ public:
+  void OnStep(int64_t tokens) override { step_tokens.push_back(tokens); }
+  void OnFirstToken(double seconds) override { first_token.push_back(seconds); }
+  void OnNextToken(double seconds) override { next_token.push_back(seconds); }
+  void OnFinished(const FinishedRequest& request) override { finished.push_back(request); }
+
+  std::vector<int64_t> step_tokens;
+  std::vector<double> first_token, next_token;
+  std::vector<FinishedRequest> finished;
+};
+
+// The observer sees every computed token once, one first token per request,
+// a gap for each later token, and each request's end with consistent
+// phases; refusals are counted by cause.
+TEST_F(EngineTest, ObserverSeesEveryStepTokenAndRequest) {
+  RecordingObserver observer;
+  {
+    auto engine = MakeEngine({.max_num_seqs = 2, .max_batch_tokens = 8, .observer = &observer});
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 3; ++i) {
+      auto stream = engine->Submit(Greedy("o" + std::to_string(i), {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 5));
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    for (auto& stream : streams) EXPECT_EQ(Collect(*stream).tokens.size(), 5u);
+    EXPECT_FALSE(engine->Submit(Greedy("bad", {}, 1)).ok());
+    engine->StopAccepting();
+    EXPECT_FALSE(engine->Submit(Greedy("late", {1}, 1)).ok());
+    const EngineStats stats = engine->stats();
+    EXPECT_EQ(stats.rejected_invalid, 1);
+    EXPECT_EQ(stats.rejected_unavailable, 1);
+    EXPECT_EQ(stats.rejected_queue_full, 0);
+    int64_t computed = 0;
+    for (int64_t t : observer.step_tokens) {
+      EXPECT_LE(t, 8);
+      computed += t;
+    }
+    // Every prompt token once (no prefix hits: blocks of 64 never fill) and
+    // every generated token but the last of each request, which is sampled
+    // and never fed back.
+    EXPECT_EQ(computed, stats.prompt_tokens + stats.generation_tokens - 3);
+  }
+  EXPECT_EQ(observer.first_token.size(), 3u);
+  EXPECT_EQ(observer.next_token.size(), 3u * 4u);
+  ASSERT_EQ(observer.finished.size(), 3u);
+  for (const FinishedRequest& r : observer.finished) {
+    EXPECT_EQ(r.reason, FinishReason::kLength);
+    EXPECT_EQ(r.prompt_tokens, 10);
+    EXPECT_EQ(r.generation_tokens, 5);
+    EXPECT_TRUE(r.scheduled);
+    EXPECT_GE(r.queue_s, 0);
+    EXPECT_GT(r.prefill_s, 0);
+    EXPECT_GT(r.decode_s, 0);
+    EXPECT_LE(r.queue_s + r.prefill_s + r.decode_s, r.e2e_s + 1e-9);
+  }
+}
+
 // A failing expert computation is fatal: in-flight requests end with an
 // error, health turns false, on_fatal fires once and new requests are
 // refused. (The failure is real: the routed experts report an error.)

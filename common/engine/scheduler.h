@@ -9,9 +9,11 @@
 // Thread safety: none; owned by the engine's step thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,12 @@ struct Sequence {
   size_t text_sent = 0;         // Bytes of `text` already streamed.
   bool stopped_by_string = false;
   bool abort_requested = false;
+  // For metrics (EngineObserver): when it arrived, was first scheduled,
+  // produced its first and latest token.
+  std::chrono::steady_clock::time_point arrival_time;
+  std::optional<std::chrono::steady_clock::time_point> first_scheduled_time;
+  std::optional<std::chrono::steady_clock::time_point> first_token_time;
+  std::chrono::steady_clock::time_point last_token_time;
 
   int64_t num_generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
   int64_t num_pending() const { return static_cast<int64_t>(tokens.size()) - kv.size(); }

@@ -22,6 +22,8 @@
 #include "common/experts/remote_experts.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
+#include "common/metrics/metrics_flags.h"
+#include "common/metrics/serving_metrics.h"
 #include "server/grpc/generation_service.h"
 #include "server/grpc/load_service.h"
 #include "server/api/text_frontend.h"
@@ -166,7 +168,21 @@ int Serve() {
   // Declared before the engine, so it outlives the engine's last step (which
   // may report a hung worker through it).
   std::unique_ptr<ControlClient> control;
+  // Metrics (docs/observability.md): the observer outlives the engine; the
+  // collector and the server, declared after it, go first.
+  auto metrics = std::make_shared<MetricsRegistry>();
+  ServingMetrics serving_metrics(*metrics);
+  options->observer = &serving_metrics;
   Engine engine(model->get(), text->get(), *options);
+  MetricsCollector engine_metrics = metrics->AddCollector([&](auto* out) {
+    CollectEngineStats(engine.stats(), out);
+    CollectDataPlane(experts->stats(), (*data_plane)->counters(), out);
+  });
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-attention", metrics);
+  if (!metrics_server.ok()) {
+    std::cerr << "dsv2-attention: " << metrics_server.status().message() << "\n";
+    return 2;
+  }
   GenerationService generation(&engine, text->get(), model_dir, *streams);
   MapReadiness readiness;
   LoadService load(

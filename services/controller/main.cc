@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/metrics/metrics_flags.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/model/config.h"
@@ -83,6 +84,18 @@ int main(int argc, char** argv) {
                 .suspect_time = std::chrono::milliseconds(absl::GetFlag(FLAGS_suspect_ms)),
                 .policy = security->ClusterPolicy(),
                 .seal_data_plane = seal});
+  auto metrics = std::make_shared<dsv2::MetricsRegistry>();
+  dsv2::MetricsCollector controller_metrics = metrics->AddCollector([&service](auto* out) {
+    prometheus::MetricFamily epoch = dsv2::GaugeFamily(
+        "dsv2:controller_epoch", "This controller's epoch (its start time, microseconds).");
+    dsv2::AddSample(&epoch, static_cast<double>(service.epoch()));
+    out->push_back(std::move(epoch));
+  });
+  auto metrics_server = dsv2::StartMetricsServerFromFlags("dsv2-controller", metrics);
+  if (!metrics_server.ok()) {
+    std::cerr << "dsv2-controller: " << metrics_server.status().message() << "\n";
+    return 2;
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -26,6 +26,8 @@
 #include "common/rpc/grpc_options.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
+#include "common/metrics/metrics_flags.h"
+#include "common/metrics/serving_metrics.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -177,6 +179,16 @@ int Serve() {
       **model, **data_plane,
       {.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us)),
        .max_queued_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_mib)) << 20});
+  auto metrics = std::make_shared<MetricsRegistry>();
+  MetricsCollector expert_metrics = metrics->AddCollector([&](auto* out) {
+    CollectExpertServer(server.stats(), out);
+    CollectTransport((*data_plane)->counters(), out);
+  });
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-expert", metrics);
+  if (!metrics_server.ok()) {
+    std::cerr << "dsv2-expert: " << metrics_server.status().message() << "\n";
+    return 2;
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

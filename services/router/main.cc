@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/metrics/metrics_flags.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/cluster/cluster_state.h"
@@ -111,6 +112,12 @@ int Serve() {
       .max_streams = absl::GetFlag(FLAGS_max_streams),
       .write_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_write_timeout_s)),
   });
+  auto metrics = std::make_shared<MetricsRegistry>();  // Process metrics.
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-router", metrics);
+  if (!metrics_server.ok()) {
+    std::cerr << "dsv2-router: " << metrics_server.status().message() << "\n";
+    return 2;
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -16,6 +16,8 @@
 #include "common/base/process.h"
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
+#include "common/metrics/metrics_flags.h"
+#include "common/metrics/serving_metrics.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/inprocess_transport.h"
 #include "server/grpc/generation_service.h"
@@ -103,7 +105,22 @@ int Serve() {
     return 2;
   }
 
+  // Metrics (docs/observability.md): the observer outlives the engine; the
+  // collector and the server, declared after it, go first.
+  auto metrics = std::make_shared<MetricsRegistry>();
+  ServingMetrics serving_metrics(*metrics);
+  options->observer = &serving_metrics;
   Engine engine(model->get(), text->get(), *options);
+  MetricsCollector engine_metrics = metrics->AddCollector([&](auto* out) {
+    CollectEngineStats(engine.stats(), out);
+    CollectDataPlane(experts->stats(), (*attention_side)->counters(), out);
+    CollectExpertServer(expert_server.stats(), out);
+  });
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-standalone", metrics);
+  if (!metrics_server.ok()) {
+    std::cerr << "dsv2-standalone: " << metrics_server.status().message() << "\n";
+    return 2;
+  }
   GenerationService generation(&engine, text->get(), model_dir, *streams);
   LoadService load(
       &engine, [&] { return EngineHealth(engine); },

@@ -1,0 +1,42 @@
+#include "common/metrics/metrics_flags.h"
+
+#include <fstream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
+
+ABSL_FLAG(std::string, metrics_listen, "",
+          "Serve Prometheus metrics at http://ADDRESS/metrics (host:port; port 0 lets the OS "
+          "choose). Empty: no metrics server. Plain HTTP: keep it on loopback or a network only "
+          "the scraper reaches (docs/observability.md).");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "Write the bound metrics port to this file once serving metrics.");
+
+namespace dsv2 {
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServerFromFlags(
+    const std::string& program, std::shared_ptr<MetricsRegistry> registry) {
+  const std::string listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (listen.empty()) return nullptr;
+  absl::StatusOr<std::unique_ptr<MetricsServer>> server =
+      MetricsServer::Start(listen, std::move(registry));
+  if (!server.ok()) {
+    return absl::Status(server.status().code(),
+                        absl::StrCat("--metrics_listen: ", server.status().message()));
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_metrics_port_file);
+  if (!port_file.empty()) {
+    // Written whole under another name and renamed, so a reader never sees
+    // a partial port.
+    const std::string tmp = port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    if (std::rename(tmp.c_str(), port_file.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("--metrics_port_file: cannot write ", port_file));
+    }
+  }
+  DSV2_LOG(INFO) << program << ": metrics at http://" << (*server)->address() << "/metrics";
+  return server;
+}
+
+}  // namespace dsv2

@@ -1,0 +1,21 @@
+// The metrics flags every process takes:
+//   --metrics_listen     host:port of /metrics (port 0: the OS chooses);
+//                        empty (the default): no metrics server
+//   --metrics_port_file  write the bound metrics port here (scripts, tests)
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/metrics/metrics_server.h"
+
+namespace dsv2 {
+
+// Starts the metrics server the flags ask for and logs its address
+// ("PROGRAM: metrics at http://127.0.0.1:PORT/metrics"); null when
+// --metrics_listen is empty. An error names the flag.
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServerFromFlags(
+    const std::string& program, std::shared_ptr<MetricsRegistry> registry);
+
+}  // namespace dsv2
