@@ -2,8 +2,9 @@
 # Sets up everything and runs the main job: a local dsv2-serve cluster — a
 # controller, two expert workers, an attention worker and the router, each
 # its own process on loopback (deploy/local/cluster.sh) — serves the bundled
-# V2-shaped test model (tests/data/tiny-v2), and `dsv2 client` streams an
-# example answer through the router. The cluster keeps running afterwards;
+# demo model (models/demo-v2: a small DeepSeek-V2 trained on the King James
+# Bible, tools/demo_model), and `dsv2 client` streams a continuation through
+# the router, then curl asks the same router over its OpenAI-compatible API. The cluster keeps running afterwards;
 # the last lines say how to query, inspect and stop it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,7 +12,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/build.sh" dsv2 dsv2-controller dsv2-router dsv2-attention dsv2-expert
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
-model="$root/tests/data/tiny-v2"
+model="$root/models/demo-v2"
 cluster="$root/deploy/local/cluster.sh"
 
 # A cluster left by an earlier run is stopped and replaced. Every plane runs
@@ -24,10 +25,10 @@ read -r -a client_flags <<<"$("$cluster" client-flags)"
 echo
 "$cluster" status
 echo
-echo "dsv2 client --addr $addr ${client_flags[*]} --chat --prompt 'What is the capital of France?' --max-tokens 48:"
-echo "(the bundled test model has random weights, so the answer is random text)"
-"$dsv2" client --addr "$addr" "${client_flags[@]}" --chat --prompt "What is the capital of France?" \
-  --max-tokens 48 --stats
+sampling=(--max-tokens 64 --temperature 0.8 --top-p 0.95 --seed 1)
+echo "dsv2 client --addr $addr ${client_flags[*]} --prompt 'And it came to pass' ${sampling[*]}:"
+"$dsv2" client --addr "$addr" "${client_flags[@]}" --prompt "And it came to pass" "${sampling[@]}" \
+  --stats
 echo
 echo
 # The same router over its OpenAI-compatible HTTP API (docs/openai.md).
@@ -36,12 +37,12 @@ tls="$build/cluster/tls"
 echo "curl $url/completions (the OpenAI-compatible API, same CA and token):"
 curl -sS --cacert "$tls/ca.pem" -H "Authorization: Bearer $(cat "$tls/local.token")" \
   -H "Content-Type: application/json" "$url/completions" \
-  -d '{"prompt": "Once upon a time", "max_tokens": 16}'
+  -d '{"prompt": "In the beginning", "max_tokens": 24, "temperature": 0.8, "seed": 1}'
 echo
 echo
 echo "The cluster keeps serving $model through the router at $addr"
 echo "(logs in $build/cluster/)."
-echo "  query:  $dsv2 client --addr $addr ${client_flags[*]} --prompt 'Once upon a time' --max-tokens 32"
+echo "  query:  $dsv2 client --addr $addr ${client_flags[*]} --prompt 'And the LORD said' --max-tokens 32 --temperature 0.8"
 echo "  http:   curl --cacert $tls/ca.pem -H \"Authorization: Bearer \$(cat $tls/local.token)\" $url/models"
 echo "  status: $cluster status"
 echo "  stop:   $cluster down"
