@@ -14,9 +14,7 @@
 #include "grpcpp/security/tls_credentials_options.h"
 
 namespace dsv2 {
-namespace {
 
-// The last OpenSSL error, for messages.
 std::string OpenSslError() {
   const unsigned long code = ERR_get_error();
   ERR_clear_error();
@@ -25,6 +23,8 @@ std::string OpenSslError() {
   ERR_error_string_n(code, buffer, sizeof(buffer));
   return buffer;
 }
+
+namespace {
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);

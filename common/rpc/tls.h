@@ -42,6 +42,9 @@ struct TlsFiles {
   bool has_identity() const { return !cert.empty(); }
 };
 
+// The thread's last OpenSSL error as text (and clears it), for messages.
+std::string OpenSslError();
+
 // What a certificate says, for logs and checks.
 struct CertificateInfo {
   std::string subject;

@@ -108,15 +108,6 @@ absl::Status SplitHostPort(const std::string& listen, std::string* host, int* po
   return absl::OkStatus();
 }
 
-std::string OpenSslError() {
-  const unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "unknown error";
-  char buffer[256];
-  ERR_error_string_n(code, buffer, sizeof(buffer));
-  return buffer;
-}
-
 int SelectHttp11(SSL*, const unsigned char** out, unsigned char* out_length,
                  const unsigned char* in, unsigned int in_length, void*) {
   // Offered protocols are length-prefixed strings.
