@@ -168,11 +168,24 @@ class GenerationService::GenerateCall final
     service_->watchdog_.Disarm(guard_);
     bool stop = false;
     bool finish = false;
+    bool last = false;
+    grpc::Status last_status;
     {
       MutexLock lock(&mutex_);
       writing_ = false;
       stop = !ok || cancelled_;
       if (stop && !finished_) finished_ = finish = true;
+      last = last_written_;
+      last_status = last_status_;
+    }
+    if (last && !stop) {
+      Finish(last_status);
+      return;
+    }
+    if (last) {
+      // The client left while the last message was on its way.
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled"));
+      return;
     }
     if (stop) {
       // The client went away, or was cut off by the watchdog.
@@ -205,8 +218,7 @@ class GenerationService::GenerateCall final
   // listener and from OnWriteDone; Start*/Finish are called without the lock.
   void Pump() ABSL_LOCKS_EXCLUDED(mutex_) {
     std::shared_ptr<GenerateCall> keep = shared_from_this();
-    enum { kNothing, kWrite, kWriteLast, kCutOff } action = kNothing;
-    grpc::Status last_status;
+    enum { kNothing, kWrite, kCutOff } action = kNothing;
     {
       MutexLock lock(&mutex_);
       if (finished_ || cancelled_) return;
@@ -219,9 +231,9 @@ class GenerationService::GenerateCall final
       } else if (std::optional<GenerationOutput> output = stream_->TryNext()) {
         v1::GenerateResponse response;
         if (output->finish == FinishReason::kError) {
-          last_status = ToGrpcStatus(output->error);
-          response.mutable_error()->set_code(last_status.error_code());
-          response.mutable_error()->set_message(last_status.error_message());
+          last_status_ = ToGrpcStatus(output->error);
+          response.mutable_error()->set_code(last_status_.error_code());
+          response.mutable_error()->set_message(last_status_.error_message());
         } else if (output->finish) {
           v1::Complete* complete = response.mutable_complete();
           complete->set_finish_reason(ToProto(*output->finish));
@@ -231,8 +243,8 @@ class GenerationService::GenerateCall final
         }
         buffer_ = SerializeMessage(response);
         writing_ = true;
-        if (output->finish) finished_ = true;
-        action = output->finish ? kWriteLast : kWrite;
+        if (output->finish) finished_ = last_written_ = true;
+        action = kWrite;
       }
     }
     switch (action) {
@@ -241,10 +253,6 @@ class GenerationService::GenerateCall final
       case kWrite:
         service_->watchdog_.Arm(guard_);
         StartWrite(&buffer_);
-        break;
-      case kWriteLast:
-        service_->watchdog_.Arm(guard_);
-        StartWriteAndFinish(&buffer_, grpc::WriteOptions(), last_status);
         break;
       case kCutOff:
         // The pending write then fails and OnWriteDone finishes the call.
@@ -267,6 +275,12 @@ class GenerationService::GenerateCall final
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;    // A write is in flight.
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;   // Finish was (or is being) called.
   bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  // The last message (Complete or Error) is being written; once it is,
+  // OnWriteDone finishes the call with last_status_. (Not one
+  // StartWriteAndFinish: over the in-process channel that the HTTP front end
+  // reads, its message was sometimes lost and the call ended without it.)
+  bool last_written_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status last_status_ ABSL_GUARDED_BY(mutex_);
   // The message being written: filled under mutex_ as writing_ turns true,
   // then read by gRPC, without the lock, until OnWriteDone.
   grpc::ByteBuffer buffer_;
