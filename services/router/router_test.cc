@@ -178,6 +178,10 @@ class Worker {
   ~Worker() {
     gate_->Open();  // A held step would keep the server and engine from ending.
     Stop();
+    // The engine's thread calls into the Generation service through its
+    // streams' listeners (a request ending after an abort): it stops before
+    // the service goes (TSan saw the watchdog's mutex destroyed under it).
+    engine_.reset();
   }
 
   // Shuts the server down, cancelling calls still running after `grace`
