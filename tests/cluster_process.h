@@ -61,7 +61,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "tests/test_certs.h"
 
 namespace dsv2::testutil {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "common/model/safetensors_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <random>
 
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "common/model/safetensors_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

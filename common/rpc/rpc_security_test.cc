@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "common/rpc/access.h"
 #include "common/rpc/api_tokens.h"
 #include "common/rpc/grpc_options.h"

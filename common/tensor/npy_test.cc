@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -17,7 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "common/engine/engine.h"
 #include "common/model/deepseek_v2.h"
 #include "common/rpc/api_tokens.h"
@@ -39,15 +39,7 @@ using namespace std::chrono_literals;
 constexpr char kAlice[] = "alice-token-0123456789";
 constexpr char kBob[] = "bob-token-0123456789ab";
 
-template <typename Condition>
-bool WaitUntil(Condition condition, std::chrono::milliseconds timeout = 10s) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() >= end) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
+using testutil::WaitUntil;
 
 class Fixture {
  public:

@@ -12,7 +12,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "common/base/mutex.h"
-#include "common/base/test_dir.h"
+#include "common/base/test_util.h"
 #include "common/engine/engine.h"
 #include "common/rpc/access.h"
 #include "common/model/deepseek_v2.h"
