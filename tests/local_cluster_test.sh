@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/local/cluster.sh as a user runs it: `up` returns the router's
-# address once it is healthy, `status` lists every process SERVING, a chat
+# address once it is healthy, `status` lists every process SERVING with a
+# metrics address that answers, `prometheus-config` lists them all, a chat
 # request through the router (TLS and a bearer token, as `client-flags`
 # says) streams the same text as dsv2-standalone (same data-plane dtype),
 # callers without the token or the CA are refused, bad options are refused,
@@ -36,8 +37,18 @@ read -r -a client_flags <<<"$("$cluster" client-flags --state "$state")"
 status="$("$cluster" status --state "$state")"
 echo "$status"
 for name in controller expert-1 expert-2 attention-1 router; do
-  echo "$status" | grep -Eq "^$name +[0-9]+ +127\.0\.0\.1:[0-9]+ +SERVING$" || fail "$name not SERVING"
+  line="$(echo "$status" | grep -E "^$name +[0-9]+ +127\.0\.0\.1:[0-9]+ +http://127\.0\.0\.1:[0-9]+/metrics +SERVING$")" ||
+    fail "$name not SERVING with a metrics address"
+  # Its metrics address answers with its own process metrics.
+  url="$(echo "$line" | awk '{print $4}')"
+  curl -sf "$url" | grep -q "^process_start_time_seconds " || fail "$name: no metrics at $url"
 done
+# The scrape configuration lists every process under its role's job.
+config="$("$cluster" prometheus-config --state "$state")"
+for job in controller router attention expert; do
+  echo "$config" | grep -q "job_name: dsv2-$job" || fail "no dsv2-$job job in: $config"
+done
+[ "$(echo "$config" | grep -c "targets: \['127.0.0.1:")" -eq 5 ] || fail "not 5 targets: $config"
 
 "$build/services/standalone/dsv2-standalone" --model tests/data/tiny-lite --listen 127.0.0.1:0 \
   --port_file "$state/standalone.port.txt" --kv_cache_mib 32 --http_listen= 2>"$state/standalone.txt" &

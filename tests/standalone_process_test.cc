@@ -38,6 +38,9 @@ class StandaloneProcess {
   explicit StandaloneProcess(std::vector<std::string> extra_args) {
     static int counter = 0;
     dir_ = testing::TempDir() + "/standalone_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
+    // A process of an earlier run with the same pid may have left its port
+    // file here: it would be read as this process's.
+    std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     std::vector<std::string> args = {DSV2_STANDALONE, "--listen=127.0.0.1:0",
                                      "--port_file=" + dir_ + "/port", "--kv_cache_mib=32",
@@ -59,6 +62,8 @@ class StandaloneProcess {
       kill(pid_, SIGKILL);
       waitpid(pid_, nullptr, 0);
     }
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
   }
 
   // Waits for the port file; empty when the process exited first.

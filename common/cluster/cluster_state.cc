@@ -142,7 +142,10 @@ absl::Status ClusterState::Suspect(const std::string& id, Clock::time_point unti
   if (entry.state != WorkerState::kAlive) return absl::OkStatus();
   const bool was = entry.suspect_until.has_value();
   entry.suspect_until = std::max(until, entry.suspect_until.value_or(until));
-  if (!was) Publish();
+  if (!was) {
+    ++counters_.suspect_marks;
+    Publish();
+  }
   return absl::OkStatus();
 }
 
@@ -152,6 +155,7 @@ bool ClusterState::ExpireLeases(Clock::time_point now) {
     if (entry.state != WorkerState::kDead && entry.lease_end < now) {
       entry.state = WorkerState::kDead;  // An expert keeps its slot.
       entry.suspect_until.reset();
+      ++counters_.lease_expiries;
       changed = true;
     }
     if (entry.suspect_until && *entry.suspect_until <= now) {

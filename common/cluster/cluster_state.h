@@ -126,6 +126,13 @@ class ClusterState {
 
   const ClusterMap& map() const { return map_; }
 
+  // Events since construction, for metrics.
+  struct Counters {
+    int64_t lease_expiries = 0;  // Workers marked dead because their lease lapsed.
+    int64_t suspect_marks = 0;   // Workers marked suspect (a repeated report is not counted).
+  };
+  const Counters& counters() const { return counters_; }
+
  private:
   struct Entry {
     WorkerInfo info;
@@ -148,6 +155,7 @@ class ClusterState {
   std::map<std::string, Entry> workers_;
   std::vector<std::string> slots_;  // Expert worker ids by slot index.
   ClusterMap map_;
+  Counters counters_;
 };
 
 }  // namespace dsv2

@@ -142,6 +142,9 @@ TEST(ClusterStateTest, DeathKeepsThePlacementAndWithoutReplicasMakesTheMapIncomp
   EXPECT_TRUE(state.ExpireLeases(t0 + 20s));
   EXPECT_FALSE(state.map().complete);  // No live expert worker.
   EXPECT_EQ(state.map().expert_workers, (Ids{"e1", "e2"}));
+  // e2 lapsed twice, e1 once.
+  EXPECT_EQ(state.counters().lease_expiries, 3);
+  EXPECT_EQ(state.counters().suspect_marks, 0);
 }
 
 TEST(ClusterStateTest, WithReplicasADeadWorkersUnitsStayServedByTheOthers) {
@@ -183,6 +186,7 @@ TEST(ClusterStateTest, ASuspectWorkerServesNoUnitUntilItExpiresOrRegistersAgain)
   const uint64_t both = state.map().version;
   ASSERT_TRUE(state.Suspect("e2", t0 + 4s).ok());
   EXPECT_EQ(state.map().version, both);
+  EXPECT_EQ(state.counters().suspect_marks, 2);
   // Suspicions end when they expire...
   EXPECT_FALSE(state.ExpireLeases(t0 + 2s));
   ASSERT_TRUE(state.ExpireLeases(t0 + 4s));

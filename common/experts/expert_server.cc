@@ -31,6 +31,10 @@ ExpertServer::ExpertServer(const DeepseekV2Model& model, transport::Transport& t
     absl::Status refused;
     {
       MutexLock lock(&queue->mutex);
+      transport::PeerTraffic& traffic = queue->stats.peers[request.peer()];
+      ++traffic.messages_received;
+      traffic.bytes_received +=
+          static_cast<int64_t>(transport::kFrameHeaderSize + request.payload().size());
       if (queue->stopped) {
         refused = absl::UnavailableError("expert server stopped");
       } else if (queue->bytes + request.payload().size() > limit && !queue->requests.empty()) {
@@ -169,6 +173,13 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
       } else {
         ConvertFromFloat(&partials[row * hidden], int64_t{h.token_count} * hidden, h.dtype,
                          reply->payload.data());
+        {
+          MutexLock lock(&queue_->mutex);
+          transport::PeerTraffic& traffic = queue_->stats.peers[v.request->peer()];
+          ++traffic.messages_sent;
+          traffic.bytes_sent +=
+              static_cast<int64_t>(transport::kFrameHeaderSize + reply->payload.size());
+        }
         if (absl::Status s = v.request->Respond(*std::move(reply)); !s.ok()) {
           DSV2_LOG(WARNING) << "expert server: cannot answer a dispatch: " << s;
         }

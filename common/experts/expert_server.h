@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -50,6 +51,9 @@ class ExpertServer {
     int64_t invalid_requests = 0;  // Answered INVALID_ARGUMENT.
     int64_t overloaded = 0;        // Answered RESOURCE_EXHAUSTED: the queue was full.
     int64_t queued = 0;            // Waiting for the compute thread now.
+    // Dispatches received (refused ones included) and replies sent, by the
+    // sender's data-plane peer id.
+    std::map<transport::PeerId, transport::PeerTraffic> peers;
   };
 
   // Installs the request handler on `transport`. `model` must outlive the

@@ -259,6 +259,97 @@ TEST_P(ExpertsTest, TokensReachAtMostTopkGroupWorkers) {
   EXPECT_LE(stats.max_workers_per_token, std::min<int64_t>(workers, c.num_experts_per_tok));
 }
 
+// What the metrics show of the data plane, against figures counted here:
+// the fan-out histogram, the tokens per expert, the traffic each side
+// counted with the other and the round trips.
+TEST_P(ExpertsTest, StatsAccountForEveryTokenExpertAndFrame) {
+  const ModelConfig& c = model_->config();
+  const int64_t workers = c.n_group > 1 ? c.n_group : 3;
+  Cluster cluster(*model_, workers, 1, DType::kBF16);
+  std::vector<float> out;
+  const Batch a = RandomBatch(*model_, 40, 7), b = RandomBatch(*model_, 24, 8);
+  ASSERT_TRUE(cluster.Compute(a, layer_, &out).ok());
+  ASSERT_TRUE(cluster.Compute(b, layer_, &out).ok());
+  const RemoteRoutedExperts::Stats stats = cluster.experts().stats();
+
+  EXPECT_EQ(stats.workers_per_token.count(), 64u);
+  EXPECT_EQ(stats.workers_per_token.sum(), static_cast<double>(stats.token_workers));
+  const std::vector<uint64_t>& fan_out = stats.workers_per_token.counts();
+  for (size_t i = static_cast<size_t>(stats.max_workers_per_token); i < fan_out.size(); ++i) {
+    EXPECT_EQ(fan_out[i], 0u) << "a token reached more than the maximum, bucket " << i;
+  }
+  EXPECT_GT(fan_out[stats.max_workers_per_token - 1], 0u);
+  EXPECT_EQ(stats.wait.count(), 2u);  // One per Compute.
+
+  // Tokens per expert: exactly the ids given, in this layer only.
+  std::vector<int64_t> expected(c.n_routed_experts, 0);
+  for (const Batch* batch : {&a, &b}) {
+    for (int32_t id : batch->ids) ++expected[id];
+  }
+  const std::vector<ExpertLoad::Layer> load = cluster.experts().load().Snapshot();
+  ASSERT_EQ(load.size(), 1u);
+  EXPECT_EQ(load[0].layer, layer_);
+  EXPECT_EQ(load[0].tokens, expected);
+  const int64_t busiest = *std::max_element(expected.begin(), expected.end());
+  EXPECT_DOUBLE_EQ(load[0].imbalance,
+                   static_cast<double>(busiest) * c.n_routed_experts / (64.0 * c.num_experts_per_tok));
+
+  // Traffic: what the client sent each worker is what that worker received,
+  // and every answer it sent came back with a round trip.
+  int64_t sent = 0;
+  ASSERT_FALSE(stats.peers.empty());
+  for (int64_t w = 0; w < workers; ++w) {
+    SCOPED_TRACE(w);
+    const auto it = stats.peers.find(cluster.route().ids[w]);
+    const ExpertServer::Stats server = cluster.server(w).stats();
+    if (it == stats.peers.end()) {
+      EXPECT_TRUE(server.peers.empty());
+      continue;
+    }
+    const transport::PeerTraffic& mine = it->second.traffic;
+    ASSERT_EQ(server.peers.size(), 1u);
+    const transport::PeerTraffic& theirs = server.peers.at(cluster.client().id());
+    EXPECT_EQ(mine.messages_sent, theirs.messages_received);
+    EXPECT_EQ(mine.bytes_sent, theirs.bytes_received);
+    EXPECT_EQ(mine.messages_received, theirs.messages_sent);
+    EXPECT_EQ(mine.bytes_received, theirs.bytes_sent);
+    EXPECT_EQ(mine.messages_sent, server.requests);
+    EXPECT_EQ(it->second.round_trip.count(), static_cast<uint64_t>(mine.messages_received));
+    EXPECT_GT(it->second.round_trip.sum(), 0.0);
+    sent += mine.messages_sent;
+  }
+  EXPECT_EQ(sent, stats.dispatches);
+}
+
+TEST(ExpertLoadTest, ImbalanceCoversTheRecentWindowAndBadIdsAreSkipped) {
+  ExpertLoad load(/*num_layers=*/3, /*num_experts=*/4, /*window_tokens=*/2);
+  EXPECT_TRUE(load.Snapshot().empty());
+  const int32_t skewed[] = {0, 1, 0, 2};  // 2 tokens, k = 2.
+  load.Record(1, 2, 2, skewed);
+  std::vector<ExpertLoad::Layer> s = load.Snapshot();
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].layer, 1);
+  EXPECT_EQ(s[0].tokens, (std::vector<int64_t>{2, 1, 1, 0}));
+  EXPECT_DOUBLE_EQ(s[0].imbalance, 2.0 / (4.0 / 4));
+  // The window holds this half and the last: the skew stays while an even
+  // half arrives, and leaves when a second even half pushes it out.
+  const int32_t even[] = {0, 1, 2, 3};
+  load.Record(1, 2, 2, even);
+  s = load.Snapshot();
+  EXPECT_EQ(s[0].tokens, (std::vector<int64_t>{3, 2, 2, 1}));
+  EXPECT_DOUBLE_EQ(s[0].imbalance, 3.0 / (8.0 / 4));
+  load.Record(1, 2, 2, even);
+  EXPECT_DOUBLE_EQ(load.Snapshot()[0].imbalance, 1.0);
+  // Out-of-range ids and layers are not counted.
+  const int32_t bad[] = {-1, 4};
+  load.Record(1, 1, 2, bad);
+  load.Record(7, 2, 2, even);
+  load.Record(-1, 2, 2, even);
+  s = load.Snapshot();
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].tokens, (std::vector<int64_t>{4, 3, 3, 2}));
+}
+
 TEST_P(ExpertsTest, MalformedDispatchesAreRefusedAndServingGoesOn) {
   Cluster cluster(*model_, 1, 1, DType::kF32);
   const ModelConfig& c = model_->config();

@@ -3,11 +3,23 @@
 #include <algorithm>
 #include <future>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 
 namespace dsv2 {
+
+const std::vector<double>& WorkersPerTokenBounds() {
+  static const std::vector<double> b = {1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 64};
+  return b;
+}
+
+const std::vector<double>& DataPlaneSecondsBounds() {
+  static const std::vector<double> b = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                        0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   2.5, 5.0};
+  return b;
+}
 
 std::shared_ptr<const ExpertRoute> RouteFromMap(const ClusterMap& map) {
   if (map.placement.num_units == 0) return nullptr;
@@ -35,7 +47,8 @@ RemoteRoutedExperts::RemoteRoutedExperts(const ModelConfig& config,
     : hidden_(config.hidden_size),
       granule_size_(CombineGranuleSize(config)),
       transport_(transport),
-      options_(options) {}
+      options_(options),
+      load_(config.num_hidden_layers, config.n_routed_experts) {}
 
 void RemoteRoutedExperts::SetRoute(std::shared_ptr<const ExpertRoute> route) {
   if (route != nullptr) {
@@ -108,6 +121,7 @@ int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, 
 absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t n, int64_t k,
                                           const int32_t* ids, const float* weights, float* out,
                                           absl::FunctionRef<void()> meanwhile) {
+  load_.Record(layer, n, k, ids);
   const ExpertRows rows = GroupByGranule(n, k, ids, weights, granule_size_);
   const int64_t num_rows = rows.size();
   std::shared_ptr<const ExpertRoute> route;
@@ -120,17 +134,35 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
   bool ran_meanwhile = false;
   Stats call;  // This call's share of the stats.
   call.calls = 1;
+  std::vector<int64_t> fan_outs;  // Distinct workers reached, per token.
+  struct PeerCall {
+    transport::PeerTraffic traffic;
+    std::vector<double> round_trips;  // Seconds.
+  };
+  std::map<std::string, PeerCall> peers;  // By worker id.
+  std::optional<absl::Time> waiting_since;  // When `meanwhile` returned after dispatching.
   auto finish = [&](absl::Status status) {
     if (!ran_meanwhile) meanwhile();
+    const absl::Time end = absl::Now();
     MutexLock lock(&mutex_);
     stats_.calls += call.calls;
     stats_.tokens += call.tokens;
     stats_.token_workers += call.token_workers;
     stats_.max_workers_per_token = std::max(stats_.max_workers_per_token, call.max_workers_per_token);
+    for (int64_t f : fan_outs) stats_.workers_per_token.Observe(static_cast<double>(f));
+    if (waiting_since) stats_.wait.Observe(absl::ToDoubleSeconds(end - *waiting_since));
     stats_.dispatches += call.dispatches;
     stats_.resends += call.resends;
     stats_.attempt_timeouts += call.attempt_timeouts;
     stats_.failures += status.ok() ? 0 : 1;
+    for (const auto& [id, peer] : peers) {
+      PeerStats& into = stats_.peers[id];
+      into.traffic.messages_sent += peer.traffic.messages_sent;
+      into.traffic.bytes_sent += peer.traffic.bytes_sent;
+      into.traffic.messages_received += peer.traffic.messages_received;
+      into.traffic.bytes_received += peer.traffic.bytes_received;
+      for (double seconds : peer.round_trips) into.round_trip.Observe(seconds);
+    }
     return status;
   };
   if (route == nullptr) {
@@ -167,10 +199,17 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
     }
     todo.clear();
 
+    // A reply and when it arrived (the round trip is measured there, not
+    // when this thread gets to it).
+    struct Answer {
+      absl::StatusOr<transport::Message> reply;
+      absl::Time at;
+    };
     struct InFlight {
       int32_t worker;
       const std::vector<int64_t>* rows;
-      std::future<absl::StatusOr<transport::Message>> reply;
+      absl::Time sent;
+      std::future<Answer> reply;
     };
     std::vector<InFlight> calls;
     for (const auto& [w, mine] : by_worker) {
@@ -190,15 +229,22 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
         std::copy_n(&rows.ids[r * k], k, &spans->expert_ids[i * k]);
         std::copy_n(&rows.weights[r * k], k, &spans->weights[i * k]);
       }
-      calls.push_back({w, &mine,
-                       transport::CallFuture(transport_, route->addresses[w],
-                                             *std::move(dispatch), deadline)});
+      transport::PeerTraffic& traffic = peers[route->ids[w]].traffic;
+      ++traffic.messages_sent;
+      traffic.bytes_sent += static_cast<int64_t>(transport::kFrameHeaderSize + dispatch->payload.size());
+      auto answer = std::make_shared<std::promise<Answer>>();
+      calls.push_back({w, &mine, absl::Now(), answer->get_future()});
+      transport_.Call(route->addresses[w], *std::move(dispatch), deadline,
+                      [answer](absl::StatusOr<transport::Message> reply) {
+                        answer->set_value({std::move(reply), absl::Now()});
+                      });
       ++call.dispatches;
     }
     const absl::Time sent = absl::Now();
     if (!ran_meanwhile) {
       meanwhile();
       ran_meanwhile = true;
+      waiting_since = absl::Now();
     }
 
     absl::Status error;
@@ -226,12 +272,20 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
           continue;  // Its answer, should it come, is dropped.
         }
       }
-      absl::StatusOr<transport::Message> reply = c.reply.get();  // Bounded by the call's deadline.
+      Answer answer = c.reply.get();  // Bounded by the call's deadline.
+      absl::StatusOr<transport::Message>& reply = answer.reply;
       absl::StatusOr<absl::Span<const uint8_t>> sums =
           reply.ok() ? transport::ParseCombine(reply->header, reply->payload.span())
                      : absl::StatusOr<absl::Span<const uint8_t>>(reply.status());
+      if (reply.ok()) {
+        PeerCall& peer = peers[id];
+        ++peer.traffic.messages_received;
+        peer.traffic.bytes_received +=
+            static_cast<int64_t>(transport::kFrameHeaderSize + reply->payload.size());
+        if (sums.ok()) peer.round_trips.push_back(absl::ToDoubleSeconds(answer.at - c.sent));
+      }
       if (sums.ok()) {
-        RecordAnswer(absl::Now() - sent);
+        RecordAnswer(answer.at - c.sent);
         const int64_t row_bytes = hidden_ * DTypeSize(reply->header.dtype);
         for (size_t i = 0; i < c.rows->size(); ++i) {
           ConvertToFloat(sums->data() + i * row_bytes, reply->header.dtype, hidden_,
@@ -274,6 +328,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
         reached.push_back(worker[r]);
       }
     }
+    fan_outs.push_back(static_cast<int64_t>(reached.size()));
     call.token_workers += static_cast<int64_t>(reached.size());
     call.max_workers_per_token =
         std::max<int64_t>(call.max_workers_per_token, static_cast<int64_t>(reached.size()));

@@ -34,6 +34,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,8 +42,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/base/bucket_counts.h"
 #include "common/base/mutex.h"
 #include "common/cluster/cluster_state.h"
+#include "common/experts/expert_load.h"
 #include "common/model/routed_experts.h"
 #include "common/tensor/dtype.h"
 #include "common/transport/transport.h"
@@ -79,17 +82,35 @@ struct RemoteExpertsOptions {
   std::function<void(const std::string& worker_id, const std::string& reason)> on_suspect;
 };
 
+// Bucket bounds of RemoteRoutedExperts::Stats: distinct workers (1, 2, ...,
+// 8, then coarser) and seconds (100 µs to 5 s).
+const std::vector<double>& WorkersPerTokenBounds();
+const std::vector<double>& DataPlaneSecondsBounds();
+
 class RemoteRoutedExperts final : public RoutedExperts {
  public:
+  // The traffic with one expert worker.
+  struct PeerStats {
+    transport::PeerTraffic traffic;  // Dispatches sent, combine replies received.
+    BucketCounts round_trip{DataPlaneSecondsBounds()};  // Seconds, answered dispatches.
+  };
+
   struct Stats {
     int64_t calls = 0;                 // Compute calls.
     int64_t tokens = 0;                // Tokens routed.
     int64_t token_workers = 0;         // Σ over tokens of distinct workers reached.
     int64_t max_workers_per_token = 0;
+    // Distinct workers each routed token reached (count = tokens, sum =
+    // token_workers).
+    BucketCounts workers_per_token{WorkersPerTokenBounds()};
+    // Per Compute call: seconds spent waiting for expert workers after
+    // `meanwhile` (the work overlapped with the dispatches) returned.
+    BucketCounts wait{DataPlaneSecondsBounds()};
     int64_t dispatches = 0;            // Messages sent (including resends).
     int64_t resends = 0;               // Rows sent again to another replica.
     int64_t failures = 0;              // Compute calls that failed.
     int64_t attempt_timeouts = 0;      // Workers given up on for a replica (hung or slow).
+    std::map<std::string, PeerStats> peers;  // By expert worker id.
   };
 
   // `transport` must outlive this object.
@@ -103,6 +124,8 @@ class RemoteRoutedExperts final : public RoutedExperts {
                        absl::FunctionRef<void()> meanwhile) override;
 
   Stats stats() const ABSL_LOCKS_EXCLUDED(mutex_);
+  // Tokens routed to each expert per layer (what Compute was given).
+  const ExpertLoad& load() const { return load_; }
 
  private:
   // A live, unsuspected worker of `unit`, turn by turn; -1 when none.
@@ -127,6 +150,7 @@ class RemoteRoutedExperts final : public RoutedExperts {
   absl::flat_hash_map<std::string, absl::Time> suspect_until_ ABSL_GUARDED_BY(mutex_);
   uint64_t turn_ ABSL_GUARDED_BY(mutex_) = 0;
   Stats stats_ ABSL_GUARDED_BY(mutex_);
+  ExpertLoad load_;
   // The last answers' round trips (a ring), for the adaptive attempt
   // deadline.
   std::array<absl::Duration, 64> round_trips_ ABSL_GUARDED_BY(mutex_) = {};

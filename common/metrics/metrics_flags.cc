@@ -12,8 +12,15 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "the scraper reaches (docs/observability.md).");
 ABSL_FLAG(std::string, metrics_port_file, "",
           "Write the bound metrics port to this file once serving metrics.");
+ABSL_FLAG(int64_t, metrics_expert_series_limit, 4096,
+          "Export dsv2:moe_expert_tokens_total (tokens per routed expert per MoE layer) while "
+          "MoE layers x routed experts is at most this: 1664 series for DeepSeek-V2-Lite, 9440 "
+          "for DeepSeek-V2 (off by default). 0: never. The per-layer imbalance is always "
+          "exported.");
 
 namespace dsv2 {
+
+int64_t ExpertSeriesLimitFromFlags() { return absl::GetFlag(FLAGS_metrics_expert_series_limit); }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetricsServerFromFlags(
     const std::string& program, std::shared_ptr<MetricsRegistry> registry) {

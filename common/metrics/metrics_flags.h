@@ -2,8 +2,12 @@
 //   --metrics_listen     host:port of /metrics (port 0: the OS chooses);
 //                        empty (the default): no metrics server
 //   --metrics_port_file  write the bound metrics port here (scripts, tests)
+//   --metrics_expert_series_limit
+//                        export tokens per routed expert per layer while
+//                        layers × experts is at most this (default 4096)
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -11,6 +15,9 @@
 #include "common/metrics/metrics_server.h"
 
 namespace dsv2 {
+
+// --metrics_expert_series_limit.
+int64_t ExpertSeriesLimitFromFlags();
 
 // Starts the metrics server the flags ask for and logs its address
 // ("PROGRAM: metrics at http://127.0.0.1:PORT/metrics"); null when

@@ -1,5 +1,7 @@
 #include "common/metrics/metrics_registry.h"
 
+#include <limits>
+
 #include "common/metrics/process_metrics.h"
 #include "prometheus/text_serializer.h"
 
@@ -69,6 +71,10 @@ prometheus::MetricFamily CounterFamily(std::string name, std::string help) {
   return {std::move(name), std::move(help), prometheus::MetricType::Counter, {}};
 }
 
+prometheus::MetricFamily HistogramFamily(std::string name, std::string help) {
+  return {std::move(name), std::move(help), prometheus::MetricType::Histogram, {}};
+}
+
 void AddSample(prometheus::MetricFamily* family, double value,
                std::vector<prometheus::ClientMetric::Label> labels) {
   prometheus::ClientMetric metric;
@@ -77,6 +83,22 @@ void AddSample(prometheus::MetricFamily* family, double value,
     metric.counter.value = value;
   } else {
     metric.gauge.value = value;
+  }
+  family->metric.push_back(std::move(metric));
+}
+
+void AddHistogram(prometheus::MetricFamily* family, const BucketCounts& counts,
+                  std::vector<prometheus::ClientMetric::Label> labels) {
+  prometheus::ClientMetric metric;
+  metric.label = std::move(labels);
+  metric.histogram.sample_count = counts.count();
+  metric.histogram.sample_sum = counts.sum();
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < counts.counts().size(); ++i) {
+    cumulative += counts.counts()[i];
+    metric.histogram.bucket.push_back(
+        {cumulative, i < counts.upper_bounds().size() ? counts.upper_bounds()[i]
+                                                      : std::numeric_limits<double>::infinity()});
   }
   family->metric.push_back(std::move(metric));
 }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/base/bucket_counts.h"
 #include "common/base/mutex.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
@@ -83,8 +84,12 @@ class MetricsRegistry : public prometheus::Collectable,
 // A family of one type, for collectors.
 prometheus::MetricFamily GaugeFamily(std::string name, std::string help);
 prometheus::MetricFamily CounterFamily(std::string name, std::string help);
+prometheus::MetricFamily HistogramFamily(std::string name, std::string help);
 // Adds a sample (a gauge's or a counter's value, by the family's type).
 void AddSample(prometheus::MetricFamily* family, double value,
                std::vector<prometheus::ClientMetric::Label> labels = {});
+// Adds a histogram sample (cumulative buckets, +Inf last) from `counts`.
+void AddHistogram(prometheus::MetricFamily* family, const BucketCounts& counts,
+                  std::vector<prometheus::ClientMetric::Label> labels = {});
 
 }  // namespace dsv2

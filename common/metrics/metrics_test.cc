@@ -13,10 +13,14 @@
 #include <thread>
 #include <vector>
 
+#include "common/cluster/cluster_state.h"
+#include "common/experts/expert_server.h"
+#include "common/experts/remote_experts.h"
 #include "common/metrics/metrics_registry.h"
 #include "common/metrics/metrics_server.h"
 #include "common/metrics/process_metrics.h"
 #include "common/metrics/serving_metrics.h"
+#include "common/transport/inprocess_transport.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -191,6 +195,66 @@ TEST(ServingMetricsTest, ObservationsAndStatsAppearWithVllmNamesAndUnits) {
   EXPECT_THAT(text, HasSubstr("# TYPE dsv2:kv_cache_usage_perc gauge"));
 }
 
+// The data-plane set of an attention side talking to one expert server:
+// tokens per expert sum to tokens × k, the fan-out and round-trip
+// histograms count what was sent, and the per-expert series obey the limit.
+TEST(DataPlaneMetricsTest, ExpertLoadFanOutAndPeerTrafficAreExported) {
+  auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = (*model)->config();
+  auto network = transport::InProcessNetwork::Create();
+  auto server_side = transport::InProcessTransport::Create(network, {.id = 2});
+  auto client_side = transport::InProcessTransport::Create(network, {.id = 1});
+  ASSERT_TRUE(server_side.ok() && client_side.ok());
+  ExpertServer server(**model, **server_side, {});
+  RemoteRoutedExperts experts(c, **client_side, {});
+  auto route = std::make_shared<ExpertRoute>();
+  route->placement = *PlaceExperts(c, 1, 1);
+  route->ids = {"expert-1"};
+  route->addresses = {(*server_side)->address()};
+  route->alive = {true};
+  experts.SetRoute(route);
+  int64_t layer = 0;
+  while (!(*model)->weights().layers[layer].is_moe) ++layer;
+  const int64_t n = 5, k = c.num_experts_per_tok;
+  std::vector<float> x(n * c.hidden_size, 0.5f), out(x.size());
+  std::vector<int32_t> ids(n * k);
+  std::vector<float> weights(n * k, 0.25f);
+  for (int64_t i = 0; i < n * k; ++i) ids[i] = static_cast<int32_t>(i % c.n_routed_experts);
+  ASSERT_TRUE(experts.Compute(layer, x.data(), n, k, ids.data(), weights.data(), out.data(), [] {})
+                  .ok());
+
+  auto registry = std::make_shared<MetricsRegistry>(false);
+  int64_t limit = 1 << 20;
+  MetricsCollector collector = registry->AddCollector(
+      [&](auto* families) { CollectDataPlane(experts, (*client_side)->counters(), limit, families); });
+  std::string text = registry->Text();
+  const std::string l = "layer=\"" + std::to_string(layer) + "\"";
+  double per_expert = 0;
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    per_expert += Sample(text, "dsv2:moe_expert_tokens_total{" + l + ",expert=\"" +
+                                   std::to_string(e) + "\"}");
+  }
+  EXPECT_EQ(per_expert, n * k);
+  EXPECT_GE(Sample(text, "dsv2:moe_expert_imbalance{" + l + "}"), 1.0);
+  EXPECT_EQ(Sample(text, "dsv2:moe_workers_per_token_count"), n);
+  EXPECT_EQ(Sample(text, "dsv2:moe_workers_per_token_bucket{le=\"1\"}"), n);  // One worker.
+  EXPECT_EQ(Sample(text, "dsv2:moe_wait_seconds_count"), 1);
+  EXPECT_EQ(Sample(text, "dsv2:data_plane_round_trip_seconds_count{peer=\"expert-1\"}"), 1);
+  const ExpertServer::Stats served = server.stats();
+  EXPECT_EQ(Sample(text, "dsv2:data_plane_peer_bytes_total{peer=\"expert-1\",direction=\"sent\"}"),
+            served.peers.at(1).bytes_received);
+  EXPECT_EQ(
+      Sample(text, "dsv2:data_plane_peer_messages_total{peer=\"expert-1\",direction=\"received\"}"),
+      1);
+  EXPECT_THAT(text, HasSubstr("# TYPE dsv2:moe_workers_per_token histogram"));
+
+  limit = c.n_routed_experts - 1;  // One MoE layer has routed: one series too many.
+  text = registry->Text();
+  EXPECT_THAT(text, Not(HasSubstr("dsv2:moe_expert_tokens_total")));
+  EXPECT_THAT(text, HasSubstr("dsv2:moe_expert_imbalance{"));
+}
+
 TEST(MetricsServerTest, ServesMetricsOnItsPortAndNothingElse) {
   auto registry = std::make_shared<MetricsRegistry>();
   auto server = MetricsServer::Start("127.0.0.1:0", registry);
@@ -266,7 +330,7 @@ TEST(MetricsServerTest, HostileClientsAreBoundedAndCutOff) {
   std::vector<prometheus::MetricFamily> families;
   CollectProcessMetrics(&families);
   for (const auto& f : families) {
-    if (f.name == "process_threads") EXPECT_LE(f.metric[0].gauge.value, threads_before);
+    if (f.name == "process_threads") { EXPECT_LE(f.metric[0].gauge.value, threads_before); }
   }
   for (int fd : idle) close(fd);
   // Once they are gone the server serves again (within its request timeout

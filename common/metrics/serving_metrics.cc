@@ -1,6 +1,9 @@
 #include "common/metrics/serving_metrics.h"
 
 #include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
 
 namespace dsv2 {
 namespace {
@@ -141,6 +144,26 @@ void CollectEngineStats(const EngineStats& s, std::vector<prometheus::MetricFami
   out->push_back(std::move(rejected));
 }
 
+void CollectPeerTraffic(const std::vector<std::pair<std::string, transport::PeerTraffic>>& peers,
+                        std::vector<prometheus::MetricFamily>* out) {
+  prometheus::MetricFamily messages = CounterFamily(
+      "dsv2:data_plane_peer_messages_total",
+      "Data-plane frames exchanged with each peer (dispatches and combine replies), by direction.");
+  prometheus::MetricFamily bytes = CounterFamily(
+      "dsv2:data_plane_peer_bytes_total",
+      "Data-plane bytes (headers and payloads) exchanged with each peer, by direction.");
+  for (const auto& [peer, t] : peers) {
+    AddSample(&messages, static_cast<double>(t.messages_sent), {{"peer", peer}, {"direction", "sent"}});
+    AddSample(&messages, static_cast<double>(t.messages_received),
+              {{"peer", peer}, {"direction", "received"}});
+    AddSample(&bytes, static_cast<double>(t.bytes_sent), {{"peer", peer}, {"direction", "sent"}});
+    AddSample(&bytes, static_cast<double>(t.bytes_received),
+              {{"peer", peer}, {"direction", "received"}});
+  }
+  out->push_back(std::move(messages));
+  out->push_back(std::move(bytes));
+}
+
 void CollectTransport(const transport::TransportCounters& t,
                       std::vector<prometheus::MetricFamily>* out) {
   prometheus::MetricFamily messages = CounterFamily(
@@ -176,21 +199,25 @@ void CollectTransport(const transport::TransportCounters& t,
   out->push_back(std::move(dropped));
 }
 
-void CollectDataPlane(const RemoteRoutedExperts::Stats& e,
+void CollectDataPlane(const RemoteRoutedExperts& experts,
                       const transport::TransportCounters& transport,
-                      std::vector<prometheus::MetricFamily>* out) {
+                      int64_t expert_series_limit, std::vector<prometheus::MetricFamily>* out) {
+  const RemoteRoutedExperts::Stats e = experts.stats();
   Push(out, CounterFamily("dsv2:moe_calls_total",
                           "MoE layer computations sent to expert workers."),
        static_cast<double>(e.calls));
-  Push(out, CounterFamily("dsv2:moe_tokens_total", "Tokens dispatched to expert workers (per MoE layer)."),
-       static_cast<double>(e.tokens));
-  Push(out, CounterFamily("dsv2:moe_token_workers_total",
-                          "Sum over dispatched tokens of the distinct expert workers each reached."),
-       static_cast<double>(e.token_workers));
-  Push(out, GaugeFamily("dsv2:moe_max_workers_per_token",
-                        "Most distinct expert workers one token reached (never above topk_group "
-                        "under group-limited routing)."),
-       static_cast<double>(e.max_workers_per_token));
+  prometheus::MetricFamily fan_out = HistogramFamily(
+      "dsv2:moe_workers_per_token",
+      "Distinct expert workers each routed token reached, per MoE layer (never above topk_group "
+      "under group-limited routing).");
+  AddHistogram(&fan_out, e.workers_per_token);
+  out->push_back(std::move(fan_out));
+  prometheus::MetricFamily wait = HistogramFamily(
+      "dsv2:moe_wait_seconds",
+      "Per MoE computation: seconds waited for expert workers after the overlapped work "
+      "(shared experts) was done.");
+  AddHistogram(&wait, e.wait);
+  out->push_back(std::move(wait));
   Push(out, CounterFamily("dsv2:expert_dispatches_total", "Dispatch messages sent, resends included."),
        static_cast<double>(e.dispatches));
   Push(out, CounterFamily("dsv2:expert_resends_total",
@@ -202,6 +229,40 @@ void CollectDataPlane(const RemoteRoutedExperts::Stats& e,
   Push(out, CounterFamily("dsv2:expert_attempt_timeouts_total",
                           "Expert workers given up on for a replica (hung or slow) and reported suspect."),
        static_cast<double>(e.attempt_timeouts));
+
+  const std::vector<ExpertLoad::Layer> layers = experts.load().Snapshot();
+  prometheus::MetricFamily imbalance = GaugeFamily(
+      "dsv2:moe_expert_imbalance",
+      "Tokens of the busiest routed expert over the mean, per MoE layer, over the layer's last "
+      "4096 to 8192 tokens (1 = even).");
+  for (const ExpertLoad::Layer& l : layers) {
+    AddSample(&imbalance, l.imbalance, {{"layer", absl::StrCat(l.layer)}});
+  }
+  out->push_back(std::move(imbalance));
+  const int64_t series =
+      static_cast<int64_t>(layers.size()) * experts.load().num_experts();
+  if (series <= expert_series_limit) {
+    prometheus::MetricFamily per_expert = CounterFamily(
+        "dsv2:moe_expert_tokens_total", "Tokens routed to each routed expert, per MoE layer.");
+    for (const ExpertLoad::Layer& l : layers) {
+      for (size_t x = 0; x < l.tokens.size(); ++x) {
+        AddSample(&per_expert, static_cast<double>(l.tokens[x]),
+                  {{"layer", absl::StrCat(l.layer)}, {"expert", absl::StrCat(x)}});
+      }
+    }
+    out->push_back(std::move(per_expert));
+  }
+
+  std::vector<std::pair<std::string, transport::PeerTraffic>> traffic;
+  prometheus::MetricFamily round_trip = HistogramFamily(
+      "dsv2:data_plane_round_trip_seconds",
+      "Dispatch to combine reply, per expert worker (answered dispatches).");
+  for (const auto& [id, peer] : e.peers) {
+    traffic.emplace_back(id, peer.traffic);
+    AddHistogram(&round_trip, peer.round_trip, {{"peer", id}});
+  }
+  out->push_back(std::move(round_trip));
+  CollectPeerTraffic(traffic, out);
   CollectTransport(transport, out);
 }
 
@@ -219,6 +280,44 @@ void CollectExpertServer(const ExpertServer::Stats& s, std::vector<prometheus::M
   out->push_back(std::move(refused));
   Push(out, GaugeFamily("dsv2:expert_server_queued", "Dispatches waiting for the compute thread."),
        static_cast<double>(s.queued));
+}
+
+void CollectCluster(uint64_t epoch, const ClusterMap& map, const ClusterState::Counters& counters,
+                    std::vector<prometheus::MetricFamily>* out) {
+  Push(out, GaugeFamily("dsv2:controller_epoch",
+                        "This controller's epoch (its start time, microseconds since the Unix epoch)."),
+       static_cast<double>(epoch));
+  Push(out, GaugeFamily("dsv2:cluster_map_version", "Version of the controller's cluster map."),
+       static_cast<double>(map.version));
+  Push(out, GaugeFamily("dsv2:cluster_map_complete",
+                        "1 when every expert has a live expert worker (the cluster can serve)."),
+       map.complete ? 1.0 : 0.0);
+  // Every (role, state) pair, zeros included, so a state that empties reads 0.
+  const char* const kRoles[] = {"attention", "expert"};
+  const char* const kStates[] = {"alive", "suspect", "draining", "dead"};
+  int64_t count[2][4] = {};
+  for (const ClusterMap::Worker& w : map.workers) {
+    const int role = w.info.role == WorkerRole::kExpert ? 1 : 0;
+    const int state = w.state == WorkerState::kDead       ? 3
+                      : w.state == WorkerState::kDraining ? 2
+                      : w.suspect                         ? 1
+                                                          : 0;
+    ++count[role][state];
+  }
+  prometheus::MetricFamily workers =
+      GaugeFamily("dsv2:cluster_workers", "Workers in the cluster map, by role and state.");
+  for (int r = 0; r < 2; ++r) {
+    for (int st = 0; st < 4; ++st) {
+      AddSample(&workers, static_cast<double>(count[r][st]), {{"role", kRoles[r]}, {"state", kStates[st]}});
+    }
+  }
+  out->push_back(std::move(workers));
+  Push(out, CounterFamily("dsv2:controller_lease_expiries_total",
+                          "Workers marked dead because their lease lapsed."),
+       static_cast<double>(counters.lease_expiries));
+  Push(out, CounterFamily("dsv2:controller_suspect_marks_total",
+                          "Expert workers marked suspect (hung) on an attention worker's report."),
+       static_cast<double>(counters.suspect_marks));
 }
 
 }  // namespace dsv2

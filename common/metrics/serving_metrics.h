@@ -17,6 +17,8 @@
 // Thread safety: the observer methods may be called from any thread.
 #pragma once
 
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "common/engine/engine.h"
@@ -63,16 +65,30 @@ class ServingMetrics : public EngineObserver {
 void CollectEngineStats(const EngineStats& stats, std::vector<prometheus::MetricFamily>* out);
 
 // The attention side of the data plane (an attention worker, or
-// dsv2-standalone): MoE calls, tokens dispatched and workers reached,
-// resends, failures, attempt timeouts, and the transport's messages, bytes
-// and drops.
-void CollectDataPlane(const RemoteRoutedExperts::Stats& experts,
+// dsv2-standalone): MoE calls, the fan-out and wait histograms, dispatches,
+// resends, failures, attempt timeouts, the routed experts' load per layer
+// (tokens per expert only while layers × experts <= `expert_series_limit`),
+// traffic and round trips per expert worker, and the transport's messages,
+// bytes and drops.
+void CollectDataPlane(const RemoteRoutedExperts& experts,
                       const transport::TransportCounters& transport,
-                      std::vector<prometheus::MetricFamily>* out);
+                      int64_t expert_series_limit, std::vector<prometheus::MetricFamily>* out);
 
 // An expert server (a dsv2-expert, or the one inside dsv2-standalone).
 void CollectExpertServer(const ExpertServer::Stats& stats,
                          std::vector<prometheus::MetricFamily>* out);
+
+// The controller's view: its epoch, the map's version and whether it is
+// complete, workers by role and state (alive, suspect, draining, dead),
+// lease expiries and suspect marks.
+void CollectCluster(uint64_t epoch, const ClusterMap& map, const ClusterState::Counters& counters,
+                    std::vector<prometheus::MetricFamily>* out);
+
+// dsv2:data_plane_peer_messages_total and dsv2:data_plane_peer_bytes_total,
+// by peer (a worker id) and direction. CollectDataPlane includes the
+// attention side's; dsv2-expert adds its own (ExpertServer::Stats::peers).
+void CollectPeerTraffic(const std::vector<std::pair<std::string, transport::PeerTraffic>>& peers,
+                        std::vector<prometheus::MetricFamily>* out);
 
 // The transport counters alone (dsv2-expert, which dispatches nothing).
 void CollectTransport(const transport::TransportCounters& transport,

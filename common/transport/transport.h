@@ -94,6 +94,15 @@ struct TransportCounters {
   std::string ToString() const;
 };
 
+// Frames exchanged with one peer, counted by whoever talks to it (header +
+// payload bytes).
+struct PeerTraffic {
+  int64_t messages_sent = 0;
+  int64_t bytes_sent = 0;
+  int64_t messages_received = 0;
+  int64_t bytes_received = 0;
+};
+
 class ResponseSink;
 
 // One dispatch received by a server, handed to its RequestHandler. Move-only.

@@ -7,12 +7,18 @@
 #       router's address and returns.
 #   deploy/local/cluster.sh down      stops them, router first: each tier drains (SIGTERM)
 #                                     and exits before the next (SIGKILL after 60 s)
-#   deploy/local/cluster.sh status    lists them with their health
+#   deploy/local/cluster.sh status    lists them with their health and metrics address
+#   deploy/local/cluster.sh prometheus-config
+#                                     prints a Prometheus scrape configuration for every
+#                                     process's /metrics (one job per role)
 #   deploy/local/cluster.sh client-flags
 #                                     prints the flags `dsv2 client` needs to call the router
 #   deploy/local/cluster.sh http-url  prints the base URL of the router's OpenAI-compatible
 #                                     HTTP API (https://127.0.0.1:PORT/v1; its CA and token are
 #                                     those of client-flags)
+#
+# Metrics: every process serves Prometheus metrics on a loopback port the OS
+# chooses (STATE/NAME.metrics.port; docs/observability.md).
 #
 # Security: `up` makes a throwaway cluster CA and one certificate per process
 # (deploy/tls/make-certs.sh, in STATE/tls), runs every plane with mTLS, and
@@ -35,7 +41,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
@@ -65,6 +71,7 @@ done
 procs() { [ -f "$state/procs" ] && cat "$state/procs" || true; }
 alive() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 address() { [ -s "$state/$1.port" ] && echo "127.0.0.1:$(cat "$state/$1.port")"; }
+metrics_address() { [ -s "$state/$1.metrics.port" ] && echo "127.0.0.1:$(cat "$state/$1.metrics.port")"; }
 tls="$state/tls"
 # The flags that give process NAME (role ROLE) its identity, or --insecure.
 identity() {
@@ -86,8 +93,9 @@ http_url() {
 start() {
   local name="$1" binary="$2"
   shift 2
-  rm -f "$state/$name.port"
-  nohup "$binary" --port_file "$state/$name.port" "$@" >"$state/$name.log" 2>&1 &
+  rm -f "$state/$name.port" "$state/$name.metrics.port"
+  nohup "$binary" --port_file "$state/$name.port" --metrics_listen 127.0.0.1:0 \
+    --metrics_port_file "$state/$name.metrics.port" "$@" >"$state/$name.log" 2>&1 &
   echo $! >"$state/$name.pid"
   echo "$name" >>"$state/procs"
   for _ in $(seq 1 $((timeout * 10))); do
@@ -194,19 +202,34 @@ case "$command" in
   http-url)
     http_url
     ;;
+  prometheus-config)
+    [ -n "$(procs)" ] || { echo "cluster.sh: no cluster in $state" >&2; exit 1; }
+    echo "scrape_configs:"
+    for role in controller router attention expert; do
+      echo "  - job_name: dsv2-$role"
+      echo "    static_configs:"
+      for name in $(procs); do
+        [[ "$name" == "$role"* ]] || continue
+        m="$(metrics_address "$name" || true)"
+        [ -n "$m" ] && echo "      - {targets: ['$m'], labels: {worker: '$name'}}"
+      done
+    done
+    ;;
   status)
     [ -n "$(procs)" ] || { echo "no cluster in $state"; exit 0; }
-    printf '%-14s %-8s %-22s %s\n' NAME PID ADDRESS HEALTH
+    printf '%-14s %-8s %-22s %-40s %s\n' NAME PID ADDRESS METRICS HEALTH
     for name in $(procs); do
       pid="$(cat "$state/$name.pid" 2>/dev/null || echo -)"
       addr="$(address "$name" || echo -)"
+      metrics="$(metrics_address "$name" || true)"
+      metrics="${metrics:+http://$metrics/metrics}"
       if alive "$name"; then
         # shellcheck disable=SC2046
         health="$("$dsv2" health --addr "$addr" $([ -f "$tls/ca.pem" ] && echo "--tls-ca $tls/ca.pem") 2>/dev/null || true)"
       else
         health="exited (log $state/$name.log)"
       fi
-      printf '%-14s %-8s %-22s %s\n' "$name" "$pid" "$addr" "${health:-NOT_SERVING}"
+      printf '%-14s %-8s %-22s %-40s %s\n' "$name" "$pid" "$addr" "${metrics:--}" "${health:-NOT_SERVING}"
     done
     ;;
   *) usage ;;

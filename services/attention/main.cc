@@ -174,9 +174,10 @@ int Serve() {
   ServingMetrics serving_metrics(*metrics);
   options->observer = &serving_metrics;
   Engine engine(model->get(), text->get(), *options);
+  const int64_t expert_series = ExpertSeriesLimitFromFlags();
   MetricsCollector engine_metrics = metrics->AddCollector([&](auto* out) {
     CollectEngineStats(engine.stats(), out);
-    CollectDataPlane(experts->stats(), (*data_plane)->counters(), out);
+    CollectDataPlane(*experts, (*data_plane)->counters(), expert_series, out);
   });
   auto metrics_server = StartMetricsServerFromFlags("dsv2-attention", metrics);
   if (!metrics_server.ok()) {

@@ -225,4 +225,9 @@ grpc::Status ControllerService::ReportSuspect(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+ControllerService::Stats ControllerService::stats() const {
+  MutexLock lock(&mutex_);
+  return {state_.map(), state_.counters(), warm_};
+}
+
 }  // namespace dsv2

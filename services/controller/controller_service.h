@@ -79,6 +79,15 @@ class ControllerService final : public internal::Controller::Service {
 
   uint64_t epoch() const { return epoch_; }
 
+  // For metrics: the current map (during the warm-up, the one to be
+  // published), the state's counters and whether the warm-up is over.
+  struct Stats {
+    ClusterMap map;
+    ClusterState::Counters counters;
+    bool warm = false;
+  };
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mutex_);
+
  private:
   // Expires leases, and ends the warm-up.
   void ExpireLoop() ABSL_LOCKS_EXCLUDED(mutex_);

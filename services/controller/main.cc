@@ -9,6 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/metrics/metrics_flags.h"
+#include "common/metrics/serving_metrics.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/model/config.h"
@@ -86,10 +87,8 @@ int main(int argc, char** argv) {
                 .seal_data_plane = seal});
   auto metrics = std::make_shared<dsv2::MetricsRegistry>();
   dsv2::MetricsCollector controller_metrics = metrics->AddCollector([&service](auto* out) {
-    prometheus::MetricFamily epoch = dsv2::GaugeFamily(
-        "dsv2:controller_epoch", "This controller's epoch (its start time, microseconds).");
-    dsv2::AddSample(&epoch, static_cast<double>(service.epoch()));
-    out->push_back(std::move(epoch));
+    const dsv2::ControllerService::Stats stats = service.stats();
+    dsv2::CollectCluster(service.epoch(), stats.map, stats.counters, out);
   });
   auto metrics_server = dsv2::StartMetricsServerFromFlags("dsv2-controller", metrics);
   if (!metrics_server.ok()) {

@@ -8,6 +8,7 @@
 // SIGINT/SIGTERM: leave the placement (Drain), keep answering for
 // --drain_s while attention workers move to the new map, then exit 0.
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 #include <thread>
@@ -54,6 +55,35 @@ namespace dsv2 {
 namespace {
 
 using namespace std::chrono_literals;
+
+// The ids of the attention workers by data-plane peer id, from the maps,
+// for the traffic metrics (ids of workers gone stay: their counts do).
+class PeerNames {
+ public:
+  void Update(const ClusterMap& map) ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    for (const ClusterMap::Worker& w : map.workers) {
+      if (w.info.role == WorkerRole::kAttention) names_[w.info.peer_id] = w.info.id;
+    }
+  }
+
+  // Traffic by worker id (a peer id not in any map: "peer-ID").
+  std::vector<std::pair<std::string, transport::PeerTraffic>> Name(
+      const std::map<transport::PeerId, transport::PeerTraffic>& peers) const
+      ABSL_LOCKS_EXCLUDED(mutex_) {
+    std::vector<std::pair<std::string, transport::PeerTraffic>> named;
+    MutexLock lock(&mutex_);
+    for (const auto& [peer, traffic] : peers) {
+      const auto it = names_.find(peer);
+      named.emplace_back(it != names_.end() ? it->second : absl::StrCat("peer-", peer), traffic);
+    }
+    return named;
+  }
+
+ private:
+  mutable Mutex mutex_;
+  std::map<transport::PeerId, std::string> names_ ABSL_GUARDED_BY(mutex_);
+};
 
 // Reads the weights of the experts placed on this worker into memory, on a
 // thread of its own: the map callback, which admits the cluster's peers,
@@ -180,8 +210,11 @@ int Serve() {
       {.batch_window = absl::Microseconds(absl::GetFlag(FLAGS_batch_window_us)),
        .max_queued_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_mib)) << 20});
   auto metrics = std::make_shared<MetricsRegistry>();
+  PeerNames peer_names;
   MetricsCollector expert_metrics = metrics->AddCollector([&](auto* out) {
-    CollectExpertServer(server.stats(), out);
+    const ExpertServer::Stats stats = server.stats();
+    CollectExpertServer(stats, out);
+    CollectPeerTraffic(peer_names.Name(stats.peers), out);
     CollectTransport((*data_plane)->counters(), out);
   });
   auto metrics_server = StartMetricsServerFromFlags("dsv2-expert", metrics);
@@ -233,6 +266,7 @@ int Serve() {
           }
         }
         (*data_plane)->SetAllowedPeers(std::move(peers));
+        peer_names.Update(map);
         if (prefaulter) prefaulter->Update(map);
       });
   WritePortFile(absl::GetFlag(FLAGS_port_file), port);

@@ -54,6 +54,55 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// The router's metrics (docs/observability.md).
+void CollectRouter(const RouterService& router, std::vector<prometheus::MetricFamily>* out) {
+  const RouterCounters counters = router.counters();
+  prometheus::MetricFamily requests = CounterFamily(
+      "dsv2:router_requests_total", "Generate calls ended, by gRPC status code (refusals included).");
+  for (const auto& [code, n] : counters.finished) {
+    AddSample(&requests, static_cast<double>(n), {{"code", code}});
+  }
+  out->push_back(std::move(requests));
+  prometheus::MetricFamily active =
+      GaugeFamily("dsv2:router_active_streams", "Generate calls being served now.");
+  AddSample(&active, static_cast<double>(router.active_streams()));
+  out->push_back(std::move(active));
+  prometheus::MetricFamily forwarded = CounterFamily(
+      "dsv2:router_forwarded_total", "Generate calls forwarded, by attention worker (a retry counts on both).");
+  for (const auto& [worker, n] : counters.forwarded) {
+    AddSample(&forwarded, static_cast<double>(n), {{"worker", worker}});
+  }
+  out->push_back(std::move(forwarded));
+  prometheus::MetricFamily failures = CounterFamily(
+      "dsv2:router_worker_failures_total", "Forwarded calls that failed UNAVAILABLE, by attention worker.");
+  for (const auto& [worker, n] : counters.failures) {
+    AddSample(&failures, static_cast<double>(n), {{"worker", worker}});
+  }
+  out->push_back(std::move(failures));
+  prometheus::MetricFamily retries =
+      CounterFamily("dsv2:router_retries_total", "Generate calls sent again to a second worker.");
+  AddSample(&retries, static_cast<double>(counters.retries));
+  out->push_back(std::move(retries));
+  prometheus::MetricFamily no_worker = CounterFamily(
+      "dsv2:router_no_worker_total", "Calls refused because no attention worker was eligible.");
+  AddSample(&no_worker, static_cast<double>(counters.no_worker));
+  out->push_back(std::move(no_worker));
+  int64_t eligible = 0, total = 0;
+  for (const RouterWorkerView& w : router.workers()) {
+    ++total;
+    eligible += w.eligible ? 1 : 0;
+  }
+  prometheus::MetricFamily workers = GaugeFamily(
+      "dsv2:router_workers", "Attention workers the router knows, by whether it would choose them now.");
+  AddSample(&workers, static_cast<double>(eligible), {{"state", "eligible"}});
+  AddSample(&workers, static_cast<double>(total - eligible), {{"state", "ineligible"}});
+  out->push_back(std::move(workers));
+  prometheus::MetricFamily cut = CounterFamily(
+      "dsv2:router_slow_readers_cut_total", "Streams cut off because their client did not read.");
+  AddSample(&cut, static_cast<double>(router.slow_readers_cut()));
+  out->push_back(std::move(cut));
+}
+
 int Serve() {
   const std::string controller = absl::GetFlag(FLAGS_controller);
   const std::string model_dir = absl::GetFlag(FLAGS_model);
@@ -112,7 +161,9 @@ int Serve() {
       .max_streams = absl::GetFlag(FLAGS_max_streams),
       .write_timeout = absl::Seconds(absl::GetFlag(FLAGS_stream_write_timeout_s)),
   });
-  auto metrics = std::make_shared<MetricsRegistry>();  // Process metrics.
+  auto metrics = std::make_shared<MetricsRegistry>();
+  MetricsCollector router_metrics =
+      metrics->AddCollector([&router](auto* out) { CollectRouter(router, out); });
   auto metrics_server = StartMetricsServerFromFlags("dsv2-router", metrics);
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-router: " << metrics_server.status().message() << "\n";

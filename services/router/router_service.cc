@@ -296,6 +296,7 @@ class RouterService::ForwardedCall final
       {
         MutexLock lock(&router_->mutex_);
         router_->calls_.erase(key_);
+        router_->CountFinishedLocked(*finish);
       }
       Finish(*finish);
     }
@@ -667,35 +668,50 @@ std::unique_ptr<grpc::ClientContext> RouterService::ForwardContext(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* RouterService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
   absl::StatusOr<Caller> caller = options_.policy.Authenticate(*context);
-  if (!caller.ok()) return FinishedStream(ToGrpcStatus(caller.status()));
+  if (!caller.ok()) return Refuse(ToGrpcStatus(caller.status()));
   v1::GenerateRequest request;
   absl::Status parsed = ParseMessage(*raw, &request);
   if (parsed.ok()) parsed = CheckBounds(request);
-  if (!parsed.ok()) return FinishedStream(ToGrpcStatus(parsed));
+  if (!parsed.ok()) return Refuse(ToGrpcStatus(parsed));
   CallKey key{caller->principal, request.request_id()};
+  std::optional<grpc::Status> refused;
   {
     MutexLock lock(&mutex_);
-    if (!accepting_) return FinishedStream(Unavailable("the router is draining"));
-    if (!serving_) {
-      return FinishedStream(Unavailable("cluster not ready: the cluster map is not complete"));
-    }
-    if (active_streams_ >= options_.max_streams) {
-      return FinishedStream(grpc::Status(
+    if (!accepting_) {
+      refused = Unavailable("the router is draining");
+    } else if (!serving_) {
+      refused = Unavailable("cluster not ready: the cluster map is not complete");
+    } else if (active_streams_ >= options_.max_streams) {
+      refused = grpc::Status(
           grpc::StatusCode::RESOURCE_EXHAUSTED,
-          absl::StrCat("too many open streams (", options_.max_streams, "); retry later")));
-    }
-    // Ids must be unique among a principal's active calls across the
-    // cluster, not only on one worker, so that Abort finds one.
-    if (!calls_.emplace(key, ActiveCall{}).second) {
-      return FinishedStream(grpc::Status(
+          absl::StrCat("too many open streams (", options_.max_streams, "); retry later"));
+    } else if (!calls_.emplace(key, ActiveCall{}).second) {
+      // Ids must be unique among a principal's active calls across the
+      // cluster, not only on one worker, so that Abort finds one.
+      refused = grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("request_id '", key.second, "' is already in use by an active request")));
+          absl::StrCat("request_id '", key.second, "' is already in use by an active request"));
+    } else {
+      ++active_streams_;
     }
-    ++active_streams_;
   }
+  if (refused) return Refuse(*refused);
   auto call = std::make_shared<ForwardedCall>(this, context, std::move(key), std::move(request));
   call->Start();
   return call.get();
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* RouterService::Refuse(const grpc::Status& status) {
+  {
+    MutexLock lock(&mutex_);
+    CountFinishedLocked(status);
+  }
+  return FinishedStream(status);
+}
+
+void RouterService::CountFinishedLocked(const grpc::Status& status) {
+  ++counters_.finished[absl::StatusCodeToString(
+      static_cast<absl::StatusCode>(status.error_code()))];
 }
 
 grpc::ServerUnaryReactor* RouterService::Abort(grpc::CallbackServerContext* context,

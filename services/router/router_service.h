@@ -108,6 +108,9 @@ struct RouterCounters {
   std::map<std::string, int64_t> forwarded;
   // Forwarded calls (of any method) that failed UNAVAILABLE, by worker id.
   std::map<std::string, int64_t> failures;
+  // Generate calls ended, by gRPC status code name (OK, UNAVAILABLE, ...):
+  // refused ones included.
+  std::map<std::string, int64_t> finished;
   int64_t retries = 0;    // Generate calls sent to a second worker.
   int64_t no_worker = 0;  // Calls refused because no worker was eligible.
 };
@@ -184,6 +187,11 @@ class RouterService final : public RawGenerationService {
   std::unique_ptr<grpc::ClientContext> ForwardContext(const grpc::CallbackServerContext& context,
                                                       const std::string& principal,
                                                       bool bounded) const;
+
+  // Ends a Generate call that was never forwarded, counting it.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Refuse(const grpc::Status& status)
+      ABSL_LOCKS_EXCLUDED(mutex_);
+  void CountFinishedLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   void PollLoop();
   void OnPolled(Poll* poll, const grpc::Status& status);

@@ -111,9 +111,10 @@ int Serve() {
   ServingMetrics serving_metrics(*metrics);
   options->observer = &serving_metrics;
   Engine engine(model->get(), text->get(), *options);
+  const int64_t expert_series = ExpertSeriesLimitFromFlags();
   MetricsCollector engine_metrics = metrics->AddCollector([&](auto* out) {
     CollectEngineStats(engine.stats(), out);
-    CollectDataPlane(experts->stats(), (*attention_side)->counters(), out);
+    CollectDataPlane(*experts, (*attention_side)->counters(), expert_series, out);
     CollectExpertServer(expert_server.stats(), out);
   });
   auto metrics_server = StartMetricsServerFromFlags("dsv2-standalone", metrics);
