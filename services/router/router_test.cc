@@ -551,6 +551,8 @@ TEST(RouterTest, UnavailableWhenEveryWorkerIsGone) {
   EXPECT_EQ(router.stub().Tokenize(&context, tokenize, &ids).error_code(),
             grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(router.service().counters().no_worker, 2);
+  EXPECT_EQ(router.service().counters().finished,
+            (std::map<std::string, int64_t>{{"UNAVAILABLE", 2}}));
 }
 
 TEST(RouterTest, PollingTakesAStoppedWorkerOutAndNoWorkersMeansUnavailable) {
@@ -665,6 +667,10 @@ TEST(RouterTest, InvalidRequestsPassThroughAndIdsAreUniqueAcrossWorkers) {
   const StreamResult ok = router.Generate(Greedy("fine", {0, 1, 2}, 5));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.tokens.size(), 5u);
+  // Every call is counted by how it ended, refusals included (the metric
+  // dsv2:router_requests_total).
+  EXPECT_EQ(router.service().counters().finished,
+            (std::map<std::string, int64_t>{{"INVALID_ARGUMENT", 3}, {"CANCELLED", 1}, {"OK", 1}}));
 }
 
 TEST(RouterTest, NotReadyAndDrainingAreUnavailable) {
