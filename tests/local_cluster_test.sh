@@ -37,11 +37,16 @@ read -r -a client_flags <<<"$("$cluster" client-flags --state "$state")"
 status="$("$cluster" status --state "$state")"
 echo "$status"
 for name in controller expert-1 expert-2 attention-1 router; do
-  line="$(echo "$status" | grep -E "^$name +[0-9]+ +127\.0\.0\.1:[0-9]+ +http://127\.0\.0\.1:[0-9]+/metrics +SERVING$")" ||
+  line="$(echo "$status" | grep -E "^$name +[0-9]+ +127\.0\.0\.1:[0-9]+ +https://127\.0\.0\.1:[0-9]+/metrics +SERVING$")" ||
     fail "$name not SERVING with a metrics address"
-  # Its metrics address answers with its own process metrics.
+  # Its metrics address answers a scraper with the cluster's Prometheus
+  # certificate, and refuses one without.
   url="$(echo "$line" | awk '{print $4}')"
-  curl -sf "$url" | grep -q "^process_start_time_seconds " || fail "$name: no metrics at $url"
+  curl -sf --cacert "$state/tls/ca.pem" --cert "$state/tls/prometheus.pem" \
+    --key "$state/tls/prometheus.key" "$url" | grep -q "^process_start_time_seconds " ||
+    fail "$name: no metrics at $url"
+  code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$state/tls/ca.pem" "$url")"
+  [ "$code" = 401 ] || fail "$name: a scraper without a certificate got $code"
 done
 # The scrape configuration lists every process under its role's job.
 config="$("$cluster" prometheus-config --state "$state")"

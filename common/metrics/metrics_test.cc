@@ -1,11 +1,6 @@
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -17,7 +12,7 @@
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
 #include "common/metrics/metrics_registry.h"
-#include "common/metrics/metrics_server.h"
+#include "common/metrics/metrics_test_util.h"
 #include "common/metrics/process_metrics.h"
 #include "common/metrics/serving_metrics.h"
 #include "common/transport/inprocess_transport.h"
@@ -30,64 +25,7 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::chrono_literals;
-
-// The value of the sample `series` (name and labels exactly as exposed) in
-// text exposition `text`, or NaN.
-double Sample(const std::string& text, const std::string& series) {
-  size_t at = 0;
-  while ((at = text.find(series + " ", at)) != std::string::npos) {
-    if (at == 0 || text[at - 1] == '\n') return std::strtod(text.c_str() + at + series.size(), nullptr);
-    at += series.size();
-  }
-  return std::nan("");
-}
-
-int Connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Reads until the peer closes or `timeout` passes; *closed says which.
-std::string ReadUntilClosed(int fd, std::chrono::milliseconds timeout, bool* closed) {
-  std::string data;
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  *closed = false;
-  char buf[4096];
-  while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        end - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return data;
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-    const ssize_t n = read(fd, buf, sizeof(buf));
-    if (n <= 0) {
-      *closed = true;
-      return data;
-    }
-    data.append(buf, static_cast<size_t>(n));
-  }
-}
-
-// One HTTP/1.0 request; the whole response ("" when the connection fails).
-std::string Http(int port, const std::string& request) {
-  const int fd = Connect(port);
-  if (fd < 0) return "";
-  (void)!write(fd, request.data(), request.size());
-  bool closed = false;
-  std::string response = ReadUntilClosed(fd, 10s, &closed);
-  close(fd);
-  return response;
-}
-
-std::string Scrape(int port) { return Http(port, "GET /metrics HTTP/1.0\r\n\r\n"); }
+using testutil::Sample;
 
 TEST(ProcessMetricsTest, ReadsThisProcessFromProc) {
   std::vector<prometheus::MetricFamily> families;
@@ -253,95 +191,6 @@ TEST(DataPlaneMetricsTest, ExpertLoadFanOutAndPeerTrafficAreExported) {
   text = registry->Text();
   EXPECT_THAT(text, Not(HasSubstr("dsv2:moe_expert_tokens_total")));
   EXPECT_THAT(text, HasSubstr("dsv2:moe_expert_imbalance{"));
-}
-
-TEST(MetricsServerTest, ServesMetricsOnItsPortAndNothingElse) {
-  auto registry = std::make_shared<MetricsRegistry>();
-  auto server = MetricsServer::Start("127.0.0.1:0", registry);
-  ASSERT_TRUE(server.ok()) << server.status();
-  ASSERT_GT((*server)->port(), 0);
-  EXPECT_EQ((*server)->address(), "127.0.0.1:" + std::to_string((*server)->port()));
-  const std::string response = Scrape((*server)->port());
-  EXPECT_THAT(response, HasSubstr("200 OK"));
-  EXPECT_THAT(response, HasSubstr("# TYPE process_cpu_seconds_total counter"));
-  EXPECT_THAT(Http((*server)->port(), "GET /other HTTP/1.0\r\n\r\n"), HasSubstr("404"));
-  // The port is taken: a second server cannot have it.
-  auto clash = MetricsServer::Start("127.0.0.1:" + std::to_string((*server)->port()), registry);
-  EXPECT_EQ(clash.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(MetricsServer::Start("no-port", registry).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MetricsServer::Start("127.0.0.1:99999", registry).status().code(),
-            absl::StatusCode::kInvalidArgument);
-}
-
-// Whoever reaches the port: garbage, an endless request line, a slow
-// sender and a crowd of idle connections neither crash the process nor
-// grow its threads beyond the server's fixed pool, and a scrape still
-// succeeds once they are cut off.
-TEST(MetricsServerTest, HostileClientsAreBoundedAndCutOff) {
-  auto registry = std::make_shared<MetricsRegistry>();
-  auto server = MetricsServer::Start("127.0.0.1:0", registry);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const int port = (*server)->port();
-  const double threads_before = Sample(Scrape(port), "process_threads");
-  ASSERT_GT(threads_before, 0);
-
-  // Garbage bytes, including NULs and a non-HTTP first line.
-  std::string garbage;
-  for (int i = 0; i < 4096; ++i) garbage.push_back(static_cast<char>((i * 131 + 7) & 0xff));
-  Http(port, garbage);
-  Http(port, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");  // A TLS ClientHello start.
-  // A request line far beyond the bound: refused, the connection closed.
-  const std::string huge = "GET /" + std::string(1 << 20, 'a') + " HTTP/1.0\r\n\r\n";
-  EXPECT_THAT(Http(port, huge), Not(HasSubstr("200 OK")));
-
-  // Slowloris: one header byte a second never completes a request; the
-  // server cuts it off within its request timeout (plus slack).
-  const int slow = Connect(port);
-  ASSERT_GE(slow, 0);
-  const auto start = std::chrono::steady_clock::now();
-  bool slow_closed = false;
-  const std::string head = "GET /metrics HTTP/1.0\r\nX-A: ";
-  for (size_t i = 0; i < head.size() && !slow_closed; ++i) {
-    if (write(slow, &head[i], 1) != 1) break;
-    ReadUntilClosed(slow, 1000ms, &slow_closed);
-    if (std::chrono::steady_clock::now() - start >
-        std::chrono::milliseconds(MetricsServer::kRequestTimeoutMs + 5000)) break;
-  }
-  if (!slow_closed) {
-    const std::string x(1, 'x');
-    while (!slow_closed && std::chrono::steady_clock::now() - start <
-                               std::chrono::milliseconds(MetricsServer::kRequestTimeoutMs + 5000)) {
-      if (write(slow, x.data(), 1) != 1) { slow_closed = true; break; }
-      ReadUntilClosed(slow, 1000ms, &slow_closed);
-    }
-  }
-  EXPECT_TRUE(slow_closed) << "a slow sender held its connection";
-  close(slow);
-
-  // Many idle connections at once: the pool does not grow, and a scrape
-  // gets through once the idle ones time out.
-  std::vector<int> idle;
-  for (int i = 0; i < 64; ++i) {
-    const int fd = Connect(port);
-    if (fd >= 0) idle.push_back(fd);
-  }
-  EXPECT_GE(idle.size(), 16u);
-  std::vector<prometheus::MetricFamily> families;
-  CollectProcessMetrics(&families);
-  for (const auto& f : families) {
-    if (f.name == "process_threads") { EXPECT_LE(f.metric[0].gauge.value, threads_before); }
-  }
-  for (int fd : idle) close(fd);
-  // Once they are gone the server serves again (within its request timeout
-  // per pool's worth of queued connections, at most).
-  std::string after;
-  const auto deadline = std::chrono::steady_clock::now() + 40s;
-  while (after.find("200 OK") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-    after = Scrape(port);
-  }
-  EXPECT_THAT(after, HasSubstr("200 OK"));
-  EXPECT_LE(Sample(after, "process_threads"), threads_before);
 }
 
 }  // namespace

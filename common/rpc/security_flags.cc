@@ -162,6 +162,11 @@ std::optional<TlsFiles> RpcSecurity::ApiTlsFiles() const {
   return api_;
 }
 
+std::optional<TlsFiles> RpcSecurity::MetricsTlsFiles() const {
+  if (cluster_tls_) return cluster_;
+  return ApiTlsFiles();
+}
+
 AccessPolicy RpcSecurity::ApiPolicy() const {
   return AccessPolicy::Public(tokens_, !api_.ca.empty(), revocations_);
 }

@@ -58,6 +58,10 @@ class RpcSecurity {
   // HTTP API): certificate and key, and the client CA when clients are
   // asked for certificates; nullopt when the API is plaintext.
   std::optional<TlsFiles> ApiTlsFiles() const;
+  // What /metrics is served with (server/metrics): the cluster's files
+  // (scrapers need a certificate of the cluster CA) when the cluster plane
+  // has TLS, else the API's (dsv2-standalone), else nullopt (plain HTTP).
+  std::optional<TlsFiles> MetricsTlsFiles() const;
   // Whether the API may be served in plaintext on any address
   // (--api_insecure or --insecure), not only on loopback.
   bool api_plaintext_anywhere() const { return api_plaintext_anywhere_; }

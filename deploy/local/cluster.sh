@@ -18,7 +18,10 @@
 #                                     those of client-flags)
 #
 # Metrics: every process serves Prometheus metrics on a loopback port the OS
-# chooses (STATE/NAME.metrics.port; docs/observability.md).
+# chooses (STATE/NAME.metrics.port; docs/observability.md): over HTTPS for
+# scrapers with a certificate of the cluster CA — `up` makes one,
+# STATE/tls/prometheus.pem, which prometheus-config names — or plain HTTP
+# with --insecure.
 #
 # Security: `up` makes a throwaway cluster CA and one certificate per process
 # (deploy/tls/make-certs.sh, in STATE/tls), runs every plane with mTLS, and
@@ -41,7 +44,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
@@ -72,6 +75,7 @@ procs() { [ -f "$state/procs" ] && cat "$state/procs" || true; }
 alive() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 address() { [ -s "$state/$1.port" ] && echo "127.0.0.1:$(cat "$state/$1.port")"; }
 metrics_address() { [ -s "$state/$1.metrics.port" ] && echo "127.0.0.1:$(cat "$state/$1.metrics.port")"; }
+metrics_scheme() { if [ -f "$tls/ca.pem" ]; then echo https; else echo http; fi; }
 tls="$state/tls"
 # The flags that give process NAME (role ROLE) its identity, or --insecure.
 identity() {
@@ -157,6 +161,7 @@ case "$command" in
     if [ "$insecure" = 0 ]; then
       "$root/deploy/tls/make-certs.sh" "$tls" ca >/dev/null
       "$root/deploy/tls/make-certs.sh" "$tls" token local >/dev/null
+      "$root/deploy/tls/make-certs.sh" "$tls" cert operator prometheus >/dev/null
       router_api="--api_tokens_file=$tls/api-tokens"
       echo "--tls-ca $tls/ca.pem --token-file $tls/local.token" >"$state/client-flags"
       awk '$1 == "local" {print $2}' "$tls/api-tokens" >"$tls/local.token"
@@ -207,6 +212,10 @@ case "$command" in
     echo "scrape_configs:"
     for role in controller router attention expert; do
       echo "  - job_name: dsv2-$role"
+      if [ "$(metrics_scheme)" = https ]; then
+        echo "    scheme: https"
+        echo "    tls_config: {ca_file: '$tls/ca.pem', cert_file: '$tls/prometheus.pem', key_file: '$tls/prometheus.key'}"
+      fi
       echo "    static_configs:"
       for name in $(procs); do
         [[ "$name" == "$role"* ]] || continue
@@ -217,19 +226,19 @@ case "$command" in
     ;;
   status)
     [ -n "$(procs)" ] || { echo "no cluster in $state"; exit 0; }
-    printf '%-14s %-8s %-22s %-40s %s\n' NAME PID ADDRESS METRICS HEALTH
+    printf '%-14s %-8s %-22s %-41s %s\n' NAME PID ADDRESS METRICS HEALTH
     for name in $(procs); do
       pid="$(cat "$state/$name.pid" 2>/dev/null || echo -)"
       addr="$(address "$name" || echo -)"
       metrics="$(metrics_address "$name" || true)"
-      metrics="${metrics:+http://$metrics/metrics}"
+      metrics="${metrics:+$(metrics_scheme)://$metrics/metrics}"
       if alive "$name"; then
         # shellcheck disable=SC2046
         health="$("$dsv2" health --addr "$addr" $([ -f "$tls/ca.pem" ] && echo "--tls-ca $tls/ca.pem") 2>/dev/null || true)"
       else
         health="exited (log $state/$name.log)"
       fi
-      printf '%-14s %-8s %-22s %-40s %s\n' "$name" "$pid" "$addr" "${metrics:--}" "${health:-NOT_SERVING}"
+      printf '%-14s %-8s %-22s %-41s %s\n' "$name" "$pid" "$addr" "${metrics:--}" "${health:-NOT_SERVING}"
     done
     ;;
   *) usage ;;

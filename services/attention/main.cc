@@ -22,7 +22,7 @@
 #include "common/experts/remote_experts.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
-#include "common/metrics/metrics_flags.h"
+#include "server/metrics/metrics_flags.h"
 #include "common/metrics/serving_metrics.h"
 #include "server/grpc/generation_service.h"
 #include "server/grpc/load_service.h"
@@ -179,7 +179,8 @@ int Serve() {
     CollectEngineStats(engine.stats(), out);
     CollectDataPlane(*experts, (*data_plane)->counters(), expert_series, out);
   });
-  auto metrics_server = StartMetricsServerFromFlags("dsv2-attention", metrics);
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-attention", metrics,
+                                                   security->MetricsTlsFiles());
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-attention: " << metrics_server.status().message() << "\n";
     return 2;

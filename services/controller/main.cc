@@ -8,7 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "common/metrics/metrics_flags.h"
+#include "server/metrics/metrics_flags.h"
 #include "common/metrics/serving_metrics.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
@@ -90,7 +90,8 @@ int main(int argc, char** argv) {
     const dsv2::ControllerService::Stats stats = service.stats();
     dsv2::CollectCluster(service.epoch(), stats.map, stats.counters, out);
   });
-  auto metrics_server = dsv2::StartMetricsServerFromFlags("dsv2-controller", metrics);
+  auto metrics_server = dsv2::StartMetricsServerFromFlags("dsv2-controller", metrics,
+                                                   security->MetricsTlsFiles());
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-controller: " << metrics_server.status().message() << "\n";
     return 2;

@@ -27,7 +27,7 @@
 #include "common/rpc/grpc_options.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/ucx_transport.h"
-#include "common/metrics/metrics_flags.h"
+#include "server/metrics/metrics_flags.h"
 #include "common/metrics/serving_metrics.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -217,7 +217,8 @@ int Serve() {
     CollectPeerTraffic(peer_names.Name(stats.peers), out);
     CollectTransport((*data_plane)->counters(), out);
   });
-  auto metrics_server = StartMetricsServerFromFlags("dsv2-expert", metrics);
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-expert", metrics,
+                                                   security->MetricsTlsFiles());
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-expert: " << metrics_server.status().message() << "\n";
     return 2;

@@ -19,7 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "common/metrics/metrics_flags.h"
+#include "server/metrics/metrics_flags.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/cluster/cluster_state.h"
@@ -164,7 +164,8 @@ int Serve() {
   auto metrics = std::make_shared<MetricsRegistry>();
   MetricsCollector router_metrics =
       metrics->AddCollector([&router](auto* out) { CollectRouter(router, out); });
-  auto metrics_server = StartMetricsServerFromFlags("dsv2-router", metrics);
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-router", metrics,
+                                                   security->MetricsTlsFiles());
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-router: " << metrics_server.status().message() << "\n";
     return 2;

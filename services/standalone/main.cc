@@ -16,7 +16,7 @@
 #include "common/base/process.h"
 #include "common/experts/expert_server.h"
 #include "common/experts/remote_experts.h"
-#include "common/metrics/metrics_flags.h"
+#include "server/metrics/metrics_flags.h"
 #include "common/metrics/serving_metrics.h"
 #include "common/rpc/security_flags.h"
 #include "common/transport/inprocess_transport.h"
@@ -117,7 +117,8 @@ int Serve() {
     CollectDataPlane(*experts, (*attention_side)->counters(), expert_series, out);
     CollectExpertServer(expert_server.stats(), out);
   });
-  auto metrics_server = StartMetricsServerFromFlags("dsv2-standalone", metrics);
+  auto metrics_server = StartMetricsServerFromFlags("dsv2-standalone", metrics,
+                                                   security->MetricsTlsFiles());
   if (!metrics_server.ok()) {
     std::cerr << "dsv2-standalone: " << metrics_server.status().message() << "\n";
     return 2;
