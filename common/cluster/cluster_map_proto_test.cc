@@ -1,4 +1,5 @@
 #include "common/cluster/cluster_map_proto.h"
+#include "common/cluster/control_client.h"
 
 #include "gtest/gtest.h"
 
@@ -161,6 +162,13 @@ TEST(ClusterMapProtoTest, RejectsInconsistentMembers) {
   wire.clear_placement();
   wire.set_complete(true);
   ExpectInvalid(wire, "marked complete but has no placement");
+}
+
+TEST(WorkerGrpcAddressTest, AdvertisedNameOrTheListenHostWithTheBoundPort) {
+  EXPECT_EQ(WorkerGrpcAddress("127.0.0.1:0", 41000, ""), "127.0.0.1:41000");
+  EXPECT_EQ(WorkerGrpcAddress("0.0.0.0:50051", 50051, "expert-0.experts.ns.svc:50051"),
+            "expert-0.experts.ns.svc:50051");
+  EXPECT_EQ(WorkerGrpcAddress("0.0.0.0:0", 41000, "expert-0.experts"), "expert-0.experts:41000");
 }
 
 }  // namespace

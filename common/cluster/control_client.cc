@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 #include "common/rpc/grpc_options.h"
 #include "common/cluster/cluster_map_proto.h"
@@ -25,6 +26,12 @@ uint32_t RandomPeerId() {
   std::random_device device;
   std::uniform_int_distribution<uint32_t> id(1, UINT32_MAX);
   return id(device);
+}
+
+std::string WorkerGrpcAddress(const std::string& listen, int port, const std::string& advertise) {
+  if (advertise.empty()) return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+  if (advertise.find(':') == std::string::npos) return absl::StrCat(advertise, ":", port);
+  return advertise;
 }
 
 std::unique_ptr<ControlClient> ControlClient::Start(ControlClientOptions options,

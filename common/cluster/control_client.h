@@ -154,4 +154,11 @@ class ControlClient {
 // A random nonzero data-plane peer id for WorkerInfo::peer_id.
 uint32_t RandomPeerId();
 
+// The gRPC address a worker registers (WorkerInfo::grpc_address): its
+// --advertise flag when set (host:port, or a host, which takes the bound
+// port), else the --listen host with the bound port. Behind a wildcard
+// listen address (0.0.0.0, Kubernetes) the advertised name is what others
+// dial, and what its certificate names.
+std::string WorkerGrpcAddress(const std::string& listen, int port, const std::string& advertise);
+
 }  // namespace dsv2

@@ -11,8 +11,6 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/base/thread_annotations.h"
 #include "common/base/logging.h"
@@ -34,6 +32,10 @@ ABSL_FLAG(std::string, controller, "", "The controller's host:port.");
 ABSL_FLAG(std::string, listen, "127.0.0.1:0",
           "gRPC address to serve on (the router connects here); port 0: the OS chooses.");
 ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port to this file once serving.");
+ABSL_FLAG(std::string, advertise, "",
+          "The gRPC address others dial, as registered in the cluster map (host:port, or a host: "
+          "the bound port); default: the --listen host and the bound port. Set it when --listen "
+          "is a wildcard (0.0.0.0), e.g. to the pod's DNS name.");
 ABSL_FLAG(std::string, data_listen, "127.0.0.1:0",
           "Data-plane (UCX over TCP) address: a numeric address of one of this host's interfaces, "
           "listened on (port 0: a free one) and nothing else; expert workers reach it.");
@@ -208,7 +210,8 @@ int Serve() {
       .ready = [&] { return readiness.Get(); },
       .on_listening =
           [&](int port) {
-            const std::string address = absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
+            const std::string address =
+                WorkerGrpcAddress(listen, port, absl::GetFlag(FLAGS_advertise));
             WorkerInfo self{
                 .id = !worker_id.empty()      ? worker_id
                       : security->identity() ? security->identity()->id
@@ -255,7 +258,6 @@ int Serve() {
 
 int main(int argc, char** argv) {
   dsv2::BlockTerminationSignals();
-  absl::SetProgramUsageMessage("An attention worker of a dsv2-serve cluster.");
-  absl::ParseCommandLine(argc, argv);
+  dsv2::ParseServerFlags(argc, argv, "An attention worker of a dsv2-serve cluster.");
   return dsv2::Serve();
 }

@@ -6,8 +6,6 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "server/metrics/metrics_flags.h"
 #include "common/metrics/serving_metrics.h"
 #include "common/base/logging.h"
@@ -47,8 +45,7 @@ constexpr std::chrono::milliseconds kReconnectAllowance(1500);
 
 int main(int argc, char** argv) {
   dsv2::BlockTerminationSignals();
-  absl::SetProgramUsageMessage("The control plane of a dsv2-serve cluster.");
-  absl::ParseCommandLine(argc, argv);
+  dsv2::ParseServerFlags(argc, argv, "The control plane of a dsv2-serve cluster.");
 
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) {

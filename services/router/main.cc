@@ -17,8 +17,6 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "server/metrics/metrics_flags.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
@@ -266,8 +264,8 @@ int main(int argc, char** argv) {
   // Signals are taken by WaitForTerminationSignal in Serve, so every thread
   // blocks them.
   dsv2::BlockTerminationSignals();
-  absl::SetProgramUsageMessage(
+  dsv2::ParseServerFlags(
+      argc, argv,
       "Serves the public API of a dsv2-serve cluster, forwarding to its attention workers.");
-  absl::ParseCommandLine(argc, argv);
   return dsv2::Serve();
 }

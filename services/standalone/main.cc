@@ -10,8 +10,6 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/experts/expert_server.h"
@@ -160,7 +158,7 @@ int Serve() {
 
 int main(int argc, char** argv) {
   dsv2::BlockTerminationSignals();
-  absl::SetProgramUsageMessage("Serves a DeepSeek-V2-family model over gRPC (dsv2.v1.Generation).");
-  absl::ParseCommandLine(argc, argv);
+  dsv2::ParseServerFlags(argc, argv,
+                         "Serves a DeepSeek-V2-family model over gRPC (dsv2.v1.Generation).");
   return dsv2::Serve();
 }
