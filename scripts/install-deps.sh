@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages that build and test dsv2-serve. Idempotent:
-# when everything is already installed it changes nothing.
+# Installs the Debian 12 packages that build and test dsv2-serve, and the
+# Python tools of the tests in .venv; with --build-only, only what builds the
+# binaries. Idempotent: when everything is already installed it changes
+# nothing.
 set -euo pipefail
 
-packages=(
+# What builds the binaries (deploy/docker's build stages install these
+# alone: install-deps.sh --build-only).
+build_packages=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev nlohmann-json3-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev
   libucx-dev ucx-utils
   openssl libssl-dev
-  # The HTTP API (server/http): cpp-httplib, a compiled library with OpenSSL;
-  # curl for its tests and the demo.
-  libcpp-httplib-dev curl
+  # The HTTP API (server/http): cpp-httplib, a compiled library with OpenSSL.
+  libcpp-httplib-dev
+  # Metrics (docs/observability.md): prometheus-cpp's core (families, text format).
+  prometheus-cpp-dev
+)
+# What the tests add.
+test_packages=(
+  # curl for the HTTP and metrics tests and the demo; the prometheus server
+  # and promtool for the metrics integration test and the alert rule tests.
+  curl prometheus
+  # scripts/sanitize.sh and scripts/fuzz.sh: clang with libFuzzer and the
+  # sanitizer runtimes.
   clang libclang-rt-14-dev
   python3 python3-venv
-  # /metrics on every process (docs/observability.md): prometheus-cpp with
-  # its civetweb pull exposer; the prometheus server and promtool for the
-  # integration test and the alert rule tests; curl for the tests' scrapes.
-  prometheus-cpp-dev libcivetweb-dev prometheus curl
-  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes.
-  clang libclang-rt-14-dev
 )
+build_only=0
+[ "${1:-}" = "--build-only" ] && build_only=1
+packages=("${build_packages[@]}")
+[ "$build_only" = 1 ] || packages+=("${test_packages[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -36,6 +47,8 @@ else
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+[ "$build_only" = 1 ] && exit 0
 
 # Python packages of the examples (grpcio, and openai for the HTTP API's
 # client test, from PyPI), in a virtual

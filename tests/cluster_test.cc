@@ -478,6 +478,45 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   ExpectAllAliveBut(cluster, {"expert-2"});
 }
 
+// A rolling restart of the expert workers the way a StatefulSet's
+// RollingUpdate does it (docs/kubernetes.md): highest ordinal first, one at a
+// time, each SIGTERMed — it leaves the placement and keeps answering for
+// --drain_s — and replaced by a new process with the same id, ready before
+// the next. With two replicas of every group no request fails, under
+// traffic all along, and every output is standalone's.
+TEST(ClusterTest, RollingRestartOfExpertWorkersWithReplicasFailsNoRequest) {
+  const std::shared_future<Reference> reference = StandaloneOutputs(kTinyV2);
+  Cluster cluster({.binaries = kBinaries,
+                   .model = kTinyV2,
+                   .attention = 1,
+                   .experts = 3,
+                   .replicas = 2,
+                   .expert_flags = {"--drain_s=0.5"}});
+  ASSERT_TRUE(cluster.Start());
+  ASSERT_TRUE(cluster.WaitReady());
+  for (int i = cluster.num_experts(); i >= 1; --i) {
+    const std::string id = "expert-" + std::to_string(i);
+    SCOPED_TRACE(id);
+    Traffic traffic(cluster.RouterChannel(), Requests("wave-" + id, kPrompts, kLongTokens));
+    ASSERT_TRUE(traffic.WaitTokens(2));
+    ChildProcess& old = cluster.expert(i - 1);
+    ASSERT_EQ(old.name(), id);
+    old.Kill(SIGTERM);
+    const std::optional<int> status = old.WaitExit(30s);
+    ASSERT_TRUE(status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << old.Describe();
+    ASSERT_TRUE(cluster.AddExpert(id));
+    ASSERT_TRUE(cluster.WaitReady()) << cluster.Logs();
+    ExpectStandaloneOutputs(traffic.Join(), traffic.requests(), reference);
+  }
+  internal::ClusterMap map;
+  ASSERT_TRUE(cluster.GetMap(&map).ok());
+  EXPECT_TRUE(map.complete());
+  EXPECT_EQ(map.expert_slots_size(), 3) << map.DebugString();
+  const internal::DataPlaneStats stats = LoadOf(cluster, cluster.attention(0)).data_plane();
+  EXPECT_EQ(stats.failures(), 0) << stats.DebugString();
+  ExpectAllBlocksReturned(cluster);
+}
+
 // With two replicas of every group, an expert worker that hangs (SIGSTOP)
 // costs no request either: its attempts time out after a few of its usual
 // answer times, its rows go to the replicas, and it is reported to the
