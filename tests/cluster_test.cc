@@ -47,6 +47,7 @@ using ::dsv2::testutil::GetClusterMap;
 using ::dsv2::testutil::GetLoad;
 using ::dsv2::testutil::HealthOf;
 using ::dsv2::testutil::WaitFor;
+using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
 using ::grpc::health::v1::HealthCheckResponse;
 using namespace std::chrono_literals;
@@ -476,6 +477,44 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
   EXPECT_EQ(stats.failures(), 0) << stats.DebugString();
   ExpectAllBlocksReturned(cluster);
   ExpectAllAliveBut(cluster, {"expert-2"});
+}
+
+// Every server binary parses its command line first: --check_flags reports
+// and exits 0 (what the Helm chart's test runs), an unknown flag, a
+// malformed value, a stray argument or a malformed --advertise ends it with
+// one line naming the problem, before it starts anything.
+TEST(ClusterTest, ServerBinariesCheckTheirFlagsBeforeStartingAnything) {
+  const std::string dir = testutil::NewTestDir("flags");
+  struct Case {
+    std::string binary;
+    std::vector<std::string> args;
+    int exit_code;
+    std::string says;
+  };
+  std::vector<Case> cases;
+  for (const std::string binary : {kBinaries.controller, kBinaries.expert, kBinaries.attention,
+                                   kBinaries.router, std::string(DSV2_STANDALONE)}) {
+    cases.push_back({binary, {"--check_flags", "--listen=0.0.0.0:50051"}, 0, "flags ok"});
+    cases.push_back({binary, {"--check_flags", "--lisen=0.0.0.0:1"}, 1, "lisen"});
+    cases.push_back({binary, {"--check_flags", "--metrics_tls=maybe"}, 1, "metrics_tls"});
+    cases.push_back({binary, {"--check_flags", "stray"}, 2, "unexpected argument 'stray'"});
+  }
+  for (const std::string binary : {kBinaries.expert, kBinaries.attention}) {
+    cases.push_back({binary,
+                     {"--model=" + std::string(kTinyV2), "--controller=127.0.0.1:1", "--insecure",
+                      "--advertise=:5"},
+                     2, "--advertise ':5' is not HOST or HOST:PORT"});
+  }
+  int n = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.binary + " " + absl::StrJoin(c.args, " "));
+    ChildProcess process("flags-" + std::to_string(n++), dir, c.binary, c.args, /*port_file=*/false);
+    const std::optional<int> status = process.WaitExit(30s);
+    ASSERT_TRUE(status.has_value()) << process.Describe();
+    EXPECT_TRUE(WIFEXITED(*status)) << process.Describe();
+    EXPECT_EQ(WEXITSTATUS(*status), c.exit_code) << process.Log();
+    EXPECT_THAT(process.Log(), HasSubstr(c.says));
+  }
 }
 
 // A rolling restart of the expert workers the way a StatefulSet's

@@ -42,9 +42,10 @@ for name in controller expert-1 expert-2 attention-1 router; do
   # Its metrics address answers a scraper with the cluster's Prometheus
   # certificate, and refuses one without.
   url="$(echo "$line" | awk '{print $4}')"
-  curl -sf --cacert "$state/tls/ca.pem" --cert "$state/tls/prometheus.pem" \
-    --key "$state/tls/prometheus.key" "$url" | grep -q "^process_start_time_seconds " ||
-    fail "$name: no metrics at $url"
+  # (Read whole before grep: grep -q stopping early would fail curl's write.)
+  scraped="$(curl -sf --cacert "$state/tls/ca.pem" --cert "$state/tls/prometheus.pem" \
+    --key "$state/tls/prometheus.key" "$url")" || fail "$name: no metrics at $url"
+  grep -q "^process_start_time_seconds " <<<"$scraped" || fail "$name: no process metrics at $url"
   code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$state/tls/ca.pem" "$url")"
   [ "$code" = 401 ] || fail "$name: a scraper without a certificate got $code"
 done

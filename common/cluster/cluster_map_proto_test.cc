@@ -165,10 +165,15 @@ TEST(ClusterMapProtoTest, RejectsInconsistentMembers) {
 }
 
 TEST(WorkerGrpcAddressTest, AdvertisedNameOrTheListenHostWithTheBoundPort) {
-  EXPECT_EQ(WorkerGrpcAddress("127.0.0.1:0", 41000, ""), "127.0.0.1:41000");
-  EXPECT_EQ(WorkerGrpcAddress("0.0.0.0:50051", 50051, "expert-0.experts.ns.svc:50051"),
+  EXPECT_EQ(*WorkerGrpcAddress("127.0.0.1:0", 41000, ""), "127.0.0.1:41000");
+  EXPECT_EQ(*WorkerGrpcAddress("0.0.0.0:50051", 50051, "expert-0.experts.ns.svc:50051"),
             "expert-0.experts.ns.svc:50051");
-  EXPECT_EQ(WorkerGrpcAddress("0.0.0.0:0", 41000, "expert-0.experts"), "expert-0.experts:41000");
+  EXPECT_EQ(*WorkerGrpcAddress("0.0.0.0:0", 41000, "expert-0.experts"), "expert-0.experts:41000");
+  for (const char* bad : {":50051", "host:", "host:0", "host:70000", "host:5x", "a b:1", "h/x:1"}) {
+    const absl::StatusOr<std::string> address = WorkerGrpcAddress("0.0.0.0:1", 1, bad);
+    EXPECT_EQ(address.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(address.status().message().find("--advertise"), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

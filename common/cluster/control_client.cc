@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 #include "common/rpc/grpc_options.h"
@@ -28,10 +29,20 @@ uint32_t RandomPeerId() {
   return id(device);
 }
 
-std::string WorkerGrpcAddress(const std::string& listen, int port, const std::string& advertise) {
+absl::StatusOr<std::string> WorkerGrpcAddress(const std::string& listen, int port,
+                                              const std::string& advertise) {
   if (advertise.empty()) return absl::StrCat(listen.substr(0, listen.rfind(':')), ":", port);
-  if (advertise.find(':') == std::string::npos) return absl::StrCat(advertise, ":", port);
-  return advertise;
+  const size_t colon = advertise.rfind(':');
+  const std::string host = advertise.substr(0, colon);
+  int advertised_port = port;
+  if (host.empty() || host.find_first_of(" \t\r\n/") != std::string::npos ||
+      (colon != std::string::npos &&
+       (!absl::SimpleAtoi(advertise.substr(colon + 1), &advertised_port) || advertised_port < 1 ||
+        advertised_port > 65535))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--advertise '", advertise, "' is not HOST or HOST:PORT"));
+  }
+  return absl::StrCat(host, ":", advertised_port);
 }
 
 std::unique_ptr<ControlClient> ControlClient::Start(ControlClientOptions options,

@@ -158,7 +158,9 @@ uint32_t RandomPeerId();
 // --advertise flag when set (host:port, or a host, which takes the bound
 // port), else the --listen host with the bound port. Behind a wildcard
 // listen address (0.0.0.0, Kubernetes) the advertised name is what others
-// dial, and what its certificate names.
-std::string WorkerGrpcAddress(const std::string& listen, int port, const std::string& advertise);
+// dial, and what its certificate names. InvalidArgument, naming
+// --advertise, for an empty host, a port that is not 1..65535 or a space.
+absl::StatusOr<std::string> WorkerGrpcAddress(const std::string& listen, int port,
+                                              const std::string& advertise);
 
 }  // namespace dsv2

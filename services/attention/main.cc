@@ -110,6 +110,12 @@ int Serve() {
               << security->identity()->SpiffeId() << ")\n";
     return 2;
   }
+  if (auto advertised = WorkerGrpcAddress(absl::GetFlag(FLAGS_listen), 1,
+                                          absl::GetFlag(FLAGS_advertise));
+      !advertised.ok()) {
+    std::cerr << "dsv2-attention: " << advertised.status().message() << "\n";
+    return 2;
+  }
   // Everything but the routed experts, which live on the expert workers.
   auto model = LoadModelForServing(model_dir, [](std::string_view name) {
     int64_t layer, expert;
@@ -211,7 +217,7 @@ int Serve() {
       .on_listening =
           [&](int port) {
             const std::string address =
-                WorkerGrpcAddress(listen, port, absl::GetFlag(FLAGS_advertise));
+                *WorkerGrpcAddress(listen, port, absl::GetFlag(FLAGS_advertise));  // Checked at start.
             WorkerInfo self{
                 .id = !worker_id.empty()      ? worker_id
                       : security->identity() ? security->identity()->id

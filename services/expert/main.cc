@@ -184,6 +184,12 @@ int Serve() {
               << security->identity()->SpiffeId() << ")\n";
     return 2;
   }
+  if (auto advertised = WorkerGrpcAddress(absl::GetFlag(FLAGS_listen), 1,
+                                          absl::GetFlag(FLAGS_advertise));
+      !advertised.ok()) {
+    std::cerr << "dsv2-expert: " << advertised.status().message() << "\n";
+    return 2;
+  }
   // Nothing is read yet: the placement decides which experts.
   auto model = DeepseekV2Model::Load(model_dir);
   if (!model.ok()) {
@@ -239,7 +245,8 @@ int Serve() {
     std::cerr << "dsv2-expert: cannot listen on " << listen << "\n";
     return 1;
   }
-  const std::string address = WorkerGrpcAddress(listen, port, absl::GetFlag(FLAGS_advertise));
+  // Checked at start.
+  const std::string address = *WorkerGrpcAddress(listen, port, absl::GetFlag(FLAGS_advertise));
   WorkerInfo self{
       .id = !worker_id.empty()      ? worker_id
             : security->identity() ? security->identity()->id
