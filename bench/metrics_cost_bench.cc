@@ -134,15 +134,24 @@ int Main(int argc, char** argv) {
     serving.OnStep(batch);
     for (int64_t s = 0; s < batch; ++s) serving.OnNextToken(0.05);
     for (const auto& [layer, r] : recording->routing()) {
+      // What RemoteRoutedExperts::Compute adds: the load, and a call's
+      // share of the stats merged into the totals.
       load.Record(layer, r.n, r.k, r.ids.data());
-      for (int64_t t = 0; t < r.n; ++t) stats.workers_per_token.Observe(1);
-      stats.wait.Observe(0.001);
-      RemoteRoutedExperts::PeerStats& peer = stats.peers["experts"];
+      RemoteRoutedExperts::Stats call;
+      for (int64_t t = 0; t < r.n; ++t) call.workers_per_token.Observe(1);
+      call.wait.Observe(0.001);
+      RemoteRoutedExperts::PeerStats& peer = call.peers["experts"];
       ++peer.traffic.messages_sent;
       peer.traffic.bytes_sent += 4096;
       ++peer.traffic.messages_received;
       peer.traffic.bytes_received += 4096;
       peer.round_trip.Observe(0.001);
+      stats.workers_per_token.Add(call.workers_per_token);
+      stats.wait.Add(call.wait);
+      for (const auto& [id, p] : call.peers) {
+        stats.peers[id].traffic += p.traffic;
+        stats.peers[id].round_trip.Add(p.round_trip);
+      }
     }
   }
   const double work_s = (NowSeconds() - work_start) / kReps;

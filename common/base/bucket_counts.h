@@ -28,6 +28,15 @@ class BucketCounts {
     sum_ += value;
   }
 
+  // Adds `other`'s observations; it must have the same bounds.
+  void Add(const BucketCounts& other) {
+    for (size_t i = 0; i < counts_.size() && i < other.counts_.size(); ++i) {
+      counts_[i] += other.counts_[i];
+    }
+    count_ += other.count_;
+    sum_ += other.sum_;
+  }
+
   const std::vector<double>& upper_bounds() const { return upper_bounds_; }
   // Per bucket (not cumulative), the +Inf bucket last.
   const std::vector<uint64_t>& counts() const { return counts_; }

@@ -134,34 +134,25 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
   bool ran_meanwhile = false;
   Stats call;  // This call's share of the stats.
   call.calls = 1;
-  std::vector<int64_t> fan_outs;  // Distinct workers reached, per token.
-  struct PeerCall {
-    transport::PeerTraffic traffic;
-    std::vector<double> round_trips;  // Seconds.
-  };
-  std::map<std::string, PeerCall> peers;  // By worker id.
   std::optional<absl::Time> waiting_since;  // When `meanwhile` returned after dispatching.
   auto finish = [&](absl::Status status) {
     if (!ran_meanwhile) meanwhile();
-    const absl::Time end = absl::Now();
+    if (waiting_since) call.wait.Observe(absl::ToDoubleSeconds(absl::Now() - *waiting_since));
     MutexLock lock(&mutex_);
     stats_.calls += call.calls;
     stats_.tokens += call.tokens;
     stats_.token_workers += call.token_workers;
     stats_.max_workers_per_token = std::max(stats_.max_workers_per_token, call.max_workers_per_token);
-    for (int64_t f : fan_outs) stats_.workers_per_token.Observe(static_cast<double>(f));
-    if (waiting_since) stats_.wait.Observe(absl::ToDoubleSeconds(end - *waiting_since));
+    stats_.workers_per_token.Add(call.workers_per_token);
+    stats_.wait.Add(call.wait);
     stats_.dispatches += call.dispatches;
     stats_.resends += call.resends;
     stats_.attempt_timeouts += call.attempt_timeouts;
     stats_.failures += status.ok() ? 0 : 1;
-    for (const auto& [id, peer] : peers) {
+    for (const auto& [id, peer] : call.peers) {
       PeerStats& into = stats_.peers[id];
-      into.traffic.messages_sent += peer.traffic.messages_sent;
-      into.traffic.bytes_sent += peer.traffic.bytes_sent;
-      into.traffic.messages_received += peer.traffic.messages_received;
-      into.traffic.bytes_received += peer.traffic.bytes_received;
-      for (double seconds : peer.round_trips) into.round_trip.Observe(seconds);
+      into.traffic += peer.traffic;
+      into.round_trip.Add(peer.round_trip);
     }
     return status;
   };
@@ -229,9 +220,10 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
         std::copy_n(&rows.ids[r * k], k, &spans->expert_ids[i * k]);
         std::copy_n(&rows.weights[r * k], k, &spans->weights[i * k]);
       }
-      transport::PeerTraffic& traffic = peers[route->ids[w]].traffic;
+      transport::PeerTraffic& traffic = call.peers[route->ids[w]].traffic;
       ++traffic.messages_sent;
-      traffic.bytes_sent += static_cast<int64_t>(transport::kFrameHeaderSize + dispatch->payload.size());
+      traffic.bytes_sent +=
+          static_cast<int64_t>(transport::kFrameHeaderSize + dispatch->payload.size());
       auto answer = std::make_shared<std::promise<Answer>>();
       calls.push_back({w, &mine, absl::Now(), answer->get_future()});
       transport_.Call(route->addresses[w], *std::move(dispatch), deadline,
@@ -278,11 +270,11 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
           reply.ok() ? transport::ParseCombine(reply->header, reply->payload.span())
                      : absl::StatusOr<absl::Span<const uint8_t>>(reply.status());
       if (reply.ok()) {
-        PeerCall& peer = peers[id];
+        PeerStats& peer = call.peers[id];
         ++peer.traffic.messages_received;
         peer.traffic.bytes_received +=
             static_cast<int64_t>(transport::kFrameHeaderSize + reply->payload.size());
-        if (sums.ok()) peer.round_trips.push_back(absl::ToDoubleSeconds(answer.at - c.sent));
+        if (sums.ok()) peer.round_trip.Observe(absl::ToDoubleSeconds(answer.at - c.sent));
       }
       if (sums.ok()) {
         RecordAnswer(answer.at - c.sent);
@@ -328,7 +320,7 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
         reached.push_back(worker[r]);
       }
     }
-    fan_outs.push_back(static_cast<int64_t>(reached.size()));
+    call.workers_per_token.Observe(static_cast<double>(reached.size()));
     call.token_workers += static_cast<int64_t>(reached.size());
     call.max_workers_per_token =
         std::max<int64_t>(call.max_workers_per_token, static_cast<int64_t>(reached.size()));

@@ -101,6 +101,14 @@ struct PeerTraffic {
   int64_t bytes_sent = 0;
   int64_t messages_received = 0;
   int64_t bytes_received = 0;
+
+  PeerTraffic& operator+=(const PeerTraffic& other) {
+    messages_sent += other.messages_sent;
+    bytes_sent += other.bytes_sent;
+    messages_received += other.messages_received;
+    bytes_received += other.bytes_received;
+    return *this;
+  }
 };
 
 class ResponseSink;
