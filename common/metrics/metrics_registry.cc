@@ -103,4 +103,24 @@ void AddHistogram(prometheus::MetricFamily* family, const BucketCounts& counts,
   family->metric.push_back(std::move(metric));
 }
 
+void PushSample(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                double value) {
+  AddSample(&family, value);
+  out->push_back(std::move(family));
+}
+
+void PushByLabel(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                 const std::string& label, const std::map<std::string, int64_t>& values) {
+  for (const auto& [key, value] : values) {
+    AddSample(&family, static_cast<double>(value), {{label, key}});
+  }
+  out->push_back(std::move(family));
+}
+
+void PushHistogram(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                   const BucketCounts& counts) {
+  AddHistogram(&family, counts);
+  out->push_back(std::move(family));
+}
+
 }  // namespace dsv2

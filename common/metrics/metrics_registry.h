@@ -92,4 +92,13 @@ void AddSample(prometheus::MetricFamily* family, double value,
 void AddHistogram(prometheus::MetricFamily* family, const BucketCounts& counts,
                   std::vector<prometheus::ClientMetric::Label> labels = {});
 
+// Append `family` to `out` with: one unlabelled sample; one sample per entry
+// of `values`, labelled `label`=key; one histogram sample from `counts`.
+void PushSample(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                double value);
+void PushByLabel(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                 const std::string& label, const std::map<std::string, int64_t>& values);
+void PushHistogram(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
+                   const BucketCounts& counts);
+
 }  // namespace dsv2

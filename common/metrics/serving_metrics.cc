@@ -14,12 +14,6 @@ prometheus::Histogram& MakeHistogram(MetricsRegistry& registry, const std::strin
       {}, buckets);
 }
 
-void Push(std::vector<prometheus::MetricFamily>* out, prometheus::MetricFamily family,
-          double value) {
-  AddSample(&family, value);
-  out->push_back(std::move(family));
-}
-
 }  // namespace
 
 const std::vector<double>& TimeToFirstTokenBuckets() {
@@ -99,34 +93,34 @@ void ServingMetrics::OnFinished(const FinishedRequest& r) {
 }
 
 void CollectEngineStats(const EngineStats& s, std::vector<prometheus::MetricFamily>* out) {
-  Push(out, GaugeFamily("dsv2:num_requests_running", "Number of requests in model execution batches."),
+  PushSample(out, GaugeFamily("dsv2:num_requests_running", "Number of requests in model execution batches."),
        static_cast<double>(s.running));
-  Push(out, GaugeFamily("dsv2:num_requests_waiting", "Number of requests waiting to be processed."),
+  PushSample(out, GaugeFamily("dsv2:num_requests_waiting", "Number of requests waiting to be processed."),
        static_cast<double>(s.waiting));
-  Push(out, GaugeFamily("dsv2:kv_cache_usage_perc",
+  PushSample(out, GaugeFamily("dsv2:kv_cache_usage_perc",
                         "KV-cache usage: the fraction of blocks referenced by requests (1 = 100%)."),
        s.kv_usage);
-  Push(out, GaugeFamily("dsv2:kv_cache_blocks_total", "KV-cache blocks in the pool."),
+  PushSample(out, GaugeFamily("dsv2:kv_cache_blocks_total", "KV-cache blocks in the pool."),
        static_cast<double>(s.kv_blocks_total));
-  Push(out, GaugeFamily("dsv2:kv_cache_blocks_used", "KV-cache blocks referenced by requests."),
+  PushSample(out, GaugeFamily("dsv2:kv_cache_blocks_used", "KV-cache blocks referenced by requests."),
        static_cast<double>(s.kv_blocks_used));
-  Push(out, GaugeFamily("dsv2:kv_cache_blocks_cached",
+  PushSample(out, GaugeFamily("dsv2:kv_cache_blocks_cached",
                         "KV-cache blocks kept only for prefix reuse (evictable)."),
        static_cast<double>(s.kv_blocks_cached));
-  Push(out, CounterFamily("dsv2:prefix_cache_queries_total",
+  PushSample(out, CounterFamily("dsv2:prefix_cache_queries_total",
                           "Prompt tokens looked up in the prefix cache."),
        static_cast<double>(s.prefix_queries));
-  Push(out, CounterFamily("dsv2:prefix_cache_hits_total",
+  PushSample(out, CounterFamily("dsv2:prefix_cache_hits_total",
                           "Prompt tokens found in the prefix cache."),
        static_cast<double>(s.prefix_hits));
-  Push(out, CounterFamily("dsv2:num_preemptions_total", "Cumulative number of preemptions."),
+  PushSample(out, CounterFamily("dsv2:num_preemptions_total", "Cumulative number of preemptions."),
        static_cast<double>(s.preemptions));
-  Push(out, CounterFamily("dsv2:prompt_tokens_total",
+  PushSample(out, CounterFamily("dsv2:prompt_tokens_total",
                           "Prompt tokens computed (not served from the prefix cache)."),
        static_cast<double>(s.prompt_tokens));
-  Push(out, CounterFamily("dsv2:generation_tokens_total", "Generated tokens."),
+  PushSample(out, CounterFamily("dsv2:generation_tokens_total", "Generated tokens."),
        static_cast<double>(s.generation_tokens));
-  Push(out, CounterFamily("dsv2:engine_steps_total", "Engine steps that computed tokens."),
+  PushSample(out, CounterFamily("dsv2:engine_steps_total", "Engine steps that computed tokens."),
        static_cast<double>(s.steps));
   prometheus::MetricFamily finished =
       CounterFamily("dsv2:request_success_total", "Finished requests by finished_reason.");
@@ -203,30 +197,28 @@ void CollectDataPlane(const RemoteRoutedExperts& experts,
                       const transport::TransportCounters& transport,
                       int64_t expert_series_limit, std::vector<prometheus::MetricFamily>* out) {
   const RemoteRoutedExperts::Stats e = experts.stats();
-  Push(out, CounterFamily("dsv2:moe_calls_total",
+  PushSample(out, CounterFamily("dsv2:moe_calls_total",
                           "MoE layer computations sent to expert workers."),
        static_cast<double>(e.calls));
-  prometheus::MetricFamily fan_out = HistogramFamily(
-      "dsv2:moe_workers_per_token",
-      "Distinct expert workers each routed token reached, per MoE layer (never above topk_group "
-      "under group-limited routing).");
-  AddHistogram(&fan_out, e.workers_per_token);
-  out->push_back(std::move(fan_out));
-  prometheus::MetricFamily wait = HistogramFamily(
-      "dsv2:moe_wait_seconds",
-      "Per MoE computation: seconds waited for expert workers after the overlapped work "
-      "(shared experts) was done.");
-  AddHistogram(&wait, e.wait);
-  out->push_back(std::move(wait));
-  Push(out, CounterFamily("dsv2:expert_dispatches_total", "Dispatch messages sent, resends included."),
+  PushHistogram(out,
+                HistogramFamily("dsv2:moe_workers_per_token",
+                                "Distinct expert workers each routed token reached, per MoE layer "
+                                "(never above topk_group under group-limited routing)."),
+                e.workers_per_token);
+  PushHistogram(out,
+                HistogramFamily("dsv2:moe_wait_seconds",
+                                "Per MoE computation: seconds waited for expert workers after the "
+                                "overlapped work (shared experts) was done."),
+                e.wait);
+  PushSample(out, CounterFamily("dsv2:expert_dispatches_total", "Dispatch messages sent, resends included."),
        static_cast<double>(e.dispatches));
-  Push(out, CounterFamily("dsv2:expert_resends_total",
+  PushSample(out, CounterFamily("dsv2:expert_resends_total",
                           "Rows sent again to another replica after a worker failed (failovers)."),
        static_cast<double>(e.resends));
-  Push(out, CounterFamily("dsv2:expert_dispatch_failures_total",
+  PushSample(out, CounterFamily("dsv2:expert_dispatch_failures_total",
                           "MoE computations that failed; their step's requests ended."),
        static_cast<double>(e.failures));
-  Push(out, CounterFamily("dsv2:expert_attempt_timeouts_total",
+  PushSample(out, CounterFamily("dsv2:expert_attempt_timeouts_total",
                           "Expert workers given up on for a replica (hung or slow) and reported suspect."),
        static_cast<double>(e.attempt_timeouts));
 
@@ -267,29 +259,29 @@ void CollectDataPlane(const RemoteRoutedExperts& experts,
 }
 
 void CollectExpertServer(const ExpertServer::Stats& s, std::vector<prometheus::MetricFamily>* out) {
-  Push(out, CounterFamily("dsv2:expert_server_requests_total", "Dispatches computed and answered."),
+  PushSample(out, CounterFamily("dsv2:expert_server_requests_total", "Dispatches computed and answered."),
        static_cast<double>(s.requests));
-  Push(out, CounterFamily("dsv2:expert_server_rows_total", "(token, expert group) rows computed."),
+  PushSample(out, CounterFamily("dsv2:expert_server_rows_total", "(token, expert group) rows computed."),
        static_cast<double>(s.rows));
-  Push(out, CounterFamily("dsv2:expert_server_batches_total", "Compute rounds."),
+  PushSample(out, CounterFamily("dsv2:expert_server_batches_total", "Compute rounds."),
        static_cast<double>(s.batches));
   prometheus::MetricFamily refused = CounterFamily(
       "dsv2:expert_server_refused_total", "Dispatches answered with an error, by cause.");
   AddSample(&refused, static_cast<double>(s.invalid_requests), {{"cause", "invalid"}});
   AddSample(&refused, static_cast<double>(s.overloaded), {{"cause", "overloaded"}});
   out->push_back(std::move(refused));
-  Push(out, GaugeFamily("dsv2:expert_server_queued", "Dispatches waiting for the compute thread."),
+  PushSample(out, GaugeFamily("dsv2:expert_server_queued", "Dispatches waiting for the compute thread."),
        static_cast<double>(s.queued));
 }
 
 void CollectCluster(uint64_t epoch, const ClusterMap& map, const ClusterState::Counters& counters,
                     std::vector<prometheus::MetricFamily>* out) {
-  Push(out, GaugeFamily("dsv2:controller_epoch",
+  PushSample(out, GaugeFamily("dsv2:controller_epoch",
                         "This controller's epoch (its start time, microseconds since the Unix epoch)."),
        static_cast<double>(epoch));
-  Push(out, GaugeFamily("dsv2:cluster_map_version", "Version of the controller's cluster map."),
+  PushSample(out, GaugeFamily("dsv2:cluster_map_version", "Version of the controller's cluster map."),
        static_cast<double>(map.version));
-  Push(out, GaugeFamily("dsv2:cluster_map_complete",
+  PushSample(out, GaugeFamily("dsv2:cluster_map_complete",
                         "1 when every expert has a live expert worker (the cluster can serve)."),
        map.complete ? 1.0 : 0.0);
   // Every (role, state) pair, zeros included, so a state that empties reads 0.
@@ -312,10 +304,10 @@ void CollectCluster(uint64_t epoch, const ClusterMap& map, const ClusterState::C
     }
   }
   out->push_back(std::move(workers));
-  Push(out, CounterFamily("dsv2:controller_lease_expiries_total",
+  PushSample(out, CounterFamily("dsv2:controller_lease_expiries_total",
                           "Workers marked dead because their lease lapsed."),
        static_cast<double>(counters.lease_expiries));
-  Push(out, CounterFamily("dsv2:controller_suspect_marks_total",
+  PushSample(out, CounterFamily("dsv2:controller_suspect_marks_total",
                           "Expert workers marked suspect (hung) on an attention worker's report."),
        static_cast<double>(counters.suspect_marks));
 }

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -55,50 +56,39 @@ using namespace std::chrono_literals;
 // The router's metrics (docs/observability.md).
 void CollectRouter(const RouterService& router, std::vector<prometheus::MetricFamily>* out) {
   const RouterCounters counters = router.counters();
-  prometheus::MetricFamily requests = CounterFamily(
-      "dsv2:router_requests_total", "Generate calls ended, by gRPC status code (refusals included).");
-  for (const auto& [code, n] : counters.finished) {
-    AddSample(&requests, static_cast<double>(n), {{"code", code}});
-  }
-  out->push_back(std::move(requests));
-  prometheus::MetricFamily active =
-      GaugeFamily("dsv2:router_active_streams", "Generate calls being served now.");
-  AddSample(&active, static_cast<double>(router.active_streams()));
-  out->push_back(std::move(active));
-  prometheus::MetricFamily forwarded = CounterFamily(
-      "dsv2:router_forwarded_total", "Generate calls forwarded, by attention worker (a retry counts on both).");
-  for (const auto& [worker, n] : counters.forwarded) {
-    AddSample(&forwarded, static_cast<double>(n), {{"worker", worker}});
-  }
-  out->push_back(std::move(forwarded));
-  prometheus::MetricFamily failures = CounterFamily(
-      "dsv2:router_worker_failures_total", "Forwarded calls that failed UNAVAILABLE, by attention worker.");
-  for (const auto& [worker, n] : counters.failures) {
-    AddSample(&failures, static_cast<double>(n), {{"worker", worker}});
-  }
-  out->push_back(std::move(failures));
-  prometheus::MetricFamily retries =
-      CounterFamily("dsv2:router_retries_total", "Generate calls sent again to a second worker.");
-  AddSample(&retries, static_cast<double>(counters.retries));
-  out->push_back(std::move(retries));
-  prometheus::MetricFamily no_worker = CounterFamily(
-      "dsv2:router_no_worker_total", "Calls refused because no attention worker was eligible.");
-  AddSample(&no_worker, static_cast<double>(counters.no_worker));
-  out->push_back(std::move(no_worker));
-  int64_t eligible = 0, total = 0;
+  PushByLabel(out,
+              CounterFamily("dsv2:router_requests_total",
+                            "Generate calls ended, by gRPC status code (refusals included)."),
+              "code", counters.finished);
+  PushSample(out, GaugeFamily("dsv2:router_active_streams", "Generate calls being served now."),
+             static_cast<double>(router.active_streams()));
+  PushByLabel(out,
+              CounterFamily("dsv2:router_forwarded_total",
+                            "Generate calls forwarded, by attention worker (a retry counts on both)."),
+              "worker", counters.forwarded);
+  PushByLabel(out,
+              CounterFamily("dsv2:router_worker_failures_total",
+                            "Forwarded calls that failed UNAVAILABLE, by attention worker."),
+              "worker", counters.failures);
+  PushSample(out,
+             CounterFamily("dsv2:router_retries_total", "Generate calls sent again to a second worker."),
+             static_cast<double>(counters.retries));
+  PushSample(out,
+             CounterFamily("dsv2:router_no_worker_total",
+                           "Calls refused because no attention worker was eligible."),
+             static_cast<double>(counters.no_worker));
+  std::map<std::string, int64_t> workers = {{"eligible", 0}, {"ineligible", 0}};
   for (const RouterWorkerView& w : router.workers()) {
-    ++total;
-    eligible += w.eligible ? 1 : 0;
+    ++workers[w.eligible ? "eligible" : "ineligible"];
   }
-  prometheus::MetricFamily workers = GaugeFamily(
-      "dsv2:router_workers", "Attention workers the router knows, by whether it would choose them now.");
-  AddSample(&workers, static_cast<double>(eligible), {{"state", "eligible"}});
-  AddSample(&workers, static_cast<double>(total - eligible), {{"state", "ineligible"}});
-  out->push_back(std::move(workers));
-  prometheus::MetricFamily cut = CounterFamily(
-      "dsv2:router_slow_readers_cut_total", "Streams cut off because their client did not read.");
-  AddSample(&cut, static_cast<double>(router.slow_readers_cut()));
-  out->push_back(std::move(cut));
+  PushByLabel(out,
+              GaugeFamily("dsv2:router_workers",
+                          "Attention workers the router knows, by whether it would choose them now."),
+              "state", workers);
+  PushSample(out,
+             CounterFamily("dsv2:router_slow_readers_cut_total",
+                           "Streams cut off because their client did not read."),
+             static_cast<double>(router.slow_readers_cut()));
 }
 
 int Serve() {
