@@ -24,6 +24,8 @@ test_packages=(
   # curl for the HTTP and metrics tests and the demo; the prometheus server
   # and promtool for the metrics integration test and the alert rule tests.
   curl prometheus
+  # dsv2-load's latency-against-load plots (load-tests/).
+  gnuplot-nox
   # scripts/sanitize.sh and scripts/fuzz.sh: clang with libFuzzer and the
   # sanitizer runtimes.
   clang libclang-rt-14-dev

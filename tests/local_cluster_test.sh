@@ -3,7 +3,8 @@
 # address once it is healthy, `status` lists every process SERVING with a
 # metrics address that answers, `prometheus-config` lists them all, a chat
 # request through the router (TLS and a bearer token, as `client-flags`
-# says) streams the same text as dsv2-standalone (same data-plane dtype),
+# says) streams the same text as dsv2-standalone (same data-plane dtype) and
+# again after `restart expert-1`,
 # callers without the token or the CA are refused, bad options are refused,
 # and `down` stops every process. Usage: local_cluster_test.sh BUILD_DIR
 # (run from the repo root).
@@ -74,6 +75,18 @@ fi
 via_standalone="$("$dsv2" client --addr "127.0.0.1:$(cat "$state/standalone.port.txt")" "${request[@]}")"
 [ -n "$via_cluster" ] || fail "empty answer"
 [ "$via_cluster" == "$via_standalone" ] || fail "cluster '$via_cluster' != standalone '$via_standalone'"
+
+# A worker restarted as a rolling restart does: drained, started again with
+# its id; the cluster serves again.
+old_pid="$(cat "$state/expert-1.pid")"
+"$cluster" restart expert-1 --state "$state" 2>"$state/restart.err" || fail "restart: $(cat "$state/restart.err")"
+[ "$(cat "$state/expert-1.pid")" != "$old_pid" ] || fail "restart kept the old process"
+kill -0 "$old_pid" 2>/dev/null && fail "the old expert-1 still runs"
+"$dsv2" health --addr "$addr" "${client_flags[@]}" --wait 60 >/dev/null || fail "router not healthy after restart"
+after="$("$dsv2" client --addr "$addr" "${client_flags[@]}" "${request[@]}")" || fail "client after restart"
+[ "$after" == "$via_standalone" ] || fail "after restart '$after' != standalone '$via_standalone'"
+if "$cluster" restart router --state "$state" 2>"$state/err"; then fail "restart took the router"; fi
+grep -q "attention-N or expert-N" "$state/err" || fail "unclear restart refusal: $(cat "$state/err")"
 
 pids="$(cat "$state"/*.pid)"
 "$cluster" down --state "$state" 2>"$state/down.err"

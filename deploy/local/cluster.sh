@@ -8,6 +8,9 @@
 #   deploy/local/cluster.sh down      stops them, router first: each tier drains (SIGTERM)
 #                                     and exits before the next (SIGKILL after 60 s)
 #   deploy/local/cluster.sh status    lists them with their health and metrics address
+#   deploy/local/cluster.sh restart NAME
+#                                     stops worker NAME (attention-N, expert-N) as a rolling
+#                                     restart does (SIGTERM: it drains) and starts it again
 #   deploy/local/cluster.sh prometheus-config
 #                                     prints a Prometheus scrape configuration for every
 #                                     process's /metrics (one job per role)
@@ -44,11 +47,12 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 dsv2="$build/tools/dsv2/dsv2"
 
-usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command="${1:-}"
 [ -n "$command" ] || usage
 shift
+if [ "$command" = restart ]; then restart_name="${1:-}"; shift || true; fi
 state="$build/cluster"
 model="" attention=1 experts=2 replicas=1 router_port=0 http_port=0 timeout=120
 attention_flags="" expert_flags="" insecure=0
@@ -93,15 +97,16 @@ http_url() {
   echo "$scheme://127.0.0.1:$(cat "$state/router.http.port")/v1"
 }
 
-# start NAME BINARY ARGS...: runs it in the background, waits for its port.
-start() {
-  local name="$1" binary="$2"
-  shift 2
+# launch NAME BINARY ARGS...: runs it in the background (its command line
+# kept in STATE/NAME.cmd for `restart`), waits for its port.
+launch() {
+  local name="$1"
+  shift
   rm -f "$state/$name.port" "$state/$name.metrics.port"
-  nohup "$binary" --port_file "$state/$name.port" --metrics_listen 127.0.0.1:0 \
-    --metrics_port_file "$state/$name.metrics.port" "$@" >"$state/$name.log" 2>&1 &
+  printf '%q ' "$@" >"$state/$name.cmd"
+  nohup "$@" --port_file "$state/$name.port" --metrics_listen 127.0.0.1:0 \
+    --metrics_port_file "$state/$name.metrics.port" >>"$state/$name.log" 2>&1 &
   echo $! >"$state/$name.pid"
-  echo "$name" >>"$state/procs"
   for _ in $(seq 1 $((timeout * 10))); do
     [ -s "$state/$name.port" ] && return 0
     alive "$name" || { echo "cluster.sh: $name exited:" >&2; tail -5 "$state/$name.log" >&2; return 1; }
@@ -109,6 +114,21 @@ start() {
   done
   echo "cluster.sh: $name did not start within ${timeout} s" >&2
   return 1
+}
+
+# start NAME BINARY ARGS...: a new process of the cluster.
+start() {
+  : >"$state/$1.log"
+  echo "$1" >>"$state/procs"
+  launch "$@"
+}
+
+# stop_one NAME: SIGTERM (it drains), SIGKILL after 60 s.
+stop_one() {
+  alive "$1" && kill -TERM "$(cat "$state/$1.pid")" 2>/dev/null || true
+  for _ in $(seq 1 600); do alive "$1" || return 0; sleep 0.1; done
+  echo "cluster.sh: $1 did not stop; killing it" >&2
+  kill -KILL "$(cat "$state/$1.pid")" 2>/dev/null || true
 }
 
 # Stops the cluster tier by tier — router, attention workers, expert
@@ -126,15 +146,10 @@ stop_all() {
     for name in "${names[@]}"; do
       alive "$name" && kill -TERM "$(cat "$state/$name.pid")" 2>/dev/null || true
     done
-    for name in "${names[@]}"; do
-      for _ in $(seq 1 600); do alive "$name" || break; sleep 0.1; done
-      if alive "$name"; then
-        echo "cluster.sh: $name did not stop; killing it" >&2
-        kill -KILL "$(cat "$state/$name.pid")" 2>/dev/null || true
-      fi
-    done
+    for name in "${names[@]}"; do stop_one "$name"; done
   done
-  rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state/router.addr" "$state/client-flags"
+  rm -f "$state/procs" "$state"/*.pid "$state"/*.port "$state"/*.cmd "$state/router.addr" \
+    "$state/client-flags"
 }
 
 case "$command" in
@@ -206,6 +221,16 @@ case "$command" in
     ;;
   http-url)
     http_url
+    ;;
+  restart)
+    # A worker stopped as on a rolling restart (SIGTERM: it drains) and
+    # started again with the same id and flags; it rejoins with new ports.
+    name="${restart_name:-}"
+    [[ "$name" =~ ^(attention|expert)-[0-9]+$ ]] && [ -f "$state/$name.cmd" ] ||
+      { echo "cluster.sh restart: no worker '$name' in $state (attention-N or expert-N)" >&2; exit 2; }
+    stop_one "$name"
+    eval "launch $name $(cat "$state/$name.cmd")"
+    echo "cluster.sh: $name restarted (pid $(cat "$state/$name.pid"))" >&2
     ;;
   prometheus-config)
     [ -n "$(procs)" ] || { echo "cluster.sh: no cluster in $state" >&2; exit 1; }

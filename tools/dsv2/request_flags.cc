@@ -8,10 +8,17 @@
 namespace dsv2::cli {
 
 std::vector<FlagSpec> RequestFlags() {
-  return {
+  std::vector<FlagSpec> flags = {
       {"tokens", true, "comma-separated prompt token ids (output: generated ids)"},
       {"prompt", true, "prompt text, tokenized with the model's tokenizer (output: text)"},
       {"chat", false, "with --prompt: send it as a user message through the chat template"},
+  };
+  for (FlagSpec& flag : OutputFlags()) flags.push_back(std::move(flag));
+  return flags;
+}
+
+std::vector<FlagSpec> OutputFlags() {
+  return {
       {"max-tokens", true, "tokens to generate (default 16)"},
       {"min-tokens", true, "tokens to generate before EOS or stops may end the output (default 0)"},
       {"temperature", true, "0 (default) is greedy"},
@@ -47,7 +54,12 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   } else {
     request.set_text(*args.Get("prompt"));
   }
-  v1::StoppingCriteria* stopping = request.mutable_stopping();
+  RETURN_IF_ERROR(SetOutputOptions(args, &request));
+  return request;
+}
+
+absl::Status SetOutputOptions(const Args& args, v1::GenerateRequest* request) {
+  v1::StoppingCriteria* stopping = request->mutable_stopping();
   ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 16));
   ASSIGN_OR_RETURN(int64_t min_tokens, args.GetInt("min-tokens", 0));
   if (max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be at least 1");
@@ -61,7 +73,7 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   }
   stopping->set_ignore_eos(args.Has("ignore-eos"));
 
-  v1::SamplingParams* sampling = request.mutable_sampling();
+  v1::SamplingParams* sampling = request->mutable_sampling();
   ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
   sampling->set_temperature(static_cast<float>(temperature));
   for (auto [flag, setter] :
@@ -81,7 +93,7 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   }
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   sampling->set_seed(static_cast<uint64_t>(seed));
-  return request;
+  return absl::OkStatus();
 }
 
 void OutputPrinter::Print(std::span<const int32_t> ids, const std::string& text) {

@@ -13,14 +13,18 @@
 
 namespace dsv2::cli {
 
-// --tokens / --prompt / --chat, --max-tokens, --min-tokens, --temperature,
+// --tokens / --prompt / --chat, and OutputFlags().
+std::vector<FlagSpec> RequestFlags();
+// What to generate and how: --max-tokens, --min-tokens, --temperature,
 // --top-p, --top-k, --min-p, the penalties, --seed, --stop (repeatable),
 // --stop-token-ids, --ignore-eos.
-std::vector<FlagSpec> RequestFlags();
+std::vector<FlagSpec> OutputFlags();
 
 // The request these flags describe. The CLI's temperature defaults to 0
 // (greedy); everything else defaults as in the API.
 absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args);
+// Sets `request`'s stopping criteria and sampling from OutputFlags().
+absl::Status SetOutputOptions(const Args& args, v1::GenerateRequest* request);
 
 // Prints a request's output as it streams: text when the input was text or
 // chat, otherwise the generated ids separated by spaces and a final newline.

@@ -1,0 +1,45 @@
+"""Checks the scenarios run on dsv2-load's JSON (load-tests/run.sh).
+
+usage: python3 lib.py JSON CHECK [ARGS...]
+  no-errors                 every request succeeded
+  only-codes CODE...        every failure has one of these status codes, and every request ended
+  p99-stable FACTOR         the last third's E2E p99 is at most FACTOR x the first third's
+"""
+import json
+import sys
+
+
+def main():
+    report = json.load(open(sys.argv[1]))
+    check, args = sys.argv[2], sys.argv[3:]
+    records = report["requests"]
+    if not records:
+        sys.exit("no requests were sent")
+    if check == "no-errors":
+        bad = [r for r in records if r["code"] != 0]
+        if bad:
+            sys.exit(f"{len(bad)} of {len(records)} requests failed, e.g. {bad[0]['error']}")
+    elif check == "only-codes":
+        names = {"RESOURCE_EXHAUSTED": 8, "UNAVAILABLE": 14, "DEADLINE_EXCEEDED": 4}
+        allowed = {names[a] for a in args}
+        bad = [r for r in records if r["code"] not in allowed | {0}]
+        if bad:
+            sys.exit(f"{len(bad)} requests failed otherwise, e.g. code {bad[0]['code']}: "
+                     f"{bad[0]['error']}")
+    elif check == "p99-stable":
+        ok = sorted((r for r in records if r["code"] == 0), key=lambda r: r["start"])
+        third = len(ok) // 3
+
+        def p99(rs):
+            e = sorted(r["end"] - r["start"] for r in rs)
+            return e[min(len(e) - 1, int(0.99 * len(e)))]
+        first, last = p99(ok[:third]), p99(ok[-third:])
+        if last > float(args[0]) * first:
+            sys.exit(f"E2E p99 grew from {first:.3f} s to {last:.3f} s")
+    else:
+        sys.exit(f"unknown check {check}")
+    print(f"{check}: ok ({len(records)} requests)")
+
+
+if __name__ == "__main__":
+    main()
