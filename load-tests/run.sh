@@ -102,5 +102,11 @@ status=0
 wait "$during_pid" || status=$?
 during_pid=""
 [ "$status" = 0 ] || { echo "run.sh: $name: the load or the scenario's actions failed" >&2; exit 1; }
-check "$out/$name.json" || { echo "run.sh: $name: FAILED its checks" >&2; exit 1; }
+if ! check "$out/$name.json"; then
+  # Keep what explains it: every process's log.
+  rm -rf "$out/$name-logs" && mkdir -p "$out/$name-logs"
+  cp "$state"/*.log "$state"/cluster/*.log "$out/$name-logs/" 2>/dev/null || true
+  echo "run.sh: $name: FAILED its checks; logs in $out/$name-logs/" >&2
+  exit 1
+fi
 echo "run.sh: $name passed; results in $out/$name.{json,txt}" >&2

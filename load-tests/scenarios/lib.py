@@ -18,7 +18,10 @@ def main():
     if check == "no-errors":
         bad = [r for r in records if r["code"] != 0]
         if bad:
-            sys.exit(f"{len(bad)} of {len(records)} requests failed, e.g. {bad[0]['error']}")
+            for r in bad[:10]:
+                print(f"request {r['index']}: code {r['code']} at {r['start']:.3f}-{r['end']:.3f} s "
+                      f"after {r['output_tokens']} tokens: {r['error']}", file=sys.stderr)
+            sys.exit(f"{len(bad)} of {len(records)} requests failed")
     elif check == "only-codes":
         names = {"RESOURCE_EXHAUSTED": 8, "UNAVAILABLE": 14, "DEADLINE_EXCEEDED": 4}
         allowed = {names[a] for a in args}
