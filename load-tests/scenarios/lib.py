@@ -4,6 +4,8 @@ usage: python3 lib.py JSON CHECK [ARGS...]
   no-errors                 every request succeeded
   only-codes CODE...        every failure has one of these status codes, and every request ended
   p99-stable FACTOR         the last third's E2E p99 is at most FACTOR x the first third's
+  knee                      (a ramp) prints the saturation knee: the highest offered rate
+                            whose stage achieved at least 90% of it with TTFT p99 under 5 s
 """
 import json
 import sys
@@ -39,6 +41,17 @@ def main():
         first, last = p99(ok[:third]), p99(ok[-third:])
         if last > float(args[0]) * first:
             sys.exit(f"E2E p99 grew from {first:.3f} s to {last:.3f} s")
+    elif check == "knee":
+        knee = None
+        for st in report["stages"]:
+            ok = st["request_rate"] >= 0.9 * st["offered_rate"] and st["ttft_s"]["p99"] < 5
+            print(f"offered {st['offered_rate']:g}/s: achieved {st['request_rate']:.2f}/s, "
+                  f"TTFT p99 {st['ttft_s']['p99']:.3f} s, TPOT p99 {st['tpot_s']['p99']:.3f} s"
+                  f"{'' if ok else '  (saturated)'}")
+            if ok and (knee is None or st["offered_rate"] > knee):
+                knee = st["offered_rate"]
+        print(f"knee: {knee}/s")
+        return
     else:
         sys.exit(f"unknown check {check}")
     print(f"{check}: ok ({len(records)} requests)")
