@@ -5,18 +5,20 @@
 # actions meanwhile (chaos), checks the outcome, tears everything down and
 # exits non-zero if a check failed.
 #
-#   load-tests/run.sh SCENARIO [--model DIR] [--out DIR] [-- extra dsv2-load flags]
+#   load-tests/run.sh SCENARIO [--model DIR] [--target cluster|standalone] [--out DIR]
+#                              [-- extra dsv2-load flags]
 #
 # SCENARIO is a name in load-tests/scenarios/ (steady, ramp, overload,
-# shared-prefix, chaos, soak) or a path. --model defaults to the scenario's
-# (the bundled demo model); results go to --out (default build/load-tests/):
+# shared-prefix, chaos, soak) or a path. --model and --target override the
+# scenario's (the bundled demo model; chaos needs the cluster); results go
+# to --out (default build/load-tests/):
 # SCENARIO.json (every request's timings), SCENARIO.txt (the summary), and
 # SCENARIO.png for ramps. Binaries come from $BUILD_DIR (default build/).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${BUILD_DIR:-$root/build}"
 export BUILD_DIR="$build"
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 [ $# -ge 1 ] || usage
 scenario="$1"
@@ -26,10 +28,12 @@ shift
 name="$(basename "$scenario" .sh)"
 out="$build/load-tests"
 model_flag=""
+target_flag=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model_flag="$2"; shift 2 ;;
+    --target) target_flag="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage ;;
@@ -51,6 +55,8 @@ check() { :; }
 # shellcheck source=/dev/null
 source "$scenario"
 [ -z "$model_flag" ] || MODEL="$model_flag"
+[ -z "$target_flag" ] || TARGET="$target_flag"
+[[ "$TARGET" =~ ^(cluster|standalone)$ ]] || { echo "run.sh: --target must be cluster or standalone" >&2; exit 2; }
 mkdir -p "$out"
 state="$(mktemp -d)"
 cluster="$root/deploy/local/cluster.sh"
