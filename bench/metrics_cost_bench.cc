@@ -72,7 +72,8 @@ int Main(int argc, char** argv) {
 
   auto loaded = DeepseekV2Model::Load(flags.Get("model", ""));
   if (!loaded.ok()) {
-    std::fprintf(stderr, "metrics_cost_bench: %s\n", std::string(loaded.status().message()).c_str());
+    std::fprintf(stderr, "metrics_cost_bench: %s\n",
+                 std::string(loaded.status().message()).c_str());
     return 1;
   }
   DeepseekV2Model& model = **loaded;
@@ -82,10 +83,12 @@ int Main(int argc, char** argv) {
   // dsv2-standalone's data plane: one in-process expert server.
   auto network = transport::InProcessNetwork::Create();
   auto expert_side = transport::InProcessTransport::Create(network, {.id = 2, .name = "experts"});
-  auto attention_side = transport::InProcessTransport::Create(network, {.id = 1, .name = "attention"});
+  auto attention_side =
+      transport::InProcessTransport::Create(network, {.id = 1, .name = "attention"});
   if (!expert_side.ok() || !attention_side.ok()) return 1;
   ExpertServer server(model, **expert_side, {});
-  auto remote = std::make_shared<RemoteRoutedExperts>(config, **attention_side, RemoteExpertsOptions{});
+  auto remote =
+      std::make_shared<RemoteRoutedExperts>(config, **attention_side, RemoteExpertsOptions{});
   auto route = std::make_shared<ExpertRoute>();
   route->placement = *PlaceExperts(config, 1, 1);
   route->ids = {"experts"};

@@ -96,9 +96,9 @@ void AddHistogram(prometheus::MetricFamily* family, const BucketCounts& counts,
   uint64_t cumulative = 0;
   for (size_t i = 0; i < counts.counts().size(); ++i) {
     cumulative += counts.counts()[i];
-    metric.histogram.bucket.push_back(
-        {cumulative, i < counts.upper_bounds().size() ? counts.upper_bounds()[i]
-                                                      : std::numeric_limits<double>::infinity()});
+    metric.histogram.bucket.push_back({cumulative, i < counts.upper_bounds().size()
+                                                       ? counts.upper_bounds()[i]
+                                                       : std::numeric_limits<double>::infinity()});
   }
   family->metric.push_back(std::move(metric));
 }

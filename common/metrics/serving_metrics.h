@@ -71,8 +71,8 @@ void CollectEngineStats(const EngineStats& stats, std::vector<prometheus::Metric
 // traffic and round trips per expert worker, and the transport's messages,
 // bytes and drops.
 void CollectDataPlane(const RemoteRoutedExperts& experts,
-                      const transport::TransportCounters& transport,
-                      int64_t expert_series_limit, std::vector<prometheus::MetricFamily>* out);
+                      const transport::TransportCounters& transport, int64_t expert_series_limit,
+                      std::vector<prometheus::MetricFamily>* out);
 
 // An expert server (a dsv2-expert, or the one inside dsv2-standalone).
 void CollectExpertServer(const ExpertServer::Stats& stats,

@@ -1,8 +1,9 @@
 #include "server/metrics/metrics_server.h"
 
+#include <httplib.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include <httplib.h>
 
 namespace dsv2 {
 
@@ -34,7 +35,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
       .max_requests_per_connection = 100,
   });
   server->http_->SetAuthenticate(
-      [](const httplib::Request&, const ClientConnection& connection) -> absl::StatusOr<std::string> {
+      [](const httplib::Request&,
+         const ClientConnection& connection) -> absl::StatusOr<std::string> {
         if (!connection.certificate()) {
           return absl::UnauthenticatedError(
               "a client certificate of the cluster CA is required to read metrics");

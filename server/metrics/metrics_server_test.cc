@@ -1,6 +1,8 @@
 // The /metrics server: its port, 404s and bind errors, hostile clients
 // (garbage, a TLS hello, a 1 MiB request line, a slow sender, a crowd of
 // idle connections) bounded and cut off, and TLS with client certificates.
+#include "server/metrics/metrics_server.h"
+
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <netinet/in.h>
@@ -19,7 +21,6 @@
 #include "common/metrics/process_metrics.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/metrics/metrics_server.h"
 #include "tests/test_certs.h"
 
 namespace dsv2 {
@@ -88,7 +89,8 @@ TEST(MetricsServerTest, ServesMetricsOnItsPortAndNothingElse) {
   EXPECT_THAT(response, HasSubstr("# TYPE process_cpu_seconds_total counter"));
   EXPECT_THAT(Http((*server)->port(), "GET /other HTTP/1.0\r\n\r\n"), HasSubstr("404"));
   // The port is taken: a second server cannot have it.
-  auto clash = MetricsServer::Start({.listen = "127.0.0.1:" + std::to_string((*server)->port())}, registry);
+  auto clash =
+      MetricsServer::Start({.listen = "127.0.0.1:" + std::to_string((*server)->port())}, registry);
   EXPECT_EQ(clash.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(MetricsServer::Start({.listen = "no-port"}, registry).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -128,13 +130,18 @@ TEST(MetricsServerTest, HostileClientsAreBoundedAndCutOff) {
     if (write(slow, &head[i], 1) != 1) break;
     ReadUntilClosed(slow, 1000ms, &slow_closed);
     if (std::chrono::steady_clock::now() - start >
-        absl::ToChronoMilliseconds(MetricsServer::kRequestTimeout + absl::Seconds(5))) break;
+        absl::ToChronoMilliseconds(MetricsServer::kRequestTimeout + absl::Seconds(5)))
+      break;
   }
   if (!slow_closed) {
     const std::string x(1, 'x');
-    while (!slow_closed && std::chrono::steady_clock::now() - start <
-                               absl::ToChronoMilliseconds(MetricsServer::kRequestTimeout + absl::Seconds(5))) {
-      if (write(slow, x.data(), 1) != 1) { slow_closed = true; break; }
+    while (!slow_closed &&
+           std::chrono::steady_clock::now() - start <
+               absl::ToChronoMilliseconds(MetricsServer::kRequestTimeout + absl::Seconds(5))) {
+      if (write(slow, x.data(), 1) != 1) {
+        slow_closed = true;
+        break;
+      }
       ReadUntilClosed(slow, 1000ms, &slow_closed);
     }
   }
@@ -185,7 +192,7 @@ TEST(MetricsServerTest, TlsAsksScrapersForACertificateOfTheClusterCa) {
   auto get = [&](const testutil::TestCerts* client) {
     std::unique_ptr<httplib::SSLClient> c =
         client ? std::make_unique<httplib::SSLClient>("127.0.0.1", port, client->Cert("prometheus"),
-                                                       client->Key("prometheus"))
+                                                      client->Key("prometheus"))
                : std::make_unique<httplib::SSLClient>("127.0.0.1", port);
     c->set_ca_cert_path(certs.ca().c_str());
     c->enable_server_certificate_verification(true);

@@ -62,17 +62,19 @@ void CollectRouter(const RouterService& router, std::vector<prometheus::MetricFa
               "code", counters.finished);
   PushSample(out, GaugeFamily("dsv2:router_active_streams", "Generate calls being served now."),
              static_cast<double>(router.active_streams()));
-  PushByLabel(out,
-              CounterFamily("dsv2:router_forwarded_total",
-                            "Generate calls forwarded, by attention worker (a retry counts on both)."),
-              "worker", counters.forwarded);
+  PushByLabel(
+      out,
+      CounterFamily("dsv2:router_forwarded_total",
+                    "Generate calls forwarded, by attention worker (a retry counts on both)."),
+      "worker", counters.forwarded);
   PushByLabel(out,
               CounterFamily("dsv2:router_worker_failures_total",
                             "Forwarded calls that failed UNAVAILABLE, by attention worker."),
               "worker", counters.failures);
-  PushSample(out,
-             CounterFamily("dsv2:router_retries_total", "Generate calls sent again to a second worker."),
-             static_cast<double>(counters.retries));
+  PushSample(
+      out,
+      CounterFamily("dsv2:router_retries_total", "Generate calls sent again to a second worker."),
+      static_cast<double>(counters.retries));
   PushSample(out,
              CounterFamily("dsv2:router_no_worker_total",
                            "Calls refused because no attention worker was eligible."),
@@ -81,10 +83,11 @@ void CollectRouter(const RouterService& router, std::vector<prometheus::MetricFa
   for (const RouterWorkerView& w : router.workers()) {
     ++workers[w.eligible ? "eligible" : "ineligible"];
   }
-  PushByLabel(out,
-              GaugeFamily("dsv2:router_workers",
-                          "Attention workers the router knows, by whether it would choose them now."),
-              "state", workers);
+  PushByLabel(
+      out,
+      GaugeFamily("dsv2:router_workers",
+                  "Attention workers the router knows, by whether it would choose them now."),
+      "state", workers);
   PushSample(out,
              CounterFamily("dsv2:router_slow_readers_cut_total",
                            "Streams cut off because their client did not read."),

@@ -55,8 +55,14 @@ TEST(DatasetTest, ReadsTextAndTokenPromptsAndRefusesMalformedLines) {
 }
 
 TEST(SyntheticTest, LengthsPrefixAndSeedAreAsAsked) {
-  const SyntheticSpec spec{.count = 50, .input_len = 20, .input_jitter = 5, .output_len = 8,
-                           .output_jitter = 2, .prefix_len = 6, .vocab = 100, .seed = 7};
+  const SyntheticSpec spec{.count = 50,
+                           .input_len = 20,
+                           .input_jitter = 5,
+                           .output_len = 8,
+                           .output_jitter = 2,
+                           .prefix_len = 6,
+                           .vocab = 100,
+                           .seed = 7};
   const std::vector<Prompt> a = SyntheticPrompts(spec), b = SyntheticPrompts(spec);
   ASSERT_EQ(a.size(), 50u);
   for (size_t i = 0; i < a.size(); ++i) {
@@ -65,8 +71,8 @@ TEST(SyntheticTest, LengthsPrefixAndSeedAreAsAsked) {
     EXPECT_LE(a[i].token_ids.size(), 25u);
     EXPECT_GE(a[i].max_tokens, 6);
     EXPECT_LE(a[i].max_tokens, 10);
-    EXPECT_TRUE(std::equal(a[0].token_ids.begin(), a[0].token_ids.begin() + 6,
-                           a[i].token_ids.begin()));
+    EXPECT_TRUE(
+        std::equal(a[0].token_ids.begin(), a[0].token_ids.begin() + 6, a[i].token_ids.begin()));
     for (int32_t id : a[i].token_ids) EXPECT_LT(id, 100);
   }
 }
@@ -101,12 +107,29 @@ TEST(ReportTest, PercentilesLatenciesThroughputGoodputAndErrors) {
   EXPECT_EQ(p.mean, 5.5);
   // Two good requests and one refused.
   std::vector<RequestRecord> records = {
-      {.index = 0, .stage = 0, .start = 0, .first_token = 0.1, .end = 0.4,
-       .token_times = {0.1, 0.2, 0.3, 0.4}, .prompt_tokens = 3, .output_tokens = 4},
-      {.index = 1, .stage = 0, .start = 1, .first_token = 1.5, .end = 2,
-       .token_times = {1.5, 1.5, 2}, .prompt_tokens = 5, .output_tokens = 3},
+      {.index = 0,
+       .stage = 0,
+       .start = 0,
+       .first_token = 0.1,
+       .end = 0.4,
+       .token_times = {0.1, 0.2, 0.3, 0.4},
+       .prompt_tokens = 3,
+       .output_tokens = 4},
+      {.index = 1,
+       .stage = 0,
+       .start = 1,
+       .first_token = 1.5,
+       .end = 2,
+       .token_times = {1.5, 1.5, 2},
+       .prompt_tokens = 5,
+       .output_tokens = 3},
       {.index = 2, .stage = 0, .start = 1, .end = 1, .code = 8},
-      {.index = 3, .stage = 1, .start = 5, .first_token = 6, .end = 7, .token_times = {6},
+      {.index = 3,
+       .stage = 1,
+       .start = 5,
+       .first_token = 6,
+       .end = 7,
+       .token_times = {6},
        .output_tokens = 1},
   };
   const StageReport r = Report(records, 0, 2.0, {.ttft_s = 0.2});
@@ -121,7 +144,7 @@ TEST(ReportTest, PercentilesLatenciesThroughputGoodputAndErrors) {
   EXPECT_EQ(r.ttft.count, 2);
   EXPECT_DOUBLE_EQ(r.ttft.max, 0.5);
   EXPECT_DOUBLE_EQ(r.tpot.max, 0.25);  // (2 - 1.5) / 2
-  EXPECT_EQ(r.itl.count, 5);  // 3 gaps + 2 gaps.
+  EXPECT_EQ(r.itl.count, 5);           // 3 gaps + 2 gaps.
   EXPECT_DOUBLE_EQ(r.itl.p50, 0.1);
   EXPECT_DOUBLE_EQ(r.e2e.max, 1);
   EXPECT_THAT(FormatReports({r}, {.ttft_s = 0.2}), HasSubstr("goodput 0.50 req/s"));

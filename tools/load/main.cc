@@ -4,8 +4,8 @@
 
 #include <atomic>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -30,38 +30,43 @@ using cli::FlagSpec;
 
 std::vector<FlagSpec> Flags() {
   std::vector<FlagSpec> flags = cli::ConnectionFlags();
-  flags.insert(flags.end(), {
-      // What to send.
-      {"dataset", true, "JSONL prompts: {\"prompt\": text} or {\"token_ids\": [...]}, optional "
-                        "\"max_tokens\" (default: synthetic prompts)"},
-      {"num-prompts", true, "prompts to read or make (default 100)"},
-      {"input-len", true, "synthetic prompt tokens (default 128)"},
-      {"input-jitter", true, "± uniform jitter of --input-len (default 0)"},
-      {"output-len", true, "synthetic max_tokens (default: --max-tokens)"},
-      {"output-jitter", true, "± uniform jitter of --output-len (default 0)"},
-      {"prefix-len", true, "tokens every synthetic prompt shares at its start (default 0)"},
-      {"prompt-seed", true, "seed of the synthetic prompts (default 0)"},
-      // When.
-      {"concurrency", true, "requests in flight (closed loop); with --rate/--burst/--ramp: the "
-                            "most in flight"},
-      {"rate", true, "Poisson arrivals per second (open loop)"},
-      {"burst", true, "requests sent at once every --burst-period seconds (open loop)"},
-      {"burst-period", true, "seconds between bursts (default 1)"},
-      {"ramp", true, "comma-separated rates, one stage of --stage-duration each (e.g. 1,2,4,8)"},
-      {"stage-duration", true, "seconds per --ramp stage (default 30)"},
-      {"duration", true, "seconds to send for (default: until --num-requests)"},
-      {"num-requests", true, "requests to send (default: --num-prompts, unless --duration)"},
-      {"warmup", true, "requests sent first and left out of the figures (default 0)"},
-      {"arrival-seed", true, "seed of the Poisson arrivals (default 1)"},
-      // What counts.
-      {"slo-ttft-ms", true, "goodput: time to first token at most this"},
-      {"slo-tpot-ms", true, "goodput: time per output token at most this"},
-      {"slo-e2e-ms", true, "goodput: end-to-end latency at most this"},
-      {"timeout", true, "per-request deadline in seconds (default 600)"},
-      {"json", true, "write every request's timings and the reports here"},
-      {"plot", true, "with --ramp: latency against offered load, a .png or .svg (gnuplot)"},
-      {"quiet", false, "no progress line"},
-  });
+  flags.insert(
+      flags.end(),
+      {
+          // What to send.
+          {"dataset", true,
+           "JSONL prompts: {\"prompt\": text} or {\"token_ids\": [...]}, optional "
+           "\"max_tokens\" (default: synthetic prompts)"},
+          {"num-prompts", true, "prompts to read or make (default 100)"},
+          {"input-len", true, "synthetic prompt tokens (default 128)"},
+          {"input-jitter", true, "± uniform jitter of --input-len (default 0)"},
+          {"output-len", true, "synthetic max_tokens (default: --max-tokens)"},
+          {"output-jitter", true, "± uniform jitter of --output-len (default 0)"},
+          {"prefix-len", true, "tokens every synthetic prompt shares at its start (default 0)"},
+          {"prompt-seed", true, "seed of the synthetic prompts (default 0)"},
+          // When.
+          {"concurrency", true,
+           "requests in flight (closed loop); with --rate/--burst/--ramp: the "
+           "most in flight"},
+          {"rate", true, "Poisson arrivals per second (open loop)"},
+          {"burst", true, "requests sent at once every --burst-period seconds (open loop)"},
+          {"burst-period", true, "seconds between bursts (default 1)"},
+          {"ramp", true,
+           "comma-separated rates, one stage of --stage-duration each (e.g. 1,2,4,8)"},
+          {"stage-duration", true, "seconds per --ramp stage (default 30)"},
+          {"duration", true, "seconds to send for (default: until --num-requests)"},
+          {"num-requests", true, "requests to send (default: --num-prompts, unless --duration)"},
+          {"warmup", true, "requests sent first and left out of the figures (default 0)"},
+          {"arrival-seed", true, "seed of the Poisson arrivals (default 1)"},
+          // What counts.
+          {"slo-ttft-ms", true, "goodput: time to first token at most this"},
+          {"slo-tpot-ms", true, "goodput: time per output token at most this"},
+          {"slo-e2e-ms", true, "goodput: end-to-end latency at most this"},
+          {"timeout", true, "per-request deadline in seconds (default 600)"},
+          {"json", true, "write every request's timings and the reports here"},
+          {"plot", true, "with --ramp: latency against offered load, a .png or .svg (gnuplot)"},
+          {"quiet", false, "no progress line"},
+      });
   for (FlagSpec& flag : cli::OutputFlags()) flags.push_back(std::move(flag));
   return flags;
 }
@@ -134,17 +139,16 @@ absl::Status Plot(const std::vector<StageReport>& reports, const std::string& pa
   }
   const bool svg = path.size() > 4 && path.substr(path.size() - 4) == ".svg";
   const std::string script = absl::StrCat(
-      "set terminal ", svg ? "svg size 900,500" : "pngcairo size 900,500", "\n",
-      "set output '", path, "'\n",
-      "set xlabel 'offered load (requests/s)'\nset ylabel 'seconds'\nset logscale y\n",
-      "set key top left\nset grid\n",
-      "plot '", data, "' using 1:3 with linespoints title 'TTFT p50', ",
+      "set terminal ", svg ? "svg size 900,500" : "pngcairo size 900,500", "\n", "set output '",
+      path, "'\n", "set xlabel 'offered load (requests/s)'\nset ylabel 'seconds'\nset logscale y\n",
+      "set key top left\nset grid\n", "plot '", data,
+      "' using 1:3 with linespoints title 'TTFT p50', ",
       "'' using 1:4 with linespoints title 'TTFT p99', ",
       "'' using 1:6 with linespoints title 'TPOT p99', ",
       "'' using 1:7 with linespoints title 'E2E p99'\n");
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    return absl::UnavailableError(absl::StrCat("no gnuplot to draw ", path,
-                                               " (Debian: gnuplot-nox); the data is in ", data));
+    return absl::UnavailableError(
+        absl::StrCat("no gnuplot to draw ", path, " (Debian: gnuplot-nox); the data is in ", data));
   }
   FILE* gnuplot = popen("gnuplot", "w");
   if (gnuplot == nullptr) return absl::UnavailableError("cannot run gnuplot");
@@ -165,16 +169,19 @@ absl::Status Run(std::span<const std::string> argv) {
   ASSIGN_OR_RETURN(int64_t warmup, args.GetInt("warmup", 0));
   ASSIGN_OR_RETURN(int64_t arrival_seed, args.GetInt("arrival-seed", 1));
   Slo slo;
-  for (auto [flag, field] : {std::pair{"slo-ttft-ms", &slo.ttft_s}, {"slo-tpot-ms", &slo.tpot_s},
+  for (auto [flag, field] : {std::pair{"slo-ttft-ms", &slo.ttft_s},
+                             {"slo-tpot-ms", &slo.tpot_s},
                              {"slo-e2e-ms", &slo.e2e_s}}) {
     ASSIGN_OR_RETURN(double ms, args.GetDouble(flag, 0));
-    if (ms < 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must not be negative"));
+    if (ms < 0)
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " must not be negative"));
     *field = ms / 1e3;
   }
   if (!(timeout > 0) || warmup < 0) {
     return absl::InvalidArgumentError("--timeout must be positive and --warmup not negative");
   }
-  if (args.Has("plot") && !args.Has("ramp")) return absl::InvalidArgumentError("--plot needs --ramp");
+  if (args.Has("plot") && !args.Has("ramp"))
+    return absl::InvalidArgumentError("--plot needs --ramp");
 
   // The model's vocabulary bounds the synthetic ids.
   v1::ModelInfo info;
@@ -183,8 +190,8 @@ absl::Status Run(std::span<const std::string> argv) {
     grpc::Status status = v1::Generation::NewStub(connection.channel)
                               ->GetModelInfo(context.get(), v1::GetModelInfoRequest(), &info);
     if (!status.ok()) {
-      return absl::UnavailableError(absl::StrCat(connection.address, ": GetModelInfo: ",
-                                                 status.error_message()));
+      return absl::UnavailableError(
+          absl::StrCat(connection.address, ": GetModelInfo: ", status.error_message()));
     }
   }
   ASSIGN_OR_RETURN(std::vector<Prompt> prompts,
@@ -216,8 +223,8 @@ absl::Status Run(std::span<const std::string> argv) {
   }
   std::mt19937_64 rng(static_cast<uint64_t>(arrival_seed));
   if (warmup > 0) {
-    runner.RunStage({.concurrency = std::max<int64_t>(1, stages[0].concurrency), .requests = warmup},
-                    -1, rng);
+    runner.RunStage(
+        {.concurrency = std::max<int64_t>(1, stages[0].concurrency), .requests = warmup}, -1, rng);
   }
   for (size_t i = 0; i < stages.size(); ++i) {
     current_stage = static_cast<int>(i);
@@ -233,11 +240,11 @@ absl::Status Run(std::span<const std::string> argv) {
   }
   std::cout << FormatReports(reports, slo) << std::flush;
   if (args.Has("json")) {
-    nlohmann::json out = {{"target", connection.address},
-                          {"slo", {{"ttft_s", slo.ttft_s}, {"tpot_s", slo.tpot_s},
-                                   {"e2e_s", slo.e2e_s}}},
-                          {"stages", nlohmann::json::array()},
-                          {"requests", nlohmann::json::array()}};
+    nlohmann::json out = {
+        {"target", connection.address},
+        {"slo", {{"ttft_s", slo.ttft_s}, {"tpot_s", slo.tpot_s}, {"e2e_s", slo.e2e_s}}},
+        {"stages", nlohmann::json::array()},
+        {"requests", nlohmann::json::array()}};
     for (const StageReport& r : reports) out["stages"].push_back(ToJson(r));
     for (const RequestRecord& q : records) out["requests"].push_back(ToJson(q));
     std::ofstream file(*args.Get("json"));

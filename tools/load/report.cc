@@ -99,7 +99,9 @@ std::string FormatReports(const std::vector<StageReport>& reports, const Slo& sl
     absl::StrAppendFormat(&out, "  %-10s %10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90",
                           "p99", "max");
     for (const auto& [name, p] : {std::pair<const char*, const Percentiles&>{"TTFT", r.ttft},
-                                  {"TPOT", r.tpot}, {"ITL", r.itl}, {"E2E", r.e2e}}) {
+                                  {"TPOT", r.tpot},
+                                  {"ITL", r.itl},
+                                  {"E2E", r.e2e}}) {
       absl::StrAppendFormat(&out, "  %-10s %10.1f %10.1f %10.1f %10.1f %10.1f\n", name,
                             p.mean * 1e3, p.p50 * 1e3, p.p90 * 1e3, p.p99 * 1e3, p.max * 1e3);
     }
@@ -110,8 +112,8 @@ std::string FormatReports(const std::vector<StageReport>& reports, const Slo& sl
 
 namespace {
 nlohmann::json ToJson(const Percentiles& p) {
-  return {{"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max},
-          {"count", p.count}};
+  return {{"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90},
+          {"p99", p.p99},   {"max", p.max}, {"count", p.count}};
 }
 }  // namespace
 

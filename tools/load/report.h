@@ -19,14 +19,14 @@ namespace dsv2::load {
 struct RequestRecord {
   int64_t index = 0;
   int stage = 0;
-  double scheduled = 0;       // Seconds from the run's start: when it was due...
-  double start = 0;           // ...when it was sent,
-  double first_token = -1;    // ...its first token (-1: none),
-  double end = 0;             // ...and the end of its stream.
+  double scheduled = 0;             // Seconds from the run's start: when it was due...
+  double start = 0;                 // ...when it was sent,
+  double first_token = -1;          // ...its first token (-1: none),
+  double end = 0;                   // ...and the end of its stream.
   std::vector<double> token_times;  // Each token's arrival.
-  int64_t prompt_tokens = 0;  // As the server reported (usage).
-  int64_t output_tokens = 0;  // Tokens received.
-  int code = 0;               // gRPC status code (0: OK).
+  int64_t prompt_tokens = 0;        // As the server reported (usage).
+  int64_t output_tokens = 0;        // Tokens received.
+  int code = 0;                     // gRPC status code (0: OK).
   std::string error;
 };
 
@@ -45,13 +45,13 @@ struct Slo {
 
 struct StageReport {
   int stage = 0;
-  double offered_rate = 0;   // Requests per second the stage asked for (0: closed loop).
-  double seconds = 0;        // First send to last end.
+  double offered_rate = 0;  // Requests per second the stage asked for (0: closed loop).
+  double seconds = 0;       // First send to last end.
   int64_t requests = 0, succeeded = 0;
   int64_t prompt_tokens = 0, output_tokens = 0;
-  double request_rate = 0;   // Succeeded per second.
+  double request_rate = 0;  // Succeeded per second.
   double output_token_rate = 0;
-  double goodput = 0;        // Succeeded requests meeting the SLO, per second.
+  double goodput = 0;  // Succeeded requests meeting the SLO, per second.
   Percentiles ttft, tpot, itl, e2e;
   std::map<std::string, int64_t> errors;  // By status code name.
 };

@@ -11,9 +11,9 @@ class Runner::Call final : public grpc::ClientReadReactor<v1::GenerateResponse> 
  public:
   Call(Runner* runner, RequestRecord record, v1::GenerateRequest request)
       : runner_(runner), record_(std::move(record)), request_(std::move(request)) {
-    context_.set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::milliseconds(
-                              static_cast<int64_t>(runner->options_.timeout_s * 1000)));
+    context_.set_deadline(
+        std::chrono::system_clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(runner->options_.timeout_s * 1000)));
     if (!runner->options_.token.empty()) {
       context_.AddMetadata("authorization", "Bearer " + runner->options_.token);
     }
@@ -89,14 +89,15 @@ void Runner::Launch(int stage_index, double scheduled) {
     request.set_text(prompt.text);
   } else {
     request.mutable_token_ids()->mutable_ids()->Add(prompt.token_ids.begin(),
-                                                     prompt.token_ids.end());
+                                                    prompt.token_ids.end());
   }
   if (prompt.max_tokens > 0) {
     request.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(prompt.max_tokens));
   }
   sent_.fetch_add(1, std::memory_order_relaxed);
   (new Call(this, {.index = index, .stage = stage_index, .scheduled = scheduled},
-            std::move(request)))->Start();
+            std::move(request)))
+      ->Start();
 }
 
 void Runner::Finished(RequestRecord record) {

@@ -23,10 +23,10 @@ namespace dsv2::load {
 
 struct RunnerOptions {
   std::shared_ptr<grpc::Channel> channel;
-  std::string token;              // Bearer token; empty: none.
-  v1::GenerateRequest request;    // Output options; the input is each prompt's.
-  std::vector<Prompt> prompts;    // Used in turn.
-  double timeout_s = 600;         // Per request.
+  std::string token;            // Bearer token; empty: none.
+  v1::GenerateRequest request;  // Output options; the input is each prompt's.
+  std::vector<Prompt> prompts;  // Used in turn.
+  double timeout_s = 600;       // Per request.
   std::string id_prefix = "load";
 };
 

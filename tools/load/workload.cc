@@ -76,8 +76,8 @@ std::vector<Prompt> SyntheticPrompts(const SyntheticSpec& spec) {
   std::vector<Prompt> prompts(spec.count);
   for (Prompt& p : prompts) {
     p.token_ids = prefix;
-    const int64_t own = std::max<int64_t>(1, around(spec.input_len, spec.input_jitter) -
-                                                 spec.prefix_len);
+    const int64_t own =
+        std::max<int64_t>(1, around(spec.input_len, spec.input_jitter) - spec.prefix_len);
     for (int64_t i = 0; i < own; ++i) p.token_ids.push_back(token(rng));
     p.max_tokens = around(spec.output_len, spec.output_jitter);
   }

@@ -28,12 +28,12 @@ absl::StatusOr<std::vector<Prompt>> ReadDataset(const std::string& path, int64_t
 
 struct SyntheticSpec {
   int64_t count = 100;
-  int64_t input_len = 128;     // Prompt tokens, ± input_jitter (uniform).
+  int64_t input_len = 128;  // Prompt tokens, ± input_jitter (uniform).
   int64_t input_jitter = 0;
-  int64_t output_len = 128;    // max_tokens, ± output_jitter (uniform).
+  int64_t output_len = 128;  // max_tokens, ± output_jitter (uniform).
   int64_t output_jitter = 0;
-  int64_t prefix_len = 0;      // Tokens every prompt starts with (the prefix cache's case).
-  int64_t vocab = 32000;       // Ids are drawn from [0, vocab).
+  int64_t prefix_len = 0;  // Tokens every prompt starts with (the prefix cache's case).
+  int64_t vocab = 32000;   // Ids are drawn from [0, vocab).
   uint64_t seed = 0;
 };
 
