@@ -76,12 +76,27 @@ bool RemoteRoutedExperts::HasOtherReplicas(const ExpertRoute& route,
                                            const std::vector<int32_t>& units, int32_t w) {
   const absl::Time now = absl::Now();
   MutexLock lock(&mutex_);
+  // A replica counts if this call's route and the latest map both list it
+  // alive and it is not suspect here: a newer map may already say that a
+  // worker this call still counts on was given up on (by this process a
+  // moment ago: a map clears local suspicions), and a starved step must not
+  // give up on every replica of a unit one after another.
+  auto alive_in_latest = [this](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (route_ == nullptr) return false;
+    for (size_t i = 0; i < route_->addresses.size(); ++i) {
+      if (route_->addresses[i] == address) return static_cast<bool>(route_->alive[i]);
+    }
+    return false;
+  };
   for (int32_t unit : units) {
     bool other = false;
     for (int32_t candidate : route.placement.unit_workers[unit]) {
       if (candidate == w || !route.alive[candidate]) continue;
-      auto it = suspect_until_.find(route.addresses[candidate]);
-      if (it == suspect_until_.end() || it->second <= now) other = true;
+      const std::string& address = route.addresses[candidate];
+      auto it = suspect_until_.find(address);
+      if ((it == suspect_until_.end() || it->second <= now) && alive_in_latest(address)) {
+        other = true;
+      }
     }
     if (!other) return false;
   }
