@@ -9,6 +9,7 @@ std::string_view DTypeName(DType dtype) {
     case DType::kBF16: return "BF16";
     case DType::kF16: return "F16";
     case DType::kF32: return "F32";
+    case DType::kI8: return "I8";
   }
   return "?";
 }
@@ -17,6 +18,7 @@ std::optional<DType> ParseDType(std::string_view name) {
   if (name == "BF16") return DType::kBF16;
   if (name == "F16") return DType::kF16;
   if (name == "F32") return DType::kF32;
+  if (name == "I8") return DType::kI8;
   return std::nullopt;
 }
 
@@ -79,6 +81,11 @@ void ConvertToFloat(const void* data, DType dtype, int64_t n, float* out) {
     case DType::kF32:
       std::memcpy(out, data, static_cast<size_t>(n) * sizeof(float));
       return;
+    case DType::kI8: {
+      const auto* in = static_cast<const int8_t*>(data);
+      for (int64_t i = 0; i < n; ++i) out[i] = in[i];
+      return;
+    }
   }
 }
 
@@ -97,6 +104,14 @@ void ConvertFromFloat(const float* data, int64_t n, DType dtype, void* out) {
     case DType::kF32:
       std::memcpy(out, data, static_cast<size_t>(n) * sizeof(float));
       return;
+    case DType::kI8: {
+      auto* o = static_cast<int8_t*>(out);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = std::nearbyint(data[i]);
+        o[i] = static_cast<int8_t>(v >= 127.0f ? 127 : v <= -127.0f ? -127 : v == v ? v : 0);
+      }
+      return;
+    }
   }
 }
 

@@ -34,6 +34,9 @@ TEST(DTypeTest, ParseNames) {
   EXPECT_EQ(ParseDType("BF16"), DType::kBF16);
   EXPECT_EQ(ParseDType("F16"), DType::kF16);
   EXPECT_EQ(ParseDType("F32"), DType::kF32);
+  EXPECT_EQ(ParseDType("I8"), DType::kI8);
+  EXPECT_EQ(DTypeSize(DType::kI8), 1);
+  EXPECT_EQ(DTypeName(DType::kI8), "I8");
   EXPECT_FALSE(ParseDType("F64").has_value());
   EXPECT_FALSE(ParseDType("bf16").has_value());
   float out[3];
@@ -42,6 +45,23 @@ TEST(DTypeTest, ParseNames) {
   EXPECT_EQ(out[0], 1.0f);
   EXPECT_EQ(out[1], 2.0f);
   EXPECT_EQ(out[2], -1.0f);
+}
+
+// Without its scales an int8 tensor converts to its stored integers.
+TEST(DTypeTest, I8ConvertsItsIntegers) {
+  const int8_t in[3] = {-127, 0, 5};
+  float out[3];
+  ConvertToFloat(in, DType::kI8, 3, out);
+  EXPECT_EQ(out[0], -127.0f);
+  EXPECT_EQ(out[2], 5.0f);
+  EXPECT_EQ(LoadAsFloat(in, DType::kI8, 2), 5.0f);
+  const float values[4] = {2.5f, -300.0f, 126.6f, NAN};
+  int8_t back[4];
+  ConvertFromFloat(values, 4, DType::kI8, back);
+  EXPECT_EQ(back[0], 2);  // Half to even.
+  EXPECT_EQ(back[1], -127);
+  EXPECT_EQ(back[2], 127);
+  EXPECT_EQ(back[3], 0);
 }
 
 }  // namespace

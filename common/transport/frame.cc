@@ -23,6 +23,8 @@ uint8_t DTypeToWire(DType dtype) {
       return kWireF16;
     case DType::kF32:
       return kWireF32;
+    case DType::kI8:  // A weight type; frames carry activations only.
+      return kWireNone;
   }
   return kWireNone;
 }

@@ -197,6 +197,8 @@ void LinearRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
       return LinearRowsTyped<DType::kF16>(a, row_begin, row_end);
     case DType::kF32:
       return LinearRowsTyped<DType::kF32>(a, row_begin, row_end);
+    case DType::kI8:  // Never: ops.cc sends int8 weights to linear_q8.
+      return;
   }
 }
 
@@ -225,6 +227,8 @@ void Axpy(float alpha, const void* w, DType dtype, int64_t n, float* y) {
       return AxpyTyped<DType::kF16>(alpha, w, n, y);
     case DType::kF32:
       return AxpyTyped<DType::kF32>(alpha, w, n, y);
+    case DType::kI8:  // Never: LinearTransposedAccumulate dequantizes int8 rows first.
+      return;
   }
 }
 
@@ -255,7 +259,7 @@ DSV2_AVX2 float Dot(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const IsaKernels* Avx2Kernels() {
-  static const IsaKernels kernels{"avx2", Linear, Axpy, Dot};
+  static const IsaKernels kernels{"avx2", Linear, Axpy, Dot, LinearQ8Avx2};
   return &kernels;
 }
 

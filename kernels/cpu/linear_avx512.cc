@@ -604,6 +604,8 @@ void Linear(const LinearArgs& a, bool parallel) {
       return LinearTyped<DType::kF16>(a, parallel);
     case DType::kF32:
       return LinearTyped<DType::kF32>(a, parallel);
+    case DType::kI8:  // Never: ops.cc sends int8 weights to linear_q8.
+      return;
   }
 }
 
@@ -630,6 +632,8 @@ void Axpy(float alpha, const void* w, DType dtype, int64_t n, float* y) {
       return AxpyTyped<DType::kF16>(alpha, w, n, y);
     case DType::kF32:
       return AxpyTyped<DType::kF32>(alpha, w, n, y);
+    case DType::kI8:  // Never: LinearTransposedAccumulate dequantizes int8 rows first.
+      return;
   }
 }
 
@@ -660,7 +664,7 @@ DSV2_AVX512 float Dot(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 const IsaKernels* Avx512Kernels() {
-  static const IsaKernels kernels{"avx512", Linear, Axpy, Dot};
+  static const IsaKernels kernels{"avx512", Linear, Axpy, Dot, LinearQ8Avx512};
   return &kernels;
 }
 

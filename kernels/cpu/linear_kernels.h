@@ -23,6 +23,25 @@ struct LinearArgs {
   float* y = nullptr;
 };
 
+// One Linear call on int8 weights (w.dtype kI8, w.scales set). x has been
+// quantized by QuantizeQ8, token by token: x_q [n, x_stride] with x_stride
+// a multiple of kQ8Block and the columns past w.cols zero, so that every
+// block of x can be read whole; x_scales [n, Q8Blocks(w.cols)].
+//
+// Accumulation structure (per ISA, fixed like the float kernels'): each
+// block's integer dot product is exact in int32 lanes, which are converted to
+// float32, multiplied by the one float32 product w_scale · x_scale of the
+// block and added into float32 accumulator lanes in block order; the lanes
+// are summed by the ISA's fixed tree at the end.
+struct LinearQ8Args {
+  const int8_t* x_q = nullptr;
+  const float* x_scales = nullptr;
+  int64_t n = 0;
+  int64_t x_stride = 0;
+  WeightMatrix w;
+  float* y = nullptr;
+};
+
 // A run of rows handed to a thread, and the run that thread will do next
 // (empty when none), so that the body can prefetch its first weights.
 struct RowRun {
@@ -48,7 +67,14 @@ struct IsaKernels {
   // y[i] += alpha · w[i] for i < n, w in `dtype`.
   void (*axpy)(float alpha, const void* w, DType dtype, int64_t n, float* y);
   float (*dot)(const float* a, const float* b, int64_t n);
+  // The whole Linear on int8 weights; threaded with ForRowRuns when `parallel`.
+  void (*linear_q8)(const LinearQ8Args& args, bool parallel);
 };
+
+// The int8 Linear of each instruction set (linear_q8_avx2.cc,
+// linear_q8_avx512.cc); defined only where those kernels are built (x86).
+void LinearQ8Avx2(const LinearQ8Args& args, bool parallel);
+void LinearQ8Avx512(const LinearQ8Args& args, bool parallel);
 
 const IsaKernels& PortableKernels();
 // nullptr when built without support for the ISA (never on x86-64 GCC/Clang).

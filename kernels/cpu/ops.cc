@@ -9,8 +9,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <string_view>
+#include <vector>
 
 #include "common/base/thread_pool.h"
+#include "common/tensor/q8.h"
 #include "kernels/cpu/linear_kernels.h"
 
 namespace dsv2::cpu {
@@ -46,6 +48,35 @@ float DotPortable(const float* a, const float* b, int64_t n) {
 void LinearPortable(const LinearArgs& a, bool parallel) {
   ForRowRuns(a.w.rows, 1, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.w.cols * a.n)),
              parallel, [&](const RowRun& run) { LinearRowsPortable(a, run.begin, run.end); });
+}
+
+// One float32 sum over the blocks in order, each block's products summed
+// exactly in int32.
+float DotQ8Portable(const int8_t* w, const float* w_scales, const int8_t* x, const float* x_scales,
+                    int64_t k) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b * kQ8Block < k; ++b) {
+    const int64_t end = std::min(k, (b + 1) * kQ8Block);
+    int32_t block = 0;
+    for (int64_t i = b * kQ8Block; i < end; ++i) block += int32_t{w[i]} * int32_t{x[i]};
+    sum += static_cast<float>(block) * (w_scales[b] * x_scales[b]);
+  }
+  return sum;
+}
+
+void LinearQ8Portable(const LinearQ8Args& a, bool parallel) {
+  const int64_t blocks = Q8Blocks(a.w.cols);
+  ForRowRuns(a.w.rows, 1, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.w.cols * a.n)),
+             parallel, [&](const RowRun& run) {
+               for (int64_t r = run.begin; r < run.end; ++r) {
+                 const auto* w = reinterpret_cast<const int8_t*>(a.w.row_ptr(r));
+                 for (int64_t t = 0; t < a.n; ++t) {
+                   a.y[t * a.w.rows + r] =
+                       DotQ8Portable(w, a.w.row_scales(r), a.x_q + t * a.x_stride,
+                                     a.x_scales + t * blocks, a.w.cols);
+                 }
+               }
+             });
 }
 
 }  // namespace
@@ -85,7 +116,8 @@ void ForRowRuns(int64_t rows, int64_t unit, int64_t min_rows, bool parallel,
 }
 
 const IsaKernels& PortableKernels() {
-  static const IsaKernels kernels{"portable", LinearPortable, AxpyPortable, DotPortable};
+  static const IsaKernels kernels{"portable", LinearPortable, AxpyPortable, DotPortable,
+                                  LinearQ8Portable};
   return kernels;
 }
 
@@ -156,15 +188,57 @@ bool SetKernelIsa(std::string_view isa) {
 
 bool UsingAvx2() { return &Kernels() != &internal::PortableKernels(); }
 
+namespace {
+
+// x [n, cols] (rows `x_stride` apart) quantized for the int8 kernels, in
+// buffers of the calling thread (pool threads read them while it waits), then
+// the kernel.
+void LinearQ8(const float* x, int64_t n, int64_t x_stride, const WeightMatrix& w, float* y,
+              bool parallel) {
+  thread_local std::vector<int8_t> x_q;
+  thread_local std::vector<float> x_scales;
+  const int64_t blocks = Q8Blocks(w.cols);
+  const int64_t q_stride = blocks * kQ8Block;
+  x_q.assign(n * q_stride, 0);  // The padding past w.cols stays zero.
+  x_scales.resize(n * blocks);
+  for (int64_t t = 0; t < n; ++t) {
+    QuantizeQ8(x + t * x_stride, w.cols, &x_q[t * q_stride], &x_scales[t * blocks]);
+  }
+  Kernels().linear_q8(internal::LinearQ8Args{x_q.data(), x_scales.data(), n, q_stride, w, y},
+                      parallel);
+  // A long prompt's buffers are not kept for the thread's life.
+  constexpr size_t kKeepBytes = size_t{16} << 20;
+  if (x_q.capacity() > kKeepBytes) {
+    x_q = {};
+    x_scales = {};
+  }
+}
+
+}  // namespace
+
 void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t x_stride,
             bool parallel) {
   if (n <= 0 || w.rows <= 0) return;
   if (w.cols == 0) return std::fill(y, y + n * w.rows, 0.0f);  // Empty sums.
-  Kernels().linear(internal::LinearArgs{x, n, x_stride == 0 ? w.cols : x_stride, w, y}, parallel);
+  if (x_stride == 0) x_stride = w.cols;
+  if (w.dtype == DType::kI8) return LinearQ8(x, n, x_stride, w, y, parallel);
+  Kernels().linear(internal::LinearArgs{x, n, x_stride, w, y}, parallel);
 }
 
 void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y) {
-  for (int64_t r = 0; r < w.rows; ++r) Kernels().axpy(a[r], w.row_ptr(r), w.dtype, w.cols, y);
+  if (w.dtype != DType::kI8) {
+    for (int64_t r = 0; r < w.rows; ++r) Kernels().axpy(a[r], w.row_ptr(r), w.dtype, w.cols, y);
+    return;
+  }
+  // Each row dequantized (q · its block's scale), then the float32 axpy.
+  thread_local std::vector<float> row;
+  row.resize(w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const auto* q = reinterpret_cast<const int8_t*>(w.row_ptr(r));
+    const float* scales = w.row_scales(r);
+    for (int64_t c = 0; c < w.cols; ++c) row[c] = static_cast<float>(q[c]) * scales[c / kQ8Block];
+    Kernels().axpy(a[r], row.data(), DType::kF32, w.cols, y);
+  }
 }
 
 float Dot(const float* a, const float* b, int64_t n) { return Kernels().dot(a, b, n); }

@@ -10,8 +10,11 @@
 // double-precision sums. Linear never copies or repacks the weights (they are
 // memory-mapped checkpoint tensors): it converts them to float32 as it reads
 // them, in registers or, for many tokens, into a small per-thread buffer that
-// the tokens share. Design and measured figures: docs/performance.md, "CPU
-// kernels".
+// the tokens share. Int8 weights (dsv2-int8, common/tensor/q8.h) are
+// multiplied in integers: Linear quantizes x per token in blocks of 32 as it
+// starts, each block's dot product is exact in int32 and is scaled by
+// w_scale · x_scale into a float32 sum. Design and measured figures:
+// docs/performance.md, "CPU kernels" and "8-bit weights".
 #pragma once
 
 #include <cstdint>
@@ -28,7 +31,8 @@ void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t 
             bool parallel = true);
 
 // y[w.cols] += Σ_r a[r] · w[r, :] — the product with the transposed matrix,
-// used to absorb W_UK into the query.
+// used to absorb W_UK into the query. Int8 rows are dequantized (q · scale)
+// and added in float32.
 void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y);
 
 // Dot product of two float vectors.

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/tensor/q8.h"
 #include "gtest/gtest.h"
 
 namespace dsv2::cpu {
@@ -13,6 +14,8 @@ namespace {
 // A weight matrix stored in `dtype`, with the float values it represents.
 struct TestMatrix {
   std::vector<uint16_t> half;
+  std::vector<int8_t> q;      // kI8: the integers,
+  std::vector<float> scales;  // and their scales.
   std::vector<float> full;  // Exact values of the stored weights.
   WeightMatrix view;
 };
@@ -21,6 +24,20 @@ TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng
   std::normal_distribution<float> dist(0.0f, 1.0f);
   TestMatrix m;
   m.full.resize(rows * cols);
+  if (dtype == DType::kI8) {
+    for (float& v : m.full) v = dist(rng);
+    const int64_t blocks = Q8Blocks(cols);
+    m.q.resize(rows * cols);
+    m.scales.resize(rows * blocks);
+    for (int64_t r = 0; r < rows; ++r) {
+      QuantizeQ8(&m.full[r * cols], cols, &m.q[r * cols], &m.scales[r * blocks]);
+      for (int64_t c = 0; c < cols; ++c) {
+        m.full[r * cols + c] = m.q[r * cols + c] * m.scales[r * blocks + c / kQ8Block];
+      }
+    }
+    m.view = WeightMatrix{dtype, rows, cols, m.q.data(), m.scales.data()};
+    return m;
+  }
   if (dtype != DType::kF32) m.half.resize(rows * cols);
   for (int64_t i = 0; i < rows * cols; ++i) {
     const float v = dist(rng);
@@ -38,6 +55,27 @@ TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng
                         dtype == DType::kF32 ? static_cast<const void*>(m.full.data())
                                              : static_cast<const void*>(m.half.data())};
   return m;
+}
+
+// The input values Linear multiplies `w` with: x itself, or for int8 weights
+// x quantized per block of 32 (the scheme of the kernels) and dequantized.
+std::vector<float> AsMultiplied(const TestMatrix& w, const float* x) {
+  const int64_t cols = w.view.cols;
+  std::vector<float> values(x, x + cols);
+  if (w.view.dtype != DType::kI8) return values;
+  std::vector<int8_t> q(cols);
+  std::vector<float> scales(Q8Blocks(cols));
+  QuantizeQ8(x, cols, q.data(), scales.data());
+  for (int64_t c = 0; c < cols; ++c) values[c] = q[c] * scales[c / kQ8Block];
+  return values;
+}
+
+// Row r of w times x, in double precision over the values as multiplied.
+double Expected(const TestMatrix& w, int64_t r, const float* x) {
+  const std::vector<float> values = AsMultiplied(w, x);
+  double sum = 0;
+  for (int64_t c = 0; c < w.view.cols; ++c) sum += double(w.full[r * w.view.cols + c]) * values[c];
+  return sum;
 }
 
 // Tolerance for a float32 sum of k products of unit-variance values against a
@@ -58,10 +96,7 @@ TEST_P(LinearTest, MatchesDoublePrecisionOnAwkwardShapes) {
     Linear(x.data(), n, w.view, y.data());
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
-        double expected = 0;
-        for (int64_t c = 0; c < cols; ++c)
-          expected += double(w.full[r * cols + c]) * x[t * cols + c];
-        ASSERT_NEAR(y[t * rows + r], expected, SumTolerance(cols))
+        ASSERT_NEAR(y[t * rows + r], Expected(w, r, &x[t * cols]), SumTolerance(cols))
             << "n=" << n << " rows=" << rows << " cols=" << cols << " t=" << t << " r=" << r;
       }
     }
@@ -97,9 +132,7 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
   std::vector<float> y(2 * rows);
   Linear(x.data(), 2, w.view, y.data(), stride);
   for (int64_t r = 0; r < rows; ++r) {
-    double expected = 0;
-    for (int64_t c = 0; c < cols; ++c) expected += double(w.full[r * cols + c]) * x[stride + c];
-    ASSERT_NEAR(y[rows + r], expected, SumTolerance(cols));
+    ASSERT_NEAR(y[rows + r], Expected(w, r, &x[stride]), SumTolerance(cols));
   }
   std::vector<float> a(rows), acc(cols, 1.0f);
   for (int64_t r = 0; r < rows; ++r) a[r] = 0.1f * static_cast<float>(r) - 0.7f;
@@ -152,11 +185,7 @@ TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
         Linear(x.data(), tokens, w.view, y.data());
         for (int64_t t = 0; t < tokens; ++t) {
           for (int64_t r = 0; r < rows; ++r) {
-            double expected = 0;
-            for (int64_t c = 0; c < cols; ++c) {
-              expected += double(w.full[r * cols + c]) * x[t * cols + c];
-            }
-            ASSERT_NEAR(y[t * rows + r], expected, SumTolerance(cols))
+            ASSERT_NEAR(y[t * rows + r], Expected(w, r, &x[t * cols]), SumTolerance(cols))
                 << isa << " n=" << tokens << " rows=" << rows << " cols=" << cols << " t=" << t
                 << " r=" << r;
           }
@@ -208,8 +237,33 @@ TEST_P(LinearTest, NoColumnsGivesZeros) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllDTypes, LinearTest,
-                         ::testing::Values(DType::kBF16, DType::kF16, DType::kF32),
+                         ::testing::Values(DType::kBF16, DType::kF16, DType::kF32, DType::kI8),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+// The format stores [-127, 127], but a checkpoint's -128 must not overflow
+// the kernels' byte arithmetic (|-128| and the int16 pair sums): every path
+// still computes the exact integer sums.
+TEST(LinearQ8Test, WeightsOfMinus128AreExactOnEveryIsa) {
+  const int64_t rows = 9, cols = 70;
+  std::vector<int8_t> q(rows * cols, -128);
+  std::vector<float> scales(rows * Q8Blocks(cols), 1.0f / 128);
+  const WeightMatrix w{DType::kI8, rows, cols, q.data(), scales.data()};
+  // x quantizes to ±127 exactly with scale 1/127: x = ±1.
+  std::vector<float> x(5 * cols);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = i % 3 == 0 ? -1.0f : 1.0f;
+  for (const std::string& isa : AvailableIsas()) {
+    IsaScope scope(isa);
+    for (int64_t n : {1, 5}) {
+      std::vector<float> y(n * rows);
+      Linear(x.data(), n, w, y.data());
+      for (int64_t t = 0; t < n; ++t) {
+        double expected = 0;
+        for (int64_t c = 0; c < cols; ++c) expected -= x[t * cols + c];
+        ASSERT_NEAR(y[t * rows], expected, 1e-4) << isa << " n=" << n;
+      }
+    }
+  }
+}
 
 TEST(OpsTest, RmsNormSoftmaxSilu) {
   const std::vector<float> x = {1.0f, -2.0f, 3.0f, 0.5f};
