@@ -92,6 +92,30 @@ TEST_F(CheckpointTest, ShardedIndexIsPreferredAndSurvivesMoves) {
   EXPECT_EQ(static_cast<const char*>(v0->data)[7], 1);  // Second tensor of shard 1.
 }
 
+// dsv2-int8 shards: an I8 tensor and its F32 scales, split across shards as
+// `dsv2 quantize` may split them; I8 is one byte per element.
+TEST_F(CheckpointTest, Int8TensorsAndScalesAcrossShards) {
+  std::vector<TensorToWrite> weights = {{"w", "I8", {3, 40}}};
+  ASSERT_TRUE(WriteSafetensors(dir_ + "/model-00001-of-00002.safetensors", weights,
+                               [](size_t, char* out, int64_t n) { std::fill(out, out + n, -127); })
+                  .ok());
+  std::vector<TensorToWrite> scales = {{"w_scale", "F32", {3, 2}}};
+  ASSERT_TRUE(WriteSafetensors(dir_ + "/model-00002-of-00002.safetensors", scales,
+                               [](size_t, char* out, int64_t n) { std::fill(out, out + n, 0); })
+                  .ok());
+  WriteIndex(R"({"weight_map": {"w": "model-00001-of-00002.safetensors",
+                                "w_scale": "model-00002-of-00002.safetensors"}})");
+  auto checkpoint = Checkpoint::Open(dir_);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const TensorInfo* w = checkpoint->Find("w");
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->dtype, DType::kI8);
+  EXPECT_EQ(w->num_bytes, 120);
+  EXPECT_EQ(static_cast<const int8_t*>(w->data)[119], -127);
+  EXPECT_EQ(checkpoint->Find("w_scale")->dtype, DType::kF32);
+  EXPECT_EQ(checkpoint->total_bytes(), 120 + 24);
+}
+
 TEST_F(CheckpointTest, MissingShardIsNotFound) {
   WriteShard("model-00001-of-00002.safetensors", {"layers.0.w", "layers.0.v"});
   WriteIndex(kTwoShardIndex);

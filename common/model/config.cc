@@ -6,6 +6,7 @@
 #include "common/base/json_reading.h"
 #include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
+#include "common/tensor/q8.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -196,6 +197,24 @@ absl::StatusOr<std::optional<YarnScaling>> ParseRopeScaling(const Json& config) 
   return yarn;
 }
 
+// Whether the checkpoint holds dsv2-int8 weights: a quantization_config of
+// that method with groups of kQ8Block. Any other quantization is refused.
+absl::StatusOr<bool> ParseQuantization(const Json& config) {
+  auto it = config.find("quantization_config");
+  if (it == config.end() || it->is_null()) return false;
+  const Json& quant = *it;
+  constexpr char kWhy[] =
+      "the engine runs float checkpoints and its own {\"quant_method\": \"dsv2-int8\", "
+      "\"group_size\": 32} (written by `dsv2 quantize`)";
+  if (!quant.is_object()) return Unsupported("quantization_config", quant, kWhy);
+  const FieldReader fields(quant, "quantization_config.");
+  ASSIGN_OR_RETURN(std::string method, fields.String("quant_method", std::nullopt));
+  if (method != "dsv2-int8") return Unsupported("quantization_config.quant_method", method, kWhy);
+  ASSIGN_OR_RETURN(int64_t group, fields.Int("group_size", std::nullopt, 1, kQ8Block * 1024));
+  if (group != kQ8Block) return Unsupported("quantization_config.group_size", group, kWhy);
+  return true;
+}
+
 absl::StatusOr<ModelConfig> ParseConfigObject(const Json& config) {
   const FieldReader fields(config, "");
   ModelConfig c;
@@ -203,10 +222,7 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const Json& config) {
   if (c.model_type != "deepseek_v2" && c.model_type != "deepseek") {
     return Unsupported("model_type", c.model_type, "expected \"deepseek_v2\" (or \"deepseek\")");
   }
-  if (config.contains("quantization_config")) {
-    return Unsupported("quantization_config", config["quantization_config"],
-                       "quantized checkpoints are not implemented; use the bf16 release");
-  }
+  ASSIGN_OR_RETURN(c.int8_weights, ParseQuantization(config));
   // Every count is bounded as it is read, before anything uses it.
   ASSIGN_OR_RETURN(c.vocab_size, fields.Int("vocab_size", std::nullopt, 1, limits::kMaxVocabSize));
   ASSIGN_OR_RETURN(c.hidden_size,

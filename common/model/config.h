@@ -95,6 +95,10 @@ struct ModelConfig {
   int64_t bos_token_id = -1;  // -1 when absent.
   int64_t eos_token_id = -1;
   bool tie_word_embeddings = false;
+  // "quantization_config": {"quant_method": "dsv2-int8", "group_size": 32}:
+  // the linear layers' weights may be int8 with per-block scales (the
+  // format: common/tensor/q8.h; which tensors: weights.h).
+  bool int8_weights = false;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // Values cached per token per layer: the normalized compressed KV and the

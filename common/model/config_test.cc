@@ -61,6 +61,17 @@ TEST(ConfigTest, ParsesPublishedLiteWithNullQLoraRank) {
   EXPECT_NEAR(config->SoftmaxScale(), 0.1147214, 5e-8);
 }
 
+TEST(ConfigTest, Int8QuantizationConfig) {
+  nlohmann::json json = ReadJson("common/model/presets/deepseek-v2-lite.json");
+  auto plain = ParseModelConfig(json.dump());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->int8_weights);
+  json["quantization_config"] = {{"quant_method", "dsv2-int8"}, {"group_size", 32}};
+  auto int8 = ParseModelConfig(json.dump());
+  ASSERT_TRUE(int8.ok()) << int8.status();
+  EXPECT_TRUE(int8->int8_weights);
+}
+
 TEST(ConfigTest, MoeLayerFrequencyAndNullExperts) {
   nlohmann::json json = ReadJson("common/model/presets/deepseek-v2-lite.json");
   json["moe_layer_freq"] = 2;
@@ -101,7 +112,11 @@ TEST(ConfigTest, RejectsUnsupportedValuesNamingFieldAndValue) {
       {"/norm_topk_prob", "yes", "'norm_topk_prob' = \"yes\""},
       {"/routed_scaling_factor", -16, "'routed_scaling_factor' = -16"},
       {"/eos_token_id", 102400, "'eos_token_id' = 102400"},
-      {"/quantization_config", nlohmann::json{{"quant_method", "fp8"}}, "'quantization_config'"},
+      {"/quantization_config", nlohmann::json{{"quant_method", "fp8"}},
+       "'quantization_config.quant_method' = \"fp8\""},
+      {"/quantization_config", nlohmann::json{{"quant_method", "dsv2-int8"}, {"group_size", 64}},
+       "'quantization_config.group_size' = 64"},
+      {"/quantization_config", "int8", "'quantization_config' = \"int8\""},
       {"/rope_scaling/original_max_position_embeddings", 0,
        "'rope_scaling.original_max_position_embeddings' = 0"},
   };

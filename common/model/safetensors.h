@@ -40,7 +40,7 @@ std::optional<int64_t> SafetensorsElementSize(std::string_view dtype_name);
 struct TensorInfo {
   std::string name;
   std::string dtype_name;      // As written in the header: "BF16", "F32", "I64", ...
-  std::optional<DType> dtype;  // Set when the engine computes with it (BF16, F16, F32).
+  std::optional<DType> dtype;  // Set when the engine computes with it (BF16, F16, F32, I8).
   std::vector<int64_t> shape;
   // Into the file mapping; valid while the file is open. The data buffer
   // starts 8-byte aligned when the header is padded as the reference library

@@ -1,8 +1,12 @@
 #include "common/model/weights.h"
 
+#include <cmath>
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/base/status_macros.h"
+#include "common/tensor/q8.h"
 
 namespace dsv2 {
 namespace {
@@ -63,11 +67,73 @@ absl::StatusOr<const TensorInfo*> FindExpected(const ModelConfig& config,
         ", but the config implies ", ShapeString(spec.shape)));
   }
   if (!info->dtype.has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name, "' in ", info->file,
-                                                   " has dtype ", info->dtype_name,
-                                                   "; expected BF16, F16 or F32"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", spec.name, "' in ", info->file, " has dtype ", info->dtype_name,
+                     IsQuantizable(spec) ? "; expected BF16, F16, F32 or I8 (with its scales)"
+                                         : "; expected BF16, F16 or F32"));
+  }
+  if (*info->dtype == DType::kI8) {
+    if (!IsQuantizable(spec)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", spec.name, "' in ", info->file,
+          " has dtype I8; expected BF16, F16 or F32 (only the linear layers' weights may be int8: "
+          "norms, the embedding and the MoE router stay float)"));
+    }
+    if (!config.int8_weights) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", spec.name, "' in ", info->file,
+          " has dtype I8, but config.json has no quantization_config {\"quant_method\": "
+          "\"dsv2-int8\", \"group_size\": 32}"));
+    }
   }
   return info;
+}
+
+// The scales of `weight` (spec's tensor) when it is int8, nullptr when it is
+// float: present, F32, [rows, Q8Blocks(cols)] and 4-byte aligned.
+absl::StatusOr<const TensorInfo*> FindScales(const Checkpoint& checkpoint, const TensorSpec& spec,
+                                             const TensorInfo& weight) {
+  if (weight.dtype != DType::kI8) return nullptr;
+  const std::string name = ScaleTensorName(spec.name);
+  const std::vector<int64_t> shape = {spec.shape[0], Q8Blocks(spec.shape[1])};
+  const TensorInfo* info = checkpoint.Find(name);
+  if (info == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "int8 tensor '", spec.name, "' in ", weight.file, " has no scale tensor '", name,
+        "' in checkpoint ", checkpoint.dir(), " (expected F32 ", ShapeString(shape), ")"));
+  }
+  if (info->dtype_name != "F32") {
+    return absl::InvalidArgumentError(absl::StrCat("scale tensor '", name, "' in ", info->file,
+                                                   " has dtype ", info->dtype_name,
+                                                   "; expected F32"));
+  }
+  if (info->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scale tensor '", name, "' in ", info->file, " has shape ", ShapeString(info->shape),
+        ", but int8 tensor '", spec.name, "' ", ShapeString(spec.shape), " needs ",
+        ShapeString(shape), " (one scale per block of ", kQ8Block, " columns)"));
+  }
+  if (reinterpret_cast<uintptr_t>(info->data) % alignof(float) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("scale tensor '", name, "' in ", info->file,
+                                                   " is not 4-byte aligned in its file"));
+  }
+  return info;
+}
+
+// Every scale finite and not negative: a NaN or infinite scale would poison
+// every token through its row, a negative one flip its sign.
+absl::Status CheckScaleValues(const TensorInfo& scales) {
+  const auto* values = static_cast<const float*>(scales.data);
+  const int64_t n = scales.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(values[i] >= 0.0f) || std::isinf(values[i])) {
+      const int64_t blocks = scales.shape[1];
+      return absl::InvalidArgumentError(absl::StrCat(
+          "scale tensor '", scales.name, "' in ", scales.file, " holds ", values[i], " at [",
+          i / blocks, ", ", i % blocks, "]; scales must be finite and not negative"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 class Binder {
@@ -81,7 +147,10 @@ class Binder {
 
   absl::StatusOr<WeightMatrix> Matrix(const TensorSpec& spec) {
     ASSIGN_OR_RETURN(const TensorInfo* info, Get(spec));
-    return WeightMatrix{*info->dtype, spec.shape[0], spec.shape[1], info->data};
+    ASSIGN_OR_RETURN(const TensorInfo* scales, FindScales(checkpoint_, spec, *info));
+    if (scales != nullptr) RETURN_IF_ERROR(CheckScaleValues(*scales));
+    return WeightMatrix{*info->dtype, spec.shape[0], spec.shape[1], info->data,
+                        scales == nullptr ? nullptr : static_cast<const float*>(scales->data)};
   }
 
   absl::StatusOr<std::vector<float>> Vector(const TensorSpec& spec) {
@@ -152,10 +221,20 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
   return specs;
 }
 
+bool IsQuantizable(const TensorSpec& spec) {
+  return spec.shape.size() == 2 && spec.name != kEmbedName &&
+         !spec.name.ends_with(".mlp.gate.weight");
+}
+
+std::string ScaleTensorName(std::string_view weight_name) {
+  return std::string(weight_name) + "_scale";
+}
+
 absl::Status CheckCheckpointMatchesConfig(const ModelConfig& config, const Checkpoint& checkpoint) {
   absl::Status status;
   ForEachExpectedTensor(config, [&](const TensorSpec& spec) {
-    status = FindExpected(config, checkpoint, spec).status();
+    absl::StatusOr<const TensorInfo*> info = FindExpected(config, checkpoint, spec);
+    status = info.ok() ? FindScales(checkpoint, spec, **info).status() : info.status();
     return status.ok();
   });
   return status;

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -37,13 +38,28 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 void ForEachExpectedTensor(const ModelConfig& config,
                            absl::FunctionRef<bool(const TensorSpec&)> visit);
 
+// Whether `spec` may be stored as int8 in a dsv2-int8 checkpoint: every
+// linear layer's weight (attention q, q_a, q_b, kv_a, kv_b, o; the dense
+// MLPs; shared and routed experts; lm_head) but the embedding, whose one row
+// per token is read rather than multiplied, and the MoE routers
+// (mlp.gate.weight), which decide the routing and are tiny. Norm vectors
+// are not matrices and stay float too.
+bool IsQuantizable(const TensorSpec& spec);
+// The float32 scales of an int8 weight: "<weight name>_scale", shaped
+// [rows, Q8Blocks(cols)] (common/tensor/q8.h).
+std::string ScaleTensorName(std::string_view weight_name);
+
 // Checks, before anything is allocated from the config, that `checkpoint`
 // holds every tensor of ExpectedTensors(config) with that shape and a float
-// dtype (BF16, F16, F32). Walks the list one tensor at a time and stops at
-// the first that is missing (NotFound) or wrong (InvalidArgument), naming it,
-// its file, the shape the config implies and, for a layer's tensor, how many
-// layers the config says — so a config that claims more than the checkpoint
-// holds fails after reading at most one tensor beyond it.
+// dtype (BF16, F16, F32) — or, when config.int8_weights and IsQuantizable,
+// I8 with its scale tensor (F32, [rows, Q8Blocks(cols)], 4-byte aligned; an
+// I8 tensor elsewhere, or a missing or misshapen scale tensor, is
+// InvalidArgument naming the tensors and the file). Walks the list one
+// tensor at a time and stops at the first that is missing (NotFound) or
+// wrong (InvalidArgument), naming it, its file, the shape the config implies
+// and, for a layer's tensor, how many layers the config says — so a config
+// that claims more than the checkpoint holds fails after reading at most one
+// tensor beyond it.
 absl::Status CheckCheckpointMatchesConfig(const ModelConfig& config, const Checkpoint& checkpoint);
 
 struct ParameterCounts {
@@ -86,8 +102,11 @@ struct ModelWeights {
   WeightMatrix lm_head;                       // [vocab, hidden]
 };
 
-// CheckCheckpointMatchesConfig, then binds the views. The checkpoint must
-// outlive the returned weights.
+// CheckCheckpointMatchesConfig, then binds the views. Int8 weights' scales
+// are read as they are bound: one that is NaN, infinite or negative is
+// InvalidArgument naming the scale tensor, its file and the element (this
+// reads every scale, 1/8 of the int8 bytes). The checkpoint must outlive
+// the returned weights.
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Checkpoint& checkpoint);
 
 }  // namespace dsv2
