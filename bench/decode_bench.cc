@@ -4,10 +4,15 @@
 //  - decode at batch B: one step runs B sequences' next tokens together
 //    (the engine's batched step); the roofline is memory bandwidth divided
 //    by the bytes a step actually reads (every non-expert weight, the
-//    distinct routed experts the batch selected, and the KV cache);
+//    distinct routed experts the batch selected, and the KV cache), in the
+//    checkpoint's own storage (bf16, or int8 with its scales). The bandwidth
+//    is read right before and right after each batch's steps; the roofline
+//    takes their mean and the spread between them is printed, so that a
+//    figure is never set against a reading from another moment;
 //  - prefill of a 512-token prompt: the floating-point rate of the
 //    projection and expert GEMMs over the whole prefill time, against the
 //    measured fp32 FMA peak.
+#include <cmath>
 #include <cstdio>
 #include <mutex>
 #include <random>
@@ -27,15 +32,18 @@ namespace {
 // Counts what the routed experts read and compute, then computes them here.
 class CountingExperts : public RoutedExperts {
  public:
-  explicit CountingExperts(const DeepseekV2Model& model)
-      : local_(model.config(), model.weights()), weights_(model.weights()) {}
+  // `expert_bytes`: what one routed expert's three matrices occupy.
+  CountingExperts(const DeepseekV2Model& model, int64_t expert_bytes)
+      : local_(model.config(), model.weights()),
+        weights_(model.weights()),
+        expert_bytes_(expert_bytes) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* w, float* out, absl::FunctionRef<void()> meanwhile) override {
     const std::set<int32_t> distinct(ids, ids + n * k);
     const MlpWeights& e = weights_.layers[layer].experts[0];
     const int64_t expert_params = e.gate.rows * e.gate.cols * 3;
-    bytes_ += static_cast<int64_t>(distinct.size()) * expert_params * 2;
+    bytes_ += static_cast<int64_t>(distinct.size()) * expert_bytes_;
     flops_ += 2 * n * k * expert_params;
     return local_.Compute(layer, x, n, k, ids, w, out, meanwhile);
   }
@@ -46,6 +54,7 @@ class CountingExperts : public RoutedExperts {
  private:
   LocalRoutedExperts local_;
   const ModelWeights& weights_;
+  const int64_t expert_bytes_;
   int64_t bytes_ = 0, flops_ = 0;
 };
 
@@ -87,17 +96,30 @@ int Main(int argc, char** argv) {
   DeepseekV2Model& model = **loaded;
   const ModelConfig& config = model.config();
   model.checkpoint().Prefault([](int64_t, int64_t) {});
-  auto experts = std::make_shared<CountingExperts>(model);
-  model.SetRoutedExperts(experts);
-
+  // A tensor's bytes as stored, with its block scales where it has them.
+  auto stored_bytes = [&](const std::string& name) {
+    int64_t bytes = 0;
+    for (const std::string& part : {name, name + "_scale"}) {
+      if (const TensorInfo* info = model.checkpoint().Find(part)) bytes += info->num_bytes;
+    }
+    return bytes;
+  };
   // Weights every step reads whole: all but the routed experts and the
   // embedding table (one row per token).
-  int64_t fixed_bytes = 0, fixed_params_per_token = 0;
+  int64_t fixed_bytes = 0, fixed_params_per_token = 0, expert_bytes = 0;
   for (const TensorSpec& spec : ExpectedTensors(config)) {
+    if (spec.expert == 0 && expert_bytes == 0) {
+      const std::string prefix = spec.name.substr(0, spec.name.rfind("experts.0.") + 10);
+      for (const char* m : {"gate_proj", "up_proj", "down_proj"}) {
+        expert_bytes += stored_bytes(prefix + m + ".weight");
+      }
+    }
     if (spec.expert >= 0 || spec.name == "model.embed_tokens.weight") continue;
-    fixed_bytes += spec.numel() * 2;
+    fixed_bytes += stored_bytes(spec.name);
     if (spec.shape.size() == 2) fixed_params_per_token += spec.numel();
   }
+  auto experts = std::make_shared<CountingExperts>(model, expert_bytes);
+  model.SetRoutedExperts(experts);
   const int64_t kv_bytes_per_position = config.num_hidden_layers * config.latent_dim() * 4;
 
   ReadBandwidthProbe probe(std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20) << 20);
@@ -110,14 +132,16 @@ int Main(int argc, char** argv) {
     std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n\n",
                 roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
                 roofline.fma_gflop_per_s_best, roofline.best_fma_isa.c_str(), roofline.threads);
-    std::printf("%6s %10s %10s %12s %12s %8s\n", "batch", "step ms", "tokens/s", "MB/step",
-                "roofline t/s", "%roof");
+    std::printf("%6s %10s %10s %12s %10s %6s %12s %8s %9s\n", "batch", "step ms", "tokens/s",
+                "MB/step", "read GB/s", "±", "roofline t/s", "%roof", "x batch1");
   }
 
   std::mt19937 rng(1);
   struct BatchResult {
     int64_t batch;
-    double step_ms, tokens_per_s, mb_per_step, roofline_tokens_per_s;
+    double step_ms, tokens_per_s, mb_per_step, read_gb_per_s, read_spread_pct,
+        roofline_tokens_per_s;
+    double over_batch1;  // Throughput over batch 1's (0 without a batch 1 first).
   };
   std::vector<BatchResult> results;
   for (int64_t batch : batches) {
@@ -131,6 +155,7 @@ int Main(int argc, char** argv) {
       next[s] = static_cast<int32_t>(rng() % config.vocab_size);
     }
     std::vector<double> times, bytes;
+    const double read_before = probe.Pass(roofline.best_bandwidth_method);
     for (int step = 0; step < steps; ++step) {
       std::vector<SequenceChunk> chunks;
       for (int64_t s = 0; s < batch; ++s) {
@@ -144,13 +169,22 @@ int Main(int argc, char** argv) {
                                           batch * (context + step + 1) * kv_bytes_per_position));
       for (int64_t s = 0; s < batch; ++s) next[s] = static_cast<int32_t>(rng() % config.vocab_size);
     }
+    const double read_after = probe.Pass(roofline.best_bandwidth_method);
+    const double read = (read_before + read_after) / 2;
+    const double spread = 100.0 * std::fabs(read_after - read_before) / read;
     const double t = Median(times);
     const double step_bytes = Median(bytes);
-    const double roof = batch * roofline.bandwidth_gb_per_s_best * 1e9 / step_bytes;
-    results.push_back({batch, t * 1e3, batch / t, step_bytes / 1e6, roof});
+    const double roof = batch * read * 1e9 / step_bytes;
+    const double over_batch1 = !results.empty() && results[0].batch == 1
+                                   ? batch / t / results[0].tokens_per_s
+                               : batch == 1 ? 1.0
+                                            : 0.0;
+    results.push_back(
+        {batch, t * 1e3, batch / t, step_bytes / 1e6, read, spread, roof, over_batch1});
     if (!json) {
-      std::printf("%6lld %10.1f %10.2f %12.1f %12.2f %7.1f%%\n", (long long)batch, t * 1e3,
-                  batch / t, step_bytes / 1e6, roof, 100.0 * (batch / t) / roof);
+      std::printf("%6lld %10.1f %10.2f %12.1f %10.1f %5.0f%% %12.2f %7.1f%% %8.2fx\n",
+                  (long long)batch, t * 1e3, batch / t, step_bytes / 1e6, read, spread, roof,
+                  100.0 * (batch / t) / roof, over_batch1);
       std::fflush(stdout);
     }
   }
@@ -173,34 +207,29 @@ int Main(int argc, char** argv) {
   }
   const double prefill_t = Median(prefill_times);
   const double gflops = gemm_flops / prefill_t / 1e9;
-  const double ratio_32 = [&] {
-    double one = 0, thirty_two = 0;
-    for (const BatchResult& r : results) {
-      if (r.batch == 1) one = r.tokens_per_s;
-      if (r.batch == 32) thirty_two = r.tokens_per_s;
-    }
-    return one > 0 ? thirty_two / one : 0.0;
-  }();
   if (json) {
     std::printf("{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"decode\": [",
                 roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best);
     for (size_t i = 0; i < results.size(); ++i) {
       const BatchResult& r = results[i];
-      std::printf("%s{\"batch\": %lld, \"step_ms\": %.2f, \"tokens_per_s\": %.3f, "
-                  "\"mb_per_step\": %.1f, \"roofline_tokens_per_s\": %.3f}",
-                  i ? ", " : "", (long long)r.batch, r.step_ms, r.tokens_per_s, r.mb_per_step,
-                  r.roofline_tokens_per_s);
+      std::printf(
+          "%s{\"batch\": %lld, \"step_ms\": %.2f, \"tokens_per_s\": %.3f, "
+          "\"mb_per_step\": %.1f, \"read_gb_per_s\": %.2f, \"read_spread_pct\": %.1f, "
+          "\"roofline_tokens_per_s\": %.3f, \"throughput_over_batch1\": %.2f}",
+          i ? ", " : "", (long long)r.batch, r.step_ms, r.tokens_per_s, r.mb_per_step,
+          r.read_gb_per_s, r.read_spread_pct, r.roofline_tokens_per_s, r.over_batch1);
     }
-    std::printf("], \"batch32_over_batch1\": %.2f, \"prefill\": {\"tokens\": %lld, \"seconds\": %.3f, "
-                "\"tokens_per_s\": %.1f, \"gemm_gflop_per_s\": %.1f, \"pct_fma_peak\": %.1f}}\n",
-                ratio_32, (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
-                100.0 * gflops / roofline.fma_gflop_per_s_best);
+    std::printf(
+        "], \"prefill\": {\"tokens\": %lld, \"seconds\": %.3f, "
+        "\"tokens_per_s\": %.1f, \"gemm_gflop_per_s\": %.1f, \"pct_fma_peak\": %.1f}}\n",
+        (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
+        100.0 * gflops / roofline.fma_gflop_per_s_best);
   } else {
-    std::printf("\nbatch 32 / batch 1 throughput: %.2fx\n", ratio_32);
-    std::printf("prefill %lld tokens: %.2f s, %.1f tokens/s; projection and expert GEMMs %.1f "
-                "GFLOP/s = %.1f%% of the FMA peak (over the whole prefill time)\n",
-                (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
-                100.0 * gflops / roofline.fma_gflop_per_s_best);
+    std::printf(
+        "\nprefill %lld tokens: %.2f s, %.1f tokens/s; projection and expert GEMMs %.1f "
+        "GFLOP/s = %.1f%% of the FMA peak (over the whole prefill time)\n",
+        (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
+        100.0 * gflops / roofline.fma_gflop_per_s_best);
   }
   return 0;
 }

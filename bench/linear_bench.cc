@@ -9,10 +9,14 @@
 //    weights, and the throughput ratio n · t(1) / t(n);
 //  - prefill (n = 512): GFLOP/s as a share of the measured fp32 FMA peak.
 //
-// Each repetition measures the roofline right before the kernel and keeps
-// the ratio, so that the noise of a shared machine cancels; the figures are
-// medians over repetitions. A few outputs of every shape are checked against
-// a double-precision sum.
+// Each repetition measures the read bandwidth right before and right after
+// the n = 1 timing and keeps the ratio to their mean, so that the noise of a
+// shared machine cancels, and reports how far the two readings differ; the
+// figures are medians over repetitions. Matrices that fit in a quarter of the
+// last-level cache are also timed at n = 1 on one resident copy: the kernel's
+// own ceiling, which must stay well above the DRAM bandwidth (≥ 1.5× the
+// fastest read of the run) for DRAM to be the limit on any machine. A few outputs of every shape
+// are checked against a double-precision sum.
 //
 // Floors (docs/performance.md): n = 1 at ≥ 90% of the read bandwidth on the
 // large matrices, n = 32 throughput ≥ 8× n = 1 (t32/t1 ≤ 4), n = 512 at ≥ 50%
@@ -103,6 +107,21 @@ double TimeCalls(const Shape& s, const ColdWeights& w, const float* x, int64_t n
   return elapsed / static_cast<double>(calls);
 }
 
+// Seconds per n = 1 call with copy 0 resident in the cache: the best of a few
+// bursts of calls after a warm-up, so that it is the kernel's ceiling rather
+// than the noise of the shared machine.
+double TimeHot(const Shape& s, const ColdWeights& w, const float* x, float* y) {
+  const WeightMatrix m = w.Copy(s, 0);
+  double best = 1e30;
+  for (int burst = 0; burst < 8; ++burst) {  // The first brings it into the cache.
+    constexpr int kCalls = 20;
+    const double start = NowSeconds();
+    for (int c = 0; c < kCalls; ++c) cpu::Linear(x, 1, m, y);
+    best = std::min(best, (NowSeconds() - start) / kCalls);
+  }
+  return best;
+}
+
 // Largest |y - double-precision reference| over a few outputs of each token.
 double MaxError(const Shape& s, const ColdWeights& w, const float* x, int64_t n, const float* y) {
   double worst = 0;
@@ -122,6 +141,13 @@ struct ShapeResult {
   Shape shape;
   int64_t copies = 0;
   double decode_us = 0, decode_gb_per_s = 0, decode_pct_bw = 0;
+  // The spread of the bandwidth readings around the n = 1 timings: the
+  // largest (after - before) / mean of a repetition, in percent.
+  double bw_spread_pct = 0;
+  // n = 1 with the weights resident in the last-level cache (0 when the
+  // matrix is too large to stay there): the kernel's own ceiling.
+  double hot_gb_per_s = 0;
+  double max_read_gb_per_s = 0;               // The fastest bandwidth reading of the shape.
   double batch_time_ratio[4] = {1, 0, 0, 0};  // t(n) / t(1) per kBatchTokens.
   double batch_us[4] = {0, 0, 0, 0};
   bool prefill = false;
@@ -143,12 +169,18 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
   for (float& v : x) v = noise.Next();
 
   int64_t next_copy = 0;
-  std::vector<double> us[4], gbs, pct_bw, ratio[4], gflops, pct_peak, ms;
+  std::vector<double> us[4], gbs, pct_bw, ratio[4], gflops, pct_peak, ms, hot;
   TimeCalls(s, w, x.data(), 1, y.data(), next_copy, w.copies, 0);  // Warm-up.
+  // The best of the leading load styles, measured now.
+  auto bandwidth_now = [&] {
+    double best = 0;
+    for (const std::string& method : bw_methods) best = std::max(best, probe.Pass(method));
+    return best;
+  };
+  // Fits in a quarter of the cache: n = 1 calls on one copy keep it there.
+  const bool hot_fits = matrix_bytes * 4 <= static_cast<double>(LastLevelCacheBytes());
   for (int rep = 0; rep < reps; ++rep) {
-    double bandwidth = 0;  // The best of the leading load styles, just measured.
-    for (const std::string& method : bw_methods)
-      bandwidth = std::max(bandwidth, probe.Pass(method));
+    const double before = bandwidth_now();
     double t1 = 0;
     for (int b = 0; b < 4; ++b) {
       // Every copy once: the weights always come from memory.
@@ -156,12 +188,18 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
           TimeCalls(s, w, x.data(), kBatchTokens[b], y.data(), next_copy, w.copies, 0.02);
       if (b == 0) {
         t1 = t;
+        const double after = bandwidth_now();
+        const double bandwidth = (before + after) / 2;
+        result.max_read_gb_per_s = std::max({result.max_read_gb_per_s, before, after});
+        result.bw_spread_pct =
+            std::max(result.bw_spread_pct, 100.0 * std::fabs(after - before) / bandwidth);
         gbs.push_back(matrix_bytes / t * 1e-9);
         pct_bw.push_back(100.0 * gbs.back() / bandwidth);
       }
       us[b].push_back(t * 1e6);
       ratio[b].push_back(t / t1);
     }
+    if (hot_fits) hot.push_back(matrix_bytes / TimeHot(s, w, x.data(), y.data()) * 1e-9);
     if (prefill) {
       const double peak = FmaPass(fma_isa, 0.1);
       const double t = TimeCalls(s, w, x.data(), kPrefillTokens, y.data(), next_copy, 2, 0.2);
@@ -173,6 +211,7 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
   result.decode_us = Median(us[0]);
   result.decode_gb_per_s = Median(gbs);
   result.decode_pct_bw = Median(pct_bw);
+  result.hot_gb_per_s = hot.empty() ? 0 : Median(hot);
   for (int b = 0; b < 4; ++b) {
     result.batch_us[b] = Median(us[b]);
     result.batch_time_ratio[b] = Median(ratio[b]);
@@ -233,28 +272,42 @@ int Main(int argc, char** argv) {
                 cpu::KernelIsa(), roofline.threads, reps);
     std::printf(
         "roofline at start: read %.1f GB/s (%s, %.0f MiB), FMA %.1f GFLOP/s (%s);\n"
-        "each repetition re-measures them next to the kernel (read: the better of %s)\n"
-        "and keeps the ratio\n",
+        "each repetition re-measures the read bandwidth before and after the n = 1 timing\n"
+        "(the better of %s each time) and keeps the ratio to their mean (bw±: the\n"
+        "largest before/after difference); hot GB/s: n = 1 on weights resident in the\n"
+        "%.0f MiB last-level cache, the kernel's own ceiling (x DRAM: its ratio to the\n"
+        "fastest read seen in the run)\n",
         roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
         static_cast<double>(probe.bytes()) / 1048576.0, fma_at_start, fma_isa.c_str(),
-        (bw_methods[0] + (bw_methods.size() > 1 ? " and " + bw_methods[1] : "")).c_str());
-    std::printf("\n%-12s %6s %6s %7s | %9s %7s %6s | %7s %7s %7s %8s | %8s %8s %6s | %8s | %s\n",
-                "shape", "out", "in", "MiB", "n=1 us", "GB/s", "%bw", "t8/t1", "t32/t1", "t64/t1",
-                "thr32/1", "n=512 ms", "GFLOP/s", "%peak", "max err", "floors");
+        (bw_methods[0] + (bw_methods.size() > 1 ? " and " + bw_methods[1] : "")).c_str(),
+        static_cast<double>(LastLevelCacheBytes()) / 1048576.0);
+    std::printf(
+        "\n%-12s %6s %6s %7s | %9s %7s %6s %5s | %7s %6s | %7s %7s %7s %8s | %8s %8s "
+        "%6s | %8s | %s\n",
+        "shape", "out", "in", "MiB", "n=1 us", "GB/s", "%bw", "bw±", "hot", "xDRAM", "t8/t1",
+        "t32/t1", "t64/t1", "thr32/1", "n=512 ms", "GFLOP/s", "%peak", "max err", "floors");
     std::fflush(stdout);
   }
   std::vector<ShapeResult> results;
+  double best_read = roofline.bandwidth_gb_per_s_best;  // The fastest read so far.
   for (const Shape& s : kShapes) {
     if (wanted != ",," && wanted.find(std::string(",") + s.name + ",") == std::string::npos) {
       continue;
     }
     const ShapeResult r = RunShape(s, reps, cold_bytes, probe, bw_methods, fma_isa);
     results.push_back(r);
+    best_read = std::max(best_read, r.max_read_gb_per_s);
     if (json) continue;
-    std::printf("%-12s %6lld %6lld %7.1f | %9.1f %7.2f %5.1f%% | %7.2f %7.2f %7.2f %7.1fx | ",
-                s.name, static_cast<long long>(s.out), static_cast<long long>(s.in),
+    std::printf("%-12s %6lld %6lld %7.1f | %9.1f %7.2f %5.1f%% %4.0f%% | ", s.name,
+                static_cast<long long>(s.out), static_cast<long long>(s.in),
                 static_cast<double>(s.out * s.in * 2) / 1048576.0, r.decode_us, r.decode_gb_per_s,
-                r.decode_pct_bw, r.batch_time_ratio[1], r.batch_time_ratio[2],
+                r.decode_pct_bw, r.bw_spread_pct);
+    if (r.hot_gb_per_s > 0) {
+      std::printf("%7.1f %5.2fx | ", r.hot_gb_per_s, r.hot_gb_per_s / best_read);
+    } else {
+      std::printf("%7s %6s | ", "-", "-");
+    }
+    std::printf("%7.2f %7.2f %7.2f %7.1fx | ", r.batch_time_ratio[1], r.batch_time_ratio[2],
                 r.batch_time_ratio[3], 32.0 / r.batch_time_ratio[2]);
     if (r.prefill) {
       std::printf("%8.2f %8.1f %5.1f%% | ", r.prefill_ms, r.prefill_gflop_per_s,
@@ -270,21 +323,33 @@ int Main(int argc, char** argv) {
                                            : "LOW");
     std::fflush(stdout);
   }
+  std::vector<double> hot;
+  for (const ShapeResult& r : results) {
+    if (r.hot_gb_per_s > 0) hot.push_back(r.hot_gb_per_s);
+  }
+  if (!json && !hot.empty()) {
+    std::printf(
+        "\nn = 1 in cache: %.1f GB/s (median over %zu shapes) = %.2fx the fastest read of "
+        "the run (%.1f GB/s)\n",
+        Median(hot), hot.size(), Median(hot) / best_read, best_read);
+  }
   if (json) {
     std::printf(
         "{\"kernels\": \"%s\", \"threads\": %d, \"reps\": %d, \"weight_dtype\": \"bf16\", "
         "\"roofline_at_start\": {\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, "
-        "\"fma_isa\": \"%s\"}, \"shapes\": [",
+        "\"fma_isa\": \"%s\"}, \"fastest_read_gb_per_s\": %.2f, \"hot_n1_gb_per_s\": %.2f, "
+        "\"shapes\": [",
         cpu::KernelIsa(), roofline.threads, reps, roofline.bandwidth_gb_per_s_best, fma_at_start,
-        fma_isa.c_str());
+        fma_isa.c_str(), best_read, hot.empty() ? 0.0 : Median(hot));
     for (size_t i = 0; i < results.size(); ++i) {
       const ShapeResult& r = results[i];
       std::printf(
           "%s{\"name\": \"%s\", \"out\": %lld, \"in\": %lld, \"weight_copies\": %lld, "
-          "\"n1_us\": %.2f, \"n1_gb_per_s\": %.3f, \"n1_pct_bandwidth\": %.2f, ",
+          "\"n1_us\": %.2f, \"n1_gb_per_s\": %.3f, \"n1_pct_bandwidth\": %.2f, "
+          "\"bandwidth_spread_pct\": %.2f, \"hot_n1_gb_per_s\": %.2f, ",
           i ? ", " : "", r.shape.name, static_cast<long long>(r.shape.out),
           static_cast<long long>(r.shape.in), static_cast<long long>(r.copies), r.decode_us,
-          r.decode_gb_per_s, r.decode_pct_bw);
+          r.decode_gb_per_s, r.decode_pct_bw, r.bw_spread_pct, r.hot_gb_per_s);
       for (int b = 1; b < 4; ++b) {
         const long long n = kBatchTokens[b];
         std::printf(

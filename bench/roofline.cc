@@ -8,6 +8,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <set>
+#include <string>
 
 #include "bench/stats.h"
 #include "common/base/thread_pool.h"
@@ -127,6 +130,40 @@ __attribute__((target("avx2,fma"))) float FmaAvx2(int64_t iters) {
 }  // namespace
 
 int64_t LastLevelCacheBytes() {
+  // sysfs describes the caches each CPU sees: the highest level's instances
+  // (one per distinct set of CPUs sharing it) add up to the last level.
+  // glibc's sysconf derives it from CPUID, which hypervisors misreport (a
+  // Zen 3 guest with a 32 MiB L3 reads 256 MiB).
+  int best_level = 0;
+  int64_t total = 0;
+  std::set<std::string> seen;
+  for (int cpu = 0;; ++cpu) {
+    const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/cache";
+    if (access(dir.c_str(), F_OK) != 0) break;
+    for (int index = 0;; ++index) {
+      const std::string base = dir + "/index" + std::to_string(index) + "/";
+      std::ifstream level_file(base + "level"), type_file(base + "type"), size_file(base + "size"),
+          shared_file(base + "shared_cpu_list");
+      if (!level_file) break;
+      int level = 0;
+      std::string type, size, shared;
+      level_file >> level;
+      type_file >> type;
+      size_file >> size;
+      shared_file >> shared;
+      if (type == "Instruction" || size.empty()) continue;
+      int64_t bytes = std::atoll(size.c_str());
+      if (size.back() == 'K') bytes <<= 10;
+      if (size.back() == 'M') bytes <<= 20;
+      if (level > best_level) {
+        best_level = level;
+        total = 0;
+        seen.clear();
+      }
+      if (level == best_level && seen.insert(shared).second) total += bytes;
+    }
+  }
+  if (total > 0) return total;
   for (int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
     const long bytes = sysconf(name);
     if (bytes > 0) return bytes;

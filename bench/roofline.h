@@ -67,7 +67,8 @@ struct Roofline {
 };
 Roofline MeasureRoofline(ReadBandwidthProbe& probe, int reps);
 
-// The last-level cache size in bytes as the OS reports it (0 if unknown).
+// The last-level cache size in bytes, all instances together, from sysfs
+// (sysconf where sysfs has none; 0 if unknown).
 int64_t LastLevelCacheBytes();
 
 }  // namespace dsv2::bench

@@ -1,17 +1,19 @@
 // AVX2/FMA implementations of the Linear kernels, for CPUs without AVX-512.
 //
-// Accumulation structure of every output (fixed for this ISA): one 8-lane
-// float32 accumulator; k advances in steps of 8 from 0, the last partial step
-// zero padded in both operands; then the lanes are summed by the fixed tree
-// of Reduce8. Weights are converted to float32 in registers as they stream
-// in: up to 3 tokens, 8 concurrent runs of rows one token at a time (as the
-// AVX-512 streaming path); more, tiles of kRows rows × kTokens tokens (16 ymm
+// Accumulation structure of every f16 and f32 output (fixed for this ISA):
+// one 8-lane float32 accumulator; k advances in steps of 8 from 0, the last
+// partial step zero padded in both operands; then the lanes are summed by the
+// fixed tree of Reduce8. bf16 has a structure of its own (see "bf16" below).
+// Weights are converted to float32 in registers as they stream in: up to 3
+// tokens, 8 concurrent runs of rows one token at a time (as the AVX-512
+// streaming path); more, tiles of kRows rows × kTokens tokens (16 ymm
 // registers: 8 sums, 4 weights, 1 input).
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "kernels/cpu/linear_kernels.h"
 
@@ -189,24 +191,229 @@ void LinearRowsTyped(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
   }
 }
 
-void LinearRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  switch (a.w.dtype) {
-    case DType::kBF16:
-      return LinearRowsTyped<DType::kBF16>(a, row_begin, row_end);
-    case DType::kF16:
-      return LinearRowsTyped<DType::kF16>(a, row_begin, row_end);
-    case DType::kF32:
-      return LinearRowsTyped<DType::kF32>(a, row_begin, row_end);
-    case DType::kI8:  // Never: ops.cc sends int8 weights to linear_q8.
-      return;
+// ---- bf16 ---------------------------------------------------------------------
+//
+// bf16 weights have their own accumulation structure, built around the
+// cheapest widening AVX2 has: a 32-byte load holds 16 weights, element 2j in
+// the low and 2j+1 in the high half of 32-bit lane j, so a left shift by 16
+// gives the even elements as float32 and a mask of the high halves the odd
+// ones: two single-cycle operations per 16 weights (zero-extend + shift, the
+// obvious way, costs two shuffle-port operations per 8 and left the decode
+// kernel compute bound below the DRAM bandwidth of an AMD Zen 4 guest). The
+// input is packed once per call to match, block by block of 16: its 8 even
+// elements, then its 8 odd ones, zero past k.
+//
+// Accumulation structure of every output: one 8-lane float32 accumulator;
+// for each block of 16 from k = 0, acc += even weights · even inputs, then
+// acc += odd weights · odd inputs (lane j sums elements 2j, 2j+1 of each
+// block in order); the last partial block is zero padded in both operands;
+// then Reduce8.
+constexpr int64_t kBf16Block = 16;
+
+// A token's inputs in the packed order, `Padded(k)` floats.
+int64_t Padded(int64_t k) { return (k + kBf16Block - 1) / kBf16Block * kBf16Block; }
+
+DSV2_AVX2 void PackInputs(const LinearArgs& a, std::vector<float>& packed) {
+  const int64_t k = a.w.cols, kp = Padded(k), full = k / kBf16Block * kBf16Block;
+  packed.resize(a.n * kp);
+  for (int64_t t = 0; t < a.n; ++t) {
+    const float* x = a.x + t * a.x_stride;
+    float* p = packed.data() + t * kp;
+    for (int64_t i = 0; i < full; i += kBf16Block) {
+      const __m256 lo = _mm256_loadu_ps(x + i), hi = _mm256_loadu_ps(x + i + 8);
+      // Per 128-bit lane: lo's even (odd) pair, then hi's; then the 64-bit
+      // pieces in order lo, lo, hi, hi.
+      const __m256 even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 odd = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+      _mm256_storeu_ps(p + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even),
+                                                                     _MM_SHUFFLE(3, 1, 2, 0))));
+      _mm256_storeu_ps(p + i + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd),
+                                                                         _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    if (full < k) {
+      std::fill(p + full, p + kp, 0.0f);
+      for (int64_t j = 0; full + j < k; ++j) p[full + (j & 1) * 8 + j / 2] = x[full + j];
+    }
+  }
+}
+
+// The weights of the last, partial block from element i of a row of k
+// columns, through a zero-padded copy (the bytes past the row may be another
+// tensor's, or unmapped).
+DSV2_AVX2_INLINE __m256i LoadBf16Tail(const uint16_t* row, int64_t i, int64_t k) {
+  alignas(32) uint16_t tail[kBf16Block] = {};
+  for (int64_t j = 0; i + j < k; ++j) tail[j] = row[i + j];
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+}
+
+DSV2_AVX2_INLINE __m256 EvenBf16(__m256i raw) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+}
+DSV2_AVX2_INLINE __m256 OddBf16(__m256i raw, __m256i high_halves) {
+  return _mm256_castsi256_ps(_mm256_and_si256(raw, high_halves));
+}
+
+// One block of 16 from element i: acc[r][t] += R rows' weights `raw` · T
+// packed tokens `kp` floats apart.
+template <int R, int T>
+DSV2_AVX2_INLINE void Bf16Block(const __m256i (&raw)[R], const float* packed, int64_t kp, int64_t i,
+                                __m256i high_halves, __m256 (&acc)[R][T]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 even = EvenBf16(raw[r]);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      acc[r][t] = _mm256_fmadd_ps(even, _mm256_loadu_ps(packed + t * kp + i), acc[r][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m256 odd = OddBf16(raw[r], high_halves);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      acc[r][t] = _mm256_fmadd_ps(odd, _mm256_loadu_ps(packed + t * kp + i + 8), acc[r][t]);
+    }
+  }
+}
+
+// out[r * T + t] = dot(w row r, token t) for R rows and T tokens, the packed
+// tokens `kp` floats apart. With kPrefetch (the streaming path, weights
+// coming from memory), each row is prefetched kStreamPrefetchBytes ahead.
+template <int R, int T, bool kPrefetch>
+DSV2_AVX2 void TileBf16(const uint16_t* const* w, const float* packed, int64_t kp, int64_t k,
+                        float* out) {
+  const __m256i high_halves = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  __m256 acc[R][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
+  __m256i raw[R];
+  int64_t i = 0;
+  for (; i + kBf16Block <= k; i += kBf16Block) {
+    if (kPrefetch && (i & 31) == 0) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w[r] + i) + kStreamPrefetchBytes, _MM_HINT_T0);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      raw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i));
+    }
+    Bf16Block<R, T>(raw, packed, kp, i, high_halves, acc);
+  }
+  if (i < k) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) raw[r] = LoadBf16Tail(w[r], i, k);
+    Bf16Block<R, T>(raw, packed, kp, i, high_halves, acc);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) out[r * T + t] = Reduce8(acc[r][t]);
+  }
+}
+
+// Few tokens (decode): a thread reads its rows as kStreams concurrent runs,
+// one row of each per tile; one token at a time, later tokens re-reading the
+// tile's rows from L1.
+void StreamRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
+  const int64_t kp = Padded(a.w.cols);
+  const int64_t run = (row_end - row_begin) / kStreams;  // Rows per run.
+  const int64_t tiles = run + ((row_end - row_begin) % kStreams != 0);
+  for (int64_t j = 0; j < tiles; ++j) {
+    // Tile j takes row j of every run; the last tile takes the rows left
+    // over after the runs (repeating its last one: those sums are not stored).
+    int valid = kStreams;
+    int64_t rows[kStreams];
+    if (j < run) {
+      for (int r = 0; r < kStreams; ++r) rows[r] = row_begin + r * run + j;
+    } else {
+      valid = static_cast<int>(row_end - (row_begin + kStreams * run));
+      for (int r = 0; r < kStreams; ++r) {
+        rows[r] = row_begin + kStreams * run + std::min(r, valid - 1);
+      }
+    }
+    const uint16_t* w[kStreams];
+    for (int r = 0; r < kStreams; ++r)
+      w[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(rows[r]));
+    for (int64_t t = 0; t < a.n; ++t) {
+      float out[kStreams];
+      TileBf16<kStreams, 1, true>(w, packed + t * kp, kp, a.w.cols, out);
+      for (int r = 0; r < valid; ++r) a.y[t * a.w.rows + rows[r]] = out[r];
+    }
+  }
+}
+
+// Many tokens: tiles of kBf16Rows rows × kBf16Tokens tokens, over blocks of
+// tokens whose packed inputs stay in L2 while a thread's rows pass by (each
+// tile's rows stay in L1 across the block's tokens).
+constexpr int kBf16Rows = 4;
+constexpr int kBf16Tokens = 2;
+constexpr int64_t kBf16TokenBlockBytes = 192 << 10;
+
+template <int T>
+void TokensBf16(const LinearArgs& a, const uint16_t* const* rows, int valid_rows, int64_t row,
+                const float* packed, int64_t t) {
+  const int64_t kp = Padded(a.w.cols);
+  float out[kBf16Rows * T];
+  TileBf16<kBf16Rows, T, false>(rows, packed + t * kp, kp, a.w.cols, out);
+  for (int r = 0; r < valid_rows; ++r) {
+    for (int j = 0; j < T; ++j) a.y[(t + j) * a.w.rows + row + r] = out[r * T + j];
+  }
+}
+
+void LinearRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
+  if (a.n <= kStreamMaxTokens) return StreamRowsBf16(a, packed, row_begin, row_end);
+  const int64_t block_tokens = std::max<int64_t>(
+      kBf16Tokens, kBf16TokenBlockBytes / (Padded(a.w.cols) * 4) / kBf16Tokens * kBf16Tokens);
+  for (int64_t t0 = 0; t0 < a.n; t0 += block_tokens) {
+    const int64_t t1 = std::min(a.n, t0 + block_tokens);
+    for (int64_t row = row_begin; row < row_end; row += kBf16Rows) {
+      const int valid = static_cast<int>(std::min<int64_t>(kBf16Rows, row_end - row));
+      const uint16_t* rows[kBf16Rows];
+      // A partial tile repeats its last row; those results are dropped.
+      for (int r = 0; r < kBf16Rows; ++r) {
+        rows[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(row + std::min(r, valid - 1)));
+      }
+      int64_t t = t0;
+      for (; t + kBf16Tokens <= t1; t += kBf16Tokens) {
+        TokensBf16<kBf16Tokens>(a, rows, valid, row, packed, t);
+      }
+      for (; t < t1; ++t) TokensBf16<1>(a, rows, valid, row, packed, t);
+    }
   }
 }
 
 void Linear(const LinearArgs& a, bool parallel) {
   // At least ~32K multiply-adds per run, so that small products stay on one thread.
   const int64_t min_rows = 32768 / std::max<int64_t>(1, a.w.cols * a.n);
-  ForRowRuns(a.w.rows, a.n <= kStreamMaxTokens ? kStreams : kRows, min_rows, parallel,
-             [&](const RowRun& run) { LinearRows(a, run.begin, run.end); });
+  const bool stream = a.n <= kStreamMaxTokens;
+  switch (a.w.dtype) {
+    case DType::kBF16: {
+      // Per calling thread: Linear runs on several threads at once when the
+      // callers are themselves ThreadPool tasks (parallel = false).
+      // (A lambda names a thread_local as the running thread's own, so the
+      // pool threads get a pointer to this one's.)
+      thread_local std::vector<float> packed;
+      PackInputs(a, packed);
+      const float* inputs = packed.data();
+      return ForRowRuns(a.w.rows, stream ? kStreams : kBf16Rows, min_rows, parallel,
+                        [&](const RowRun& run) { LinearRowsBf16(a, inputs, run.begin, run.end); });
+    }
+    case DType::kF16:
+      return ForRowRuns(
+          a.w.rows, stream ? kStreams : kRows, min_rows, parallel,
+          [&](const RowRun& run) { LinearRowsTyped<DType::kF16>(a, run.begin, run.end); });
+    case DType::kF32:
+      return ForRowRuns(
+          a.w.rows, stream ? kStreams : kRows, min_rows, parallel,
+          [&](const RowRun& run) { LinearRowsTyped<DType::kF32>(a, run.begin, run.end); });
+    case DType::kI8:  // Never: ops.cc sends int8 weights to linear_q8.
+      return;
+  }
 }
 
 template <DType kType>
