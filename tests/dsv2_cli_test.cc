@@ -171,6 +171,88 @@ TEST(CliTest, MakeModelWritesAPublishedFormatCheckpointThatRuns) {
   std::filesystem::remove_all(dir);
 }
 
+// `dsv2 quantize` writes a dsv2-int8 checkpoint that loads and runs: one
+// file, or shards with an index when --shard-mb cuts it; the tokenizer comes
+// along, the golden fixtures of the float model do not.
+TEST(CliQuantizeTest, QuantizedModelLoadsAndGenerates) {
+  const std::string lite = TestPath("lite-int8");
+  std::filesystem::remove_all(lite);
+  Result made = RunDsv2(absl::StrCat("quantize --model tests/data/tiny-lite --out ", lite));
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_EQ(made.out, lite + "\n");
+  const nlohmann::json config = testutil::ReadJsonFile(lite + "/config.json");
+  EXPECT_EQ(config["quantization_config"],
+            (nlohmann::json{{"quant_method", "dsv2-int8"}, {"group_size", 32}}));
+  EXPECT_TRUE(std::filesystem::exists(lite + "/tokenizer.json"));
+  EXPECT_FALSE(std::filesystem::exists(lite + "/golden.json"));
+  // 1 + 1/8 bytes per quantized weight against 2; the embedding (a third of
+  // this model) stays bf16.
+  EXPECT_LT(std::filesystem::file_size(lite + "/model.safetensors"),
+            std::filesystem::file_size("tests/data/tiny-lite/model.safetensors") * 3 / 4);
+  Result generated = RunDsv2(
+      absl::StrCat("generate --model ", lite, " --prompt hello --max-tokens 4 --ignore-eos"));
+  EXPECT_EQ(generated.exit_code, 0) << generated.err;
+  Result again = RunDsv2(absl::StrCat("quantize --model tests/data/tiny-lite --out ", lite));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.err, HasSubstr("already holds a model"));
+  Result twice = RunDsv2(absl::StrCat("quantize --model ", lite, " --out ", lite, "-2"));
+  EXPECT_EQ(twice.exit_code, 1);
+  EXPECT_THAT(twice.err, HasSubstr("is already a dsv2-int8 checkpoint"));
+
+  const std::string v2 = TestPath("v2-int8-shards");
+  std::filesystem::remove_all(v2);
+  made = RunDsv2(absl::StrCat("quantize --model tests/data/tiny-v2 --shard-mb 1 --out ", v2));
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_TRUE(std::filesystem::exists(v2 + "/model.safetensors.index.json"));
+  EXPECT_TRUE(std::filesystem::exists(v2 + "/model-00002-of-00002.safetensors"));
+  generated = RunDsv2(absl::StrCat("generate --model ", v2,
+                                   " --tokens 5,6,7 --max-tokens 4 "
+                                   "--ignore-eos --weight-check full"));
+  EXPECT_EQ(generated.exit_code, 0) << generated.err;
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(generated.out, ' ')).size(), 4u);
+  std::filesystem::remove_all(lite);
+  std::filesystem::remove_all(v2);
+}
+
+TEST(CliQuantizeTest, BadInputsAreOneLine) {
+  Result missing = RunDsv2("quantize --model /nonexistent/model --out " + TestPath("q-missing"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("dsv2 quantize: "));
+  EXPECT_THAT(missing.err, HasSubstr("/nonexistent/model/config.json"));
+
+  const std::string model = testutil::CopyModel("tests/data/tiny-lite", "quantize_inside");
+  Result inside = RunDsv2("quantize --model " + model + " --out " + model + "/int8");
+  EXPECT_EQ(inside.exit_code, 1);
+  EXPECT_THAT(inside.err, HasSubstr("is inside --model"));
+  EXPECT_FALSE(std::filesystem::exists(model + "/int8"));
+  Result same = RunDsv2("quantize --model " + model + " --out " + model + "/.");
+  EXPECT_EQ(same.exit_code, 1);
+  EXPECT_THAT(same.err, HasSubstr("is inside --model"));
+
+  // A weight that cannot be quantized: the tensor and file are named, and
+  // no partial model is left behind.
+  testutil::PoisonBf16(model, "model.layers.1.mlp.experts.4.up_proj.weight", 30);
+  const std::string out = TestPath("q-nan");
+  Result nan = RunDsv2("quantize --model " + model + " --out " + out);
+  EXPECT_EQ(nan.exit_code, 1);
+  EXPECT_THAT(
+      nan.err,
+      HasSubstr("dsv2 quantize: tensor 'model.layers.1.mlp.experts.4.up_proj.weight' in " + model +
+                "/model.safetensors holds a non-finite value; it cannot be "
+                "quantized\n"));
+  EXPECT_FALSE(std::filesystem::exists(out + "/model.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(out + "/config.json"));
+
+  // A truncated checkpoint is refused as the loader refuses it.
+  const std::string truncated = testutil::CopyModel("tests/data/tiny-lite", "quantize_truncated");
+  std::filesystem::resize_file(truncated + "/model.safetensors", 1000);
+  Result cut = RunDsv2("quantize --model " + truncated + " --out " + TestPath("q-cut"));
+  EXPECT_EQ(cut.exit_code, 1);
+  EXPECT_THAT(cut.err, HasSubstr(truncated + "/model.safetensors"));
+  std::filesystem::remove_all(model);
+  std::filesystem::remove_all(truncated);
+}
+
 // Tokenizer commands. Expected ids come from Hugging Face tokenizers
 // (tests/data/tokenizer/expected/tiny.jsonl, tools/golden/make_tokenizer_golden.py).
 

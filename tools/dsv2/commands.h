@@ -44,4 +44,9 @@ absl::Status Health(std::span<const std::string> argv, std::ostream& out);
 // dsv2 make-model --preset lite|v2 --layers N --seed S --out DIR
 absl::Status MakeModel(std::span<const std::string> argv, std::ostream& out);
 
+// dsv2 quantize --model IN_DIR --out OUT_DIR [--shard-mb N]: a dsv2-int8
+// copy of a float checkpoint (linear layers' weights int8 with per-block
+// scales; tokenizer files copied).
+absl::Status Quantize(std::span<const std::string> argv, std::ostream& out);
+
 }  // namespace dsv2::cli

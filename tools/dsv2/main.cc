@@ -19,6 +19,7 @@ constexpr char kUsage[] =
     "  client      generate through a running server (dsv2-standalone, dsv2-router), streamed\n"
     "  health      a server's grpc.health.v1 status (exit 0 when SERVING)\n"
     "  make-model  write a random-weight checkpoint at the published dimensions\n"
+    "  quantize    write a copy of a checkpoint with 8-bit weights (dsv2-int8)\n"
     "\n"
     "Run 'dsv2 COMMAND --help' for a command's flags.\n";
 
@@ -48,6 +49,8 @@ int main(int argc, char** argv) {
     status = dsv2::cli::Client(args, std::cout);
   } else if (command == "make-model") {
     status = dsv2::cli::MakeModel(args, std::cout);
+  } else if (command == "quantize") {
+    status = dsv2::cli::Quantize(args, std::cout);
   } else {
     std::cerr << "dsv2: unknown command '" << command << "'\n\n" << kUsage;
     return 2;
