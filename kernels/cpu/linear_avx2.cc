@@ -316,43 +316,63 @@ DSV2_AVX2 void TileBf16(const uint16_t* const* w, const float* packed, int64_t k
   }
 }
 
-// Few tokens (decode): a thread reads its rows as kStreams concurrent runs,
-// one row of each per tile; one token at a time, later tokens re-reading the
-// tile's rows from L1.
-void StreamRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
+// Few tokens (decode, small expert groups): a thread reads its rows as S
+// concurrent runs, one row of each per tile, prefetching ahead in every run:
+// one token at a time over 8 runs for up to 3 tokens (later tokens re-read
+// the tile's rows from L1/L2), tokens in groups of 3 over 4 runs (12 sums)
+// up to kBf16StreamMaxTokens, each weight load then serving 3 tokens. Only
+// the first group prefetches; the others find the rows in cache.
+constexpr int64_t kBf16StreamMaxTokens = 12;
+constexpr int kBf16GroupStreams = 4;
+constexpr int kBf16GroupTokens = 3;
+
+template <int S, int T>
+void StreamTokensBf16(const LinearArgs& a, const float* packed, const uint16_t* const* w,
+                      const int64_t* rows, int valid, int64_t t) {
   const int64_t kp = Padded(a.w.cols);
-  const int64_t run = (row_end - row_begin) / kStreams;  // Rows per run.
-  const int64_t tiles = run + ((row_end - row_begin) % kStreams != 0);
+  float out[S * T];
+  if (t == 0) {
+    TileBf16<S, T, true>(w, packed, kp, a.w.cols, out);
+  } else {
+    TileBf16<S, T, false>(w, packed + t * kp, kp, a.w.cols, out);
+  }
+  for (int r = 0; r < valid; ++r) {
+    for (int j = 0; j < T; ++j) a.y[(t + j) * a.w.rows + rows[r]] = out[r * T + j];
+  }
+}
+
+template <int S, int T>
+void StreamRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
+  const int64_t run = (row_end - row_begin) / S;  // Rows per run.
+  const int64_t tiles = run + ((row_end - row_begin) % S != 0);
   for (int64_t j = 0; j < tiles; ++j) {
     // Tile j takes row j of every run; the last tile takes the rows left
     // over after the runs (repeating its last one: those sums are not stored).
-    int valid = kStreams;
-    int64_t rows[kStreams];
+    int valid = S;
+    int64_t rows[S];
     if (j < run) {
-      for (int r = 0; r < kStreams; ++r) rows[r] = row_begin + r * run + j;
+      for (int r = 0; r < S; ++r) rows[r] = row_begin + r * run + j;
     } else {
-      valid = static_cast<int>(row_end - (row_begin + kStreams * run));
-      for (int r = 0; r < kStreams; ++r) {
-        rows[r] = row_begin + kStreams * run + std::min(r, valid - 1);
-      }
+      valid = static_cast<int>(row_end - (row_begin + S * run));
+      for (int r = 0; r < S; ++r) rows[r] = row_begin + S * run + std::min(r, valid - 1);
     }
-    const uint16_t* w[kStreams];
-    for (int r = 0; r < kStreams; ++r)
-      w[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(rows[r]));
-    for (int64_t t = 0; t < a.n; ++t) {
-      float out[kStreams];
-      TileBf16<kStreams, 1, true>(w, packed + t * kp, kp, a.w.cols, out);
-      for (int r = 0; r < valid; ++r) a.y[t * a.w.rows + rows[r]] = out[r];
-    }
+    const uint16_t* w[S];
+    for (int r = 0; r < S; ++r) w[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(rows[r]));
+    int64_t t = 0;
+    for (; t + T <= a.n; t += T) StreamTokensBf16<S, T>(a, packed, w, rows, valid, t);
+    for (; t < a.n; ++t) StreamTokensBf16<S, 1>(a, packed, w, rows, valid, t);
   }
 }
 
 // Many tokens: tiles of kBf16Rows rows × kBf16Tokens tokens, over blocks of
-// tokens whose packed inputs stay in L2 while a thread's rows pass by (each
-// tile's rows stay in L1 across the block's tokens).
+// rows and of tokens sized so that both stay in L2 (512 KiB per core on Zen
+// 3) while the block of rows meets every block of tokens: the weights come
+// from memory once, in the first token block, and each tile's rows stay in
+// L1 across its block's tokens.
 constexpr int kBf16Rows = 4;
 constexpr int kBf16Tokens = 2;
 constexpr int64_t kBf16TokenBlockBytes = 192 << 10;
+constexpr int64_t kBf16RowBlockBytes = 192 << 10;
 
 template <int T>
 void TokensBf16(const LinearArgs& a, const uint16_t* const* rows, int valid_rows, int64_t row,
@@ -366,23 +386,31 @@ void TokensBf16(const LinearArgs& a, const uint16_t* const* rows, int valid_rows
 }
 
 void LinearRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
-  if (a.n <= kStreamMaxTokens) return StreamRowsBf16(a, packed, row_begin, row_end);
+  if (a.n <= kStreamMaxTokens) return StreamRowsBf16<kStreams, 1>(a, packed, row_begin, row_end);
+  if (a.n <= kBf16StreamMaxTokens) {
+    return StreamRowsBf16<kBf16GroupStreams, kBf16GroupTokens>(a, packed, row_begin, row_end);
+  }
   const int64_t block_tokens = std::max<int64_t>(
       kBf16Tokens, kBf16TokenBlockBytes / (Padded(a.w.cols) * 4) / kBf16Tokens * kBf16Tokens);
-  for (int64_t t0 = 0; t0 < a.n; t0 += block_tokens) {
-    const int64_t t1 = std::min(a.n, t0 + block_tokens);
-    for (int64_t row = row_begin; row < row_end; row += kBf16Rows) {
-      const int valid = static_cast<int>(std::min<int64_t>(kBf16Rows, row_end - row));
-      const uint16_t* rows[kBf16Rows];
-      // A partial tile repeats its last row; those results are dropped.
-      for (int r = 0; r < kBf16Rows; ++r) {
-        rows[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(row + std::min(r, valid - 1)));
+  const int64_t block_rows =
+      std::max<int64_t>(kBf16Rows, kBf16RowBlockBytes / (a.w.cols * 2) / kBf16Rows * kBf16Rows);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += block_rows) {
+    const int64_t r1 = std::min(row_end, r0 + block_rows);
+    for (int64_t t0 = 0; t0 < a.n; t0 += block_tokens) {
+      const int64_t t1 = std::min(a.n, t0 + block_tokens);
+      for (int64_t row = r0; row < r1; row += kBf16Rows) {
+        const int valid = static_cast<int>(std::min<int64_t>(kBf16Rows, r1 - row));
+        const uint16_t* rows[kBf16Rows];
+        // A partial tile repeats its last row; those results are dropped.
+        for (int r = 0; r < kBf16Rows; ++r) {
+          rows[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(row + std::min(r, valid - 1)));
+        }
+        int64_t t = t0;
+        for (; t + kBf16Tokens <= t1; t += kBf16Tokens) {
+          TokensBf16<kBf16Tokens>(a, rows, valid, row, packed, t);
+        }
+        for (; t < t1; ++t) TokensBf16<1>(a, rows, valid, row, packed, t);
       }
-      int64_t t = t0;
-      for (; t + kBf16Tokens <= t1; t += kBf16Tokens) {
-        TokensBf16<kBf16Tokens>(a, rows, valid, row, packed, t);
-      }
-      for (; t < t1; ++t) TokensBf16<1>(a, rows, valid, row, packed, t);
     }
   }
 }
@@ -400,7 +428,10 @@ void Linear(const LinearArgs& a, bool parallel) {
       thread_local std::vector<float> packed;
       PackInputs(a, packed);
       const float* inputs = packed.data();
-      return ForRowRuns(a.w.rows, stream ? kStreams : kBf16Rows, min_rows, parallel,
+      const int64_t unit = stream                        ? kStreams
+                           : a.n <= kBf16StreamMaxTokens ? kBf16GroupStreams
+                                                         : kBf16Rows;
+      return ForRowRuns(a.w.rows, unit, min_rows, parallel,
                         [&](const RowRun& run) { LinearRowsBf16(a, inputs, run.begin, run.end); });
     }
     case DType::kF16:
