@@ -152,21 +152,10 @@ DSV2_AVX2 void StreamTile(const void* const* w, const float* x, int64_t k, float
 
 template <DType kType>
 void StreamRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  const int64_t run = (row_end - row_begin) / kStreams;  // Rows per run.
-  const int64_t tiles = run + ((row_end - row_begin) % kStreams != 0);
+  const int64_t tiles = StreamTileCount(row_begin, row_end, kStreams);
   for (int64_t j = 0; j < tiles; ++j) {
-    // Tile j takes row j of every run; the last tile takes the rows left
-    // over after the runs (repeating its last one: those sums are not stored).
-    int valid = kStreams;
     int64_t rows[kStreams];
-    if (j < run) {
-      for (int r = 0; r < kStreams; ++r) rows[r] = row_begin + r * run + j;
-    } else {
-      valid = static_cast<int>(row_end - (row_begin + kStreams * run));
-      for (int r = 0; r < kStreams; ++r) {
-        rows[r] = row_begin + kStreams * run + std::min(r, valid - 1);
-      }
-    }
+    const int valid = StreamTileRows<kStreams>(row_begin, row_end, j, rows);
     const void* w[kStreams];
     for (int r = 0; r < kStreams; ++r) w[r] = a.w.row_ptr(rows[r]);
     for (int64_t t = 0; t < a.n; ++t) {
@@ -343,19 +332,10 @@ void StreamTokensBf16(const LinearArgs& a, const float* packed, const uint16_t* 
 
 template <int S, int T>
 void StreamRowsBf16(const LinearArgs& a, const float* packed, int64_t row_begin, int64_t row_end) {
-  const int64_t run = (row_end - row_begin) / S;  // Rows per run.
-  const int64_t tiles = run + ((row_end - row_begin) % S != 0);
+  const int64_t tiles = StreamTileCount(row_begin, row_end, S);
   for (int64_t j = 0; j < tiles; ++j) {
-    // Tile j takes row j of every run; the last tile takes the rows left
-    // over after the runs (repeating its last one: those sums are not stored).
-    int valid = S;
     int64_t rows[S];
-    if (j < run) {
-      for (int r = 0; r < S; ++r) rows[r] = row_begin + r * run + j;
-    } else {
-      valid = static_cast<int>(row_end - (row_begin + S * run));
-      for (int r = 0; r < S; ++r) rows[r] = row_begin + S * run + std::min(r, valid - 1);
-    }
+    const int valid = StreamTileRows<S>(row_begin, row_end, j, rows);
     const uint16_t* w[S];
     for (int r = 0; r < S; ++r) w[r] = reinterpret_cast<const uint16_t*>(a.w.row_ptr(rows[r]));
     int64_t t = 0;

@@ -223,21 +223,10 @@ DSV2_AVX512 void StreamTile(const void* const* w, float* const* y, int valid, co
 
 template <DType kType>
 void StreamRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  const int64_t run = (row_end - row_begin) / kStreams;  // Rows per run.
-  const int64_t tiles = run + ((row_end - row_begin) % kStreams != 0);
+  const int64_t tiles = StreamTileCount(row_begin, row_end, kStreams);
   for (int64_t j = 0; j < tiles; ++j) {
-    // Tile j takes row j of every run; the last tile takes the rows left
-    // over after the runs (repeating its last one: those sums are not stored).
-    int valid = kStreams;
     int64_t rows[kStreams];
-    if (j < run) {
-      for (int r = 0; r < kStreams; ++r) rows[r] = row_begin + r * run + j;
-    } else {
-      valid = static_cast<int>(row_end - (row_begin + kStreams * run));
-      for (int r = 0; r < kStreams; ++r) {
-        rows[r] = row_begin + kStreams * run + std::min(r, valid - 1);
-      }
-    }
+    const int valid = StreamTileRows<kStreams>(row_begin, row_end, j, rows);
     const void* w[kStreams];
     for (int r = 0; r < kStreams; ++r) w[r] = a.w.row_ptr(rows[r]);
     // Tokens in groups of at most 3 (24 accumulators), as even as possible.

@@ -60,6 +60,26 @@ struct RowRun {
 void ForRowRuns(int64_t rows, int64_t unit, int64_t min_rows, bool parallel,
                 const std::function<void(const RowRun& run)>& body);
 
+// The streaming split of a thread's rows [begin, end): S concurrent runs
+// of (end - begin) / S rows, tile j taking row j of every run; the last tile
+// takes the rows left over after the runs, repeating its last one (whose
+// sums the caller does not store).
+inline int64_t StreamTileCount(int64_t begin, int64_t end, int s) {
+  return (end - begin) / s + ((end - begin) % s != 0);
+}
+// Fills rows[0, S) with tile j's rows; returns how many are distinct.
+template <int S>
+int StreamTileRows(int64_t begin, int64_t end, int64_t j, int64_t* rows) {
+  const int64_t run = (end - begin) / S;
+  if (j < run) {
+    for (int r = 0; r < S; ++r) rows[r] = begin + r * run + j;
+    return S;
+  }
+  const int valid = static_cast<int>(end - (begin + S * run));
+  for (int r = 0; r < S; ++r) rows[r] = begin + S * run + (r < valid ? r : valid - 1);
+  return valid;
+}
+
 struct IsaKernels {
   const char* name;
   // The whole Linear; threaded with ForRowRuns when `parallel`.
