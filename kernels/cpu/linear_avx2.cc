@@ -411,8 +411,10 @@ void Linear(const LinearArgs& a, bool parallel) {
       const int64_t unit = stream                        ? kStreams
                            : a.n <= kBf16StreamMaxTokens ? kBf16GroupStreams
                                                          : kBf16Rows;
-      return ForRowRuns(a.w.rows, unit, min_rows, parallel,
-                        [&](const RowRun& run) { LinearRowsBf16(a, inputs, run.begin, run.end); });
+      ForRowRuns(a.w.rows, unit, min_rows, parallel,
+                 [&](const RowRun& run) { LinearRowsBf16(a, inputs, run.begin, run.end); });
+      if (packed.capacity() * sizeof(float) > kScratchKeepBytes) packed = {};
+      return;
     }
     case DType::kF16:
       return ForRowRuns(

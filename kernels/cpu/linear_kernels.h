@@ -7,6 +7,7 @@
 // makes a token's numbers independent of the batch and of the thread count.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 
@@ -59,6 +60,11 @@ struct RowRun {
 // thread claims its next run before starting the current one.
 void ForRowRuns(int64_t rows, int64_t unit, int64_t min_rows, bool parallel,
                 const std::function<void(const RowRun& run)>& body);
+
+// Per-thread scratch (packed or quantized inputs) larger than this after a
+// call is released: a long prompt's buffers are not kept for the thread's
+// life.
+inline constexpr size_t kScratchKeepBytes = size_t{16} << 20;
 
 // The streaming split of a thread's rows [begin, end): S concurrent runs
 // of (end - begin) / S rows, tile j taking row j of every run; the last tile

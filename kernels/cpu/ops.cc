@@ -206,9 +206,7 @@ void LinearQ8(const float* x, int64_t n, int64_t x_stride, const WeightMatrix& w
   }
   Kernels().linear_q8(internal::LinearQ8Args{x_q.data(), x_scales.data(), n, q_stride, w, y},
                       parallel);
-  // A long prompt's buffers are not kept for the thread's life.
-  constexpr size_t kKeepBytes = size_t{16} << 20;
-  if (x_q.capacity() > kKeepBytes) {
+  if (x_q.capacity() > internal::kScratchKeepBytes) {
     x_q = {};
     x_scales = {};
   }
