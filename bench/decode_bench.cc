@@ -12,8 +12,18 @@
 //  - prefill of a 512-token prompt: the floating-point rate of the
 //    projection and expert GEMMs over the whole prefill time, against the
 //    measured fp32 FMA peak.
+//
+// With --backend cuda (CUDA builds) the model runs on the GPU and its
+// caches live in device memory; the rooflines are the GPU's, measured in
+// this run as gpu_bench measures them (gpu_roofline.h): device memory
+// bandwidth from a device-to-device copy (read + write bytes / time), read
+// before and after each batch like the CPU's, and the bf16 GEMM peak for
+// prefill. Step bytes count the weights as the device stores them (bf16 as
+// is, int8 dequantized to bf16, f16 widened to f32).
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -25,6 +35,10 @@
 #include "common/model/deepseek_v2.h"
 #include "common/model/latent_kv_cache.h"
 #include "common/model/weights.h"
+#include "kernels/backends.h"
+#ifdef DSV2_BENCH_HAVE_CUDA
+#include "bench/gpu_roofline.h"
+#endif
 
 namespace dsv2::bench {
 namespace {
@@ -34,7 +48,7 @@ class CountingExperts : public RoutedExperts {
  public:
   // `expert_bytes`: what one routed expert's three matrices occupy.
   CountingExperts(const DeepseekV2Model& model, int64_t expert_bytes)
-      : local_(model.config(), model.weights()),
+      : local_(model.config(), model.weights(), model.backend()),
         weights_(model.weights()),
         expert_bytes_(expert_bytes) {}
 
@@ -67,10 +81,11 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, std::mt19937& rng) {
 int Main(int argc, char** argv) {
   const Flags flags(argc, argv);
   if (flags.Has("help") || flags.Get("model", "").empty() ||
-      !flags.Unknown({"model", "batches", "steps", "context", "prefill-len", "reps", "json"}).empty()) {
+      !flags.Unknown({"model", "batches", "steps", "context", "prefill-len", "reps", "json",
+                      "backend"}).empty()) {
     std::fprintf(stderr,
                  "usage: decode_bench --model DIR [--batches 1,8,32,64] [--steps 8] [--context 64]\n"
-                 "                    [--prefill-len 512] [--reps 3] [--json]\n");
+                 "                    [--prefill-len 512] [--reps 3] [--json] [--backend cpu|cuda]\n");
     return flags.Has("help") ? 0 : 2;
   }
   const int steps = static_cast<int>(flags.GetInt("steps", 8));
@@ -88,17 +103,36 @@ int Main(int argc, char** argv) {
     }
   }
 
-  auto loaded = DeepseekV2Model::Load(flags.Get("model", ""));
+  const std::string backend_name = flags.Get("backend", "cpu");
+  const absl::StatusOr<Backend*> backend = BackendByName(backend_name);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "decode_bench: --backend %s: %s\n", backend_name.c_str(),
+                 std::string(backend.status().message()).c_str());
+    return 1;
+  }
+  const bool on_host = (*backend)->host_memory();
+  auto loaded = DeepseekV2Model::Load(flags.Get("model", ""), {.backend = *backend});
   if (!loaded.ok()) {
     std::fprintf(stderr, "decode_bench: %s\n", std::string(loaded.status().message()).c_str());
     return 1;
   }
   DeepseekV2Model& model = **loaded;
   const ModelConfig& config = model.config();
-  model.checkpoint().Prefault([](int64_t, int64_t) {});
-  // A tensor's bytes as stored, with its block scales where it has them.
+  if (on_host) model.checkpoint().Prefault([](int64_t, int64_t) {});
+  // A tensor's bytes as the backend reads them: on the CPU as stored, with
+  // its block scales where it has them; on the GPU as CudaBackend stores it
+  // (bf16 and int8 as bf16, f16 and f32 as f32).
   auto stored_bytes = [&](const std::string& name) {
     int64_t bytes = 0;
+    if (!on_host) {
+      if (const TensorInfo* info = model.checkpoint().Find(name)) {
+        int64_t numel = 1;
+        for (int64_t d : info->shape) numel *= d;
+        const bool two_bytes = info->dtype == DType::kBF16 || info->dtype == DType::kI8;
+        bytes = numel * (two_bytes ? 2 : 4);
+      }
+      return bytes;
+    }
     for (const std::string& part : {name, name + "_scale"}) {
       if (const TensorInfo* info = model.checkpoint().Find(part)) bytes += info->num_bytes;
     }
@@ -122,18 +156,63 @@ int Main(int argc, char** argv) {
   model.SetRoutedExperts(experts);
   const int64_t kv_bytes_per_position = config.num_hidden_layers * config.latent_dim() * 4;
 
-  ReadBandwidthProbe probe(std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20) << 20);
-  const Roofline roofline = MeasureRoofline(probe, 3);
+  // The rooflines: this CPU's (roofline.h) or the GPU's (gpu_roofline.h).
+  // `bandwidth_pass` reads the bandwidth once, between batches.
+  std::unique_ptr<ReadBandwidthProbe> probe;
+  Roofline roofline;
+  std::function<double()> bandwidth_pass;
+  double bandwidth_best = 0, compute_gflop_per_s = 0;
+  std::string device;
+#ifdef DSV2_BENCH_HAVE_CUDA
+  std::unique_ptr<DeviceCopyProbe> copy;
+#endif
+  if (on_host) {
+    probe = std::make_unique<ReadBandwidthProbe>(
+        std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20) << 20);
+    roofline = MeasureRoofline(*probe, 3);
+    bandwidth_best = roofline.bandwidth_gb_per_s_best;
+    compute_gflop_per_s = roofline.fma_gflop_per_s_best;
+    bandwidth_pass = [&] { return probe->Pass(roofline.best_bandwidth_method); };
+  } else {
+#ifdef DSV2_BENCH_HAVE_CUDA
+    device = GpuDescription().value_or("unknown device");
+    auto copy_probe = DeviceCopyProbe::Create(int64_t{1} << 30);
+    auto gemm_probe = Bf16GemmProbe::Create(8192);
+    for (const absl::Status& status : {copy_probe.status(), gemm_probe.status()}) {
+      if (!status.ok()) {
+        std::fprintf(stderr, "decode_bench: GPU roofline: %s\n",
+                     std::string(status.message()).c_str());
+        return 1;
+      }
+    }
+    copy = std::move(*copy_probe);
+    bandwidth_best = copy->Best(5);
+    compute_gflop_per_s = (*gemm_probe)->Best(5) * 1e3;
+    bandwidth_pass = [&] { return copy->Pass(); };
+#else
+    std::fprintf(stderr, "decode_bench: no roofline for backend %s in this build\n",
+                 backend_name.c_str());
+    return 1;
+#endif
+  }
   if (!json) {
     std::printf("model %s: %lld layers, hidden %lld, %lld experts (%lld per token)\n",
                 flags.Get("model", "").c_str(), (long long)config.num_hidden_layers,
                 (long long)config.hidden_size, (long long)config.n_routed_experts,
                 (long long)config.num_experts_per_tok);
-    std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n\n",
-                roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
-                roofline.fma_gflop_per_s_best, roofline.best_fma_isa.c_str(), roofline.threads);
+    if (on_host) {
+      std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n\n",
+                  roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
+                  roofline.fma_gflop_per_s_best, roofline.best_fma_isa.c_str(), roofline.threads);
+    } else {
+      std::printf("backend %s on %s\n", backend_name.c_str(), device.c_str());
+      std::printf("roofline: device memory %.1f GB/s (1 GiB device-to-device copy, read + write, "
+                  "as gpu_bench measures it), bf16 GEMM %.1f TFLOP/s (cublasGemmEx 8192^3)\n\n",
+                  bandwidth_best, compute_gflop_per_s / 1e3);
+    }
     std::printf("%6s %10s %10s %12s %10s %6s %12s %8s %9s\n", "batch", "step ms", "tokens/s",
-                "MB/step", "read GB/s", "±", "roofline t/s", "%roof", "x batch1");
+                "MB/step", on_host ? "read GB/s" : "copy GB/s", "±", "roofline t/s", "%roof",
+                "x batch1");
   }
 
   std::mt19937 rng(1);
@@ -149,13 +228,13 @@ int Main(int argc, char** argv) {
     std::vector<int32_t> next(batch);
     std::vector<float> logits;
     for (int64_t s = 0; s < batch; ++s) {
-      caches.push_back(std::make_unique<LatentKvCache>(config, context + steps + 2));
+      caches.push_back(std::make_unique<LatentKvCache>(config, context + steps + 2, model.backend()));
       const std::vector<int32_t> prompt = RandomTokens(context, config.vocab_size, rng);
       if (!model.Forward(prompt, *caches.back(), {.attention = AttentionForm::kDecompressed}, &logits).ok()) return 1;
       next[s] = static_cast<int32_t>(rng() % config.vocab_size);
     }
     std::vector<double> times, bytes;
-    const double read_before = probe.Pass(roofline.best_bandwidth_method);
+    const double read_before = bandwidth_pass();
     for (int step = 0; step < steps; ++step) {
       std::vector<SequenceChunk> chunks;
       for (int64_t s = 0; s < batch; ++s) {
@@ -169,7 +248,7 @@ int Main(int argc, char** argv) {
                                           batch * (context + step + 1) * kv_bytes_per_position));
       for (int64_t s = 0; s < batch; ++s) next[s] = static_cast<int32_t>(rng() % config.vocab_size);
     }
-    const double read_after = probe.Pass(roofline.best_bandwidth_method);
+    const double read_after = bandwidth_pass();
     const double read = (read_before + read_after) / 2;
     const double spread = 100.0 * std::fabs(read_after - read_before) / read;
     const double t = Median(times);
@@ -193,7 +272,7 @@ int Main(int argc, char** argv) {
   std::vector<double> prefill_times;
   int64_t gemm_flops = 0;
   for (int r = 0; r < reps; ++r) {
-    LatentKvCache cache(config, prefill_len);
+    LatentKvCache cache(config, prefill_len, model.backend());
     const std::vector<int32_t> prompt = RandomTokens(prefill_len, config.vocab_size, rng);
     std::vector<float> logits;
     experts->Reset();
@@ -208,8 +287,14 @@ int Main(int argc, char** argv) {
   const double prefill_t = Median(prefill_times);
   const double gflops = gemm_flops / prefill_t / 1e9;
   if (json) {
-    std::printf("{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"decode\": [",
-                roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best);
+    if (on_host) {
+      std::printf("{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"decode\": [",
+                  roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best);
+    } else {
+      std::printf("{\"backend\": \"%s\", \"device\": \"%s\", \"copy_gb_per_s\": %.2f, "
+                  "\"bf16_gflop_per_s\": %.1f, \"decode\": [",
+                  backend_name.c_str(), device.c_str(), bandwidth_best, compute_gflop_per_s);
+    }
     for (size_t i = 0; i < results.size(); ++i) {
       const BatchResult& r = results[i];
       std::printf(
@@ -221,15 +306,15 @@ int Main(int argc, char** argv) {
     }
     std::printf(
         "], \"prefill\": {\"tokens\": %lld, \"seconds\": %.3f, "
-        "\"tokens_per_s\": %.1f, \"gemm_gflop_per_s\": %.1f, \"pct_fma_peak\": %.1f}}\n",
+        "\"tokens_per_s\": %.1f, \"gemm_gflop_per_s\": %.1f, \"%s\": %.1f}}\n",
         (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
-        100.0 * gflops / roofline.fma_gflop_per_s_best);
+        on_host ? "pct_fma_peak" : "pct_bf16_peak", 100.0 * gflops / compute_gflop_per_s);
   } else {
     std::printf(
         "\nprefill %lld tokens: %.2f s, %.1f tokens/s; projection and expert GEMMs %.1f "
-        "GFLOP/s = %.1f%% of the FMA peak (over the whole prefill time)\n",
+        "GFLOP/s = %.1f%% of the %s peak (over the whole prefill time)\n",
         (long long)prefill_len, prefill_t, prefill_len / prefill_t, gflops,
-        100.0 * gflops / roofline.fma_gflop_per_s_best);
+        100.0 * gflops / compute_gflop_per_s, on_host ? "FMA" : "bf16 GEMM");
   }
   return 0;
 }

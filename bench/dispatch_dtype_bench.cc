@@ -157,7 +157,8 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const ModelConfig& config = (*model)->config();
-    auto local = std::make_shared<LocalRoutedExperts>(config, (*model)->weights());
+    auto local = std::make_shared<LocalRoutedExperts>(config, (*model)->weights(),
+                                                      (*model)->backend());
     absl::StatusOr<Run> exact = Generate(**model, local, s, nullptr);
     auto f32_path = MakeRemote(**model, DType::kF32);
     auto bf16_path = MakeRemote(**model, DType::kBF16);

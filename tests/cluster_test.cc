@@ -482,7 +482,8 @@ TEST(ClusterTest, ReplicasServeThroughExpertWorkerKill) {
 // Every server binary parses its command line first: --check_flags reports
 // and exits 0 (what the Helm chart's test runs), an unknown flag, a
 // malformed value, a stray argument or a malformed --advertise ends it with
-// one line naming the problem, before it starts anything.
+// one line naming the problem, before it starts anything; so does a
+// --backend the process cannot compute on.
 TEST(ClusterTest, ServerBinariesCheckTheirFlagsBeforeStartingAnything) {
   const std::string dir = testutil::NewTestDir("flags");
   struct Case {
@@ -492,19 +493,30 @@ TEST(ClusterTest, ServerBinariesCheckTheirFlagsBeforeStartingAnything) {
     std::string says;
   };
   std::vector<Case> cases;
-  for (const std::string binary : {kBinaries.controller, kBinaries.expert, kBinaries.attention,
+  for (const std::string& binary : {kBinaries.controller, kBinaries.expert, kBinaries.attention,
                                    kBinaries.router, std::string(DSV2_STANDALONE)}) {
     cases.push_back({binary, {"--check_flags", "--listen=0.0.0.0:50051"}, 0, "flags ok"});
     cases.push_back({binary, {"--check_flags", "--lisen=0.0.0.0:1"}, 1, "lisen"});
     cases.push_back({binary, {"--check_flags", "--metrics_tls=maybe"}, 1, "metrics_tls"});
     cases.push_back({binary, {"--check_flags", "stray"}, 2, "unexpected argument 'stray'"});
   }
-  for (const std::string binary : {kBinaries.expert, kBinaries.attention}) {
+  for (const std::string& binary : {kBinaries.expert, kBinaries.attention}) {
     cases.push_back({binary,
                      {"--model=" + std::string(kTinyV2), "--controller=127.0.0.1:1", "--insecure",
                       "--advertise=:5"},
                      2, "--advertise ':5' is not HOST or HOST:PORT"});
   }
+  const std::string bad_backend = "--backend: unknown backend 'tpu' (cpu or cuda)";
+  for (const std::string& binary : {kBinaries.expert, kBinaries.attention}) {
+    cases.push_back({binary,
+                     {"--model=" + std::string(kTinyV2), "--controller=127.0.0.1:1", "--insecure",
+                      "--backend=tpu"},
+                     1, bad_backend});
+  }
+  cases.push_back({DSV2_STANDALONE,
+                   {"--model=" + std::string(kTinyV2), "--insecure", "--listen=127.0.0.1:0",
+                    "--backend=tpu"},
+                   1, bad_backend});
   int n = 0;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.binary + " " + absl::StrJoin(c.args, " "));

@@ -16,6 +16,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/tensor/npy.h"
+#include "kernels/backends.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -73,28 +74,33 @@ class GoldenCliTest : public ::testing::TestWithParam<std::string> {
   std::string Name() const { return GetParam().substr(GetParam().rfind('/') + 1); }
 };
 
-TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
-  const nlohmann::json golden = Golden(GetParam());
+// The golden model's greedy tokens, generated on `backend`.
+void ExpectReferenceGreedyTokens(const std::string& model, const std::string& backend) {
+  const nlohmann::json golden = Golden(model);
   const auto prompt = golden["prompt"].get<std::vector<int>>();
   const auto expected = golden["generated"].get<std::vector<int>>();
-  const Result result = RunDsv2(absl::StrCat("generate --model ", GetParam(), " --tokens ",
-                                         absl::StrJoin(prompt, ","), " --max-tokens ",
-                                         expected.size(), " --ignore-eos --stats"));
+  const Result result = RunDsv2(absl::StrCat("generate --backend ", backend, " --model ", model,
+                                         " --tokens ", absl::StrJoin(prompt, ","),
+                                         " --max-tokens ", expected.size(), " --ignore-eos --stats"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_EQ(result.out, absl::StrCat(absl::StrJoin(expected, " "), "\n"));
   EXPECT_THAT(result.err, HasSubstr("decode:"));
   EXPECT_THAT(result.err, HasSubstr("tokens/s"));
 }
 
-TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
-  const nlohmann::json golden = Golden(GetParam());
+// The golden model's prefill logits, computed on `backend`, within `tolerance`.
+void ExpectReferenceLogits(const std::string& model, const std::string& backend,
+                           float tolerance) {
+  const nlohmann::json golden = Golden(model);
   const auto prompt = golden["prompt"].get<std::vector<int>>();
-  const std::string out = TestPath("logits_" + Name() + ".npy");
-  const Result result = RunDsv2(absl::StrCat("logits --model ", GetParam(), " --tokens ",
-                                         absl::StrJoin(prompt, ","), " --out ", out));
+  const std::string name = model.substr(model.rfind('/') + 1);
+  const std::string out = TestPath("logits_" + backend + "_" + name + ".npy");
+  const Result result = RunDsv2(absl::StrCat("logits --backend ", backend, " --model ", model,
+                                         " --tokens ", absl::StrJoin(prompt, ","), " --out ", out));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   auto actual = ReadNpy(out);
-  auto expected = ReadNpy(GetParam() + "/prefill_logits.npy");
+  std::remove(out.c_str());
+  auto expected = ReadNpy(model + "/prefill_logits.npy");
   ASSERT_TRUE(actual.ok()) << actual.status();
   ASSERT_TRUE(expected.ok()) << expected.status();
   ASSERT_EQ(actual->shape, expected->shape);
@@ -102,7 +108,34 @@ TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
   for (size_t i = 0; i < actual->data.size(); ++i) {
     worst = std::max(worst, std::fabs(actual->data[i] - expected->data[i]));
   }
-  EXPECT_LE(worst, 1e-3f);
+  EXPECT_LE(worst, tolerance);
+}
+
+// Why the CUDA backend cannot run here, or "" when it can.
+std::string CudaUnavailable() {
+  const absl::StatusOr<Backend*> cuda = BackendByName("cuda");
+  return cuda.ok() ? "" : std::string(cuda.status().message());
+}
+
+TEST_P(GoldenCliTest, GenerateStreamsTheReferenceGreedyTokens) {
+  ExpectReferenceGreedyTokens(GetParam(), "cpu");
+}
+
+TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
+  ExpectReferenceLogits(GetParam(), "cpu", 1e-3f);
+}
+
+// The same on the GPU (docs/gpu.md): its matrix products round activations
+// to bf16, hence the wider logits tolerance; the greedy tokens must still be
+// the reference's.
+TEST_P(GoldenCliTest, CudaGeneratesTheReferenceGreedyTokens) {
+  if (const std::string why = CudaUnavailable(); !why.empty()) GTEST_SKIP() << why;
+  ExpectReferenceGreedyTokens(GetParam(), "cuda");
+}
+
+TEST_P(GoldenCliTest, CudaLogitsMatchTheReference) {
+  if (const std::string why = CudaUnavailable(); !why.empty()) GTEST_SKIP() << why;
+  ExpectReferenceLogits(GetParam(), "cuda", 5e-2f);
 }
 
 std::string GoldenName(const ::testing::TestParamInfo<std::string>& info) {
@@ -142,6 +175,29 @@ TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
   Result unknown = RunDsv2("frobnicate");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
+  Result backend = RunDsv2("generate --backend tpu --model tests/data/tiny-lite --tokens 1");
+  EXPECT_EQ(backend.exit_code, 1);
+  EXPECT_THAT(backend.err, HasSubstr("--backend: unknown backend 'tpu' (cpu or cuda)"));
+  EXPECT_EQ(backend.out, "");
+  for (const std::string garbage : {"''", "CPU", "cuda0", "'\xff\xfe'"}) {
+    Result bad = RunDsv2("logits --backend " + garbage + " --model tests/data/tiny-lite --tokens 1 "
+                         "--out /dev/null");
+    EXPECT_EQ(bad.exit_code, 1) << garbage;
+    EXPECT_THAT(bad.err, HasSubstr("--backend: unknown backend")) << garbage;
+  }
+}
+
+// Where CUDA cannot run (a build without it, a machine without a GPU),
+// --backend cuda is one line saying why, and nothing is written.
+TEST(CliTest, CudaBackendWhereItCannotRunSaysWhy) {
+  const std::string why = CudaUnavailable();
+  if (why.empty()) GTEST_SKIP() << "the CUDA backend runs here";
+  const std::string out = TestPath("cuda_unavailable.npy");
+  Result cuda = RunDsv2("logits --backend cuda --model tests/data/tiny-lite --tokens 1 --out " + out);
+  EXPECT_EQ(cuda.exit_code, 1);
+  EXPECT_THAT(cuda.err, HasSubstr("--backend: " + why));
+  EXPECT_EQ(cuda.out, "");
+  EXPECT_FALSE(std::filesystem::exists(out));
 }
 
 TEST(CliTest, TruncatedCheckpointIsRejectedNotCrashed) {

@@ -250,7 +250,7 @@ TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
 class GatedExperts : public RoutedExperts {
  public:
   explicit GatedExperts(const DeepseekV2Model& model)
-      : local_(model.config(), model.weights()) {}
+      : local_(model.config(), model.weights(), model.backend()) {}
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,
                        absl::FunctionRef<void()> meanwhile) override {

@@ -55,7 +55,8 @@ Engine::Engine(const DeepseekV2Model* model, const TextDecoderFactory* text, Eng
                          : model->config().max_position_embeddings),
       cache_(model->config(), options_.block_size,
              PagedKvCache::BlocksForBudget(model->config(), options_.block_size,
-                                           options_.kv_cache_bytes)),
+                                           options_.kv_cache_bytes),
+             model->backend()),
       scheduler_(&cache_, SchedulerOptions{options_.max_num_seqs, options_.max_batch_tokens,
                                            options_.prefix_caching}),
       last_progress_(std::chrono::steady_clock::now()) {

@@ -458,7 +458,7 @@ TEST_F(EngineTest, ObserverSeesEveryStepTokenAndRequest) {
 class FailingExperts : public RoutedExperts {
  public:
   FailingExperts(const DeepseekV2Model& model, absl::Status status)
-      : local_(model.config(), model.weights()), status_(std::move(status)) {}
+      : local_(model.config(), model.weights(), model.backend()), status_(std::move(status)) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,
@@ -582,7 +582,7 @@ TEST(EngineFatalTest, UnreachableExpertsEndTheStepsRequestsOnly) {
 class HangingExperts : public RoutedExperts {
  public:
   explicit HangingExperts(const DeepseekV2Model& model)
-      : local_(model.config(), model.weights()), released_(release_.get_future().share()) {}
+      : local_(model.config(), model.weights(), model.backend()), released_(release_.get_future().share()) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,

@@ -17,12 +17,13 @@ int64_t PagedKvCache::BlocksForBudget(const ModelConfig& config, int64_t block_s
   return bytes / block_bytes;
 }
 
-PagedKvCache::PagedKvCache(const ModelConfig& config, int64_t block_size, int64_t num_blocks)
+PagedKvCache::PagedKvCache(const ModelConfig& config, int64_t block_size, int64_t num_blocks,
+                           Backend& backend)
     : block_size_(block_size),
       num_blocks_(num_blocks),
       num_layers_(config.num_hidden_layers),
       latent_dim_(config.latent_dim()),
-      data_(static_cast<size_t>(num_layers_ * num_blocks * block_size * latent_dim_)),
+      data_(backend.Allocate(num_layers_ * num_blocks * block_size * latent_dim_)),
       blocks_(num_blocks) {
   free_.reserve(num_blocks);
   for (BlockId b = static_cast<BlockId>(num_blocks) - 1; b >= 0; --b) free_.push_back(b);

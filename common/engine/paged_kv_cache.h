@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/model/backend.h"
 #include "common/model/config.h"
 #include "common/model/kv_cache_view.h"
 
@@ -42,7 +43,9 @@ class PagedKvCache {
   // fit in int64 bytes or `block_size` is not positive.
   static int64_t BlocksForBudget(const ModelConfig& config, int64_t block_size, int64_t bytes);
 
-  PagedKvCache(const ModelConfig& config, int64_t block_size, int64_t num_blocks);
+  // The latents live in `backend`'s memory (the model's backend).
+  PagedKvCache(const ModelConfig& config, int64_t block_size, int64_t num_blocks,
+               Backend& backend = CpuBackendInstance());
 
   int64_t block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
@@ -95,7 +98,7 @@ class PagedKvCache {
   int64_t num_blocks_;
   int64_t num_layers_;
   int64_t latent_dim_;
-  std::vector<float> data_;  // [layer][block][offset][latent]
+  Buffer data_;  // [layer][block][offset][latent]
   std::vector<Block> blocks_;
   std::vector<BlockId> free_;                  // Unreferenced, unregistered.
   std::list<BlockId> lru_;                     // Unreferenced, registered; front = oldest.

@@ -156,8 +156,8 @@ void ExpertServer::ComputeBatch(std::deque<IncomingRequest>& batch) {
     std::vector<int32_t> source(rows);
     std::iota(source.begin(), source.end(), 0);
     partials.resize(rows * hidden);
-    ComputeExpertRows(model_.weights().layers[layer], x.data(), source, k, ids.data(),
-                      weights.data(), partials.data());
+    ComputeExpertRows(model_.backend(), model_.weights().layers[layer], x.data(), rows, source, k,
+                      ids.data(), weights.data(), partials.data());
     {
       // Counted before answering, so a caller that has its answer sees it.
       MutexLock lock(&queue_->mutex);

@@ -118,7 +118,7 @@ class ExpertsTest : public ::testing::TestWithParam<std::string> {
 TEST_P(ExpertsTest, RemoteEqualsLocalInF32AndEveryPlacementAgreesInBf16) {
   const Batch b = RandomBatch(*model_, 37, 5);
   std::vector<float> local(b.x.size());
-  LocalRoutedExperts experts(model_->config(), model_->weights());
+  LocalRoutedExperts experts(model_->config(), model_->weights(), model_->backend());
   ASSERT_TRUE(experts.Compute(layer_, b.x.data(), b.n, b.k, b.ids.data(), b.weights.data(),
                               local.data(), [] {}).ok());
   std::vector<float> bf16_first;

@@ -1,6 +1,7 @@
-// The DeepSeek-V2 forward pass on the CPU: embedding, pre-norm decoder layers
-// of MLA attention and a dense or MoE SwiGLU FFN, final norm and LM head, in
-// float32 arithmetic over weights read in their stored dtype.
+// The DeepSeek-V2 forward pass: embedding, pre-norm decoder layers of MLA
+// attention and a dense or MoE SwiGLU FFN, final norm and LM head, in
+// float32 activations over weights read in their stored dtype, computed by a
+// Backend (backend.h: the CPU by default, the GPU in CUDA builds).
 //
 // A step runs the new tokens of several sequences together: projections,
 // norms and experts over all tokens at once, attention per sequence over its
@@ -22,8 +23,12 @@
 //   RETURN_IF_ERROR(model->Forward(prompt, cache, {}, &logits));      // prefill
 //   RETURN_IF_ERROR(model->Forward({next}, cache, {}, &logits));      // one decode step
 //
+// Caches handed to Forward must store their latents in the backend's memory
+// (LatentKvCache and the engine's PagedKvCache take the backend).
+//
 // Thread safety: Forward/ForwardBatch are const and may run concurrently for
-// different caches; they use the process-wide ThreadPool for their kernels.
+// different caches; on the CPU they use the process-wide ThreadPool for
+// their kernels.
 #pragma once
 
 #include <functional>
@@ -34,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/model/backend.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/model/kv_cache_view.h"
@@ -57,12 +63,22 @@ struct SequenceChunk {
   ChunkLogits logits = ChunkLogits::kLast;
 };
 
+enum class WeightResidency { kAll, kAllButRoutedExperts, kOnFirstUse };
+
 struct ModelLoadOptions {
   // Which weights are scanned for NaN and infinity (weight_check.h).
   WeightCheck weight_check = WeightCheck::kCheap;
   // Under WeightCheck::kFull, the tensors this process will read (all when
   // null), so that a full check reads nothing the process would not.
   std::function<bool(std::string_view name)> full_check_filter;
+  // Where the model computes (CpuBackendInstance() when null); must outlive
+  // the model.
+  Backend* backend = nullptr;
+  // Which weights Load makes resident on the backend (Backend::Prepare); the
+  // others are uploaded when first used. An attention worker never computes
+  // the routed experts; an expert worker computes only those its placement
+  // gives it.
+  WeightResidency residency = WeightResidency::kAll;
 };
 
 struct ForwardOptions {
@@ -83,6 +99,7 @@ class DeepseekV2Model {
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
   const ModelWeights& weights() const { return weights_; }
+  Backend& backend() const { return backend_; }
 
   // Routes the routed experts through `experts` instead of computing them
   // here (the default). Not thread-safe against running forwards.
@@ -107,20 +124,18 @@ class DeepseekV2Model {
   bool PrefersAbsorbed(int64_t n, int64_t context) const;
 
  private:
-  DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, ModelWeights weights);
+  DeepseekV2Model(ModelConfig config, Checkpoint checkpoint, ModelWeights weights,
+                  Backend& backend);
 
-  // Attention of one chunk: q [n, H, qk_head_dim] (pre-RoPE), kv_a [n,
-  // latent] → o [n, H, v]; writes the chunk's latents of `layer`.
-  void ChunkAttention(int64_t layer, const SequenceChunk& chunk, float* q, const float* kv_a,
-                      const float* cos, const float* sin, float* o) const;
-  // x [n, hidden] (normed) → out [n, hidden].
+  // x [n, hidden] (normed) → out [n, hidden], backend memory.
   absl::Status Ffn(int64_t layer, const float* x, int64_t n, float* out) const;
 
   ModelConfig config_;
   Checkpoint checkpoint_;  // Owns the mappings that weights_ points into.
   ModelWeights weights_;
+  Backend& backend_;
   RotaryEmbedding rope_;
-  float softmax_scale_;
+  MlaShape mla_;
   std::shared_ptr<RoutedExperts> experts_;
 };
 

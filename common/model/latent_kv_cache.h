@@ -1,11 +1,12 @@
 // The latent KV cache of one sequence, contiguous, with a fixed capacity:
-// layout [layer][position][latent_dim] in float32. Used by the `dsv2` tool
-// and the tests; the serving engine uses the paged cache instead.
+// layout [layer][position][latent_dim] in float32, in a backend's memory.
+// Used by the `dsv2` tool and the tests; the serving engine uses the paged
+// cache instead.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
+#include "common/model/backend.h"
 #include "common/model/config.h"
 #include "common/model/kv_cache_view.h"
 
@@ -13,10 +14,12 @@ namespace dsv2 {
 
 class LatentKvCache final : public KvCacheView {
  public:
-  LatentKvCache(const ModelConfig& config, int64_t capacity)
+  // The latents live in `backend`'s memory (the model's backend).
+  LatentKvCache(const ModelConfig& config, int64_t capacity,
+                Backend& backend = CpuBackendInstance())
       : latent_dim_(config.latent_dim()),
         capacity_(capacity),
-        data_(static_cast<size_t>(config.num_hidden_layers * capacity * latent_dim_)) {}
+        data_(backend.Allocate(config.num_hidden_layers * capacity * latent_dim_)) {}
 
   int64_t size() const override { return size_; }
   int64_t capacity() const override { return capacity_; }
@@ -30,7 +33,7 @@ class LatentKvCache final : public KvCacheView {
   int64_t latent_dim_;
   int64_t capacity_;
   int64_t size_ = 0;
-  std::vector<float> data_;
+  Buffer data_;
 };
 
 }  // namespace dsv2

@@ -4,18 +4,7 @@
 #include <numeric>
 #include <vector>
 
-#include "kernels/cpu/ops.h"
-
 namespace dsv2 {
-
-void RunMlp(const MlpWeights& mlp, const float* x, int64_t n, float* out) {
-  const int64_t width = mlp.gate.rows;
-  std::vector<float> gate(n * width), up(n * width);  // [n, width]
-  cpu::Linear(x, n, mlp.gate, gate.data());
-  cpu::Linear(x, n, mlp.up, up.data());
-  cpu::SiluMul(gate.data(), up.data(), gate.data(), n * width);
-  cpu::Linear(gate.data(), n, mlp.down, out);
-}
 
 int64_t CombineGranuleSize(const ModelConfig& config) {
   return config.topk_method == TopkMethod::kGroupLimitedGreedy && config.n_group > 1
@@ -51,34 +40,20 @@ ExpertRows GroupByGranule(int64_t n, int64_t k, const int32_t* ids, const float*
   return rows;
 }
 
-void ComputeExpertRows(const LayerWeights& layer, const float* x, std::span<const int32_t> source,
-                       int64_t k, const int32_t* ids, const float* weights, float* partials) {
-  const int64_t hidden = layer.post_attention_norm.size();
-  const int64_t num_rows = static_cast<int64_t>(source.size());
-  const int64_t num_experts = static_cast<int64_t>(layer.experts.size());
-  // Slots by expert, rows ascending within each expert.
-  std::vector<std::vector<int64_t>> slots(num_experts);
-  for (int64_t slot = 0; slot < num_rows * k; ++slot) {
-    if (ids[slot] >= 0) slots[ids[slot]].push_back(slot);
+void ComputeExpertRows(Backend& backend, const LayerWeights& layer, const float* x, int64_t x_rows,
+                       std::span<const int32_t> source, int64_t k, const int32_t* ids,
+                       const float* weights, float* partials) {
+  const int64_t hidden = static_cast<int64_t>(layer.post_attention_norm.size());
+  const int64_t rows = static_cast<int64_t>(source.size());
+  if (backend.host_memory()) {
+    backend.ExpertRows(layer.experts, hidden, x, source, k, ids, weights, partials);
+    return;
   }
-  std::fill(partials, partials + num_rows * hidden, 0.0f);
-  std::vector<float> gathered, expert_out;
-  // Ascending experts: each row's slots are added in ascending id order.
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const std::vector<int64_t>& mine = slots[e];
-    if (mine.empty()) continue;
-    const int64_t m = static_cast<int64_t>(mine.size());
-    gathered.resize(m * hidden);
-    expert_out.resize(m * hidden);
-    for (int64_t i = 0; i < m; ++i) {
-      std::copy_n(x + source[mine[i] / k] * hidden, hidden, &gathered[i * hidden]);
-    }
-    RunMlp(layer.experts[e], gathered.data(), m, expert_out.data());
-    for (int64_t i = 0; i < m; ++i) {
-      cpu::Axpy(weights[mine[i]], &expert_out[i * hidden], partials + (mine[i] / k) * hidden,
-                hidden);
-    }
-  }
+  Buffer x_there = backend.Allocate(x_rows * hidden), partials_there = backend.Allocate(rows * hidden);
+  backend.Upload(x, x_there.data(), x_rows * hidden);
+  backend.ExpertRows(layer.experts, hidden, x_there.data(), source, k, ids, weights,
+                     partials_there.data());
+  backend.Download(partials_there.data(), partials, rows * hidden);
 }
 
 void SumRowPartials(const ExpertRows& rows, const float* partials, int64_t n, int64_t hidden,
@@ -98,7 +73,7 @@ absl::Status LocalRoutedExperts::Compute(int64_t layer, const float* x, int64_t 
   const int64_t hidden = weights_.embed.cols;
   const ExpertRows rows = GroupByGranule(n, k, ids, weights, granule_size_);
   std::vector<float> partials(rows.size() * hidden);
-  ComputeExpertRows(weights_.layers[layer], x, rows.token, k, rows.ids.data(),
+  ComputeExpertRows(backend_, weights_.layers[layer], x, n, rows.token, k, rows.ids.data(),
                     rows.weights.data(), partials.data());
   SumRowPartials(rows, partials.data(), n, hidden, out);
   return absl::OkStatus();

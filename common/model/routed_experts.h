@@ -4,6 +4,10 @@
 // (LocalRoutedExperts) or on expert workers elsewhere (RemoteRoutedExperts,
 // common/experts).
 //
+// x and out of RoutedExperts::Compute are host memory (the data plane sends
+// them); LocalRoutedExperts computes on a Backend and copies to it when its
+// memory is elsewhere.
+//
 // One summation order everywhere. A token's routed output is summed per
 // *combine granule* — a routing group under group-limited routing (whole
 // groups live on one expert worker), a single expert under plain greedy
@@ -24,6 +28,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "common/model/backend.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
 
@@ -64,21 +69,23 @@ ExpertRows GroupByGranule(int64_t n, int64_t k, const int32_t* ids, const float*
                           int64_t granule_size);
 
 // partials[r] = Σ over row r's non-empty slots (ascending ids) of w · E(x[source[r]]),
-// for `rows` rows of `k` slots; x rows and partials are [·, hidden]. Each
-// expert runs once over all its rows. Uses the default ThreadPool.
-void ComputeExpertRows(const LayerWeights& layer, const float* x, std::span<const int32_t> source,
-                       int64_t k, const int32_t* ids, const float* weights, float* partials);
+// for `rows` rows of `k` slots, on `backend` (Backend::ExpertRows); x
+// [x_rows, hidden] and partials [rows, hidden] are host memory, copied to
+// and from the backend when its memory is not.
+void ComputeExpertRows(Backend& backend, const LayerWeights& layer, const float* x, int64_t x_rows,
+                       std::span<const int32_t> source, int64_t k, const int32_t* ids,
+                       const float* weights, float* partials);
 
 // out[t] = Σ of the partials of t's rows, in row order; `out` is [n, hidden].
 void SumRowPartials(const ExpertRows& rows, const float* partials, int64_t n, int64_t hidden,
                     float* out);
 
-// The experts of `weights`, computed here. Thread-safe.
+// The experts of `weights`, computed here on `backend`. Thread-safe.
 class LocalRoutedExperts final : public RoutedExperts {
  public:
-  // `weights` must outlive this object.
-  LocalRoutedExperts(const ModelConfig& config, const ModelWeights& weights)
-      : granule_size_(CombineGranuleSize(config)), weights_(weights) {}
+  // `weights` and `backend` must outlive this object.
+  LocalRoutedExperts(const ModelConfig& config, const ModelWeights& weights, Backend& backend)
+      : granule_size_(CombineGranuleSize(config)), weights_(weights), backend_(backend) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,
@@ -87,9 +94,7 @@ class LocalRoutedExperts final : public RoutedExperts {
  private:
   const int64_t granule_size_;
   const ModelWeights& weights_;
+  Backend& backend_;
 };
-
-// down(silu(gate·x) ⊙ up·x) for n tokens x [n, in] → out [n, out].
-void RunMlp(const MlpWeights& mlp, const float* x, int64_t n, float* out);
 
 }  // namespace dsv2

@@ -10,6 +10,7 @@
 #include "common/base/logging.h"
 #include "common/base/process.h"
 #include "common/rpc/grpc_options.h"
+#include "kernels/backends.h"
 #include "dsv2/v1/generation.grpc.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -39,6 +40,8 @@ ABSL_FLAG(double, stream_write_timeout_s, 30,
           "A client that does not take a message of its stream for this long is cut off.");
 ABSL_FLAG(int64_t, stream_backlog_mib, 4,
           "A client whose stream has more than this much output waiting is cut off.");
+ABSL_FLAG(std::string, backend, "cpu",
+          "Where the model computes: cpu, or cuda (CUDA builds, one GPU; docs/gpu.md).");
 ABSL_FLAG(std::string, weight_check, "cheap",
           "Scan the weights for NaN and infinity at load: off, cheap (norms and MoE routers) or "
           "full (every tensor this process reads).");
@@ -110,14 +113,29 @@ bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* exp
          name.starts_with(".");
 }
 
+absl::StatusOr<Backend*> BackendFromFlag() {
+  const absl::StatusOr<Backend*> backend = BackendByName(absl::GetFlag(FLAGS_backend));
+  if (!backend.ok()) {
+    return absl::Status(backend.status().code(),
+                        absl::StrCat("--backend: ", backend.status().message()));
+  }
+  return backend;
+}
+
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
-    const std::string& dir, const std::function<bool(std::string_view)>& want) {
+    const std::string& dir, const std::function<bool(std::string_view)>& want,
+    WeightResidency residency) {
   const auto start = std::chrono::steady_clock::now();
   const auto check = ParseWeightCheck(absl::GetFlag(FLAGS_weight_check));
   if (!check.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--weight_check ", check.status().message()));
   }
-  auto model = DeepseekV2Model::Load(dir, {.weight_check = *check, .full_check_filter = want});
+  const absl::StatusOr<Backend*> backend = BackendFromFlag();
+  if (!backend.ok()) return backend.status();
+  auto model = DeepseekV2Model::Load(dir, {.weight_check = *check,
+                                           .full_check_filter = want,
+                                           .backend = *backend,
+                                           .residency = residency});
   if (!model.ok()) return model.status();
   if (absl::GetFlag(FLAGS_prefault)) {
     auto last_log = start;

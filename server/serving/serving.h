@@ -40,10 +40,15 @@ absl::StatusOr<GenerationServiceOptions> StreamOptionsFromFlags(const EngineOpti
 // and expert.
 bool ParseRoutedExpertTensor(std::string_view name, int64_t* layer, int64_t* expert);
 
-// Loads the model of `dir` and, with --prefault, reads the tensors `want`
+// The backend --backend names (kernels/backends.h); the error names the flag.
+absl::StatusOr<Backend*> BackendFromFlag();
+
+// Loads the model of `dir` on the --backend, making `residency` of its
+// weights resident there, and, with --prefault, reads the tensors `want`
 // accepts (all when null) into memory, logging progress.
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
-    const std::string& dir, const std::function<bool(std::string_view)>& want = nullptr);
+    const std::string& dir, const std::function<bool(std::string_view)>& want = nullptr,
+    WeightResidency residency = WeightResidency::kAll);
 
 struct ServeParams {
   std::string program;  // For messages: "dsv2-standalone".

@@ -117,10 +117,13 @@ int Serve() {
     return 2;
   }
   // Everything but the routed experts, which live on the expert workers.
-  auto model = LoadModelForServing(model_dir, [](std::string_view name) {
-    int64_t layer, expert;
-    return !ParseRoutedExpertTensor(name, &layer, &expert);
-  });
+  auto model = LoadModelForServing(
+      model_dir,
+      [](std::string_view name) {
+        int64_t layer, expert;
+        return !ParseRoutedExpertTensor(name, &layer, &expert);
+      },
+      WeightResidency::kAllButRoutedExperts);
   if (!model.ok()) {
     std::cerr << "dsv2-attention: cannot load " << model_dir << ": " << model.status().message()
               << "\n";

@@ -190,8 +190,15 @@ int Serve() {
     std::cerr << "dsv2-expert: " << advertised.status().message() << "\n";
     return 2;
   }
-  // Nothing is read yet: the placement decides which experts.
-  auto model = DeepseekV2Model::Load(model_dir);
+  // Nothing is read yet: the placement decides which experts (and which the
+  // backend makes resident as they are first computed).
+  const absl::StatusOr<Backend*> backend = BackendFromFlag();
+  if (!backend.ok()) {
+    std::cerr << "dsv2-expert: " << backend.status().message() << "\n";
+    return 1;
+  }
+  auto model = DeepseekV2Model::Load(
+      model_dir, {.backend = *backend, .residency = WeightResidency::kOnFirstUse});
   if (!model.ok()) {
     std::cerr << "dsv2-expert: cannot load " << model_dir << ": " << model.status().message()
               << "\n";

@@ -55,7 +55,8 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds t
 // an exact number of steps through.
 class GatedExperts final : public RoutedExperts {
  public:
-  GatedExperts(const ModelConfig& config, const ModelWeights& weights) : local_(config, weights) {}
+  GatedExperts(const ModelConfig& config, const ModelWeights& weights)
+      : local_(config, weights, CpuBackendInstance()) {}
 
   absl::Status Compute(int64_t layer, const float* x, int64_t n, int64_t k, const int32_t* ids,
                        const float* weights, float* out,

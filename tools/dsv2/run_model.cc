@@ -11,6 +11,7 @@
 #include "common/model/deepseek_v2.h"
 #include "common/engine/engine.h"
 #include "common/model/latent_kv_cache.h"
+#include "kernels/backends.h"
 #include "common/tensor/npy.h"
 #include "server/grpc/generation_service.h"
 #include "server/api/text_frontend.h"
@@ -30,13 +31,21 @@ const FlagSpec kWeightCheckFlag = {
     "scan the weights for NaN and infinity at load: off, cheap (the default: norms and MoE "
     "routers) or full (every tensor)"};
 
+const FlagSpec kBackendFlag = {
+    "backend", true, "where the model computes: cpu (the default) or cuda (CUDA builds; docs/gpu.md)"};
+
 absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModel(const Args& args,
                                                            const std::string& dir) {
   auto check = ParseWeightCheck(args.Get("weight-check").value_or("cheap"));
   if (!check.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--weight-check ", check.status().message()));
   }
-  return DeepseekV2Model::Load(dir, {.weight_check = *check});
+  const absl::StatusOr<Backend*> backend = BackendByName(args.Get("backend").value_or("cpu"));
+  if (!backend.ok()) {
+    return absl::Status(backend.status().code(),
+                        absl::StrCat("--backend: ", backend.status().message()));
+  }
+  return DeepseekV2Model::Load(dir, {.weight_check = *check, .backend = *backend});
 }
 
 }  // namespace
@@ -47,6 +56,7 @@ absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
       {"tokens", true, "comma-separated prompt token ids"},
       {"out", true, "output .npy file: float32 [tokens, vocab]"},
       kWeightCheckFlag,
+      kBackendFlag,
   };
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
   ASSIGN_OR_RETURN(std::string dir, args.Require("model"));
@@ -54,7 +64,7 @@ absl::Status Logits(std::span<const std::string> argv, std::ostream& out) {
   ASSIGN_OR_RETURN(std::string path, args.Require("out"));
   ASSIGN_OR_RETURN(auto model, LoadModel(args, dir));
   const int64_t n = static_cast<int64_t>(tokens.size());
-  LatentKvCache cache(model->config(), n);
+  LatentKvCache cache(model->config(), n, model->backend());
   std::vector<float> logits;
   RETURN_IF_ERROR(model->Forward(tokens, cache, {.all_logits = true}, &logits));
   RETURN_IF_ERROR(WriteNpy(path, {n, model->config().vocab_size}, logits.data()));
@@ -67,6 +77,7 @@ absl::Status Generate(std::span<const std::string> argv, std::ostream& out) {
       {"model", true, "model directory"},
       {"stats", false, "print prefill and decode tokens per second to standard error"},
       kWeightCheckFlag,
+      kBackendFlag,
   };
   for (FlagSpec& flag : RequestFlags()) flags.push_back(std::move(flag));
   ASSIGN_OR_RETURN(Args args, Args::Parse(argv, flags));
