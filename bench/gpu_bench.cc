@@ -70,19 +70,6 @@ std::vector<float> RandomFloats(int64_t count, std::mt19937& rng, float scale) {
   return out;
 }
 
-// bf16 of uniform values in [-scale, scale) (float32 truncated).
-std::vector<uint16_t> RandomBf16(int64_t count, std::mt19937& rng, float scale) {
-  std::uniform_real_distribution<float> uniform(-scale, scale);
-  std::vector<uint16_t> out(count);
-  for (uint16_t& v : out) {
-    const float f = uniform(rng);
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof(bits));
-    v = static_cast<uint16_t>(bits >> 16);
-  }
-  return out;
-}
-
 // "BxT,BxT" → (B, T) pairs.
 std::vector<std::pair<int64_t, int64_t>> ParseShapes(const std::string& text) {
   std::vector<std::pair<int64_t, int64_t>> out;
@@ -333,7 +320,7 @@ int Main(int argc, char** argv) {
   shape.v = config.v_head_dim;
   shape.rank = config.kv_lora_rank;
   shape.softmax_scale = static_cast<float>(config.SoftmaxScale());
-  shape.latent_norm_eps = static_cast<float>(config.rms_norm_eps);
+  shape.latent_norm_eps = 1e-6f;  // kv_a_layernorm's, as the model uses (deepseek_v2.cc).
   // kv_b [H · (nope + v), rank], bf16 as in the checkpoint.
   const std::vector<uint16_t> kv_b_host =
       RandomBf16(shape.heads * (shape.nope + shape.v) * shape.rank, rng, 0.05f);

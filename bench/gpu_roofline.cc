@@ -42,32 +42,66 @@ absl::Status RequireDevice() {
   return absl::OkStatus();
 }
 
-// Uniform bf16 values in [-1, 1), truncated from float32 (xorshift64; the
-// values only keep the tensor cores from seeing zeros).
-std::vector<uint16_t> RandomBf16(int64_t count, uint64_t seed) {
-  std::vector<uint16_t> out(count);
-  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (uint16_t& value : out) {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    const float f = static_cast<float>(state >> 40) * (2.0f / 16777216.0f) - 1.0f;
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof(bits));
-    value = static_cast<uint16_t>(bits >> 16);
-  }
-  return out;
-}
-
-// Milliseconds between two events recorded around the work.
-float ElapsedMs(cudaEvent_t start, cudaEvent_t stop) {
-  DSV2_BENCH_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  DSV2_BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  return ms;
+// The best of `reps` passes after a warm-up pass.
+template <typename Pass>
+double BestOf(int reps, Pass pass) {
+  pass();
+  double best = 0;
+  for (int r = 0; r < reps; ++r) best = std::max(best, pass());
+  return best;
 }
 
 }  // namespace
+
+class StreamTimer {
+ public:
+  static absl::StatusOr<std::unique_ptr<StreamTimer>> Create() {
+    std::unique_ptr<StreamTimer> timer(new StreamTimer());
+    absl::Status status = CudaStatus(
+        cudaStreamCreateWithFlags(&timer->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->start_), "cudaEventCreate");
+    if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->stop_), "cudaEventCreate");
+    if (!status.ok()) return status;
+    return timer;
+  }
+  ~StreamTimer() {
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (start_ != nullptr) cudaEventDestroy(start_);
+    if (stop_ != nullptr) cudaEventDestroy(stop_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  cudaStream_t stream() const { return stream_; }
+  // Seconds the work `queue` puts on stream() takes on the device.
+  template <typename Queue>
+  double Seconds(Queue queue) {
+    DSV2_BENCH_CUDA_CHECK(cudaEventRecord(start_, stream_));
+    queue();
+    DSV2_BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream_));
+    DSV2_BENCH_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    DSV2_BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms * 1e-3;
+  }
+
+ private:
+  StreamTimer() = default;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t start_ = nullptr;
+  cudaEvent_t stop_ = nullptr;
+};
+
+std::vector<uint16_t> RandomBf16(int64_t count, std::mt19937& rng, float scale) {
+  std::uniform_real_distribution<float> uniform(-scale, scale);
+  std::vector<uint16_t> out(count);
+  for (uint16_t& v : out) {
+    const float f = uniform(rng);
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    v = static_cast<uint16_t>(bits >> 16);
+  }
+  return out;
+}
 
 absl::StatusOr<std::string> GpuDescription() {
   if (absl::Status status = RequireDevice(); !status.ok()) return status;
@@ -100,39 +134,32 @@ absl::StatusOr<std::unique_ptr<DeviceCopyProbe>> DeviceCopyProbe::Create(int64_t
       return status;
     }
   }
-  absl::Status status = CudaStatus(cudaMemset(probe->src_, 0x5a, probe->bytes_), "cudaMemset");
-  if (status.ok()) {
-    status = CudaStatus(cudaStreamCreateWithFlags(&probe->stream_, cudaStreamNonBlocking),
-                        "cudaStreamCreate");
+  if (absl::Status status = CudaStatus(cudaMemset(probe->src_, 0x5a, probe->bytes_), "cudaMemset");
+      !status.ok()) {
+    return status;
   }
-  if (status.ok()) status = CudaStatus(cudaEventCreate(&probe->start_), "cudaEventCreate");
-  if (status.ok()) status = CudaStatus(cudaEventCreate(&probe->stop_), "cudaEventCreate");
-  if (!status.ok()) return status;
+  absl::StatusOr<std::unique_ptr<StreamTimer>> timer = StreamTimer::Create();
+  if (!timer.ok()) return timer.status();
+  probe->timer_ = *std::move(timer);
   return probe;
 }
 
 DeviceCopyProbe::~DeviceCopyProbe() {
-  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  if (start_ != nullptr) cudaEventDestroy(start_);
-  if (stop_ != nullptr) cudaEventDestroy(stop_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  timer_.reset();  // Waits for the stream.
   if (src_ != nullptr) cudaFree(src_);
   if (dst_ != nullptr) cudaFree(dst_);
 }
 
 double DeviceCopyProbe::Pass() {
-  DSV2_BENCH_CUDA_CHECK(cudaEventRecord(start_, stream_));
-  DSV2_BENCH_CUDA_CHECK(cudaMemcpyAsync(dst_, src_, bytes_, cudaMemcpyDeviceToDevice, stream_));
-  DSV2_BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-  const double seconds = ElapsedMs(start_, stop_) * 1e-3;
+  const double seconds = timer_->Seconds([&] {
+    DSV2_BENCH_CUDA_CHECK(
+        cudaMemcpyAsync(dst_, src_, bytes_, cudaMemcpyDeviceToDevice, timer_->stream()));
+  });
   return 2.0 * static_cast<double>(bytes_) / seconds / 1e9;
 }
 
 double DeviceCopyProbe::Best(int reps) {
-  Pass();
-  double best = 0;
-  for (int r = 0; r < reps; ++r) best = std::max(best, Pass());
-  return best;
+  return BestOf(reps, [&] { return Pass(); });
 }
 
 // ---- Bf16GemmProbe ----------------------------------------------------------------
@@ -152,7 +179,8 @@ absl::StatusOr<std::unique_ptr<Bf16GemmProbe>> Bf16GemmProbe::Create(int64_t siz
     status = CudaStatus(cudaMalloc(&probe->c_, count * 4), "cudaMalloc of the GEMM probe's output");
   }
   if (!status.ok()) return status;
-  const std::vector<uint16_t> host = RandomBf16(count, 1);
+  std::mt19937 rng(1);
+  const std::vector<uint16_t> host = RandomBf16(count, rng, 1.0f);
   status = CudaStatus(cudaMemcpy(probe->a_, host.data(), count * 2, cudaMemcpyHostToDevice),
                       "cudaMemcpy");
   // B is A shifted by one element, so that the two differ.
@@ -163,29 +191,23 @@ absl::StatusOr<std::unique_ptr<Bf16GemmProbe>> Bf16GemmProbe::Create(int64_t siz
   }
   if (status.ok()) status = CudaStatus(cudaMemset(static_cast<char*>(probe->b_) + (count - 1) * 2,
                                                   0, 2), "cudaMemset");
-  if (status.ok()) {
-    status = CudaStatus(cudaStreamCreateWithFlags(&probe->stream_, cudaStreamNonBlocking),
-                        "cudaStreamCreate");
-  }
-  if (status.ok()) status = CudaStatus(cudaEventCreate(&probe->start_), "cudaEventCreate");
-  if (status.ok()) status = CudaStatus(cudaEventCreate(&probe->stop_), "cudaEventCreate");
   if (!status.ok()) return status;
+  absl::StatusOr<std::unique_ptr<StreamTimer>> timer = StreamTimer::Create();
+  if (!timer.ok()) return timer.status();
+  probe->timer_ = *std::move(timer);
   if (cublasCreate(&probe->cublas_) != CUBLAS_STATUS_SUCCESS) {
     probe->cublas_ = nullptr;
     return absl::ResourceExhaustedError("cublasCreate failed");
   }
-  if (cublasSetStream(probe->cublas_, probe->stream_) != CUBLAS_STATUS_SUCCESS) {
+  if (cublasSetStream(probe->cublas_, probe->timer_->stream()) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("cublasSetStream failed");
   }
   return probe;
 }
 
 Bf16GemmProbe::~Bf16GemmProbe() {
-  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  timer_.reset();  // Waits for the stream.
   if (cublas_ != nullptr) cublasDestroy(cublas_);
-  if (start_ != nullptr) cudaEventDestroy(start_);
-  if (stop_ != nullptr) cudaEventDestroy(stop_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
   for (void* buffer : {a_, b_, c_}) {
     if (buffer != nullptr) cudaFree(buffer);
   }
@@ -194,25 +216,21 @@ Bf16GemmProbe::~Bf16GemmProbe() {
 double Bf16GemmProbe::Pass() {
   const float one = 1.0f, zero = 0.0f;
   const int n = static_cast<int>(size_);
-  DSV2_BENCH_CUDA_CHECK(cudaEventRecord(start_, stream_));
-  const cublasStatus_t status =
-      cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a_, CUDA_R_16BF, n, b_,
-                   CUDA_R_16BF, n, &zero, c_, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                   CUBLAS_GEMM_DEFAULT);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    DSV2_LOG(FATAL) << "cublasGemmEx (bf16 peak probe) failed: " << cublasGetStatusName(status);
-  }
-  DSV2_BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-  const double seconds = ElapsedMs(start_, stop_) * 1e-3;
+  const double seconds = timer_->Seconds([&] {
+    const cublasStatus_t status =
+        cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a_, CUDA_R_16BF, n, b_,
+                     CUDA_R_16BF, n, &zero, c_, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      DSV2_LOG(FATAL) << "cublasGemmEx (bf16 peak probe) failed: " << cublasGetStatusName(status);
+    }
+  });
   const double flops = 2.0 * static_cast<double>(size_) * size_ * size_;
   return flops / seconds / 1e12;
 }
 
 double Bf16GemmProbe::Best(int reps) {
-  Pass();
-  double best = 0;
-  for (int r = 0; r < reps; ++r) best = std::max(best, Pass());
-  return best;
+  return BestOf(reps, [&] { return Pass(); });
 }
 
 }  // namespace dsv2::bench

@@ -18,12 +18,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
-struct CUstream_st;
-struct CUevent_st;
 struct cublasContext;
 
 namespace dsv2::bench {
@@ -31,6 +31,12 @@ namespace dsv2::bench {
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" for the device
 // CUDA uses now; FailedPrecondition when there is none.
 absl::StatusOr<std::string> GpuDescription();
+
+// bf16 bits of uniform values in [-scale, scale) (float32 truncated).
+std::vector<uint16_t> RandomBf16(int64_t count, std::mt19937& rng, float scale);
+
+// A stream of a probe's own and two events that time the work queued on it.
+class StreamTimer;
 
 // Two device buffers of `bytes` each (rounded down to whole MiB), copied one
 // into the other.
@@ -54,9 +60,7 @@ class DeviceCopyProbe {
   void* src_ = nullptr;
   void* dst_ = nullptr;
   int64_t bytes_ = 0;
-  CUstream_st* stream_ = nullptr;
-  CUevent_st* start_ = nullptr;
-  CUevent_st* stop_ = nullptr;
+  std::unique_ptr<StreamTimer> timer_;
 };
 
 // C [size, size] f32 = A · B, A and B random bf16, on cuBLAS.
@@ -80,9 +84,7 @@ class Bf16GemmProbe {
   void* b_ = nullptr;
   void* c_ = nullptr;
   cublasContext* cublas_ = nullptr;
-  CUstream_st* stream_ = nullptr;
-  CUevent_st* start_ = nullptr;
-  CUevent_st* stop_ = nullptr;
+  std::unique_ptr<StreamTimer> timer_;
 };
 
 }  // namespace dsv2::bench

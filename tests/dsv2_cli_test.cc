@@ -125,9 +125,10 @@ TEST_P(GoldenCliTest, LogitsWritesTheReferenceLogitsAsNpy) {
   ExpectReferenceLogits(GetParam(), "cpu", 1e-3f);
 }
 
-// The same on the GPU (docs/gpu.md): its matrix products round activations
-// to bf16, hence the wider logits tolerance; the greedy tokens must still be
-// the reference's.
+// The same on the GPU (docs/gpu.md): its matrix products carry activations
+// as two bf16 halves (about 16 significant bits) in calls of up to 64 rows,
+// all of these prompts' calls, hence a tolerance a few times the CPU's; the
+// greedy tokens must still be the reference's.
 TEST_P(GoldenCliTest, CudaGeneratesTheReferenceGreedyTokens) {
   if (const std::string why = CudaUnavailable(); !why.empty()) GTEST_SKIP() << why;
   ExpectReferenceGreedyTokens(GetParam(), "cuda");
@@ -135,7 +136,7 @@ TEST_P(GoldenCliTest, CudaGeneratesTheReferenceGreedyTokens) {
 
 TEST_P(GoldenCliTest, CudaLogitsMatchTheReference) {
   if (const std::string why = CudaUnavailable(); !why.empty()) GTEST_SKIP() << why;
-  ExpectReferenceLogits(GetParam(), "cuda", 5e-2f);
+  ExpectReferenceLogits(GetParam(), "cuda", 5e-3f);
 }
 
 std::string GoldenName(const ::testing::TestParamInfo<std::string>& info) {
@@ -284,6 +285,21 @@ TEST(CliQuantizeTest, BadInputsAreOneLine) {
   Result same = RunDsv2("quantize --model " + model + " --out " + model + "/.");
   EXPECT_EQ(same.exit_code, 1);
   EXPECT_THAT(same.err, HasSubstr("is inside --model"));
+  // Shard sizes out of range (one would overflow the byte count) or not a number.
+  for (const std::string shard : {"0", "-5", "1048577", "9223372036854775807"}) {
+    Result bad = RunDsv2("quantize --model " + model + " --shard-mb " + shard + " --out " +
+                         TestPath("q-shard"));
+    EXPECT_EQ(bad.exit_code, 1) << shard;
+    EXPECT_THAT(bad.err, HasSubstr("--shard-mb must be between 1 and 1048576, not " + shard));
+    EXPECT_FALSE(std::filesystem::exists(TestPath("q-shard"))) << shard;
+  }
+  for (const std::string shard : {"4k", "", "99999999999999999999"}) {
+    Result bad = RunDsv2("quantize --model " + model + " --shard-mb '" + shard + "' --out " +
+                         TestPath("q-shard"));
+    EXPECT_EQ(bad.exit_code, 1) << shard;
+    EXPECT_THAT(bad.err, HasSubstr("--shard-mb")) << shard;
+    EXPECT_FALSE(std::filesystem::exists(TestPath("q-shard"))) << shard;
+  }
 
   // A weight that cannot be quantized: the tensor and file are named, and
   // no partial model is left behind.

@@ -78,6 +78,7 @@ class PagedKvCache {
   // that is found.
   uint64_t Register(BlockId block, uint64_t parent_hash, std::span<const int32_t> tokens);
 
+  const Backend* backend() const { return data_.backend(); }
   float* Latent(BlockId block, int64_t layer, int64_t offset) {
     return data_.data() + ((layer * num_blocks_ + block) * block_size_ + offset) * latent_dim_;
   }
@@ -128,6 +129,7 @@ class PagedSequence final : public KvCacheView {
     return cache_->block_size() - pos % cache_->block_size();
   }
   void set_size(int64_t size) override { size_ = size; }
+  const Backend* backend() const override { return cache_->backend(); }
 
   // Starts the sequence from the cached prefix of `tokens`, leaving at least
   // one token to compute; returns how many positions were found.

@@ -13,8 +13,8 @@
 // forward. The latent KV cache's storage is backend memory too: a KvCacheView
 // handed to MlaAttention returns backend pointers from At().
 //
-// Ordering. Ops run in the order they are issued, on one stream per thread;
-// Download waits for everything issued before it. Host arguments (token
+// Ordering. Ops run in the order they are issued (the CUDA backend queues
+// them on one stream); Download waits for everything issued before it. Host arguments (token
 // ids, routing results, expert row lists) are read before the call returns.
 //
 // Numbers. CpuBackend is the reference: each op's numbers are those of the
@@ -25,11 +25,9 @@
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "common/model/config.h"
 #include "common/model/kv_cache_view.h"
 #include "common/model/weights.h"
@@ -53,6 +51,7 @@ class Buffer {
 
   float* data() const { return data_; }
   int64_t size() const { return count_; }
+  Backend* backend() const { return backend_; }
 
  private:
   Backend* backend_ = nullptr;
@@ -97,6 +96,10 @@ class Backend {
   virtual absl::Status Prepare(const ModelWeights& model, bool routed_experts) {
     return absl::OkStatus();
   }
+  // Drops what Prepare (or a first use) made resident of `model`: its host
+  // weights are about to go (the model is destroyed), and their addresses
+  // may be reused by another model's.
+  virtual void Release(const ModelWeights& model) {}
 
   // ---- Operations (all pointers are backend memory unless named host) -------
   // out[i] = table[ids[i]] for n host ids, as float32 rows.
@@ -149,7 +152,10 @@ class Backend {
 };
 
 // The process-wide CPU backend (thread-safe; cpu_backend.cc). Backends by
-// flag value: backend_registry.h.
+// flag value: kernels/backends.h.
 Backend& CpuBackendInstance();
+// A CPU backend of its own: the same ops, its own allocations (e.g. for a
+// second model whose caches must not mix with the first's).
+std::unique_ptr<Backend> NewCpuBackend();
 
 }  // namespace dsv2

@@ -1,6 +1,7 @@
 // The CPU backend: the kernels of kernels/cpu over host memory. Its numbers
 // are the project's reference (backend.h).
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "common/base/thread_pool.h"
@@ -173,5 +174,7 @@ Backend& CpuBackendInstance() {
   static CpuBackend* const backend = new CpuBackend;
   return *backend;
 }
+
+std::unique_ptr<Backend> NewCpuBackend() { return std::make_unique<CpuBackend>(); }
 
 }  // namespace dsv2

@@ -57,7 +57,11 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(
   // Backends key their resident copies by the host data pointers, which
   // moving `weights` into the model keeps.
   if (options.residency != WeightResidency::kOnFirstUse) {
-    RETURN_IF_ERROR(backend.Prepare(weights, options.residency == WeightResidency::kAll));
+    if (absl::Status status = backend.Prepare(weights, options.residency == WeightResidency::kAll);
+        !status.ok()) {
+      backend.Release(weights);
+      return status;
+    }
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -68,6 +72,8 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(
   return std::unique_ptr<DeepseekV2Model>(new DeepseekV2Model(
       std::move(config), std::move(checkpoint), std::move(weights), backend));
 }
+
+DeepseekV2Model::~DeepseekV2Model() { backend_.Release(weights_); }
 
 bool DeepseekV2Model::PrefersAbsorbed(int64_t n, int64_t context) const {
   // Multiply-adds per head (the common n·context·rope term cancels):
@@ -107,6 +113,11 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
                                                        i, " is outside the vocabulary [0, ",
                                                        config_.vocab_size, ")"));
       }
+    }
+    if (chunk.cache->backend() != &backend_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the KV cache of chunk ", c, " is not in the memory of the model's backend (",
+          std::string(backend_.name()), "): allocate it from the model's backend()"));
     }
     if (chunk.cache->size() + n > chunk.cache->capacity()) {
       return absl::OutOfRangeError(absl::StrCat("sequence of ", chunk.cache->size() + n,

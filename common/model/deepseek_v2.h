@@ -95,6 +95,8 @@ class DeepseekV2Model {
   // regular files (a FIFO, a directory, a device) are InvalidArgument.
   static absl::StatusOr<std::unique_ptr<DeepseekV2Model>> Load(
       const std::string& dir, const ModelLoadOptions& options = {});
+  // Releases the weights' resident copies on the backend.
+  ~DeepseekV2Model();
 
   const ModelConfig& config() const { return config_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
@@ -108,8 +110,9 @@ class DeepseekV2Model {
   // Runs each chunk's tokens, appends their latents to its cache, and writes
   // the logits rows the chunks ask for, in chunk order ([n, vocab], [1,
   // vocab] or none each).
-  // Token ids outside the vocabulary, an empty chunk or a full cache are
-  // InvalidArgument / OutOfRange and change no cache. Non-finite router
+  // Token ids outside the vocabulary, an empty chunk, a cache of another
+  // backend or a full cache are InvalidArgument / OutOfRange and change no
+  // cache. Non-finite router
   // scores (weights or activations that overflow) are Internal naming the
   // layer (see RouteTokens).
   absl::Status ForwardBatch(std::span<const SequenceChunk> chunks,

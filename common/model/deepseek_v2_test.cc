@@ -170,6 +170,22 @@ TEST(DeepseekV2ModelTest, RejectsBadTokensAndFullCacheWithoutChangingIt) {
   const std::vector<int32_t> five = {1, 2, 3, 4, 5};
   EXPECT_EQ((*model)->Forward(five, cache, {}, &logits).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(cache.size(), 0);
+  // A cache in another backend's memory (on a GPU model: a host cache the
+  // kernels cannot read) is refused, as is a batch holding one.
+  const std::unique_ptr<Backend> other = NewCpuBackend();
+  LatentKvCache foreign((*model)->config(), 4, *other);
+  const std::vector<int32_t> one = {1};
+  status = (*model)->Forward(one, foreign, {}, &logits);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("the KV cache of chunk 0 is not in the memory of the model's "
+                                  "backend (cpu)"),
+            std::string::npos)
+      << status;
+  const SequenceChunk mixed[] = {{one, &cache}, {one, &foreign}};
+  status = (*model)->ForwardBatch(mixed, &logits);
+  EXPECT_NE(status.message().find("chunk 1 is not in the memory"), std::string::npos) << status;
+  EXPECT_EQ(cache.size(), 0);
+  EXPECT_EQ(foreign.size(), 0);
   const std::vector<int32_t> four = {1, 2, 3, 4};
   EXPECT_TRUE((*model)->Forward(four, cache, {}, &logits).ok());
   EXPECT_EQ(cache.size(), 4);

@@ -9,6 +9,8 @@
 
 namespace dsv2 {
 
+class Backend;
+
 class KvCacheView {
  public:
   virtual ~KvCacheView() = default;
@@ -25,6 +27,9 @@ class KvCacheView {
   virtual int64_t ContiguousFrom(int64_t pos) const = 0;
   // Called by the forward pass once every layer of the new positions is written.
   virtual void set_size(int64_t size) = 0;
+  // The backend whose memory holds the latents: the model's (ForwardBatch
+  // refuses a cache of another backend).
+  virtual const Backend* backend() const = 0;
 };
 
 }  // namespace dsv2

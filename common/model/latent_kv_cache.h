@@ -28,6 +28,7 @@ class LatentKvCache final : public KvCacheView {
   }
   int64_t ContiguousFrom(int64_t pos) const override { return capacity_ - pos; }
   void set_size(int64_t size) override { size_ = size; }
+  const Backend* backend() const override { return data_.backend(); }
 
  private:
   int64_t latent_dim_;

@@ -46,7 +46,36 @@ int Dim(int64_t value, const char* what) {
   return static_cast<int>(value);
 }
 
+// Every weight and norm vector of `model` (norm vectors as 1-row f32
+// matrices), the routed experts when `routed_experts`.
+std::vector<WeightMatrix> WeightsOf(const ModelWeights& model, bool routed_experts) {
+  std::vector<WeightMatrix> weights = {model.embed, model.lm_head};
+  auto vector = [&](const std::vector<float>& v) {
+    weights.push_back(WeightMatrix{DType::kF32, 1, static_cast<int64_t>(v.size()), v.data(),
+                                   nullptr});
+  };
+  vector(model.final_norm);
+  for (const LayerWeights& layer : model.layers) {
+    weights.insert(weights.end(), {layer.q_a, layer.q_b, layer.q, layer.kv_a, layer.kv_b,
+                                   layer.o, layer.router});
+    for (const MlpWeights* mlp : {&layer.dense, &layer.shared}) {
+      weights.insert(weights.end(), {mlp->gate, mlp->up, mlp->down});
+    }
+    if (routed_experts) {
+      for (const MlpWeights& expert : layer.experts) {
+        weights.insert(weights.end(), {expert.gate, expert.up, expert.down});
+      }
+    }
+    for (const std::vector<float>* v : {&layer.input_norm, &layer.post_attention_norm,
+                                        &layer.q_a_norm, &layer.kv_a_norm}) {
+      vector(*v);
+    }
+  }
+  return weights;
+}
+
 }  // namespace
+
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   return Create(device, Options());
@@ -80,6 +109,15 @@ absl::Status CudaBackend::Init() {
     error = cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_);
   }
   if (error == cudaSuccess) error = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+  if (error == cudaSuccess) {
+    // Freed activations stay in the pool for the next step (AllocateFloats).
+    cudaMemPool_t pool = nullptr;
+    error = cudaDeviceGetDefaultMemPool(&pool, device_);
+    uint64_t keep = UINT64_MAX;
+    if (error == cudaSuccess) {
+      error = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+    }
+  }
   if (error == cudaSuccess) error = cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming);
   if (error != cudaSuccess) {
     return absl::FailedPreconditionError(
@@ -115,13 +153,17 @@ void CudaBackend::Enter() { DSV2_CUDA_CHECK(cudaSetDevice(device_)); }
 
 // ---- Memory -------------------------------------------------------------------
 
+// Activations come from the device's stream-ordered pool (cudaMallocAsync on
+// the backend's stream, which Init keeps from returning memory to the
+// driver): a Buffer freed while ops that read it are still queued is reused
+// only by ops queued after them, and no call synchronizes.
 float* CudaBackend::AllocateFloats(int64_t count) {
   if (count <= 0) return nullptr;
   void* data = nullptr;
   DSV2_CUDA_CHECK(cudaSetDevice(device_));
-  const cudaError_t error = cudaMalloc(&data, count * sizeof(float));
+  const cudaError_t error = cudaMallocAsync(&data, count * sizeof(float), stream_);
   if (error != cudaSuccess) {
-    DSV2_LOG(FATAL) << "CUDA backend: cudaMalloc of " << count * sizeof(float)
+    DSV2_LOG(FATAL) << "CUDA backend: cudaMallocAsync of " << count * sizeof(float)
                     << " bytes failed: " << cudaGetErrorString(error);
   }
   return static_cast<float*>(data);
@@ -129,9 +171,19 @@ float* CudaBackend::AllocateFloats(int64_t count) {
 
 void CudaBackend::Free(float* data) {
   DSV2_CUDA_CHECK(cudaSetDevice(device_));
-  // Ops enqueued before may still read it.
+  DSV2_CUDA_CHECK(cudaFreeAsync(data, stream_));
+}
+
+cudaError_t CudaBackend::DeviceMalloc(void** data, int64_t bytes) {
+  cudaError_t error = cudaMalloc(data, bytes);
+  if (error != cudaErrorMemoryAllocation) return error;
+  // The activation pool keeps what it freed (Init): give that back and retry.
+  cudaGetLastError();  // Clears the (non-sticky) allocation error.
   DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  DSV2_CUDA_CHECK(cudaFree(data));
+  cudaMemPool_t pool = nullptr;
+  DSV2_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+  DSV2_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+  return cudaMalloc(data, bytes);
 }
 
 void* CudaBackend::ScratchBytes(Scratch slot, int64_t bytes) {
@@ -143,7 +195,7 @@ void* CudaBackend::ScratchBytes(Scratch slot, int64_t bytes) {
   const int64_t grown = std::max(bytes, buffer.bytes + buffer.bytes / 2);
   buffer.data = nullptr;
   buffer.bytes = 0;
-  const cudaError_t error = cudaMalloc(&buffer.data, grown);
+  const cudaError_t error = DeviceMalloc(&buffer.data, grown);
   if (error != cudaSuccess) {
     DSV2_LOG(FATAL) << "CUDA backend: cudaMalloc of " << grown
                     << " bytes of scratch failed: " << cudaGetErrorString(error);
@@ -217,7 +269,7 @@ absl::StatusOr<CudaBackend::DeviceWeight> CudaBackend::UploadWeight(const void* 
         " bytes of device memory that are not free; ", resident_bytes_,
         " bytes of weights are resident"));
   };
-  if (cudaMalloc(&weight.data, std::max<int64_t>(bytes, 1)) != cudaSuccess) {
+  if (DeviceMalloc(&weight.data, std::max<int64_t>(bytes, 1)) != cudaSuccess) {
     cudaGetLastError();  // Clears the (non-sticky) allocation error.
     return exhausted(bytes);
   }
@@ -230,7 +282,7 @@ absl::StatusOr<CudaBackend::DeviceWeight> CudaBackend::UploadWeight(const void* 
     const int64_t scales_at = (raw_bytes + 3) / 4 * 4;
     const int64_t scale_bytes = dtype == DType::kI8 ? rows * Q8Blocks(cols) * 4 : 0;
     void* raw = nullptr;
-    if (cudaMalloc(&raw, std::max<int64_t>(scales_at + scale_bytes, 1)) != cudaSuccess) {
+    if (DeviceMalloc(&raw, std::max<int64_t>(scales_at + scale_bytes, 1)) != cudaSuccess) {
       cudaGetLastError();
       DSV2_CUDA_CHECK(cudaFree(weight.data));
       return exhausted(bytes + scales_at + scale_bytes);
@@ -301,46 +353,29 @@ const float* CudaBackend::Resident(std::span<const float> v) {
 absl::Status CudaBackend::Prepare(const ModelWeights& model, bool routed_experts) {
   absl::MutexLock lock(&mutex_);
   Enter();
-  std::vector<const WeightMatrix*> matrices = {&model.embed, &model.lm_head};
-  std::vector<const std::vector<float>*> vectors = {&model.final_norm};
-  for (const LayerWeights& layer : model.layers) {
-    for (const WeightMatrix* w : {&layer.q_a, &layer.q_b, &layer.q, &layer.kv_a, &layer.kv_b,
-                                  &layer.o, &layer.router}) {
-      matrices.push_back(w);
-    }
-    for (const MlpWeights* mlp : {&layer.dense, &layer.shared}) {
-      matrices.insert(matrices.end(), {&mlp->gate, &mlp->up, &mlp->down});
-    }
-    for (const MlpWeights& expert : layer.experts) {
-      if (!routed_experts) break;
-      matrices.insert(matrices.end(), {&expert.gate, &expert.up, &expert.down});
-    }
-    vectors.insert(vectors.end(), {&layer.input_norm, &layer.post_attention_norm,
-                                   &layer.q_a_norm, &layer.kv_a_norm});
-  }
-  for (const WeightMatrix* w : matrices) {
-    if (absl::Status status = MakeResident(*w); !status.ok()) return status;
-  }
-  for (const std::vector<float>* v : vectors) {
-    if (absl::Status status = MakeResident(std::span<const float>(*v)); !status.ok()) {
-      return status;
-    }
+  for (const WeightMatrix& w : WeightsOf(model, routed_experts)) {
+    if (absl::Status status = MakeResident(w); !status.ok()) return status;
   }
   return absl::OkStatus();
+}
+
+void CudaBackend::Release(const ModelWeights& model) {
+  absl::MutexLock lock(&mutex_);
+  Enter();
+  // Ops queued before may still read them.
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (const WeightMatrix& w : WeightsOf(model, /*routed_experts=*/true)) {
+    auto it = weights_.find(w.data);
+    if (it == weights_.end()) continue;
+    DSV2_CUDA_CHECK(cudaFree(it->second.data));
+    resident_bytes_ -= WeightBytes(it->second.type, it->second.rows * it->second.cols);
+    weights_.erase(it);
+  }
 }
 
 int64_t CudaBackend::resident_bytes() const {
   absl::MutexLock lock(&mutex_);
   return resident_bytes_;
-}
-
-void CudaBackend::EvictWeights() {
-  absl::MutexLock lock(&mutex_);
-  Enter();
-  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (auto& [host, weight] : weights_) DSV2_CUDA_CHECK(cudaFree(weight.data));
-  weights_.clear();
-  resident_bytes_ = 0;
 }
 
 // ---- Ops ----------------------------------------------------------------------

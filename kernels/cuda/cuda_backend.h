@@ -19,9 +19,11 @@
 // weights); above it as one bf16 rounding (prefill, compute-bound). f32
 // weights run an f32 GEMM (no TF32).
 //
-// Memory: Allocate is cudaMalloc (an allocation failure inside an op, which
-// cannot return a status, aborts naming the size); Upload and Download
-// copy through the backend's stream, Download waits for it.
+// Memory: Allocate takes from the device's stream-ordered pool
+// (cudaMallocAsync / cudaFreeAsync on the backend's stream: nothing
+// synchronizes, freed memory is kept for the next step); an allocation
+// failure, which cannot return a status, aborts naming the size. Upload and
+// Download copy through the backend's stream, Download waits for it.
 //
 // Thread safety: all methods may be called from any thread. One stream and
 // one cuBLAS handle serve every caller; each op is enqueued under a mutex,
@@ -97,10 +99,11 @@ class CudaBackend final : public Backend {
   void Sample(const float* logits, int64_t rows, int64_t vocab,
               std::span<const cuda::SampleRowParams> params, int32_t* host_out);
 
+  // Frees the device copies of `model`'s weights.
+  void Release(const ModelWeights& model) override;
+
   // Bytes of weights resident on the device.
   int64_t resident_bytes() const;
-  // Frees every resident weight (the next use uploads again).
-  void EvictWeights();
 
  protected:
   float* AllocateFloats(int64_t count) override;
@@ -135,6 +138,8 @@ class CudaBackend final : public Backend {
   absl::Status MakeResident(std::span<const float> v) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   DeviceWeight Resident(const WeightMatrix& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   const float* Resident(std::span<const float> v) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // cudaMalloc, trimming the activation pool and retrying when memory is short.
+  cudaError_t DeviceMalloc(void** data, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void* ScratchBytes(Scratch slot, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   float* ScratchFloats(Scratch slot, int64_t count) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     return static_cast<float*>(ScratchBytes(slot, count * int64_t{sizeof(float)}));

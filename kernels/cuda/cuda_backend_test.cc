@@ -104,6 +104,7 @@ class ContiguousCache final : public KvCacheView {
   float* At(int64_t layer, int64_t pos) override { return data_.data() + pos * latent_; }
   int64_t ContiguousFrom(int64_t pos) const override { return capacity_ - pos; }
   void set_size(int64_t size) override { size_ = size; }
+  const Backend* backend() const override { return data_.backend(); }
 
  private:
   int64_t latent_, capacity_, size_ = 0;
@@ -129,6 +130,7 @@ class PagedCache final : public KvCacheView {
   }
   int64_t ContiguousFrom(int64_t pos) const override { return block_ - pos % block_; }
   void set_size(int64_t size) override { size_ = size; }
+  const Backend* backend() const override { return pool_.front().backend(); }
 
  private:
   int64_t latent_, capacity_, block_, size_ = 0;
@@ -459,7 +461,9 @@ TEST_F(CudaBackendTest, ExpertRowsMatchesInTheCpuSummationOrder) {
   uint32_t seed = 500;
   for (const ExpertCase& c : cases) {
     std::mt19937 rng(++seed);
-    // Rows' expert ids: distinct, ascending, some slots padded with -1.
+    // Rows' expert ids: distinct, in the random order of a top-k by score
+    // (the sum must still run in ascending id order), some rows with a -1
+    // pad in one of their slots.
     std::vector<int32_t> ids(c.rows * c.k, -1);
     std::vector<float> weights(c.rows * c.k, 0.0f);
     std::vector<bool> used(c.experts, false);
@@ -468,11 +472,14 @@ TEST_F(CudaBackendTest, ExpertRowsMatchesInTheCpuSummationOrder) {
       std::iota(all.begin(), all.end(), 0);
       std::shuffle(all.begin(), all.end(), rng);
       const int64_t filled = r % 4 == 1 ? c.k - 1 : c.k;
-      std::sort(all.begin(), all.begin() + filled);
       for (int64_t j = 0; j < filled; ++j) {
         ids[r * c.k + j] = all[j];
         weights[r * c.k + j] = std::uniform_real_distribution<float>(0.05f, 2.0f)(rng);
         used[all[j]] = true;
+      }
+      if (filled < c.k) {
+        std::swap(ids[r * c.k + r % c.k], ids[r * c.k + c.k - 1]);
+        std::swap(weights[r * c.k + r % c.k], weights[r * c.k + c.k - 1]);
       }
     }
     // Only the experts some row reaches get weights (V2's 160 would not fit).
@@ -518,6 +525,22 @@ TEST_F(CudaBackendTest, PrepareMakesWeightsResidentAndResultsUnchanged) {
   ASSERT_TRUE(gpu_->Prepare(model, /*routed_experts=*/true).ok());
   EXPECT_EQ(gpu_->resident_bytes(), 50 * 64 * 2 * 2 + 64 * 4);
   gpu_->Linear(dx.data(), 2, head.view, dy.data());
+  EXPECT_EQ(ToHost(dy.data(), 2 * 50), before);
+
+  // Routed experts only when asked for; Release drops everything of the model.
+  HostMatrix gate = RandomMatrix(DType::kBF16, 32, 64, 604, 1.0f);
+  HostMatrix up = RandomMatrix(DType::kBF16, 32, 64, 605, 1.0f);
+  HostMatrix down = RandomMatrix(DType::kBF16, 64, 32, 606, 1.0f);
+  model.layers.emplace_back();
+  model.layers.back().experts.push_back(MlpWeights{gate.view, up.view, down.view});
+  const int64_t experts_bytes = 3 * 32 * 64 * 2;
+  ASSERT_TRUE(gpu_->Prepare(model, /*routed_experts=*/false).ok());
+  EXPECT_EQ(gpu_->resident_bytes(), 50 * 64 * 2 * 2 + 64 * 4);
+  ASSERT_TRUE(gpu_->Prepare(model, /*routed_experts=*/true).ok());
+  EXPECT_EQ(gpu_->resident_bytes(), 50 * 64 * 2 * 2 + 64 * 4 + experts_bytes);
+  gpu_->Release(model);
+  EXPECT_EQ(gpu_->resident_bytes(), 0);
+  gpu_->Linear(dx.data(), 2, head.view, dy.data());  // Uploaded again on first use.
   EXPECT_EQ(ToHost(dy.data(), 2 * 50), before);
 }
 

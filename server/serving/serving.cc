@@ -137,7 +137,8 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
                                            .backend = *backend,
                                            .residency = residency});
   if (!model.ok()) return model.status();
-  if (absl::GetFlag(FLAGS_prefault)) {
+  // A backend with its own memory read the weights when it made them resident.
+  if (absl::GetFlag(FLAGS_prefault) && (*model)->backend().host_memory()) {
     auto last_log = start;
     const int64_t bytes = (*model)->checkpoint().Prefault(
         [&](int64_t done, int64_t total) {

@@ -87,7 +87,11 @@ absl::Status Quantize(std::span<const std::string> argv, std::ostream& out) {
   ASSIGN_OR_RETURN(std::string in_dir, args.Require("model"));
   ASSIGN_OR_RETURN(std::string out_dir, args.Require("out"));
   ASSIGN_OR_RETURN(int64_t shard_mb, args.GetInt("shard-mb", 4096));
-  if (shard_mb < 1) return absl::InvalidArgumentError("--shard-mb must be at least 1");
+  constexpr int64_t kMaxShardMb = int64_t{1} << 20;  // 1 TiB: bounds shard_mb << 20.
+  if (shard_mb < 1 || shard_mb > kMaxShardMb) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard-mb must be between 1 and ", kMaxShardMb, ", not ", shard_mb));
+  }
   const int64_t shard_bytes = shard_mb << 20;
 
   ASSIGN_OR_RETURN(const std::string config_text,
