@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -17,6 +18,7 @@
 #include "common/model/backend.h"
 #include "common/model/config.h"
 #include "common/model/kv_cache_view.h"
+#include "common/sampling/sampler.h"
 #include "common/tensor/dtype.h"
 #include "common/tensor/q8.h"
 
@@ -546,49 +548,6 @@ TEST_F(CudaBackendTest, PrepareMakesWeightsResidentAndResultsUnchanged) {
 
 // ---- Token selection ----------------------------------------------------------
 
-// Sampler::Sample's choice with the draw u · kept mass (the host reference).
-int32_t HostSample(const float* logits, int64_t vocab, const cuda::SampleRowParams& p) {
-  std::vector<int32_t> order(vocab);
-  std::iota(order.begin(), order.end(), 0);
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  };
-  if (p.temperature == 0.0f) {
-    return *std::min_element(order.begin(), order.end(), by_logit);
-  }
-  const int64_t k = p.top_k > 0 ? std::min(p.top_k, vocab) : vocab;
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), by_logit);
-  order.resize(k);
-  std::vector<double> probs(k);
-  const double max = logits[order[0]];
-  double sum = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    probs[i] = std::exp((logits[order[i]] - max) / p.temperature);
-    sum += probs[i];
-  }
-  int64_t keep = k;
-  if (p.top_p < 1.0f) {
-    double cumulative = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      cumulative += probs[i] / sum;
-      if (cumulative >= p.top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  if (p.min_p > 0.0f) {
-    while (keep > 1 && probs[keep - 1] < p.min_p * probs[0]) --keep;
-  }
-  const double kept = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
-  double draw = p.uniform * kept;
-  for (int64_t i = 0; i < keep; ++i) {
-    draw -= probs[i];
-    if (draw < 0) return order[i];
-  }
-  return order[keep - 1];
-}
-
 TEST_F(CudaBackendTest, ArgMaxTakesTheLowestIndexAmongEquals) {
   for (int64_t vocab : {int64_t{1}, int64_t{1000}, int64_t{102400}}) {
     const int64_t rows = 4;
@@ -606,21 +565,35 @@ TEST_F(CudaBackendTest, ArgMaxTakesTheLowestIndexAmongEquals) {
   }
 }
 
-TEST_F(CudaBackendTest, SampleMatchesTheHostReferenceGivenTheDraw) {
-  std::mt19937 rng(800);
-  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+// The device's choice given the draw is the host Sampler's (common/sampling)
+// with the same seed: the draw handed to the kernel is the one the sampler's
+// generator makes (uniform_real_distribution<double> over its mt19937_64),
+// rounded to float — a different choice only where the draw falls within
+// 1e-7 of a boundary between two tokens' mass.
+TEST_F(CudaBackendTest, SampleMatchesTheHostSamplerGivenItsDraw) {
+  uint64_t seed = 800;
   for (int64_t vocab : {int64_t{17}, int64_t{1000}, int64_t{102400}}) {
     std::vector<cuda::SampleRowParams> params;
+    std::vector<SamplingParams> host;
     for (float temperature : {0.0f, 0.7f, 1.0f}) {
       for (int64_t top_k : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{50}}) {
         for (float top_p : {1.0f, 0.9f, 0.3f}) {
+          SamplingParams h;
+          h.temperature = temperature;
+          h.top_k = top_k;
+          h.top_p = top_p;
+          h.min_p = top_k == 50 ? 0.05f : 0.0f;
+          h.seed = ++seed;
+          std::mt19937_64 generator(h.seed);
           cuda::SampleRowParams p;
-          p.temperature = temperature;
-          p.top_k = top_k;
-          p.top_p = top_p;
-          p.min_p = top_k == 50 ? 0.05f : 0.0f;
-          p.uniform = std::min(uniform(rng), 0.99999f);
+          p.temperature = h.temperature;
+          p.top_k = h.top_k;
+          p.top_p = h.top_p;
+          p.min_p = h.min_p;
+          p.uniform = static_cast<float>(
+              std::generate_canonical<double, std::numeric_limits<double>::digits>(generator));
           params.push_back(p);
+          host.push_back(h);
         }
       }
     }
@@ -632,7 +605,7 @@ TEST_F(CudaBackendTest, SampleMatchesTheHostReferenceGivenTheDraw) {
     Buffer dl = ToDevice(logits);
     gpu_->Sample(dl.data(), rows, vocab, params, got.data());
     for (int64_t r = 0; r < rows; ++r) {
-      EXPECT_EQ(got[r], HostSample(&logits[r * vocab], vocab, params[r]))
+      EXPECT_EQ(got[r], Sampler(host[r]).Sample(&logits[r * vocab], vocab))
           << "vocab " << vocab << " row " << r << " T " << params[r].temperature << " top_k "
           << params[r].top_k << " top_p " << params[r].top_p << " u " << params[r].uniform;
     }
