@@ -43,6 +43,7 @@
 #include "common/model/latent_kv_cache.h"
 #include "common/model/presets.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -52,16 +53,6 @@ namespace {
 // Issue floor and reference for the MLA decode share of the bandwidth.
 constexpr double kMlaFloorPct = 80.0;
 constexpr double kFlashMlaPct = 90.0;
-
-#define GPU_BENCH_CUDA_CHECK(call)                                                     \
-  do {                                                                                 \
-    const cudaError_t bench_error = (call);                                            \
-    if (bench_error != cudaSuccess) {                                                  \
-      std::fprintf(stderr, "gpu_bench: %s failed: %s\n", #call,                        \
-                   cudaGetErrorString(bench_error));                                   \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
 
 std::vector<float> RandomFloats(int64_t count, std::mt19937& rng, float scale) {
   std::uniform_real_distribution<float> uniform(-scale, scale);
@@ -156,8 +147,8 @@ MlaResult MeasureMla(CudaBackend& backend, const ModelConfig& config, const MlaS
   // attention, combine and output, as MlaAttention launches them, on a
   // stream of our own timed with events.
   int device = 0, sm_count = 0;
-  GPU_BENCH_CUDA_CHECK(cudaGetDevice(&device));
-  GPU_BENCH_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  DSV2_CUDA_CHECK(cudaGetDevice(&device));
+  DSV2_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
   int64_t split_size = 0;
   const int64_t splits = cuda::MlaDecodeSplits(1, heads, context + 1, sm_count, &split_size);
   std::vector<const float*> host_table(batch * (context + 1));
@@ -170,17 +161,18 @@ MlaResult MeasureMla(CudaBackend& backend, const ModelConfig& config, const MlaS
   const int64_t kv_b_bytes = kv_b.rows * kv_b.cols * 2;
   const int64_t scratch_floats =
       heads * latent + heads * splits * shape.rank + heads * splits * 2 + heads * shape.rank;
-  GPU_BENCH_CUDA_CHECK(cudaMalloc(&table, host_table.size() * sizeof(float*)));
-  GPU_BENCH_CUDA_CHECK(cudaMalloc(&kv_b_device, kv_b_bytes));
-  GPU_BENCH_CUDA_CHECK(cudaMalloc(&scratch, scratch_floats * sizeof(float)));
-  GPU_BENCH_CUDA_CHECK(cudaMemcpy(table, host_table.data(), host_table.size() * sizeof(float*),
+  DSV2_CUDA_CHECK(cudaMalloc(&table, host_table.size() * sizeof(float*)));
+  DSV2_CUDA_CHECK(cudaMalloc(&kv_b_device, kv_b_bytes));
+  DSV2_CUDA_CHECK(cudaMalloc(&scratch, scratch_floats * sizeof(float)));
+  DSV2_CUDA_CHECK(cudaMemcpy(table, host_table.data(), host_table.size() * sizeof(float*),
                                   cudaMemcpyHostToDevice));
-  GPU_BENCH_CUDA_CHECK(cudaMemcpy(kv_b_device, kv_b.data, kv_b_bytes, cudaMemcpyHostToDevice));
-  cudaStream_t stream;
-  cudaEvent_t start_event, stop_event;
-  GPU_BENCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  GPU_BENCH_CUDA_CHECK(cudaEventCreate(&start_event));
-  GPU_BENCH_CUDA_CHECK(cudaEventCreate(&stop_event));
+  DSV2_CUDA_CHECK(cudaMemcpy(kv_b_device, kv_b.data, kv_b_bytes, cudaMemcpyHostToDevice));
+  absl::StatusOr<std::unique_ptr<StreamTimer>> timer = StreamTimer::Create();
+  if (!timer.ok()) {
+    std::fprintf(stderr, "gpu_bench: %s\n", std::string(timer.status().message()).c_str());
+    std::exit(1);
+  }
+  cudaStream_t stream = (*timer)->stream();
   cuda::MlaDecodeParams p;
   p.n = 1, p.heads = heads, p.nope = shape.nope, p.rope = shape.rope, p.v = shape.v;
   p.rank = shape.rank;
@@ -199,24 +191,18 @@ MlaResult MeasureMla(CudaBackend& backend, const ModelConfig& config, const MlaS
       p.q = q.data() + s * heads * qk;
       p.latents = static_cast<const float* const*>(table) + s * (context + 1);
       p.o = o.data() + s * heads * shape.v;
-      GPU_BENCH_CUDA_CHECK(cuda::LaunchMlaDecode(p, stream));
+      DSV2_CUDA_CHECK(cuda::LaunchMlaDecode(p, stream));
     }
   };
   kernel_step();
-  GPU_BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  DSV2_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<double> kernel_times;
   for (int r = 0; r < samples; ++r) {
-    GPU_BENCH_CUDA_CHECK(cudaEventRecord(start_event, stream));
-    for (int i = 0; i < inner; ++i) kernel_step();
-    GPU_BENCH_CUDA_CHECK(cudaEventRecord(stop_event, stream));
-    GPU_BENCH_CUDA_CHECK(cudaEventSynchronize(stop_event));
-    float ms = 0;
-    GPU_BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start_event, stop_event));
-    kernel_times.push_back(ms * 1e-3 / inner);
+    kernel_times.push_back((*timer)->Seconds([&] {
+      for (int i = 0; i < inner; ++i) kernel_step();
+    }) / inner);
   }
-  cudaEventDestroy(start_event);
-  cudaEventDestroy(stop_event);
-  cudaStreamDestroy(stream);
+  timer->reset();  // Waits for the stream.
   cudaFree(table);
   cudaFree(kv_b_device);
   cudaFree(scratch);

@@ -4,26 +4,13 @@
 #include <cstring>
 #include <vector>
 
-#include <cublas_v2.h>
-#include <cuda_runtime_api.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/base/logging.h"
+#include "kernels/cuda/cuda_check.h"
 
 namespace dsv2::bench {
 namespace {
-
-// A failed CUDA call after the probe was created: the device is in an
-// unknown state and the benchmark cannot go on.
-#define DSV2_BENCH_CUDA_CHECK(call)                                                     \
-  do {                                                                                  \
-    const cudaError_t bench_error = (call);                                             \
-    if (bench_error != cudaSuccess) {                                                   \
-      DSV2_LOG(FATAL) << #call << " failed: " << cudaGetErrorName(bench_error) << " (" \
-                      << cudaGetErrorString(bench_error) << ")";                        \
-    }                                                                                   \
-  } while (0)
 
 absl::Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
@@ -53,43 +40,32 @@ double BestOf(int reps, Pass pass) {
 
 }  // namespace
 
-class StreamTimer {
- public:
-  static absl::StatusOr<std::unique_ptr<StreamTimer>> Create() {
-    std::unique_ptr<StreamTimer> timer(new StreamTimer());
-    absl::Status status = CudaStatus(
-        cudaStreamCreateWithFlags(&timer->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->start_), "cudaEventCreate");
-    if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->stop_), "cudaEventCreate");
-    if (!status.ok()) return status;
-    return timer;
-  }
-  ~StreamTimer() {
-    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    if (start_ != nullptr) cudaEventDestroy(start_);
-    if (stop_ != nullptr) cudaEventDestroy(stop_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
+absl::StatusOr<std::unique_ptr<StreamTimer>> StreamTimer::Create() {
+  std::unique_ptr<StreamTimer> timer(new StreamTimer());
+  absl::Status status = CudaStatus(
+      cudaStreamCreateWithFlags(&timer->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->start_), "cudaEventCreate");
+  if (status.ok()) status = CudaStatus(cudaEventCreate(&timer->stop_), "cudaEventCreate");
+  if (!status.ok()) return status;
+  return timer;
+}
 
-  cudaStream_t stream() const { return stream_; }
-  // Seconds the work `queue` puts on stream() takes on the device.
-  template <typename Queue>
-  double Seconds(Queue queue) {
-    DSV2_BENCH_CUDA_CHECK(cudaEventRecord(start_, stream_));
-    queue();
-    DSV2_BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-    DSV2_BENCH_CUDA_CHECK(cudaEventSynchronize(stop_));
-    float ms = 0;
-    DSV2_BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
+StreamTimer::~StreamTimer() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  if (start_ != nullptr) cudaEventDestroy(start_);
+  if (stop_ != nullptr) cudaEventDestroy(stop_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
 
- private:
-  StreamTimer() = default;
-  cudaStream_t stream_ = nullptr;
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
+double StreamTimer::Seconds(absl::FunctionRef<void()> queue) {
+  DSV2_CUDA_CHECK(cudaEventRecord(start_, stream_));
+  queue();
+  DSV2_CUDA_CHECK(cudaEventRecord(stop_, stream_));
+  DSV2_CUDA_CHECK(cudaEventSynchronize(stop_));
+  float ms = 0;
+  DSV2_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+  return ms * 1e-3;
+}
 
 std::vector<uint16_t> RandomBf16(int64_t count, std::mt19937& rng, float scale) {
   std::uniform_real_distribution<float> uniform(-scale, scale);
@@ -152,7 +128,7 @@ DeviceCopyProbe::~DeviceCopyProbe() {
 
 double DeviceCopyProbe::Pass() {
   const double seconds = timer_->Seconds([&] {
-    DSV2_BENCH_CUDA_CHECK(
+    DSV2_CUDA_CHECK(
         cudaMemcpyAsync(dst_, src_, bytes_, cudaMemcpyDeviceToDevice, timer_->stream()));
   });
   return 2.0 * static_cast<double>(bytes_) / seconds / 1e9;
@@ -217,13 +193,9 @@ double Bf16GemmProbe::Pass() {
   const float one = 1.0f, zero = 0.0f;
   const int n = static_cast<int>(size_);
   const double seconds = timer_->Seconds([&] {
-    const cublasStatus_t status =
-        cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a_, CUDA_R_16BF, n, b_,
-                     CUDA_R_16BF, n, &zero, c_, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT);
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      DSV2_LOG(FATAL) << "cublasGemmEx (bf16 peak probe) failed: " << cublasGetStatusName(status);
-    }
+    DSV2_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a_,
+                                   CUDA_R_16BF, n, b_, CUDA_R_16BF, n, &zero, c_, CUDA_R_32F, n,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   });
   const double flops = 2.0 * static_cast<double>(size_) * size_ * size_;
   return flops / seconds / 1e12;

@@ -22,8 +22,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 
+struct CUstream_st;
+struct CUevent_st;
 struct cublasContext;
 
 namespace dsv2::bench {
@@ -35,8 +38,24 @@ absl::StatusOr<std::string> GpuDescription();
 // bf16 bits of uniform values in [-scale, scale) (float32 truncated).
 std::vector<uint16_t> RandomBf16(int64_t count, std::mt19937& rng, float scale);
 
-// A stream of a probe's own and two events that time the work queued on it.
-class StreamTimer;
+// A stream of its own and two events that time the work queued on it.
+class StreamTimer {
+ public:
+  static absl::StatusOr<std::unique_ptr<StreamTimer>> Create();
+  ~StreamTimer();
+  StreamTimer(const StreamTimer&) = delete;
+  StreamTimer& operator=(const StreamTimer&) = delete;
+
+  CUstream_st* stream() const { return stream_; }
+  // Seconds the work `queue` puts on stream() takes on the device.
+  double Seconds(absl::FunctionRef<void()> queue);
+
+ private:
+  StreamTimer() = default;
+  CUstream_st* stream_ = nullptr;
+  CUevent_st* start_ = nullptr;
+  CUevent_st* stop_ = nullptr;
+};
 
 // Two device buffers of `bytes` each (rounded down to whole MiB), copied one
 // into the other.

@@ -12,27 +12,10 @@
 #include "common/base/logging.h"
 #include "common/model/moe_routing.h"
 #include "common/tensor/q8.h"
+#include "kernels/cuda/cuda_check.h"
 
 namespace dsv2 {
 namespace {
-
-// A failed CUDA call inside an op: the device is in an unknown state.
-#define DSV2_CUDA_CHECK(call)                                                          \
-  do {                                                                                 \
-    const cudaError_t dsv2_error = (call);                                             \
-    if (dsv2_error != cudaSuccess) {                                                   \
-      DSV2_LOG(FATAL) << #call << " failed: " << cudaGetErrorName(dsv2_error) << " (" \
-                      << cudaGetErrorString(dsv2_error) << ")";                        \
-    }                                                                                  \
-  } while (0)
-
-#define DSV2_CUBLAS_CHECK(call)                                                             \
-  do {                                                                                      \
-    const cublasStatus_t dsv2_status = (call);                                              \
-    if (dsv2_status != CUBLAS_STATUS_SUCCESS) {                                             \
-      DSV2_LOG(FATAL) << #call << " failed: " << cublasGetStatusName(dsv2_status);          \
-    }                                                                                       \
-  } while (0)
 
 constexpr int64_t kInitialStagingBytes = int64_t{4} << 20;
 
