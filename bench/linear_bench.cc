@@ -23,7 +23,7 @@
 // of the FMA peak; the last column says which of them a shape meets.
 //
 //   linear_bench [--reps 7] [--shapes q_proj,kv_a_proj,...] [--cold-mib N]
-//                [--isa avx512|avx2|portable] [--json]
+//                [--isa amx|avx512|avx2|portable] [--json]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -236,7 +236,7 @@ int Main(int argc, char** argv) {
         "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
         "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
         " at least 1024)]\n"
-        "                    [--isa avx512|avx2|portable (default: the widest)] [--json]\n");
+        "                    [--isa amx|avx512|avx2|portable (default: the widest)] [--json]\n");
     return flags.Has("help") ? 0 : 2;
   }
   const std::string isa = flags.Get("isa", "");

@@ -15,6 +15,7 @@
 #include "common/sampling/sampler.h"
 #include "common/tensor/npy.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/ops.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -54,7 +55,8 @@ Error Compare(const float* actual, const float* expected, int64_t n) {
   Error error;
   float scale = 0;
   for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(expected[i]));
-  for (int64_t i = 0; i < n; ++i) error.abs = std::max(error.abs, std::fabs(actual[i] - expected[i]));
+  for (int64_t i = 0; i < n; ++i)
+    error.abs = std::max(error.abs, std::fabs(actual[i] - expected[i]));
   error.rel = error.abs / scale;
   return error;
 }
@@ -68,7 +70,8 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     model_ = *std::move(model);
     golden_ = LoadGolden(dir_);
     vocab_ = model_->config().vocab_size;
-    ASSERT_EQ(golden_.prefill.shape, (std::vector<int64_t>{int64_t(golden_.prompt.size()), vocab_}));
+    ASSERT_EQ(golden_.prefill.shape,
+              (std::vector<int64_t>{int64_t(golden_.prompt.size()), vocab_}));
     ASSERT_GE(golden_.decode.shape[0], 16);
   }
 
@@ -82,9 +85,12 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     const int64_t prompt = static_cast<int64_t>(golden_.prompt.size());
     for (int64_t begin = 0; begin < prompt; begin += chunk) {
       const int64_t n = std::min(chunk, prompt - begin);
-      ASSERT_TRUE(model_->Forward({golden_.prompt.data() + begin, size_t(n)}, cache, options, &logits).ok());
+      ASSERT_TRUE(
+          model_->Forward({golden_.prompt.data() + begin, size_t(n)}, cache, options, &logits)
+              .ok());
       for (int64_t i = 0; i < n; ++i) {
-        const Error e = Compare(&logits[i * vocab_], &golden_.prefill.data[(begin + i) * vocab_], vocab_);
+        const Error e =
+            Compare(&logits[i * vocab_], &golden_.prefill.data[(begin + i) * vocab_], vocab_);
         ASSERT_LE(e.abs, kLogitTolerance) << "prefill position " << begin + i;
         worst.abs = std::max(worst.abs, e.abs);
         worst.rel = std::max(worst.rel, e.rel);
@@ -98,12 +104,14 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
       ASSERT_LE(e.abs, kLogitTolerance) << "decode step " << step;
       worst.abs = std::max(worst.abs, e.abs);
       worst.rel = std::max(worst.rel, e.rel);
-      ASSERT_EQ(ArgMax(logits.data(), vocab_), golden_.generated[step + 1]) << "decode step " << step;
+      ASSERT_EQ(ArgMax(logits.data(), vocab_), golden_.generated[step + 1])
+          << "decode step " << step;
     }
     RecordProperty("max_abs_error", std::to_string(worst.abs));
     RecordProperty("max_rel_error", std::to_string(worst.rel));
-    std::cout << GetParam() << " chunk=" << chunk << " form=" << int(form)
-              << ": max abs logit error " << worst.abs << ", max relative " << worst.rel << "\n";
+    std::cout << GetParam() << " " << cpu::KernelIsa() << " chunk=" << chunk
+              << " form=" << int(form) << ": max abs logit error " << worst.abs << ", max relative "
+              << worst.rel << "\n";
   }
 
   std::string dir_;
@@ -120,6 +128,15 @@ TEST_P(GoldenTest, PrefillThenDecodeMatchesReference) {
 }
 
 TEST_P(GoldenTest, ChunkedPrefillMatchesReference) { RunAndCompare(7, AttentionForm::kAuto); }
+
+TEST_P(GoldenTest, EveryInstructionSetMatchesReference) {
+  // The other tests run on the default kernels; AMX, for one, only when named.
+  for (const std::string& isa : cpu::KernelIsas()) {
+    SCOPED_TRACE(isa);
+    cpu::ScopedKernelIsa scope(isa);
+    RunAndCompare(golden_.prompt.size(), AttentionForm::kAuto);
+  }
+}
 
 TEST_P(GoldenTest, EveryStepAbsorbedMatchesReference) {
   RunAndCompare(golden_.prompt.size(), AttentionForm::kAbsorbed);
@@ -165,7 +182,8 @@ TEST(DeepseekV2ModelTest, RejectsBadTokensAndFullCacheWithoutChangingIt) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("token id 3200 at index 1"), std::string::npos) << status;
   const std::vector<int32_t> negative = {-1};
-  EXPECT_EQ((*model)->Forward(negative, cache, {}, &logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*model)->Forward(negative, cache, {}, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*model)->Forward({}, cache, {}, &logits).code(), absl::StatusCode::kInvalidArgument);
   const std::vector<int32_t> five = {1, 2, 3, 4, 5};
   EXPECT_EQ((*model)->Forward(five, cache, {}, &logits).code(), absl::StatusCode::kOutOfRange);
@@ -222,11 +240,17 @@ TEST(DeepseekV2BatchTest, BatchedStepsEqualSoloRunsBitwise) {
     for (size_t s = 0; s < prompts.size(); ++s) {
       LatentKvCache cache((*model)->config(), 64);
       std::vector<float> logits;
-      ASSERT_TRUE((*model)->Forward(prompts[s], cache, {.attention = AttentionForm::kDecompressed}, &logits).ok());
+      ASSERT_TRUE(
+          (*model)
+              ->Forward(prompts[s], cache, {.attention = AttentionForm::kDecompressed}, &logits)
+              .ok());
       solo[s].push_back(logits);
       for (int step = 0; step < steps; ++step) {
         const int32_t token = ArgMax(logits.data(), vocab);
-        ASSERT_TRUE((*model)->Forward({&token, 1}, cache, {.attention = AttentionForm::kAbsorbed}, &logits).ok());
+        ASSERT_TRUE(
+            (*model)
+                ->Forward({&token, 1}, cache, {.attention = AttentionForm::kAbsorbed}, &logits)
+                .ok());
         solo[s].push_back(logits);
       }
     }

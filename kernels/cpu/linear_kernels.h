@@ -106,5 +106,8 @@ const IsaKernels& PortableKernels();
 // nullptr when built without support for the ISA (never on x86-64 GCC/Clang).
 const IsaKernels* Avx2Kernels();
 const IsaKernels* Avx512Kernels();
+// AVX-512 with the bf16 Linear on the AMX tile unit; also nullptr where the
+// CPU lacks AMX or the OS does not grant its state (linear_amx.cc).
+const IsaKernels* AmxKernels();
 
 }  // namespace dsv2::cpu::internal

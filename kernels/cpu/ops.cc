@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "common/base/logging.h"
 #include "common/base/thread_pool.h"
 #include "common/tensor/q8.h"
 #include "kernels/cpu/linear_kernels.h"
@@ -148,23 +150,36 @@ bool CpuHas(std::string_view isa) { return isa == "portable"; }
 #endif
 
 const internal::IsaKernels* KernelsFor(std::string_view isa) {
+  // AMX: AVX-512 kernels plus the tile unit, if the OS grants it.
+  if (isa == "amx") return CpuHas("avx512") ? internal::AmxKernels() : nullptr;
   if (!CpuHas(isa)) return nullptr;
   if (isa == "avx512") return internal::Avx512Kernels();
   if (isa == "avx2") return internal::Avx2Kernels();
   return &internal::PortableKernels();
 }
 
-// The widest ISA the CPU has, or DSV2_CPU_ISA where it names a narrower one
-// the CPU has.
+// The widest vector ISA the CPU has, or DSV2_CPU_ISA where it names another
+// one the CPU has. AMX is taken only when named: its decode (one to five
+// tokens) is slower than AVX-512's (docs/performance.md, "AMX").
 const internal::IsaKernels* ChooseKernels() {
   const char* forced = std::getenv("DSV2_CPU_ISA");
   if (forced != nullptr) {
     if (const internal::IsaKernels* kernels = KernelsFor(forced)) return kernels;
   }
+  const internal::IsaKernels* widest = &internal::PortableKernels();
   for (std::string_view isa : {"avx512", "avx2"}) {
-    if (const internal::IsaKernels* kernels = KernelsFor(isa)) return kernels;
+    if (const internal::IsaKernels* kernels = KernelsFor(isa)) {
+      widest = kernels;
+      break;
+    }
   }
-  return &internal::PortableKernels();
+  if (forced != nullptr) {
+    DSV2_LOG(WARNING) << "DSV2_CPU_ISA='" << absl::CHexEscape(forced)
+                      << "' is not an instruction set this CPU runs (amx, avx512, avx2 or "
+                         "portable); using "
+                      << widest->name;
+  }
+  return widest;
 }
 
 // The kernels in use; chosen on first use (safe from static initializers).
@@ -184,6 +199,14 @@ bool SetKernelIsa(std::string_view isa) {
   if (kernels == nullptr) return false;
   ActiveKernels().store(kernels);
   return true;
+}
+
+std::vector<std::string> KernelIsas() {
+  std::vector<std::string> isas = {KernelIsa()};
+  for (const char* isa : {"amx", "avx512", "avx2", "portable"}) {
+    if (isa != isas[0] && KernelsFor(isa) != nullptr) isas.push_back(isa);
+  }
+  return isas;
 }
 
 bool UsingAvx2() { return &Kernels() != &internal::PortableKernels(); }

@@ -5,9 +5,10 @@
 // in a batch).
 //
 // The instruction set is chosen once, at first use, from the CPU's features:
-// AVX-512 (the widest), AVX2/FMA, or portable loops; each fixes its own
-// accumulation structure, and tests compare every one against
-// double-precision sums. Linear never copies or repacks the weights (they are
+// AVX-512 (the widest), AVX2/FMA, or portable loops, or AMX where
+// DSV2_CPU_ISA=amx asks for it (bf16 weights on the tile unit, the rest
+// AVX-512); each fixes its own accumulation structure, and tests compare
+// every one against double-precision sums. Linear never copies or repacks the weights (they are
 // memory-mapped checkpoint tensors): it converts them to float32 as it reads
 // them, in registers or, for many tokens, into a small per-thread buffer that
 // the tokens share. Int8 weights (dsv2-int8, common/tensor/q8.h) are
@@ -18,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "kernels/cpu/weight_matrix.h"
 
@@ -58,12 +61,28 @@ void EmbeddingRow(const WeightMatrix& table, int64_t row, float* out);
 // True when the AVX2/FMA or AVX-512 paths are in use.
 bool UsingAvx2();
 
-// The instruction set in use: "avx512", "avx2" or "portable". The default is
-// the widest the CPU has; DSV2_CPU_ISA names a narrower one.
+// The instruction set in use: "avx512", "avx2", "portable", or "amx" (AVX-512
+// with bf16 weights on the AMX tile unit). The default is the widest vector
+// ISA the CPU has; DSV2_CPU_ISA names another one it has (amx only this way).
 const char* KernelIsa();
 
 // Switches every op to `isa` if this CPU has it (false otherwise). For tests
 // and benchmarks; not to be called while other threads run ops.
 bool SetKernelIsa(std::string_view isa);
+
+// Every instruction set this CPU can run, the one in use first.
+std::vector<std::string> KernelIsas();
+
+// Runs the ops on `isa` for the scope's life (SetKernelIsa's caveat holds).
+class ScopedKernelIsa {
+ public:
+  explicit ScopedKernelIsa(std::string_view isa) : previous_(KernelIsa()) { SetKernelIsa(isa); }
+  ~ScopedKernelIsa() { SetKernelIsa(previous_); }
+  ScopedKernelIsa(const ScopedKernelIsa&) = delete;
+  ScopedKernelIsa& operator=(const ScopedKernelIsa&) = delete;
+
+ private:
+  std::string previous_;
+};
 
 }  // namespace dsv2::cpu

@@ -16,7 +16,7 @@ struct TestMatrix {
   std::vector<uint16_t> half;
   std::vector<int8_t> q;      // kI8: the integers,
   std::vector<float> scales;  // and their scales.
-  std::vector<float> full;  // Exact values of the stored weights.
+  std::vector<float> full;    // Exact values of the stored weights.
   WeightMatrix view;
 };
 
@@ -144,26 +144,6 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
   }
 }
 
-// The instruction sets this CPU can run (the default one first).
-std::vector<std::string> AvailableIsas() {
-  std::vector<std::string> isas = {KernelIsa()};
-  for (const char* isa : {"avx512", "avx2", "portable"}) {
-    if (isa != isas[0] && SetKernelIsa(isa)) isas.push_back(isa);
-  }
-  SetKernelIsa(isas[0]);
-  return isas;
-}
-
-// Runs the ops on one instruction set for the scope's life.
-class IsaScope {
- public:
-  explicit IsaScope(const std::string& isa) : previous_(KernelIsa()) { SetKernelIsa(isa); }
-  ~IsaScope() { SetKernelIsa(previous_); }
-
- private:
-  std::string previous_;
-};
-
 // Token counts on both sides of every tiling boundary: the streaming path's
 // groups of 3 (up to 12 tokens), the panel path's tiles of 6 with their
 // merged remainders (13 on), and its token blocks.
@@ -178,8 +158,8 @@ TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
     std::normal_distribution<float> dist;
     std::vector<float> x(n * cols);
     for (float& v : x) v = dist(rng);
-    for (const std::string& isa : AvailableIsas()) {
-      IsaScope scope(isa);
+    for (const std::string& isa : KernelIsas()) {
+      ScopedKernelIsa scope(isa);
       for (int64_t tokens : {int64_t{1}, int64_t{5}, n}) {
         std::vector<float> y(tokens * rows);
         Linear(x.data(), tokens, w.view, y.data());
@@ -203,8 +183,8 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   const int64_t max_n = 97;
   std::vector<float> x(max_n * stride);
   for (float& v : x) v = dist(rng);
-  for (const std::string& isa : AvailableIsas()) {
-    IsaScope scope(isa);
+  for (const std::string& isa : KernelIsas()) {
+    ScopedKernelIsa scope(isa);
     std::vector<float> alone(max_n * rows);  // Each token on its own.
     for (int64_t t = 0; t < max_n; ++t) {
       Linear(x.data() + t * stride, 1, w.view, alone.data() + t * rows, stride);
@@ -251,8 +231,8 @@ TEST(LinearQ8Test, WeightsOfMinus128AreExactOnEveryIsa) {
   // x quantizes to ±127 exactly with scale 1/127: x = ±1.
   std::vector<float> x(5 * cols);
   for (size_t i = 0; i < x.size(); ++i) x[i] = i % 3 == 0 ? -1.0f : 1.0f;
-  for (const std::string& isa : AvailableIsas()) {
-    IsaScope scope(isa);
+  for (const std::string& isa : KernelIsas()) {
+    ScopedKernelIsa scope(isa);
     for (int64_t n : {1, 5}) {
       std::vector<float> y(n * rows);
       Linear(x.data(), n, w, y.data());

@@ -1,0 +1,448 @@
+// AMX implementation of the bf16 Linear (CPUs with AMX-TILE and AMX-BF16:
+// Intel Sapphire Rapids and later). Every other op, and Linear on f16, f32
+// and int8 weights, is the AVX-512 kernels'.
+//
+// The tile unit multiplies bf16 by bf16 only, and the activations are
+// float32. Each input is therefore split exactly into three bf16 parts,
+// x = h + m + l (h: x's top 16 bits; m: the top 16 bits of the remainder;
+// l: what is left, at most 8 significant bits), so that every product of a
+// weight and a part is exact in float32, as the float32 kernels' products
+// are; only the summation differs.
+//
+// Accumulation structure of every output (fixed for this ISA): the weight
+// row and each part of the input, in steps of 32 columns from k = 0 (the last
+// partial step zero in both operands), go through one tdpbf16ps per step
+// into one float32 tile element per part, in the tile unit's own order;
+// then y = h-sum + (m-sum + l-sum). A tile element depends only on its weight
+// row and its column of the input tile, so any tiling over rows and tokens
+// gives the same bits, for every batch size: decode goes through the tile
+// unit too.
+//
+// Operands. A (weights): 16 rows × 32 bf16, loaded straight from the
+// checkpoint's rows (a zero-padded copy for the matrix's last partial tile
+// of rows and for the last partial step of k). B (inputs): 16 pairs of k ×
+// 3·min(n, 5) columns, packed once per call: columns 3t, 3t+1, 3t+2 hold
+// token t's parts h, m, l, up to five tokens per tile. C: 16 rows × as many
+// columns, float32.
+//
+// Blocking. A thread's rows go two row tiles at a time over every step of k.
+// With one tile of tokens (decode: up to 5 tokens) each chunk has two
+// accumulators and alternates its weight and input registers with the step,
+// so that loads run ahead of the products. With more, pairs of token tiles
+// share each weight tile (2 × 2 accumulators: all 8 registers), and tokens
+// go in blocks whose packed inputs stay in L2, so that a chunk's weights come
+// from memory in the first block and from L2 in the others.
+//
+// Why AMX is not the default (docs/performance.md, "AMX"): with one to five
+// tokens it reads the weights 10-15% slower than the AVX-512 streaming
+// kernel (and tile rows that straddle two cache lines, as in checkpoints
+// whose data is not 64-byte aligned, cost more), and batch invariance rules
+// out using AVX-512 for decode and AMX for the rest.
+
+#if defined(__x86_64__)
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// See linear_avx512.cc: GCC 12's AVX-512 headers warn about themselves.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "kernels/cpu/linear_kernels.h"
+
+#define DSV2_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define DSV2_AMX_INLINE DSV2_AMX inline __attribute__((always_inline))
+
+namespace dsv2::cpu::internal {
+namespace {
+
+constexpr int kTileRows = 16;    // Weight rows per A tile; pairs of k per B tile.
+constexpr int64_t kStep = 32;    // Columns of k per tile step.
+constexpr int kParts = 3;        // h, m, l.
+constexpr int kGroupTokens = 5;  // Most tokens per B tile (3 columns each).
+constexpr int64_t kTileBytes = 1024;
+
+// Packed inputs of a block of token tiles stay within this (L2 is 2 MiB per
+// core on Sapphire Rapids and its successors).
+constexpr int64_t kTokenBlockBytes = 768 << 10;
+
+// ---- Tile instructions ------------------------------------------------------
+//
+// Inline assembly rather than the compiler's intrinsics: GCC's name their
+// tile register by pasting the macro argument's text, which a template
+// parameter is not. What each register holds: LoadTileConfig and TileMap.
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Every tile has 16 rows. Weight tiles hold 64 bytes a row (32 bf16),
+// input and accumulator tiles `columns` 32-bit words. Two layouts of the
+// eight registers (TileMap): `narrow` for a single token tile (decode):
+// accumulators 0-1, weights 2-5, inputs 6-7; otherwise accumulators 0-3,
+// weights 4-5, inputs 6-7.
+void LoadTileConfig(bool narrow, int columns) {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    const bool weights = narrow ? t >= 2 && t <= 5 : t == 4 || t == 5;
+    config.rows[t] = kTileRows;
+    config.bytes_per_row[t] = static_cast<uint16_t>(weights ? 64 : columns * 4);
+  }
+  asm volatile("ldtilecfg %0" ::"m"(config));
+}
+
+void ReleaseTiles() { asm volatile("tilerelease" ::: "memory"); }
+
+template <int kTile>
+DSV2_AMX_INLINE void TileZero() {
+  asm volatile("tilezero %%tmm%c0" ::"i"(kTile));
+}
+
+template <int kTile>
+DSV2_AMX_INLINE void TileLoad(const void* base, int64_t stride) {
+  asm volatile("tileloadd (%0,%1,1), %%tmm%c2" ::"r"(base), "r"(stride), "i"(kTile) : "memory");
+}
+
+template <int kTile>
+DSV2_AMX_INLINE void TileStore(void* base, int64_t stride) {
+  asm volatile("tilestored %%tmm%c2, (%0,%1,1)" ::"r"(base), "r"(stride), "i"(kTile) : "memory");
+}
+
+// C += A · B.
+template <int kC, int kA, int kB>
+DSV2_AMX_INLINE void TileDot() {
+  asm volatile("tdpbf16ps %%tmm%c2, %%tmm%c1, %%tmm%c0" ::"i"(kC), "i"(kA), "i"(kB));
+}
+
+// ---- Inputs -----------------------------------------------------------------
+
+int64_t Steps(int64_t k) { return (k + kStep - 1) / kStep; }
+int64_t Groups(int64_t n) { return (n + kGroupTokens - 1) / kGroupTokens; }
+// Columns of the input and accumulator tiles: 3 per token of a full group.
+int Columns(int64_t n) { return kParts * static_cast<int>(std::min<int64_t>(n, kGroupTokens)); }
+
+// A 64-byte aligned per-thread buffer of at least `words` 32-bit words.
+class AlignedScratch {
+ public:
+  uint32_t* Get(int64_t words) {
+    if (words > words_) {
+      data_.reset(static_cast<uint32_t*>(std::aligned_alloc(64, RoundedBytes(words))));
+      words_ = words;
+    }
+    return data_.get();
+  }
+  void TrimTo(size_t bytes) {
+    if (RoundedBytes(words_) > bytes) {
+      data_.reset();
+      words_ = 0;
+    }
+  }
+
+ private:
+  static size_t RoundedBytes(int64_t words) { return (words * 4 + 63) / 64 * 64; }
+  struct Free {
+    void operator()(uint32_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint32_t, Free> data_;
+  int64_t words_ = 0;
+};
+
+// The packed inputs: [group of up to 5 tokens][step][pair of k][column],
+// 32-bit words each holding the bf16 parts of an even (low half) and an odd
+// (high half) element of k; `columns` words per pair.
+DSV2_AMX void PackInputs(const LinearArgs& a, int columns, uint32_t* packed) {
+  const int64_t k = a.w.cols, steps = Steps(k), group_words = steps * kTileRows * columns;
+  // Only a last, partial group has columns that no token writes.
+  if (a.n % kGroupTokens != 0 && a.n > kGroupTokens) {
+    std::fill_n(packed + (a.n / kGroupTokens) * group_words, group_words, 0u);
+  }
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  // Word j of the result holds the high halves of element 2j (low) and 2j+1
+  // (high) of the 32 floats in (lo, hi).
+  alignas(64) int16_t pair_index[32];
+  for (int j = 0; j < 16; ++j) {
+    pair_index[2 * j] = static_cast<int16_t>(4 * j + 1);
+    pair_index[2 * j + 1] = static_cast<int16_t>(4 * j + 3);
+  }
+  const __m512i pairs = _mm512_load_si512(pair_index);
+  // Scatter offsets: pair j of a step goes to row j of the tile.
+  const __m512i rows =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(columns));
+  for (int64_t t = 0; t < a.n; ++t) {
+    const float* x = a.x + t * a.x_stride;
+    uint32_t* tile = packed + (t / kGroupTokens) * group_words + (t % kGroupTokens) * kParts;
+    for (int64_t s = 0; s < steps; ++s, tile += kTileRows * columns) {
+      const int64_t i = s * kStep;
+      const int64_t left = k - i;
+      const __mmask16 lo_mask = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 hi_mask = left >= 32   ? 0xffff
+                                : left <= 16 ? 0
+                                             : static_cast<__mmask16>((1u << (left - 16)) - 1);
+      __m512i rest[2] = {_mm512_castps_si512(_mm512_maskz_loadu_ps(lo_mask, x + i)),
+                         _mm512_castps_si512(_mm512_maskz_loadu_ps(hi_mask, x + i + 16))};
+      for (int p = 0; p < kParts; ++p) {
+        __m512i part[2];
+        for (int h = 0; h < 2; ++h) {
+          part[h] = _mm512_and_si512(rest[h], high_half);
+          rest[h] = _mm512_castps_si512(
+              _mm512_sub_ps(_mm512_castsi512_ps(rest[h]), _mm512_castsi512_ps(part[h])));
+        }
+        _mm512_i32scatter_epi32(tile + p, rows, _mm512_permutex2var_epi16(part[0], pairs, part[1]),
+                                4);
+      }
+    }
+  }
+}
+
+// ---- The tile loop ----------------------------------------------------------
+
+// One call's operands as the tile loop sees them.
+struct Operands {
+  const LinearArgs& a;
+  const uint32_t* packed;
+  int columns;         // Words per row of input and accumulator tiles.
+  int64_t steps;       // Of k.
+  int64_t full_steps;  // Steps wholly inside k.
+  int64_t stride;      // Bytes between weight rows.
+
+  const uint32_t* Inputs(int64_t group, int64_t s) const {
+    return packed + (group * steps + s) * kTileRows * columns;
+  }
+};
+
+// What one chunk computes: kR row tiles from `row` (the first `valid_rows`
+// of them real rows) × kG token tiles from group `group`.
+struct Chunk {
+  int64_t row = 0;
+  int64_t valid_rows = 0;
+  int64_t group = 0;
+};
+
+// The registers of a kR × kG chunk (kR, kG ≤ 2) by the step's parity. With
+// one token tile (`narrow`), the weight and input registers alternate with
+// the step's parity, so that a step's loads need not wait for the previous
+// step's products to have read their tiles; with more, the four
+// accumulators take half of the registers and nothing alternates.
+template <int kR, int kG, bool kNarrow>
+struct TileMap {
+  static_assert(kR >= 1 && kR <= 2 && kG >= 1 && kG <= 2 && (!kNarrow || kG == 1));
+  static constexpr int A(int parity, int r) { return kNarrow ? 2 + 2 * parity + r : 4 + r; }
+  static constexpr int B(int parity, int g) { return kNarrow ? 6 + parity : 6 + g; }
+  static constexpr int C(int r, int g) { return kNarrow ? r : 2 * r + g; }
+};
+
+template <int kR, int kG, bool kNarrow>
+class ChunkKernel {
+ public:
+  DSV2_AMX ChunkKernel(const Operands& op, const Chunk& chunk) : op_(op), chunk_(chunk) {
+    for (int r = 0; r < kR; ++r) {
+      valid_[r] = std::min<int64_t>(kTileRows, chunk.valid_rows - r * kTileRows);
+      rows_[r] = op.a.w.row_ptr(chunk.row + r * kTileRows);
+      direct_steps_[r] = valid_[r] == kTileRows ? op.full_steps : 0;
+    }
+  }
+
+  DSV2_AMX void Run() {
+    TileZero<Map::C(0, 0)>();
+    if constexpr (kG == 2) TileZero<Map::C(0, 1)>();
+    if constexpr (kR == 2) TileZero<Map::C(1, 0)>();
+    if constexpr (kR == 2 && kG == 2) TileZero<Map::C(1, 1)>();
+    int64_t s = 0;
+    for (; s + 2 <= op_.steps; s += 2) {
+      Step<0>(s);
+      Step<1>(s + 1);
+    }
+    if (s < op_.steps) Step<0>(s);
+    StoreOutputs();
+  }
+
+ private:
+  using Map = TileMap<kR, kG, kNarrow>;
+
+  // The weight tile of row tile r at step s, straight from the matrix, or
+  // for a partial tile of rows or the last partial step of k from a
+  // zero-padded copy (the bytes past a row may be another tensor's, or
+  // unmapped).
+  template <int kTile>
+  DSV2_AMX_INLINE void LoadWeights(int r, int64_t s) {
+    const char* first = rows_[r] + s * kStep * 2;
+    if (s < direct_steps_[r]) return TileLoad<kTile>(first, op_.stride);
+    uint16_t* tile = staged_[kTile % 2];
+    std::memset(tile, 0, kTileBytes);
+    const int64_t cols = std::min<int64_t>(kStep, op_.a.w.cols - s * kStep);
+    for (int64_t i = 0; i < valid_[r]; ++i) {
+      std::memcpy(tile + i * kStep, first + i * op_.stride, cols * 2);
+    }
+    TileLoad<kTile>(tile, kStep * 2);
+  }
+
+  template <int kParity>
+  DSV2_AMX_INLINE void Step(int64_t s) {
+    const int64_t input_stride = op_.columns * 4;
+    TileLoad<Map::B(kParity, 0)>(op_.Inputs(chunk_.group, s), input_stride);
+    if constexpr (kG == 2)
+      TileLoad<Map::B(kParity, 1)>(op_.Inputs(chunk_.group + 1, s), input_stride);
+    LoadWeights<Map::A(kParity, 0)>(0, s);
+    TileDot<Map::C(0, 0), Map::A(kParity, 0), Map::B(kParity, 0)>();
+    if constexpr (kG == 2) TileDot<Map::C(0, 1), Map::A(kParity, 0), Map::B(kParity, 1)>();
+    if constexpr (kR == 2) {
+      LoadWeights<Map::A(kParity, 1)>(1, s);
+      TileDot<Map::C(1, 0), Map::A(kParity, 1), Map::B(kParity, 0)>();
+      if constexpr (kG == 2) TileDot<Map::C(1, 1), Map::A(kParity, 1), Map::B(kParity, 1)>();
+    }
+  }
+
+  // y = h + (m + l) per token.
+  DSV2_AMX void StoreOutputs() {
+    alignas(64) float c[4][kTileRows * 16];
+    TileStore<Map::C(0, 0)>(c[Map::C(0, 0)], 64);
+    if constexpr (kG == 2) TileStore<Map::C(0, 1)>(c[Map::C(0, 1)], 64);
+    if constexpr (kR == 2) TileStore<Map::C(1, 0)>(c[Map::C(1, 0)], 64);
+    if constexpr (kR == 2 && kG == 2) TileStore<Map::C(1, 1)>(c[Map::C(1, 1)], 64);
+    const LinearArgs& a = op_.a;
+    for (int r = 0; r < kR; ++r) {
+      const int64_t row0 = chunk_.row + r * kTileRows;
+      for (int g = 0; g < kG; ++g) {
+        const float* sums = c[Map::C(r, g)];
+        const int64_t t0 = (chunk_.group + g) * kGroupTokens;
+        const int tokens = static_cast<int>(std::min<int64_t>(kGroupTokens, a.n - t0));
+        for (int64_t i = 0; i < valid_[r]; ++i, sums += 16) {
+          for (int t = 0; t < tokens; ++t) {
+            a.y[(t0 + t) * a.w.rows + row0 + i] =
+                sums[kParts * t] + (sums[kParts * t + 1] + sums[kParts * t + 2]);
+          }
+        }
+      }
+    }
+  }
+
+  const Operands& op_;
+  const Chunk& chunk_;
+  int64_t valid_[kR];
+  const char* rows_[kR];
+  int64_t direct_steps_[kR];  // Steps read straight from the matrix.
+  alignas(64) uint16_t staged_[2][kTileRows * kStep];
+};
+
+template <int kR, int kG, bool kNarrow = false>
+DSV2_AMX void RunChunk(const Operands& op, const Chunk& chunk) {
+  ChunkKernel<kR, kG, kNarrow>(op, chunk).Run();
+}
+
+// Rows [row_begin, row_end) (whole row tiles but at the matrix's end).
+DSV2_AMX void LinearRows(const Operands& op, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = Groups(op.a.n);
+  const bool narrow = groups == 1;
+  LoadTileConfig(narrow, op.columns);
+  // Two row tiles at a time, each weight tile serving a pair of token tiles
+  // where there are two.
+  constexpr int64_t kChunkRows = 2 * kTileRows;
+  if (narrow) {
+    for (int64_t row = row_begin; row < row_end; row += kChunkRows) {
+      const int64_t valid = std::min<int64_t>(kChunkRows, row_end - row);
+      if (valid > kTileRows) {
+        RunChunk<2, 1, true>(op, Chunk{row, valid, 0});
+      } else {
+        RunChunk<1, 1, true>(op, Chunk{row, valid, 0});
+      }
+    }
+    return ReleaseTiles();
+  }
+  // Tokens in blocks whose packed inputs stay in L2, so that a chunk's
+  // weights come from memory once, for the first block.
+  const int64_t block_groups =
+      std::max<int64_t>(2, kTokenBlockBytes / (op.steps * kTileRows * op.columns * 4) / 2 * 2);
+  for (int64_t g0 = 0; g0 < groups; g0 += block_groups) {
+    const int64_t g1 = std::min(groups, g0 + block_groups);
+    for (int64_t row = row_begin; row < row_end; row += kChunkRows) {
+      const int64_t valid = std::min<int64_t>(kChunkRows, row_end - row);
+      for (int64_t g = g0; g < g1; g += 2) {
+        const Chunk chunk{row, valid, g};
+        if (g + 2 <= g1) {
+          if (valid > kTileRows) {
+            RunChunk<2, 2>(op, chunk);
+          } else {
+            RunChunk<1, 2>(op, chunk);
+          }
+        } else if (valid > kTileRows) {
+          RunChunk<2, 1>(op, chunk);
+        } else {
+          RunChunk<1, 1>(op, chunk);
+        }
+      }
+    }
+  }
+  ReleaseTiles();
+}
+
+void Linear(const LinearArgs& a, bool parallel) {
+  if (a.w.dtype != DType::kBF16) return Avx512Kernels()->linear(a, parallel);
+  if (a.n == 0 || a.w.rows == 0) return;
+  const int columns = Columns(a.n);
+  const int64_t steps = Steps(a.w.cols);
+  // Per calling thread, as in the other kernels: the pool's threads read the
+  // caller's buffer while it waits.
+  thread_local AlignedScratch scratch;
+  uint32_t* packed = scratch.Get(Groups(a.n) * steps * kTileRows * columns);
+  PackInputs(a, columns, packed);
+  const Operands op{a, packed, columns, steps, a.w.cols / kStep, a.w.cols * 2};
+  // At least ~64K multiply-adds per run, so that small products stay on one thread.
+  const int64_t min_rows = 65536 / std::max<int64_t>(1, a.w.cols * a.n);
+  ForRowRuns(a.w.rows, kTileRows, min_rows, parallel,
+             [&](const RowRun& run) { LinearRows(op, run.begin, run.end); });
+  scratch.TrimTo(kScratchKeepBytes);
+}
+
+// Linux gives a process the AMX tile state only on request.
+bool AmxUsable() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  const bool amx_bf16 = (edx & (1u << 22)) != 0, amx_tile = (edx & (1u << 24)) != 0;
+  if (!amx_bf16 || !amx_tile || Avx512Kernels() == nullptr) return false;
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+}  // namespace
+
+const IsaKernels* AmxKernels() {
+  static const IsaKernels* const kernels = []() -> const IsaKernels* {
+    if (!AmxUsable()) return nullptr;
+    const IsaKernels* avx512 = Avx512Kernels();
+    static const IsaKernels amx{"amx", Linear, avx512->axpy, avx512->dot, avx512->linear_q8};
+    return &amx;
+  }();
+  return kernels;
+}
+
+}  // namespace dsv2::cpu::internal
+
+#else  // Not x86-64: no such kernels.
+
+#include "kernels/cpu/linear_kernels.h"
+
+namespace dsv2::cpu::internal {
+const IsaKernels* AmxKernels() { return nullptr; }
+}  // namespace dsv2::cpu::internal
+
+#endif
