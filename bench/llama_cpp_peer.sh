@@ -14,8 +14,14 @@
 # PyPI into a virtual environment outside it, and the GGUF files live in a
 # cache outside it.
 #   LLAMA_VENV        the venv (default /work/llama-venv): llama-cpp-python,
-#                     built here with GGML_NATIVE, and the converter's torch,
-#                     transformers, sentencepiece, safetensors
+#                     built here with LLAMA_CMAKE_ARGS, and the converter's
+#                     torch, transformers, sentencepiece, safetensors
+#   LLAMA_CMAKE_ARGS  llama.cpp's build options (default -DGGML_NATIVE=ON
+#                     -DLLAVA_BUILD=OFF). On AMX CPUs llama.cpp's AMX path
+#                     fails GGML_ASSERT(*cur_backend_id != -1) on this model:
+#                     build without it (GGML_NATIVE=OFF and the CPU's other
+#                     features named, docs/performance.md). Takes effect when
+#                     llama_cpp is (re)installed: pip uninstall it first
 #   LLAMA_PEER_CACHE  the llama-cpp-python sdist (for llama.cpp's
 #                     convert_hf_to_gguf.py and gguf-py), GGUF files, int8
 #                     checkpoints (default: llama-peer-cache beside the venv)
@@ -44,7 +50,7 @@ prefill_len=512
 reps=3
 json_out=""
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model="$2"; shift 2 ;;
@@ -90,7 +96,8 @@ if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
   done
   if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
     log "building llama-cpp-python from PyPI into $venv (several minutes on 2 cores)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" locked "$py" -m pip install llama-cpp-python numpy
+    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAVA_BUILD=OFF}" \
+      locked "$py" -m pip install --no-cache-dir llama-cpp-python numpy
   fi
 fi
 version="$("$py" -c 'import llama_cpp; print(llama_cpp.__version__)')"
@@ -120,7 +127,8 @@ key="$(cd "$model" && { echo "$model"; stat -c '%n %Y %s' config.json *.safetens
 gguf_dir="$cache/gguf/$(basename "$model")-$key"
 mkdir -p "$gguf_dir"
 hf_dir=""
-cleanup() { [ -n "$hf_dir" ] && rm -rf "$hf_dir"; }
+# (An if, not &&: the trap's status would become the script's.)
+cleanup() { if [ -n "$hf_dir" ]; then rm -rf "$hf_dir"; fi; }
 trap cleanup EXIT
 for type in f16 q8_0; do
   out="$gguf_dir/model-$type.gguf"

@@ -19,25 +19,28 @@
 // unit too.
 //
 // Operands. A (weights): 16 rows × 32 bf16, loaded straight from the
-// checkpoint's rows (a zero-padded copy for the matrix's last partial tile
-// of rows and for the last partial step of k). B (inputs): 16 pairs of k ×
+// checkpoint's rows or from a copy (zero-padded for the matrix's last
+// partial tile of rows and for the last partial step of k). B (inputs): 16 pairs of k ×
 // 3·min(n, 5) columns, packed once per call: columns 3t, 3t+1, 3t+2 hold
 // token t's parts h, m, l, up to five tokens per tile. C: 16 rows × as many
 // columns, float32.
 //
-// Blocking. A thread's rows go two row tiles at a time over every step of k.
-// With one tile of tokens (decode: up to 5 tokens) each chunk has two
-// accumulators and alternates its weight and input registers with the step,
-// so that loads run ahead of the products. With more, pairs of token tiles
-// share each weight tile (2 × 2 accumulators: all 8 registers), and tokens
-// go in blocks whose packed inputs stay in L2, so that a chunk's weights come
-// from memory in the first block and from L2 in the others.
+// Blocking (Layout, TileMap). With one tile of tokens (decode: up to 5
+// tokens) a thread's rows go two row tiles at a time, and with two tiles one
+// row tile at a time for both, over every step of k; these chunks have at
+// most two accumulators and alternate their weight and input registers with
+// the step, so that loads run ahead of the products. With more tokens, two
+// row tiles at a time serve pairs of token tiles (2 × 2 accumulators: all 8
+// registers), in blocks of 32 token tiles; each chunk's weights are first
+// copied into a panel of whole, aligned tiles (from memory in the first
+// block), which the block's token tiles then read from L2 (straight from the
+// matrix, a tile's rows are 1-20 KiB apart and, in checkpoints whose data is
+// not 64-byte aligned, each straddles two cache lines).
 //
 // Why AMX is not the default (docs/performance.md, "AMX"): with one to five
 // tokens it reads the weights 10-15% slower than the AVX-512 streaming
-// kernel (and tile rows that straddle two cache lines, as in checkpoints
-// whose data is not 64-byte aligned, cost more), and batch invariance rules
-// out using AVX-512 for decode and AMX for the rest.
+// kernel, and batch invariance rules out using AVX-512 for decode and AMX
+// for the rest.
 
 #if defined(__x86_64__)
 
@@ -76,9 +79,12 @@ constexpr int kParts = 3;        // h, m, l.
 constexpr int kGroupTokens = 5;  // Most tokens per B tile (3 columns each).
 constexpr int64_t kTileBytes = 1024;
 
-// Packed inputs of a block of token tiles stay within this (L2 is 2 MiB per
-// core on Sapphire Rapids and its successors).
-constexpr int64_t kTokenBlockBytes = 768 << 10;
+// Tokens go in blocks of this many token tiles (160 tokens): each chunk's
+// weights are copied into its panel once per block, which then serves all
+// of the block's token tiles. (Blocks sized for the packed inputs to stay in
+// L2 were 10-40% slower: for long rows, k = 10944, that is two token tiles a
+// block, and copying the panel dominated.)
+constexpr int64_t kBlockTokenTiles = 32;
 
 // ---- Tile instructions ------------------------------------------------------
 //
@@ -94,15 +100,22 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Every tile has 16 rows. Weight tiles hold 64 bytes a row (32 bf16),
-// input and accumulator tiles `columns` 32-bit words. Two layouts of the
-// eight registers (TileMap): `narrow` for a single token tile (decode):
-// accumulators 0-1, weights 2-5, inputs 6-7; otherwise accumulators 0-3,
-// weights 4-5, inputs 6-7.
-void LoadTileConfig(bool narrow, int columns) {
+// How a call uses the eight tile registers, by how many token tiles it has
+// (TileMap has the registers of each chunk).
+enum class Layout {
+  kOneTokenTile,   // Accumulators 0-1, weights 2-5, inputs 6-7.
+  kTwoTokenTiles,  // Accumulators 0-1, weights 2-3, inputs 4-7.
+  kMore,           // Accumulators 0-3, weights 4-5, inputs 6-7.
+};
+
+// Every tile has 16 rows; weight tiles 64 bytes a row (32 bf16), input and
+// accumulator tiles `columns` 32-bit words.
+void LoadTileConfig(Layout layout, int columns) {
+  const int first_weights = layout == Layout::kMore ? 4 : 2;
+  const int weight_tiles = layout == Layout::kOneTokenTile ? 4 : 2;
   TileConfig config;
   for (int t = 0; t < 8; ++t) {
-    const bool weights = narrow ? t >= 2 && t <= 5 : t == 4 || t == 5;
+    const bool weights = t >= first_weights && t < first_weights + weight_tiles;
     config.rows[t] = kTileRows;
     config.bytes_per_row[t] = static_cast<uint16_t>(weights ? 64 : columns * 4);
   }
@@ -235,22 +248,68 @@ struct Chunk {
   int64_t row = 0;
   int64_t valid_rows = 0;
   int64_t group = 0;
+  // The chunk's weight tiles copied out, [row tile][step], or nullptr to
+  // read them from the matrix.
+  const uint16_t* panel = nullptr;
 };
+
+// Copies the weight tile of the `valid` rows from `row` at step s into
+// `tile` (16 rows of 64 bytes), zero-padded past the rows and past k (the
+// bytes past a row may be another tensor's, or unmapped).
+DSV2_AMX_INLINE void CopyWeightTile(const Operands& op, int64_t row, int64_t valid, int64_t s,
+                                    uint16_t* tile) {
+  const char* first = op.a.w.row_ptr(row) + s * kStep * 2;
+  if (valid == kTileRows && s < op.full_steps) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kTileRows; ++i) {
+      _mm512_store_si512(tile + i * kStep, _mm512_loadu_si512(first + i * op.stride));
+    }
+    return;
+  }
+  std::memset(tile, 0, kTileBytes);
+  const int64_t cols = std::min<int64_t>(kStep, op.a.w.cols - s * kStep);
+  for (int64_t i = 0; i < valid; ++i) {
+    std::memcpy(tile + i * kStep, first + i * op.stride, cols * 2);
+  }
+}
 
 // The registers of a kR × kG chunk (kR, kG ≤ 2) by the step's parity. With
-// one token tile (`narrow`), the weight and input registers alternate with
-// the step's parity, so that a step's loads need not wait for the previous
-// step's products to have read their tiles; with more, the four
-// accumulators take half of the registers and nothing alternates.
-template <int kR, int kG, bool kNarrow>
+// one or two token tiles, a chunk's weight and input registers alternate
+// with the step's parity, so that a step's loads need not wait for the
+// previous step's products to have read their tiles; with more, the four
+// accumulators of 2 × 2 chunks take half of the registers and nothing
+// alternates.
+template <int kR, int kG, Layout kLayout>
 struct TileMap {
-  static_assert(kR >= 1 && kR <= 2 && kG >= 1 && kG <= 2 && (!kNarrow || kG == 1));
-  static constexpr int A(int parity, int r) { return kNarrow ? 2 + 2 * parity + r : 4 + r; }
-  static constexpr int B(int parity, int g) { return kNarrow ? 6 + parity : 6 + g; }
-  static constexpr int C(int r, int g) { return kNarrow ? r : 2 * r + g; }
+  static_assert(kR >= 1 && kR <= 2 && kG >= 1 && kG <= 2);
+  static_assert(kLayout != Layout::kOneTokenTile || kG == 1);
+  static_assert(kLayout != Layout::kTwoTokenTiles || (kR == 1 && kG == 2));
+  static constexpr int A(int parity, int r) {
+    switch (kLayout) {
+      case Layout::kOneTokenTile:
+        return 2 + 2 * parity + r;
+      case Layout::kTwoTokenTiles:
+        return 2 + parity;
+      case Layout::kMore:
+        break;
+    }
+    return 4 + r;
+  }
+  static constexpr int B(int parity, int g) {
+    switch (kLayout) {
+      case Layout::kOneTokenTile:
+        return 6 + parity;
+      case Layout::kTwoTokenTiles:
+        return 4 + 2 * parity + g;
+      case Layout::kMore:
+        break;
+    }
+    return 6 + g;
+  }
+  static constexpr int C(int r, int g) { return kLayout == Layout::kMore ? 2 * r + g : r + g; }
 };
 
-template <int kR, int kG, bool kNarrow>
+template <int kR, int kG, Layout kLayout>
 class ChunkKernel {
  public:
   DSV2_AMX ChunkKernel(const Operands& op, const Chunk& chunk) : op_(op), chunk_(chunk) {
@@ -276,7 +335,7 @@ class ChunkKernel {
   }
 
  private:
-  using Map = TileMap<kR, kG, kNarrow>;
+  using Map = TileMap<kR, kG, kLayout>;
 
   // The weight tile of row tile r at step s, straight from the matrix, or
   // for a partial tile of rows or the last partial step of k from a
@@ -284,14 +343,12 @@ class ChunkKernel {
   // unmapped).
   template <int kTile>
   DSV2_AMX_INLINE void LoadWeights(int r, int64_t s) {
-    const char* first = rows_[r] + s * kStep * 2;
-    if (s < direct_steps_[r]) return TileLoad<kTile>(first, op_.stride);
-    uint16_t* tile = staged_[kTile % 2];
-    std::memset(tile, 0, kTileBytes);
-    const int64_t cols = std::min<int64_t>(kStep, op_.a.w.cols - s * kStep);
-    for (int64_t i = 0; i < valid_[r]; ++i) {
-      std::memcpy(tile + i * kStep, first + i * op_.stride, cols * 2);
+    if (chunk_.panel != nullptr) {
+      return TileLoad<kTile>(chunk_.panel + (r * op_.steps + s) * kTileRows * kStep, kStep * 2);
     }
+    if (s < direct_steps_[r]) return TileLoad<kTile>(rows_[r] + s * kStep * 2, op_.stride);
+    uint16_t* tile = staged_[kTile % 2];
+    CopyWeightTile(op_, chunk_.row + r * kTileRows, valid_[r], s, tile);
     TileLoad<kTile>(tile, kStep * 2);
   }
 
@@ -343,40 +400,57 @@ class ChunkKernel {
   alignas(64) uint16_t staged_[2][kTileRows * kStep];
 };
 
-template <int kR, int kG, bool kNarrow = false>
+template <int kR, int kG, Layout kLayout = Layout::kMore>
 DSV2_AMX void RunChunk(const Operands& op, const Chunk& chunk) {
-  ChunkKernel<kR, kG, kNarrow>(op, chunk).Run();
+  ChunkKernel<kR, kG, kLayout>(op, chunk).Run();
 }
 
 // Rows [row_begin, row_end) (whole row tiles but at the matrix's end).
 DSV2_AMX void LinearRows(const Operands& op, int64_t row_begin, int64_t row_end) {
   const int64_t groups = Groups(op.a.n);
-  const bool narrow = groups == 1;
-  LoadTileConfig(narrow, op.columns);
-  // Two row tiles at a time, each weight tile serving a pair of token tiles
-  // where there are two.
-  constexpr int64_t kChunkRows = 2 * kTileRows;
-  if (narrow) {
-    for (int64_t row = row_begin; row < row_end; row += kChunkRows) {
-      const int64_t valid = std::min<int64_t>(kChunkRows, row_end - row);
+  const Layout layout = groups == 1   ? Layout::kOneTokenTile
+                        : groups == 2 ? Layout::kTwoTokenTiles
+                                      : Layout::kMore;
+  LoadTileConfig(layout, op.columns);
+  if (layout == Layout::kOneTokenTile) {
+    // Two row tiles at a time.
+    for (int64_t row = row_begin; row < row_end; row += 2 * kTileRows) {
+      const int64_t valid = std::min<int64_t>(2 * kTileRows, row_end - row);
       if (valid > kTileRows) {
-        RunChunk<2, 1, true>(op, Chunk{row, valid, 0});
+        RunChunk<2, 1, Layout::kOneTokenTile>(op, Chunk{row, valid, 0});
       } else {
-        RunChunk<1, 1, true>(op, Chunk{row, valid, 0});
+        RunChunk<1, 1, Layout::kOneTokenTile>(op, Chunk{row, valid, 0});
       }
     }
     return ReleaseTiles();
   }
-  // Tokens in blocks whose packed inputs stay in L2, so that a chunk's
-  // weights come from memory once, for the first block.
-  const int64_t block_groups =
-      std::max<int64_t>(2, kTokenBlockBytes / (op.steps * kTileRows * op.columns * 4) / 2 * 2);
-  for (int64_t g0 = 0; g0 < groups; g0 += block_groups) {
-    const int64_t g1 = std::min(groups, g0 + block_groups);
+  if (layout == Layout::kTwoTokenTiles) {
+    // One row tile at a time, for both token tiles.
+    for (int64_t row = row_begin; row < row_end; row += kTileRows) {
+      RunChunk<1, 2, Layout::kTwoTokenTiles>(
+          op, Chunk{row, std::min<int64_t>(kTileRows, row_end - row), 0});
+    }
+    return ReleaseTiles();
+  }
+  // Two row tiles at a time, each weight tile serving a pair of token tiles,
+  // from the chunk's panel.
+  constexpr int64_t kChunkRows = 2 * kTileRows;
+  thread_local AlignedScratch panel_scratch;
+  uint16_t* panel =
+      reinterpret_cast<uint16_t*>(panel_scratch.Get(2 * op.steps * kTileRows * kStep / 2));
+  for (int64_t g0 = 0; g0 < groups; g0 += kBlockTokenTiles) {
+    const int64_t g1 = std::min(groups, g0 + kBlockTokenTiles);
     for (int64_t row = row_begin; row < row_end; row += kChunkRows) {
       const int64_t valid = std::min<int64_t>(kChunkRows, row_end - row);
+      for (int64_t r = 0; r * kTileRows < valid; ++r) {
+        const int64_t tile_rows = std::min<int64_t>(kTileRows, valid - r * kTileRows);
+        for (int64_t s = 0; s < op.steps; ++s) {
+          CopyWeightTile(op, row + r * kTileRows, tile_rows, s,
+                         panel + (r * op.steps + s) * kTileRows * kStep);
+        }
+      }
       for (int64_t g = g0; g < g1; g += 2) {
-        const Chunk chunk{row, valid, g};
+        const Chunk chunk{row, valid, g, panel};
         if (g + 2 <= g1) {
           if (valid > kTileRows) {
             RunChunk<2, 2>(op, chunk);

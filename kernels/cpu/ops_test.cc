@@ -1,5 +1,6 @@
 #include "kernels/cpu/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -146,8 +147,9 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
 
 // Token counts on both sides of every tiling boundary: the streaming path's
 // groups of 3 (up to 12 tokens), the panel path's tiles of 6 with their
-// merged remainders (13 on), and its token blocks.
-constexpr int64_t kTokenCounts[] = {1, 2, 3, 4, 7, 12, 13, 14, 19, 32, 97};
+// merged remainders (13 on), and its token blocks; AMX's tiles of 5 tokens
+// (one, two, or more of them) and its blocks of 160 tokens.
+constexpr int64_t kTokenCounts[] = {1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 19, 32, 97, 171};
 
 TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
   std::mt19937 rng(5);
@@ -180,7 +182,7 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   const int64_t rows = 67, cols = 2100, stride = cols + 5;  // Strided input, as kv_b reads it.
   TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
   std::normal_distribution<float> dist;
-  const int64_t max_n = 97;
+  const int64_t max_n = *std::max_element(std::begin(kTokenCounts), std::end(kTokenCounts)) + 10;
   std::vector<float> x(max_n * stride);
   for (float& v : x) v = dist(rng);
   for (const std::string& isa : KernelIsas()) {
