@@ -48,23 +48,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-// See linear_avx512.cc: GCC 12's AVX-512 headers warn about themselves.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <utility>
 
+#include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/linear_kernels.h"
 
 #define DSV2_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))

@@ -26,23 +26,11 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 
-// GCC 12's AVX-512 intrinsics start from deliberately uninitialized values
-// (`__Y = __Y`, its `_mm512_undefined_*`) and warn about their own code when
-// inlined; the warning is about the header, not about this file.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
 #include <algorithm>
 #include <cstdlib>
 
 #include "common/base/thread_pool.h"
+#include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/linear_kernels.h"
 
 #define DSV2_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))

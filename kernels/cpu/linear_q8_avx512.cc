@@ -22,20 +22,9 @@
 //  - tiles (more tokens): kRows rows × kTokens tokens per register tile.
 #if defined(__x86_64__) || defined(__i386__)
 
-// GCC 12's AVX-512 intrinsics start from deliberately uninitialized values
-// and warn about their own code when inlined (as in linear_avx512.cc).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
 #include <algorithm>
 
+#include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/linear_kernels.h"
 
 #define DSV2_Q8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
