@@ -32,6 +32,7 @@ std::string TestPath(const std::string& name) {
 }
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct Result {
   int exit_code = -1;
@@ -142,7 +143,17 @@ TEST(Dsv2CliTest, UnknownCpuIsaWarnsAndUsesTheDefault) {
                               absl::StrCat("DSV2_CPU_ISA=\"$(printf '", value, "')\""));
     EXPECT_THAT(err, HasSubstr("is not an instruction set this CPU runs"));
     EXPECT_THAT(err, testing::ContainsRegex("; using (avx512|avx2|portable)"));
+    EXPECT_THAT(err, testing::ContainsRegex("on cpu, (avx512|avx2|portable) kernels"));
   }
+}
+
+// DSV2_CPU_ISA naming one this CPU runs (every CPU runs the portable loops):
+// the load line names it, no warning, and the reference logits.
+TEST(Dsv2CliTest, CpuIsaIsNamedInTheLoadLine) {
+  const std::string err =
+      ExpectReferenceLogits("tests/data/tiny-lite", "cpu", 1e-3f, "DSV2_CPU_ISA=portable");
+  EXPECT_THAT(err, HasSubstr("on cpu, portable kernels"));
+  EXPECT_THAT(err, Not(HasSubstr("DSV2_CPU_ISA")));
 }
 
 // The same on the GPU (docs/gpu.md): its matrix products carry activations

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -78,6 +79,9 @@ class Backend {
 
   // "cpu" or "cuda".
   virtual std::string_view name() const = 0;
+  // What the model's load line says it computes on: the name, and for the
+  // CPU the kernels in use ("cpu, avx512 kernels").
+  virtual std::string Description() const { return std::string(name()); }
   // Whether backend memory is host memory (the CPU): callers that hand
   // activations to host code (remote experts, the data plane) copy them
   // only when it is not.

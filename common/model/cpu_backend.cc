@@ -2,6 +2,7 @@
 // are the project's reference (backend.h).
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/base/thread_pool.h"
@@ -16,6 +17,9 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
+  std::string Description() const override {
+    return std::string("cpu, ") + cpu::KernelIsa() + " kernels";
+  }
   bool host_memory() const override { return true; }
 
   void Upload(const float* host, float* dst, int64_t count) override {

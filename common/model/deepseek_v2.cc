@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> DeepseekV2Model::Load(
   DSV2_LOG(INFO) << absl::StrFormat(
       "loaded %s: %d layers, %.3f GB in %d file(s), weight check %s, on %s, in %.2f s", dir,
       config.num_hidden_layers, checkpoint.total_bytes() / 1e9, checkpoint.num_files(),
-      WeightCheckName(options.weight_check), backend.name(), seconds);
+      WeightCheckName(options.weight_check), backend.Description(), seconds);
   return std::unique_ptr<DeepseekV2Model>(new DeepseekV2Model(
       std::move(config), std::move(checkpoint), std::move(weights), backend));
 }
