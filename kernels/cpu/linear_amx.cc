@@ -142,7 +142,8 @@ int64_t Groups(int64_t n) { return (n + kGroupTokens - 1) / kGroupTokens; }
 // Columns of the input and accumulator tiles: 3 per token of a full group.
 int Columns(int64_t n) { return kParts * static_cast<int>(std::min<int64_t>(n, kGroupTokens)); }
 
-// A 64-byte aligned per-thread buffer of at least `words` 32-bit words.
+// A 64-byte aligned buffer of at least `words` 32-bit words, grown as
+// needed (its users keep one per thread).
 class AlignedScratch {
  public:
   uint32_t* Get(int64_t words) {
@@ -238,8 +239,8 @@ struct Chunk {
   int64_t row = 0;
   int64_t valid_rows = 0;
   int64_t group = 0;
-  // The chunk's weight tiles copied out, [row tile][step], or nullptr to
-  // read them from the matrix.
+  // The chunk's weight tiles copied out, [row tile][step]: set for the
+  // chunks of Layout::kMore, which read their weights only from it.
   const uint16_t* panel = nullptr;
 };
 
@@ -327,13 +328,13 @@ class ChunkKernel {
  private:
   using Map = TileMap<kR, kG, kLayout>;
 
-  // The weight tile of row tile r at step s, straight from the matrix, or
-  // for a partial tile of rows or the last partial step of k from a
-  // zero-padded copy (the bytes past a row may be another tensor's, or
-  // unmapped).
+  // The weight tile of row tile r at step s: from the chunk's panel (many
+  // token tiles), else straight from the matrix, or for a partial tile of
+  // rows or the last partial step of k from a zero-padded copy (the bytes
+  // past a row may be another tensor's, or unmapped).
   template <int kTile>
   DSV2_AMX_INLINE void LoadWeights(int r, int64_t s) {
-    if (chunk_.panel != nullptr) {
+    if constexpr (kLayout == Layout::kMore) {
       return TileLoad<kTile>(chunk_.panel + (r * op_.steps + s) * kTileRows * kStep, kStep * 2);
     }
     if (s < direct_steps_[r]) return TileLoad<kTile>(rows_[r] + s * kStep * 2, op_.stride);

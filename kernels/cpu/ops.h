@@ -8,10 +8,11 @@
 // AVX-512 (the widest), AVX2/FMA, or portable loops, or AMX where
 // DSV2_CPU_ISA=amx asks for it (bf16 weights on the tile unit, the rest
 // AVX-512); each fixes its own accumulation structure, and tests compare
-// every one against double-precision sums. Linear never copies or repacks the weights (they are
-// memory-mapped checkpoint tensors): it converts them to float32 as it reads
-// them, in registers or, for many tokens, into a small per-thread buffer that
-// the tokens share. Int8 weights (dsv2-int8, common/tensor/q8.h) are
+// every one against double-precision sums. Linear never repacks the
+// checkpoint's weights (they are memory-mapped tensors): it converts them to
+// float32 as it reads them, in registers or, for many tokens, into a small
+// per-thread buffer that the tokens share (AMX copies them, unconverted,
+// into such a buffer). Int8 weights (dsv2-int8, common/tensor/q8.h) are
 // multiplied in integers: Linear quantizes x per token in blocks of 32 as it
 // starts, each block's dot product is exact in int32 and is scaled by
 // w_scale · x_scale into a float32 sum. Design and measured figures:
