@@ -219,31 +219,6 @@ TEST(GenerationServerTest, CancellationAndAbortReturnEveryBlock) {
             grpc::StatusCode::NOT_FOUND);
 }
 
-TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
-  // One request runs at a time; the one with a deadline waits behind eight
-  // others, each as long as the deadline is a third of, so its deadline
-  // passes while it waits, whatever the machine's speed.
-  ServerFixture server("tests/data/tiny-v2",
-                       {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .prefix_caching = false});
-  const auto start = std::chrono::steady_clock::now();
-  ASSERT_TRUE(server.Generate(Greedy("measure", {0, 1, 2}, 120)).status.ok());
-  const auto one_run = std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::steady_clock::now() - start);
-  std::vector<std::thread> blockers;
-  for (int i = 0; i < 8; ++i) {
-    blockers.emplace_back([&, i] { server.Generate(Greedy("b" + std::to_string(i), {0, 1, 2}, 120)); });
-  }
-  while (server.engine().num_active() < 8) std::this_thread::yield();
-  const StreamResult r = server.Generate(Greedy("late", {0, 1, 2}, 120), 3 * one_run + 20ms);
-  for (auto& t : blockers) t.join();
-  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-  EXPECT_EQ(r.finish, v1::FINISH_REASON_TIME_LIMIT);
-  EXPECT_LT(r.tokens.size(), 120u);
-  WaitIdle(server.engine());
-  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
-  EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kTimeLimit)], 1);
-}
-
 // The model's own experts, behind a gate the test opens: while it is shut
 // the engine's step waits inside the MoE layer, so the queue stays full
 // for as long as the test needs, whatever the machine's speed.
@@ -269,6 +244,12 @@ class GatedExperts : public RoutedExperts {
     MutexLock lock(&mutex_);
     open_ = true;
   }
+  // Shuts the gate again; WaitEntered then waits for the next step to reach it.
+  void Close() ABSL_LOCKS_EXCLUDED(mutex_) {
+    MutexLock lock(&mutex_);
+    open_ = false;
+    entered_ = false;
+  }
 
  private:
   LocalRoutedExperts local_;
@@ -276,6 +257,48 @@ class GatedExperts : public RoutedExperts {
   bool entered_ ABSL_GUARDED_BY(mutex_) = false;
   bool open_ ABSL_GUARDED_BY(mutex_) = false;
 };
+
+TEST(GenerationServerTest, DeadlineEndsWithTimeLimit) {
+  // One request runs at a time: the first is held at the gate while the one
+  // with a 2 s deadline waits behind it. The service ends a request 200 ms
+  // before its call's deadline, so that the client still receives the final
+  // message; the gate opens 100 ms after that point (1.9 s), and the waiting
+  // request then ends with TIME_LIMIT, whatever the machine's speed (with
+  // 100 ms to spare on either side).
+  ServerFixture server("tests/data/tiny-v2",
+                       {.kv_cache_bytes = 32 << 20, .max_num_seqs = 1, .prefix_caching = false});
+  auto gate = std::make_shared<GatedExperts>(server.model());
+  server.model().SetRoutedExperts(gate);
+  const std::unique_ptr<GatedExperts, void (*)(GatedExperts*)> open_on_exit(
+      gate.get(), [](GatedExperts* g) { g->Open(); });
+  GenerationRequest held;
+  held.id = "held";
+  held.prompt = {0, 1, 2};
+  held.max_tokens = 8;
+  held.ignore_eos = true;
+  auto held_stream = server.engine().Submit(held);
+  ASSERT_TRUE(held_stream.ok()) << held_stream.status();
+  gate->WaitEntered();
+  const auto call_start = std::chrono::steady_clock::now();
+  std::thread opener([&] {
+    std::this_thread::sleep_until(call_start + 1900ms);
+    gate->Open();
+  });
+  const StreamResult r = server.Generate(Greedy("late", {0, 1, 2}, 120), 2s);
+  opener.join();
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.finish, v1::FINISH_REASON_TIME_LIMIT);
+  EXPECT_TRUE(r.tokens.empty());
+  size_t held_tokens = 0;
+  while (auto out = (*held_stream)->Next(30s)) {
+    held_tokens += out->token_ids.size();
+    if (out->finish) break;
+  }
+  EXPECT_EQ(held_tokens, 8u);
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  EXPECT_EQ(server.engine().stats().finished[int(FinishReason::kTimeLimit)], 1);
+}
 
 TEST(GenerationServerTest, OverloadIsResourceExhaustedWhileAdmittedRequestsComplete) {
   // One request runs (held at the gate) and two wait: the queue is full, and

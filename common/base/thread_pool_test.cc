@@ -1,6 +1,8 @@
 #include "common/base/thread_pool.h"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -42,6 +44,35 @@ TEST(ThreadPoolTest, ConcurrentCallersAreSerialized) {
   }
   for (auto& t : callers) t.join();
   EXPECT_EQ(total.load(), 4 * 50 * 64);
+}
+
+TEST(ThreadPoolTest, WorkersPollingOrAsleepBothTakeTheNextCall) {
+  // Idle workers poll for a while, then sleep: calls back to back, a little
+  // apart, and far apart (asleep) all run every index once, and a plain
+  // (non-atomic) write in a body is seen by the caller when the call returns.
+  ThreadPool pool(3);
+  for (auto gap : {std::chrono::microseconds(0), std::chrono::microseconds(100),
+                   std::chrono::microseconds(3000)}) {
+    for (int call = 0; call < 20; ++call) {
+      std::this_thread::sleep_for(gap);
+      std::vector<int> visits(96, 0);
+      pool.ParallelFor(96, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) visits[i] += 1;
+      });
+      for (int64_t i = 0; i < 96; ++i) {
+        ASSERT_EQ(visits[i], 1) << "gap " << gap.count() << " us, call " << call << ", i " << i;
+      }
+    }
+  }
+}
+
+TEST(ThreadPoolTest, DestroyedWhileItsWorkersPoll) {
+  for (int round = 0; round < 20; ++round) {
+    ThreadPool pool(2);
+    std::atomic<int64_t> total{0};
+    pool.ParallelFor(8, 1, [&](int64_t begin, int64_t end) { total.fetch_add(end - begin); });
+    EXPECT_EQ(total.load(), 8);
+  }  // Joins its workers, which are still polling for the next call.
 }
 
 }  // namespace
