@@ -9,10 +9,12 @@
 // free:
 //
 //  - streaming (up to 12 tokens: decode, small expert groups). Memory bound.
-//    Each thread reads its rows as 8 concurrent sequential runs (one row of
+//    Each thread reads its rows as concurrent sequential runs (one row of
 //    each per tile), converting bf16/f16 to float32 in registers, with a
-//    software prefetch 1 KiB ahead in every run; tokens in groups of up to 3
-//    share each weight load.
+//    software prefetch 1 KiB ahead in every run: 8 runs with the tokens in
+//    groups of up to 3 for 1-3 tokens (decode), 4 runs with groups of up to
+//    6 from 4 tokens on (the routed experts of a batch), so that each weight
+//    load serves twice the tokens there.
 //  - panel (13 tokens or more: prefill, batches). Compute bound. x is packed
 //    once per call; each thread converts a block of weight rows to float32
 //    (in the first token tile that uses it) into a per-thread buffer that the
@@ -27,7 +29,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <utility>
 
 #include "common/base/thread_pool.h"
 #include "kernels/cpu/avx512_intrinsics.h"
@@ -42,8 +46,9 @@ namespace {
 constexpr int kRows = 4;    // Weight rows per register tile (both paths).
 constexpr int kTokens = 6;  // Most tokens per register tile: 4·6 + 4 + 1 ≤ 32 registers.
 
-// Streaming path: each thread reads its rows as kStreams concurrent runs, and
-// prefetches each run this many bytes ahead of its loads.
+// Streaming path: each thread reads its rows as kStreams concurrent runs (1-3
+// tokens; half as many from 4 on), and prefetches each run this many bytes
+// ahead of its loads.
 constexpr int kStreams = 8;
 constexpr int64_t kStreamPrefetchBytes = 1024;
 
@@ -143,65 +148,66 @@ DSV2_AVX512_INLINE void StoreRows(float* y, __m128 sums, int valid) {
 // system than one stream or a few short ones (a 1 KiB row ends before the
 // hardware prefetcher has caught up with it).
 
-template <DType kType, int T>
+template <DType kType, int S, int T>
 DSV2_AVX512_INLINE void StreamStep(const void* const* w, const float* x, int64_t x_stride,
-                                   int64_t i, __m512 (&acc)[kStreams][T]) {
+                                   int64_t i, __m512 (&acc)[S][T]) {
   __m512 xv[T];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_ps(x + t * x_stride + i);
 #pragma GCC unroll 16
-  for (int r = 0; r < kStreams; ++r) {
+  for (int r = 0; r < S; ++r) {
     const __m512 wv = Load16<kType>(w[r], i);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
   }
 }
 
-// y[r][t · y_stride] = dot(row w[r], x token t) for kStreams rows (the first
+// y[r][t · y_stride] = dot(row w[r], x token t) for S rows (the first
 // `valid` stored) and T tokens.
-template <DType kType, int T>
+template <DType kType, int S, int T>
 DSV2_AVX512 void StreamTile(const void* const* w, float* const* y, int valid, const float* x,
                             int64_t x_stride, int64_t y_stride, int64_t k) {
-  __m512 acc[kStreams][T];
+  __m512 acc[S][T];
 #pragma GCC unroll 16
-  for (int r = 0; r < kStreams; ++r) {
-#pragma GCC unroll 4
+  for (int r = 0; r < S; ++r) {
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   }
+  constexpr int64_t kSize = DTypeSize(kType);
   const int64_t full = k & ~int64_t{15};
   int64_t i = 0;
   for (; i + 32 <= full; i += 32) {
     // A run is contiguous, so near the end of a row this reaches into the
     // run's next row.
 #pragma GCC unroll 16
-    for (int r = 0; r < kStreams; ++r) {
-      const char* p = static_cast<const char*>(w[r]) + i * DTypeSize(kType) + kStreamPrefetchBytes;
+    for (int r = 0; r < S; ++r) {
+      const char* p = static_cast<const char*>(w[r]) + i * kSize + kStreamPrefetchBytes;
       _mm_prefetch(p, _MM_HINT_T0);
       if constexpr (kType == DType::kF32) _mm_prefetch(p + 64, _MM_HINT_T0);
     }
-    StreamStep<kType, T>(w, x, x_stride, i, acc);
-    StreamStep<kType, T>(w, x, x_stride, i + 16, acc);
+    StreamStep<kType, S, T>(w, x, x_stride, i, acc);
+    StreamStep<kType, S, T>(w, x, x_stride, i + 16, acc);
   }
   if (i < full) {
-    StreamStep<kType, T>(w, x, x_stride, i, acc);
+    StreamStep<kType, S, T>(w, x, x_stride, i, acc);
     i += 16;
   }
   if (i < k) {
     const __mmask16 mask = TailMask(k - i);
     __m512 xv[T];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * x_stride + i);
 #pragma GCC unroll 16
-    for (int r = 0; r < kStreams; ++r) {
+    for (int r = 0; r < S; ++r) {
       const __m512 wv = Load16Masked<kType>(w[r], i, mask);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) {
 #pragma GCC unroll 4
-    for (int g = 0; g < kStreams; g += 4) {
+    for (int g = 0; g < S; g += 4) {
       alignas(16) float sums[4];
       _mm_store_ps(sums, Reduce4x16(acc[g][t], acc[g + 1][t], acc[g + 2][t], acc[g + 3][t]));
       for (int r = g; r < std::min(g + 4, valid); ++r) y[r][t * y_stride] = sums[r - g];
@@ -209,30 +215,43 @@ DSV2_AVX512 void StreamTile(const void* const* w, float* const* y, int valid, co
   }
 }
 
-template <DType kType>
-void StreamRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
-  const int64_t tiles = StreamTileCount(row_begin, row_end, kStreams);
+using StreamTileFn = void (*)(const void* const*, float* const*, int, const float*, int64_t,
+                             int64_t, int64_t);
+
+// StreamTile<kType, S, T> at index T - 1 for T = 1 … sizeof(T).
+template <DType kType, int S, int... T>
+constexpr std::array<StreamTileFn, sizeof...(T)> StreamTiles(std::integer_sequence<int, T...>) {
+  return {StreamTile<kType, S, T + 1>...};
+}
+
+// Rows [row_begin, row_end) for all tokens, S rows per tile and the tokens
+// in groups of at most G (S · G ≤ 24 accumulators), as even as possible.
+template <DType kType, int S, int G>
+void StreamRowsIn(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = (a.n + G - 1) / G;
+  const int64_t tiles = StreamTileCount(row_begin, row_end, S);
   for (int64_t j = 0; j < tiles; ++j) {
-    int64_t rows[kStreams];
-    const int valid = StreamTileRows<kStreams>(row_begin, row_end, j, rows);
-    const void* w[kStreams];
-    for (int r = 0; r < kStreams; ++r) w[r] = a.w.row_ptr(rows[r]);
-    // Tokens in groups of at most 3 (24 accumulators), as even as possible.
-    const int64_t groups = (a.n + 2) / 3;
+    int64_t rows[S];
+    const int valid = StreamTileRows<S>(row_begin, row_end, j, rows);
+    const void* w[S];
+    for (int r = 0; r < S; ++r) w[r] = a.w.row_ptr(rows[r]);
     for (int64_t g = 0, t = 0; g < groups; ++g) {
       const int64_t width = (a.n - t + (groups - g) - 1) / (groups - g);
-      float* y[kStreams];
-      for (int r = 0; r < kStreams; ++r) y[r] = a.y + t * a.w.rows + rows[r];
+      float* y[S];
+      for (int r = 0; r < S; ++r) y[r] = a.y + t * a.w.rows + rows[r];
       const float* x = a.x + t * a.x_stride;
       const int64_t xs = a.x_stride, ys = a.w.rows, k = a.w.cols;
-      using Tile =
-          void (*)(const void* const*, float* const*, int, const float*, int64_t, int64_t, int64_t);
-      static constexpr Tile kTiles[4] = {nullptr, StreamTile<kType, 1>, StreamTile<kType, 2>,
-                                         StreamTile<kType, 3>};
-      kTiles[width](w, y, valid, x, xs, ys, k);
+      static constexpr auto kTiles = StreamTiles<kType, S>(std::make_integer_sequence<int, G>());
+      kTiles[width - 1](w, y, valid, x, xs, ys, k);
       t += width;
     }
   }
+}
+
+template <DType kType>
+void StreamRows(const LinearArgs& a, int64_t row_begin, int64_t row_end) {
+  if (a.n <= 3) return StreamRowsIn<kType, kStreams, 3>(a, row_begin, row_end);
+  return StreamRowsIn<kType, 4, 6>(a, row_begin, row_end);
 }
 
 // ---- Panel path -------------------------------------------------------------
