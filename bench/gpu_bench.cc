@@ -5,8 +5,9 @@
 //    read + write bytes / time, best of --reps) and the bf16 tensor-core peak
 //    (cublasGemmEx bf16 × bf16 → f32, compute 32F, 8192³, best of --reps);
 //  - MLA absorbed decode (CudaBackend::MlaAttention, absorbed): one layer's
-//    decode step of B sequences of context T (one call per sequence, as the
-//    model issues them), each over its own LatentKvCache in device memory.
+//    decode step of B sequences of context T (one call with a chunk per
+//    sequence, as the model issues it; the CUDA backend still launches the
+//    kernels per sequence), each over its own LatentKvCache in device memory.
 //    Bytes per step: the latent cache read, (T + 1) · 576 · 4 per sequence,
 //    plus the query read and the output written; as a share of the measured
 //    bandwidth (floor 80 %, FlashMLA ~90 %). The same step is also timed on
@@ -119,13 +120,11 @@ MlaResult MeasureMla(CudaBackend& backend, const ModelConfig& config, const MlaS
   backend.Upload(host_cos.data(), cos.data(), cos.size());
   backend.Upload(host_sin.data(), sin.data(), sin.size());
 
+  std::vector<MlaChunk> chunks;
+  for (int64_t s = 0; s < batch; ++s) chunks.push_back({caches[s].get(), s, 1, /*absorbed=*/true});
   auto step = [&] {
-    for (int64_t s = 0; s < batch; ++s) {
-      backend.MlaAttention(shape, 0, kv_b, kv_a_norm, *caches[s], 1, /*absorbed=*/true,
-                           q.data() + s * heads * qk, kv_a.data() + s * latent,
-                           cos.data() + s * half, sin.data() + s * half,
-                           o.data() + s * heads * shape.v);
-    }
+    backend.MlaAttention(shape, 0, kv_b, kv_a_norm, chunks, q.data(), kv_a.data(), cos.data(),
+                         sin.data(), o.data());
   };
   float sink = 0;
   // About 20 ms of work per sample at the roofline, at least 2 steps.
@@ -314,7 +313,7 @@ int Main(int argc, char** argv) {
                           kv_b_host.data(), nullptr};
   const std::vector<float> kv_a_norm(shape.rank, 1.0f);
   std::printf("MLA absorbed decode, one layer (H %lld, nope %lld, rope %lld, v %lld, rank %lld): "
-              "a step = one MlaAttention per sequence;\nGB/s = (latent cache (T+1)·576·4 + q/o) "
+              "a step = one MlaAttention of B one-token chunks;\nGB/s = (latent cache (T+1)·576·4 + q/o) "
               "bytes per step / time, %% of the %.0f GB/s above (floor %.0f%%, FlashMLA ~%.0f%%)\n",
               (long long)shape.heads, (long long)shape.nope, (long long)shape.rope,
               (long long)shape.v, (long long)shape.rank, bandwidth, kMlaFloorPct, kFlashMlaPct);

@@ -73,6 +73,14 @@ struct MlaShape {
   int64_t latent() const { return rank + rope; }
 };
 
+// One sequence's share of an MlaAttention call (see there).
+struct MlaChunk {
+  KvCacheView* cache = nullptr;
+  int64_t row = 0;  // Its first row of the call's q, kv_a, cos, sin and o.
+  int64_t n = 0;
+  bool absorbed = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -119,18 +127,22 @@ class Backend {
   // out[i] = silu(gate[i]) · up[i]; out may alias gate.
   virtual void SiluMul(const float* gate, const float* up, float* out, int64_t count) = 0;
 
-  // MLA attention of one sequence's n new tokens at positions cache.size() …
-  // + n − 1 of `layer`: q [n, H, qk] (before RoPE) and kv_a [n, rank + rope]
-  // (the kv_a_proj_with_mqa outputs) with cos/sin [n, rope/2] of the new
-  // positions. Writes the new latents [RMSNorm(c) | RoPE(k_pe)] into the
-  // cache (its size is not changed), ropes q in place, and writes o [n, H, v]
-  // attending causally over the cache. `absorbed` picks the form (both exact,
-  // deepseek_v2.h): MQA over the latents with W_UK / W_UV folded in (decode),
-  // or K and V rebuilt from the latents through kv_b (prefill).
+  // MLA attention of `layer` for the new tokens of one or more sequences
+  // (chunks; each chunk's n tokens at rows [row, row + n) of q, kv_a, cos,
+  // sin and o, at positions cache.size() … + n − 1 of its own cache): q
+  // [rows, H, qk] (before RoPE) and kv_a [rows, rank + rope] (the
+  // kv_a_proj_with_mqa outputs) with cos/sin [rows, rope/2] of the new
+  // positions. Writes the new latents [RMSNorm(c) | RoPE(k_pe)] into each
+  // cache (its size is not changed), ropes q in place, and writes o [rows,
+  // H, v] attending causally over each chunk's cache. A chunk's `absorbed`
+  // picks its form (both exact, deepseek_v2.h): MQA over the latents with
+  // W_UK / W_UV folded in (decode), or K and V rebuilt from the latents
+  // through kv_b (prefill). One call for a whole batch lets a backend read
+  // each head's W_UK / W_UV once for all the batch's decode tokens.
   virtual void MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
-                            std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
-                            bool absorbed, float* q, const float* kv_a, const float* cos,
-                            const float* sin, float* o) = 0;
+                            std::span<const float> kv_a_norm, std::span<const MlaChunk> chunks,
+                            float* q, const float* kv_a, const float* cos, const float* sin,
+                            float* o) = 0;
 
   // The MoE gate of `layer` for n tokens: router logits [n, E] (overwritten)
   // → host expert ids and weights [n, k] (moe_routing.h, including its

@@ -47,9 +47,8 @@ class CpuBackend final : public Backend {
     cpu::SiluMul(gate, up, out, count);
   }
   void MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
-                    std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
-                    bool absorbed, float* q, const float* kv_a, const float* cos,
-                    const float* sin, float* o) override;
+                    std::span<const float> kv_a_norm, std::span<const MlaChunk> chunks, float* q,
+                    const float* kv_a, const float* cos, const float* sin, float* o) override;
   absl::Status Route(const ModelConfig& config, int64_t layer, float* logits, int64_t n,
                      int32_t* host_ids, float* host_weights) override {
     return RouteTokens(config, layer, logits, n, host_ids, host_weights);
@@ -63,57 +62,59 @@ class CpuBackend final : public Backend {
   void Free(float* data) override { delete[] data; }
 };
 
-void CpuBackend::MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
-                              std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
-                              bool absorbed, float* q, const float* kv_a, const float* cos,
-                              const float* sin, float* o) {
+// One decode-form (absorbed) query row: its cache and how many positions it sees.
+struct AbsorbedRow {
+  KvCacheView* cache;
+  int64_t row;
+  int64_t visible;
+};
+
+// The absorbed form for rows of any sequences: MQA over the latents, query
+// [q_nope·W_UK | q_pe] against key [c | k_pe], output W_UV·(attention over c).
+// Tasks go head-major, so a thread reads each head's W_UK / W_UV slices once
+// for all rows (from L2 after the first).
+void AbsorbedAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
+                       std::span<const AbsorbedRow> rows, const float* q, float* o) {
   const int64_t heads = shape.heads, nope = shape.nope, rope = shape.rope, vdim = shape.v;
-  const int64_t rank = shape.rank, half = rope / 2, qk = shape.qk(), latent = shape.latent();
-  const float softmax_scale = shape.softmax_scale;
-  const int64_t start = cache.size();
-  const int64_t context = start + n;
-
-  // Latents of the new positions: [c_raw | k_pe] → cache [RMSNorm(c) | RoPE(k_pe)];
-  // RoPE on the queries' rope slice.
-  for (int64_t i = 0; i < n; ++i) {
-    float* slot = cache.At(layer, start + i);
-    cpu::RmsNorm(&kv_a[i * latent], kv_a_norm.data(), 1, rank, shape.latent_norm_eps, slot);
-    std::copy_n(&kv_a[i * latent + rank], rope, slot + rank);
-    RotaryEmbedding::Apply(&cos[i * half], &sin[i * half], half, slot + rank);
-    for (int64_t head = 0; head < heads; ++head) {
-      RotaryEmbedding::Apply(&cos[i * half], &sin[i * half], half, &q[(i * heads + head) * qk + nope]);
-    }
-  }
-
+  const int64_t rank = shape.rank, qk = shape.qk(), latent = shape.latent();
   const int64_t kvb_width = nope + vdim;  // Rows of kv_b per head: W_UK [nope] then W_UV [v].
-  if (absorbed) {
-    // MQA over the latents: query [q_nope·W_UK | q_pe] against key [c | k_pe].
-    ThreadPool::Default().ParallelFor(n * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> query(latent), scores(context), o_latent(rank);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t i = task / heads, head = task % heads;
-        const float* q_head = &q[task * qk];
-        std::fill(query.begin(), query.end(), 0.0f);
-        cpu::LinearTransposedAccumulate(q_head, kv_b.RowSlice(head * kvb_width, nope),
-                                        query.data());
-        std::copy_n(q_head + nope, rope, query.data() + rank);
-        const int64_t visible = start + i + 1;  // Causal: positions 0 … start + i.
-        for (int64_t j = 0; j < visible; ++j) {
-          scores[j] = softmax_scale * cpu::Dot(query.data(), cache.At(layer, j), latent);
-        }
-        cpu::Softmax(scores.data(), visible);
-        std::fill(o_latent.begin(), o_latent.end(), 0.0f);
-        for (int64_t j = 0; j < visible; ++j) {
-          cpu::Axpy(scores[j], cache.At(layer, j), o_latent.data(), rank);
-        }
-        cpu::Linear(o_latent.data(), 1, kv_b.RowSlice(head * kvb_width + nope, vdim),
-                    &o[task * vdim], 0, /*parallel=*/false);
+  const int64_t count = static_cast<int64_t>(rows.size());
+  int64_t max_visible = 0;
+  for (const AbsorbedRow& r : rows) max_visible = std::max(max_visible, r.visible);
+  ThreadPool::Default().ParallelFor(count * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> query(latent), scores(max_visible), o_latent(rank);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t head = task / count;
+      const AbsorbedRow& r = rows[task % count];
+      const float* q_head = &q[(r.row * heads + head) * qk];
+      std::fill(query.begin(), query.end(), 0.0f);
+      cpu::LinearTransposedAccumulate(q_head, kv_b.RowSlice(head * kvb_width, nope),
+                                      query.data());
+      std::copy_n(q_head + nope, rope, query.data() + rank);
+      for (int64_t j = 0; j < r.visible; ++j) {
+        scores[j] = shape.softmax_scale * cpu::Dot(query.data(), r.cache->At(layer, j), latent);
       }
-    });
-    return;
-  }
-  // K_nope and V of every position from its latent: [context, H, nope + v],
-  // one Linear per run of consecutively stored positions.
+      cpu::Softmax(scores.data(), r.visible);
+      std::fill(o_latent.begin(), o_latent.end(), 0.0f);
+      for (int64_t j = 0; j < r.visible; ++j) {
+        cpu::Axpy(scores[j], r.cache->At(layer, j), o_latent.data(), rank);
+      }
+      cpu::Linear(o_latent.data(), 1, kv_b.RowSlice(head * kvb_width + nope, vdim),
+                  &o[(r.row * heads + head) * vdim], 0, /*parallel=*/false);
+    }
+  });
+}
+
+// The prefill form for one sequence's n new rows (their latents in the
+// cache): K_nope and V of every position rebuilt from its latent through
+// kv_b, then attention per head.
+void DecompressedAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
+                           KvCacheView& cache, int64_t n, const float* q, float* o) {
+  const int64_t heads = shape.heads, nope = shape.nope, rope = shape.rope, vdim = shape.v;
+  const int64_t rank = shape.rank, qk = shape.qk(), latent = shape.latent();
+  const int64_t start = cache.size(), context = start + n;
+  const int64_t kvb_width = nope + vdim;
+  // [context, H, nope + v], one Linear per run of consecutively stored positions.
   std::vector<float> kv(context * heads * kvb_width);
   for (int64_t pos = 0; pos < context;) {
     const int64_t run = std::min(cache.ContiguousFrom(pos), context - pos);
@@ -129,8 +130,8 @@ void CpuBackend::MlaAttention(const MlaShape& shape, int64_t layer, const Weight
       const int64_t visible = start + i + 1;
       for (int64_t j = 0; j < visible; ++j) {
         const float* k_nope = &kv[(j * heads + head) * kvb_width];
-        scores[j] = softmax_scale * (cpu::Dot(q_head, k_nope, nope) +
-                                     cpu::Dot(q_head + nope, cache.At(layer, j) + rank, rope));
+        scores[j] = shape.softmax_scale * (cpu::Dot(q_head, k_nope, nope) +
+                                           cpu::Dot(q_head + nope, cache.At(layer, j) + rank, rope));
       }
       cpu::Softmax(scores.data(), visible);
       float* o_head = &o[task * vdim];
@@ -140,6 +141,39 @@ void CpuBackend::MlaAttention(const MlaShape& shape, int64_t layer, const Weight
       }
     }
   });
+}
+
+void CpuBackend::MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
+                              std::span<const float> kv_a_norm, std::span<const MlaChunk> chunks,
+                              float* q, const float* kv_a, const float* cos, const float* sin,
+                              float* o) {
+  const int64_t heads = shape.heads, nope = shape.nope, rope = shape.rope, vdim = shape.v;
+  const int64_t rank = shape.rank, half = rope / 2, qk = shape.qk(), latent = shape.latent();
+  std::vector<AbsorbedRow> absorbed;
+  for (const MlaChunk& chunk : chunks) {
+    KvCacheView& cache = *chunk.cache;
+    const int64_t start = cache.size();
+    // Latents of the new positions: [c_raw | k_pe] → cache [RMSNorm(c) | RoPE(k_pe)];
+    // RoPE on the queries' rope slice.
+    for (int64_t i = 0; i < chunk.n; ++i) {
+      const int64_t row = chunk.row + i;
+      float* slot = cache.At(layer, start + i);
+      cpu::RmsNorm(&kv_a[row * latent], kv_a_norm.data(), 1, rank, shape.latent_norm_eps, slot);
+      std::copy_n(&kv_a[row * latent + rank], rope, slot + rank);
+      RotaryEmbedding::Apply(&cos[row * half], &sin[row * half], half, slot + rank);
+      for (int64_t head = 0; head < heads; ++head) {
+        RotaryEmbedding::Apply(&cos[row * half], &sin[row * half], half,
+                               &q[(row * heads + head) * qk + nope]);
+      }
+      // Causal: positions 0 … start + i.
+      if (chunk.absorbed) absorbed.push_back({&cache, row, start + i + 1});
+    }
+    if (!chunk.absorbed) {
+      DecompressedAttention(shape, layer, kv_b, cache, chunk.n, q + chunk.row * heads * qk,
+                            o + chunk.row * heads * vdim);
+    }
+  }
+  AbsorbedAttention(shape, layer, kv_b, absorbed, q, o);
 }
 
 void CpuBackend::ExpertRows(std::span<const MlpWeights> experts, int64_t hidden, const float* x,

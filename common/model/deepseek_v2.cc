@@ -157,6 +157,15 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
   Buffer kv_a = be.Allocate(total * latent);       // [total, latent]
   Buffer o = be.Allocate(total * heads * vdim);    // [total, H, v]
   Buffer q_a = be.Allocate(config_.has_q_lora() ? total * config_.q_lora_rank : 0);
+  std::vector<MlaChunk> mla_chunks(chunks.size());
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const SequenceChunk& chunk = chunks[c];
+    const int64_t n = first_row[c + 1] - first_row[c];
+    const bool absorbed = chunk.attention == AttentionForm::kAuto
+                              ? PrefersAbsorbed(n, chunk.cache->size() + n)
+                              : chunk.attention == AttentionForm::kAbsorbed;
+    mla_chunks[c] = {chunk.cache, first_row[c], n, absorbed};
+  }
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& lw = weights_.layers[layer];
     be.RmsNorm(h.data(), lw.input_norm, total, hidden, eps, x.data());
@@ -169,18 +178,8 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
       be.Linear(x.data(), total, lw.q, q.data());
     }
     be.Linear(x.data(), total, lw.kv_a, kv_a.data());
-    for (size_t c = 0; c < chunks.size(); ++c) {
-      const SequenceChunk& chunk = chunks[c];
-      const int64_t row = first_row[c];
-      const int64_t n = first_row[c + 1] - row;
-      const bool absorbed = chunk.attention == AttentionForm::kAuto
-                                ? PrefersAbsorbed(n, chunk.cache->size() + n)
-                                : chunk.attention == AttentionForm::kAbsorbed;
-      be.MlaAttention(mla_, layer, lw.kv_b, lw.kv_a_norm, *chunk.cache, n, absorbed,
-                      q.data() + row * heads * qk, kv_a.data() + row * latent,
-                      cos.data() + row * half, sin.data() + row * half,
-                      o.data() + row * heads * vdim);
-    }
+    be.MlaAttention(mla_, layer, lw.kv_b, lw.kv_a_norm, mla_chunks, q.data(), kv_a.data(),
+                    cos.data(), sin.data(), o.data());
     be.Linear(o.data(), total, lw.o, delta.data());
     be.Add(delta.data(), h.data(), total * hidden);
     be.RmsNorm(h.data(), lw.post_attention_norm, total, hidden, eps, x.data());

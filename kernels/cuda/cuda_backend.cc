@@ -434,12 +434,24 @@ void CudaBackend::LinearLocked(const float* x, int64_t n, int64_t x_stride, cons
 }
 
 void CudaBackend::MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
-                               std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
-                               bool absorbed, float* q, const float* kv_a, const float* cos,
-                               const float* sin, float* o) {
-  if (n <= 0) return;
+                               std::span<const float> kv_a_norm, std::span<const MlaChunk> chunks,
+                               float* q, const float* kv_a, const float* cos, const float* sin,
+                               float* o) {
   absl::MutexLock lock(&mutex_);
   Enter();
+  const int64_t heads = shape.heads, half = shape.rope / 2;
+  for (const MlaChunk& c : chunks) {
+    if (c.n <= 0) continue;
+    MlaChunkLocked(shape, layer, kv_b, kv_a_norm, *c.cache, c.n, c.absorbed,
+                   q + c.row * heads * shape.qk(), kv_a + c.row * shape.latent(),
+                   cos + c.row * half, sin + c.row * half, o + c.row * heads * shape.v);
+  }
+}
+
+void CudaBackend::MlaChunkLocked(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
+                                 std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
+                                 bool absorbed, float* q, const float* kv_a, const float* cos,
+                                 const float* sin, float* o) {
   const int64_t heads = shape.heads, nope = shape.nope, rope = shape.rope, rank = shape.rank;
   const int64_t half = rope / 2, qk = shape.qk();
   const int64_t start = cache.size(), context = start + n;

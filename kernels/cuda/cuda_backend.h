@@ -82,9 +82,8 @@ class CudaBackend final : public Backend {
   void Add(const float* x, float* y, int64_t count) override;
   void SiluMul(const float* gate, const float* up, float* out, int64_t count) override;
   void MlaAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
-                    std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
-                    bool absorbed, float* q, const float* kv_a, const float* cos, const float* sin,
-                    float* o) override;
+                    std::span<const float> kv_a_norm, std::span<const MlaChunk> chunks, float* q,
+                    const float* kv_a, const float* cos, const float* sin, float* o) override;
   absl::Status Route(const ModelConfig& config, int64_t layer, float* logits, int64_t n,
                      int32_t* host_ids, float* host_weights) override;
   void ExpertRows(std::span<const MlpWeights> experts, int64_t hidden, const float* x,
@@ -148,6 +147,11 @@ class CudaBackend final : public Backend {
   // staging ring (the host data may change once this returns).
   void* UploadArgs(Scratch slot, const void* host, int64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // MlaAttention for one sequence's n new tokens (q, kv_a, cos, sin and o at its rows).
+  void MlaChunkLocked(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
+                      std::span<const float> kv_a_norm, KvCacheView& cache, int64_t n,
+                      bool absorbed, float* q, const float* kv_a, const float* cos,
+                      const float* sin, float* o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // y[n, w.rows] = x[n, w.cols] (rows x_stride apart) · wᵀ.
   void LinearLocked(const float* x, int64_t n, int64_t x_stride, const DeviceWeight& w, float* y)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

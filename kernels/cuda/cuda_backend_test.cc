@@ -319,8 +319,9 @@ TEST_P(MlaAttentionTest, MatchesCpu) {
   }
   cpu_cache.set_size(c.start);
   std::vector<float> cpu_q = q, cpu_o(c.n * s.heads * s.v);
-  cpu().MlaAttention(s, layer, kv_b.view, norm, cpu_cache, c.n, c.absorbed, cpu_q.data(),
-                     kv_a.data(), cos.data(), sin.data(), cpu_o.data());
+  const MlaChunk cpu_chunk{&cpu_cache, 0, c.n, c.absorbed};
+  cpu().MlaAttention(s, layer, kv_b.view, norm, {&cpu_chunk, 1}, cpu_q.data(), kv_a.data(),
+                     cos.data(), sin.data(), cpu_o.data());
 
   std::unique_ptr<KvCacheView> gpu_cache;
   if (c.paged) {
@@ -334,8 +335,9 @@ TEST_P(MlaAttentionTest, MatchesCpu) {
   gpu_cache->set_size(c.start);
   Buffer dq = ToDevice(q), dkv_a = ToDevice(kv_a), dcos = ToDevice(cos), dsin = ToDevice(sin);
   Buffer dout = gpu_->Allocate(c.n * s.heads * s.v);
-  gpu_->MlaAttention(s, layer, kv_b.view, norm, *gpu_cache, c.n, c.absorbed, dq.data(),
-                     dkv_a.data(), dcos.data(), dsin.data(), dout.data());
+  const MlaChunk gpu_chunk{gpu_cache.get(), 0, c.n, c.absorbed};
+  gpu_->MlaAttention(s, layer, kv_b.view, norm, {&gpu_chunk, 1}, dq.data(), dkv_a.data(),
+                     dcos.data(), dsin.data(), dout.data());
 
   // RoPE is computed with the same roundings: exact. The new latents:
   // RMSNorm's sum order only.
