@@ -8,14 +8,16 @@
 // output, so they agree bit for bit and any tiling over rows and tokens is
 // free:
 //
-//  - streaming (up to 12 tokens: decode, small expert groups). Memory bound.
+//  - streaming (up to 39 tokens: decode, expert groups, small batches).
 //    Each thread reads its rows as concurrent sequential runs (one row of
 //    each per tile), converting bf16/f16 to float32 in registers, with a
 //    software prefetch 1 KiB ahead in every run: 8 runs with the tokens in
 //    groups of up to 3 for 1-3 tokens (decode), 4 runs with groups of up to
 //    6 from 4 tokens on (the routed experts of a batch), so that each weight
-//    load serves twice the tokens there.
-//  - panel (13 tokens or more: prefill, batches). Compute bound. x is packed
+//    load serves twice the tokens there. Several tokens are first copied
+//    one cache line further apart than a row, off the 4 KiB multiples that
+//    put all their lines of a step in one L1 set.
+//  - panel (40 tokens or more: prefill, large batches). Compute bound. x is packed
 //    once per call; each thread converts a block of weight rows to float32
 //    (in the first token tile that uses it) into a per-thread buffer that the
 //    other token tiles reuse. A register-tiled micro-kernel (4 rows × 6 tokens:
@@ -61,8 +63,10 @@ constexpr int64_t kTokenBlockBytes = 768 << 10;
 constexpr int64_t kRowBlockBytes = 256 << 10;
 
 // From this many tokens on, the panel path is faster: below it the weights
-// are streamed once and converted per group of 3 tokens.
-constexpr int64_t kPanelMinTokens = 13;
+// are streamed once and converted per group of up to 6 tokens (cold 1408 x
+// 2048 bf16 on the AMX guest: streaming / panel 629 / 666 us at 24 tokens,
+// 852 / 921-953 at 36, 1018 / 1021 at 42, 1187 / 1134 at 48).
+constexpr int64_t kPanelMinTokens = 40;
 
 // ---- Loads and the fixed reduction ------------------------------------------
 
@@ -216,7 +220,7 @@ DSV2_AVX512 void StreamTile(const void* const* w, float* const* y, int valid, co
 }
 
 using StreamTileFn = void (*)(const void* const*, float* const*, int, const float*, int64_t,
-                             int64_t, int64_t);
+                              int64_t, int64_t);
 
 // StreamTile<kType, S, T> at index T - 1 for T = 1 … sizeof(T).
 template <DType kType, int S, int... T>
@@ -579,8 +583,19 @@ void LinearTyped(const LinearArgs& a, bool parallel) {
   if (a.n < kPanelMinTokens) {
     // At least ~32K multiply-adds per run, so that small products stay on one thread.
     const int64_t min_rows = 32768 / std::max<int64_t>(1, a.w.cols * a.n);
+    LinearArgs b = a;
+    if (a.n > 1) {
+      // Tokens one cache line further apart than a row: rows of a multiple
+      // of 4 KiB (hidden 2048: 8 KiB) would put every token's line of a
+      // step in the same L1 set as the others' and the weight rows'.
+      b.x_stride = (a.w.cols + 15) / 16 * 16 + 16;
+      float* x = tls_packed_x.Get(a.n * b.x_stride);
+      for (int64_t t = 0; t < a.n; ++t)
+        std::copy_n(a.x + t * a.x_stride, a.w.cols, x + t * b.x_stride);
+      b.x = x;
+    }
     return ForRowRuns(a.w.rows, kStreams, min_rows, parallel,
-                      [&](const RowRun& run) { StreamRows<kType>(a, run.begin, run.end); });
+                      [&](const RowRun& run) { StreamRows<kType>(b, run.begin, run.end); });
   }
   const PanelPlan plan = PlanPanel(a);
   // The calling thread's buffer; pool threads read it while this thread waits.
