@@ -70,37 +70,52 @@ struct AbsorbedRow {
 };
 
 // The absorbed form for rows of any sequences: MQA over the latents, query
-// [q_nope·W_UK | q_pe] against key [c | k_pe], output W_UV·(attention over c).
-// Tasks go head-major, so a thread reads each head's W_UK / W_UV slices once
-// for all rows (from L2 after the first).
+// [q_nope·W_UK | q_pe] against key [c | k_pe], output W_UV·(attention over
+// c). One task per head, over all the rows: the head's W_UK and W_UV are
+// read once per call (a product over all rows), not once per row. Each
+// row's numbers are those of a call with that row alone (the products'
+// additions per row do not depend on how many rows share them).
 void AbsorbedAttention(const MlaShape& shape, int64_t layer, const WeightMatrix& kv_b,
                        std::span<const AbsorbedRow> rows, const float* q, float* o) {
   const int64_t heads = shape.heads, nope = shape.nope, rope = shape.rope, vdim = shape.v;
   const int64_t rank = shape.rank, qk = shape.qk(), latent = shape.latent();
   const int64_t kvb_width = nope + vdim;  // Rows of kv_b per head: W_UK [nope] then W_UV [v].
   const int64_t count = static_cast<int64_t>(rows.size());
+  if (count == 0) return;
   int64_t max_visible = 0;
   for (const AbsorbedRow& r : rows) max_visible = std::max(max_visible, r.visible);
-  ThreadPool::Default().ParallelFor(count * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(latent), scores(max_visible), o_latent(rank);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t head = task / count;
-      const AbsorbedRow& r = rows[task % count];
-      const float* q_head = &q[(r.row * heads + head) * qk];
-      std::fill(query.begin(), query.end(), 0.0f);
-      cpu::LinearTransposedAccumulate(q_head, kv_b.RowSlice(head * kvb_width, nope),
-                                      query.data());
-      std::copy_n(q_head + nope, rope, query.data() + rank);
-      for (int64_t j = 0; j < r.visible; ++j) {
-        scores[j] = shape.softmax_scale * cpu::Dot(query.data(), r.cache->At(layer, j), latent);
+  ThreadPool::Default().ParallelFor(heads, 1, [&](int64_t begin, int64_t end) {
+    // Per row: q_nope, then the query [latent], the attention output over c
+    // [rank], and the head's output [v].
+    std::vector<float> q_nope(count * nope), query(count * latent), o_latent(count * rank),
+        out(count * vdim), scores(max_visible);
+    for (int64_t head = begin; head < end; ++head) {
+      for (int64_t i = 0; i < count; ++i) {
+        const float* q_head = &q[(rows[i].row * heads + head) * qk];
+        std::copy_n(q_head, nope, &q_nope[i * nope]);
+        std::fill_n(&query[i * latent], rank, 0.0f);
+        std::copy_n(q_head + nope, rope, &query[i * latent + rank]);
       }
-      cpu::Softmax(scores.data(), r.visible);
-      std::fill(o_latent.begin(), o_latent.end(), 0.0f);
-      for (int64_t j = 0; j < r.visible; ++j) {
-        cpu::Axpy(scores[j], r.cache->At(layer, j), o_latent.data(), rank);
+      cpu::LinearTransposedAccumulate(q_nope.data(), count, nope,
+                                      kv_b.RowSlice(head * kvb_width, nope), query.data(), latent);
+      for (int64_t i = 0; i < count; ++i) {
+        const AbsorbedRow& r = rows[i];
+        for (int64_t j = 0; j < r.visible; ++j) {
+          scores[j] =
+              shape.softmax_scale * cpu::Dot(&query[i * latent], r.cache->At(layer, j), latent);
+        }
+        cpu::Softmax(scores.data(), r.visible);
+        float* o_row = &o_latent[i * rank];
+        std::fill_n(o_row, rank, 0.0f);
+        for (int64_t j = 0; j < r.visible; ++j) {
+          cpu::Axpy(scores[j], r.cache->At(layer, j), o_row, rank);
+        }
       }
-      cpu::Linear(o_latent.data(), 1, kv_b.RowSlice(head * kvb_width + nope, vdim),
-                  &o[(r.row * heads + head) * vdim], 0, /*parallel=*/false);
+      cpu::Linear(o_latent.data(), count, kv_b.RowSlice(head * kvb_width + nope, vdim), out.data(),
+                  0, /*parallel=*/false);
+      for (int64_t i = 0; i < count; ++i) {
+        std::copy_n(&out[i * vdim], vdim, &o[(rows[i].row * heads + head) * vdim]);
+      }
     }
   });
 }
@@ -130,8 +145,9 @@ void DecompressedAttention(const MlaShape& shape, int64_t layer, const WeightMat
       const int64_t visible = start + i + 1;
       for (int64_t j = 0; j < visible; ++j) {
         const float* k_nope = &kv[(j * heads + head) * kvb_width];
-        scores[j] = shape.softmax_scale * (cpu::Dot(q_head, k_nope, nope) +
-                                           cpu::Dot(q_head + nope, cache.At(layer, j) + rank, rope));
+        scores[j] =
+            shape.softmax_scale * (cpu::Dot(q_head, k_nope, nope) +
+                                   cpu::Dot(q_head + nope, cache.At(layer, j) + rank, rope));
       }
       cpu::Softmax(scores.data(), visible);
       float* o_head = &o[task * vdim];
@@ -200,8 +216,8 @@ void CpuBackend::ExpertRows(std::span<const MlpWeights> experts, int64_t hidden,
     }
     Mlp(experts[e], gathered.data(), m, expert_out.data());
     for (int64_t i = 0; i < m; ++i) {
-      cpu::Axpy(host_weights[mine[i]], &expert_out[i * hidden],
-                partials + (mine[i] / k) * hidden, hidden);
+      cpu::Axpy(host_weights[mine[i]], &expert_out[i * hidden], partials + (mine[i] / k) * hidden,
+                hidden);
     }
   }
 }

@@ -246,19 +246,32 @@ void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t 
   Kernels().linear(internal::LinearArgs{x, n, x_stride, w, y}, parallel);
 }
 
-void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y) {
-  if (w.dtype != DType::kI8) {
-    for (int64_t r = 0; r < w.rows; ++r) Kernels().axpy(a[r], w.row_ptr(r), w.dtype, w.cols, y);
-    return;
-  }
-  // Each row dequantized (q · its block's scale), then the float32 axpy.
-  thread_local std::vector<float> row;
-  row.resize(w.cols);
-  for (int64_t r = 0; r < w.rows; ++r) {
-    const auto* q = reinterpret_cast<const int8_t*>(w.row_ptr(r));
-    const float* scales = w.row_scales(r);
-    for (int64_t c = 0; c < w.cols; ++c) row[c] = static_cast<float>(q[c]) * scales[c / kQ8Block];
-    Kernels().axpy(a[r], row.data(), DType::kF32, w.cols, y);
+void LinearTransposedAccumulate(const float* a, int64_t n, int64_t a_stride, const WeightMatrix& w,
+                                float* y, int64_t y_stride) {
+  // Tokens in blocks whose sums stay in L1 while the rows go by.
+  constexpr int64_t kBlockTokens = 8;
+  const internal::IsaKernels& kernels = Kernels();
+  // Int8 rows dequantized (q · its block's scale), then the float32 axpy.
+  thread_local std::vector<float> dequantized;
+  if (w.dtype == DType::kI8) dequantized.resize(w.cols);
+  for (int64_t t0 = 0; t0 < n; t0 += kBlockTokens) {
+    const int64_t t1 = std::min(n, t0 + kBlockTokens);
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const void* row = w.row_ptr(r);
+      DType dtype = w.dtype;
+      if (w.dtype == DType::kI8) {
+        const auto* q = static_cast<const int8_t*>(row);
+        const float* scales = w.row_scales(r);
+        for (int64_t c = 0; c < w.cols; ++c) {
+          dequantized[c] = static_cast<float>(q[c]) * scales[c / kQ8Block];
+        }
+        row = dequantized.data();
+        dtype = DType::kF32;
+      }
+      for (int64_t t = t0; t < t1; ++t) {
+        kernels.axpy(a[t * a_stride + r], row, dtype, w.cols, y + t * y_stride);
+      }
+    }
   }
 }
 

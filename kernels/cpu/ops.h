@@ -34,10 +34,13 @@ namespace dsv2::cpu {
 void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, int64_t x_stride = 0,
             bool parallel = true);
 
-// y[w.cols] += Σ_r a[r] · w[r, :] — the product with the transposed matrix,
-// used to absorb W_UK into the query. Int8 rows are dequantized (q · scale)
-// and added in float32.
-void LinearTransposedAccumulate(const float* a, const WeightMatrix& w, float* y);
+// y[t][w.cols] += Σ_r a[t][r] · w[r, :] for n tokens (a rows a_stride
+// apart, y rows y_stride apart) — the product with the transposed matrix,
+// used to absorb W_UK into the query. Each row of w is read once for all
+// tokens; a token's additions are the same (rows in order) for any n. Int8
+// rows are dequantized (q · scale) and added in float32.
+void LinearTransposedAccumulate(const float* a, int64_t n, int64_t a_stride, const WeightMatrix& w,
+                                float* y, int64_t y_stride);
 
 // Dot product of two float vectors.
 float Dot(const float* a, const float* b, int64_t n);

@@ -135,21 +135,35 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
   for (int64_t r = 0; r < rows; ++r) {
     ASSERT_NEAR(y[rows + r], Expected(w, r, &x[stride]), SumTolerance(cols));
   }
-  std::vector<float> a(rows), acc(cols, 1.0f);
-  for (int64_t r = 0; r < rows; ++r) a[r] = 0.1f * static_cast<float>(r) - 0.7f;
-  LinearTransposedAccumulate(a.data(), w.view, acc.data());
-  for (int64_t c = 0; c < cols; ++c) {
-    double expected = 1.0;
-    for (int64_t r = 0; r < rows; ++r) expected += double(a[r]) * w.full[r * cols + c];
-    ASSERT_NEAR(acc[c], expected, SumTolerance(rows));
+  // Three tokens, a and y strided; each token's sums are those of a call of
+  // its own, bit for bit.
+  const int64_t n = 3, a_stride = rows + 2, y_stride = cols + 5;
+  std::vector<float> a(n * a_stride), acc(n * y_stride, 1.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t r = 0; r < rows; ++r)
+      a[t * a_stride + r] = 0.1f * float(r) - 0.7f + 0.3f * float(t);
+  }
+  LinearTransposedAccumulate(a.data(), n, a_stride, w.view, acc.data(), y_stride);
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<float> alone(cols, 1.0f);
+    LinearTransposedAccumulate(&a[t * a_stride], 1, 0, w.view, alone.data(), 0);
+    for (int64_t c = 0; c < cols; ++c) {
+      double expected = 1.0;
+      for (int64_t r = 0; r < rows; ++r)
+        expected += double(a[t * a_stride + r]) * w.full[r * cols + c];
+      ASSERT_NEAR(acc[t * y_stride + c], expected, SumTolerance(rows)) << "token " << t;
+      ASSERT_EQ(acc[t * y_stride + c], alone[c]) << "token " << t << " column " << c;
+    }
   }
 }
 
 // Token counts on both sides of every tiling boundary: the streaming path's
-// groups of 3 (up to 12 tokens), the panel path's tiles of 6 with their
-// merged remainders (13 on), and its token blocks; AMX's tiles of 5 tokens
-// (one, two, or more of them) and its blocks of 160 tokens.
-constexpr int64_t kTokenCounts[] = {1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 19, 32, 97, 171};
+// groups (of 3 up to 3 tokens, of up to 6 from 4 to 39), the panel path's
+// tiles of 6 with their merged remainders (40 on) and its token blocks; the
+// AVX2 paths' (up to 12 tokens, then tiles); AMX's tiles of 5 tokens (one,
+// two, or more of them) and its blocks of 160 tokens.
+constexpr int64_t kTokenCounts[] = {1,  2,  3,  4,  5,  6,  7,  10, 11, 12,
+                                    13, 14, 19, 32, 39, 40, 41, 43, 97, 171};
 
 TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
   std::mt19937 rng(5);
