@@ -7,7 +7,10 @@
 //    next of enough copies of the matrix to exceed the cache several times;
 //  - small batches (n = 8, 32, 64): time relative to n = 1 on the same cold
 //    weights, and the throughput ratio n · t(1) / t(n);
-//  - prefill (n = 512): GFLOP/s as a share of the measured fp32 FMA peak.
+//  - prefill (n = 512): GFLOP/s as a share of the measured fp32 FMA peak;
+//  - with --sweep N,...: the time of each of those token counts on the same
+//    cold weights, as weight GB/s and GFLOP/s (the routed experts of a
+//    batch get a few tokens each: where the kernels change paths).
 //
 // Each repetition measures the read bandwidth right before and right after
 // the n = 1 timing and keeps the ratio to their mean, so that the noise of a
@@ -23,10 +26,11 @@
 // of the FMA peak; the last column says which of them a shape meets.
 //
 //   linear_bench [--reps 7] [--shapes q_proj,kv_a_proj,...] [--cold-mib N]
-//                [--isa amx|avx512|avx2|portable] [--json]
+//                [--isa amx|avx512|avx2|portable] [--sweep 1,2,4,...] [--json]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -137,6 +141,22 @@ double MaxError(const Shape& s, const ColdWeights& w, const float* x, int64_t n,
   return worst;
 }
 
+// "1,2,4" → {1, 2, 4}; empty on anything else (a count outside 1-4096 included).
+std::vector<int64_t> ParseTokenCounts(const std::string& text) {
+  std::vector<int64_t> counts;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    char* stop = nullptr;
+    const long long n = std::strtoll(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0' || n < 1 || n > 4096) return {};
+    counts.push_back(n);
+    start = end + 1;
+  }
+  return counts;
+}
+
 struct ShapeResult {
   Shape shape;
   int64_t copies = 0;
@@ -152,24 +172,28 @@ struct ShapeResult {
   double batch_us[4] = {0, 0, 0, 0};
   bool prefill = false;
   double prefill_ms = 0, prefill_gflop_per_s = 0, prefill_pct_peak = 0;
+  std::vector<double> sweep_us;  // Per --sweep token count.
   double max_error = 0;
 };
 
 ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidthProbe& probe,
-                     const std::vector<std::string>& bw_methods, const std::string& fma_isa) {
+                     const std::vector<std::string>& bw_methods, const std::string& fma_isa,
+                     const std::vector<int64_t>& sweep) {
   ShapeResult result;
   result.shape = s;
   const ColdWeights w = MakeWeights(s, cold_bytes);
   result.copies = w.copies;
   const double matrix_bytes = static_cast<double>(s.out * s.in * 2);
   const bool prefill = s.out * s.in <= 64ll << 20;  // Not the 100K-row lm_head.
-  const int64_t max_n = prefill ? kPrefillTokens : kBatchTokens[3];
+  const int64_t max_n = std::max(prefill ? kPrefillTokens : kBatchTokens[3],
+                                 sweep.empty() ? 0 : *std::max_element(sweep.begin(), sweep.end()));
   std::vector<float> x(max_n * s.in), y(max_n * s.out);
   Noise noise{12345};
   for (float& v : x) v = noise.Next();
 
   int64_t next_copy = 0;
   std::vector<double> us[4], gbs, pct_bw, ratio[4], gflops, pct_peak, ms, hot;
+  std::vector<std::vector<double>> sweep_us(sweep.size());
   TimeCalls(s, w, x.data(), 1, y.data(), next_copy, w.copies, 0);  // Warm-up.
   // The best of the leading load styles, measured now.
   auto bandwidth_now = [&] {
@@ -199,6 +223,10 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
       us[b].push_back(t * 1e6);
       ratio[b].push_back(t / t1);
     }
+    for (size_t i = 0; i < sweep.size(); ++i) {
+      sweep_us[i].push_back(
+          TimeCalls(s, w, x.data(), sweep[i], y.data(), next_copy, w.copies, 0.02) * 1e6);
+    }
     if (hot_fits) hot.push_back(matrix_bytes / TimeHot(s, w, x.data(), y.data()) * 1e-9);
     if (prefill) {
       const double peak = FmaPass(fma_isa, 0.1);
@@ -216,13 +244,14 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
     result.batch_us[b] = Median(us[b]);
     result.batch_time_ratio[b] = Median(ratio[b]);
   }
+  for (const std::vector<double>& times : sweep_us) result.sweep_us.push_back(Median(times));
   result.prefill = prefill;
   if (prefill) {
     result.prefill_ms = Median(ms);
     result.prefill_gflop_per_s = Median(gflops);
     result.prefill_pct_peak = Median(pct_peak);
   }
-  // Accuracy of the last call (n = 512 or 64) on copy 0 (all copies are equal).
+  // Accuracy of the largest n on copy 0 (all copies are equal).
   cpu::Linear(x.data(), max_n, w.Copy(s, 0), y.data());
   result.max_error = MaxError(s, w, x.data(), max_n, y.data());
   return result;
@@ -230,13 +259,17 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
 
 int Main(int argc, char** argv) {
   const Flags flags(argc, argv);
-  if (flags.Has("help") || !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "json"}).empty()) {
+  const std::vector<int64_t> sweep = ParseTokenCounts(flags.Get("sweep", ""));
+  if (flags.Has("help") ||
+      !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "sweep", "json"}).empty() ||
+      (flags.Has("sweep") && sweep.empty())) {
     std::fprintf(
         stderr,
         "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
         "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
         " at least 1024)]\n"
-        "                    [--isa amx|avx512|avx2|portable (default: the widest)] [--json]\n");
+        "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
+        "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
     return flags.Has("help") ? 0 : 2;
   }
   const std::string isa = flags.Get("isa", "");
@@ -294,7 +327,7 @@ int Main(int argc, char** argv) {
     if (wanted != ",," && wanted.find(std::string(",") + s.name + ",") == std::string::npos) {
       continue;
     }
-    const ShapeResult r = RunShape(s, reps, cold_bytes, probe, bw_methods, fma_isa);
+    const ShapeResult r = RunShape(s, reps, cold_bytes, probe, bw_methods, fma_isa, sweep);
     results.push_back(r);
     best_read = std::max(best_read, r.max_read_gb_per_s);
     if (json) continue;
@@ -326,6 +359,19 @@ int Main(int argc, char** argv) {
   std::vector<double> hot;
   for (const ShapeResult& r : results) {
     if (r.hot_gb_per_s > 0) hot.push_back(r.hot_gb_per_s);
+  }
+  if (!json && !sweep.empty()) {
+    std::printf("\ntoken sweep on cold weights (medians): us, weight GB/s, GFLOP/s\n");
+    for (const ShapeResult& r : results) {
+      const double bytes = static_cast<double>(r.shape.out * r.shape.in * 2);
+      std::printf("%-12s", r.shape.name);
+      for (size_t i = 0; i < sweep.size(); ++i) {
+        const double t = r.sweep_us[i] * 1e-6;
+        std::printf(" | n=%lld %.0f %.1f %.0f", static_cast<long long>(sweep[i]), r.sweep_us[i],
+                    bytes / t * 1e-9, 2.0 * static_cast<double>(sweep[i]) * bytes / 2 / t * 1e-9);
+      }
+      std::printf("\n");
+    }
   }
   if (!json && !hot.empty()) {
     std::printf(
@@ -360,6 +406,14 @@ int Main(int argc, char** argv) {
       if (r.prefill) {
         std::printf("\"n512_ms\": %.3f, \"n512_gflop_per_s\": %.2f, \"n512_pct_fma_peak\": %.2f, ",
                     r.prefill_ms, r.prefill_gflop_per_s, r.prefill_pct_peak);
+      }
+      if (!sweep.empty()) {
+        std::printf("\"sweep\": [");
+        for (size_t j = 0; j < sweep.size(); ++j) {
+          std::printf("%s{\"n\": %lld, \"us\": %.2f}", j ? ", " : "",
+                      static_cast<long long>(sweep[j]), r.sweep_us[j]);
+        }
+        std::printf("], ");
       }
       std::printf("\"max_abs_error\": %.3e}", r.max_error);
     }
