@@ -244,12 +244,6 @@ class GatedExperts : public RoutedExperts {
     MutexLock lock(&mutex_);
     open_ = true;
   }
-  // Shuts the gate again; WaitEntered then waits for the next step to reach it.
-  void Close() ABSL_LOCKS_EXCLUDED(mutex_) {
-    MutexLock lock(&mutex_);
-    open_ = false;
-    entered_ = false;
-  }
 
  private:
   LocalRoutedExperts local_;
