@@ -119,6 +119,13 @@ absl::Status DeepseekV2Model::ForwardBatch(std::span<const SequenceChunk> chunks
           "the KV cache of chunk ", c, " is not in the memory of the model's backend (",
           std::string(backend_.name()), "): allocate it from the model's backend()"));
     }
+    for (size_t other = 0; other < c; ++other) {
+      if (chunks[other].cache == chunk.cache) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "chunks ", other, " and ", c,
+            " share a KV cache: a step takes each sequence at most once"));
+      }
+    }
     if (chunk.cache->size() + n > chunk.cache->capacity()) {
       return absl::OutOfRangeError(absl::StrCat("sequence of ", chunk.cache->size() + n,
                                                 " tokens exceeds the cache capacity of ",

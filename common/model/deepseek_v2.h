@@ -111,8 +111,8 @@ class DeepseekV2Model {
   // the logits rows the chunks ask for, in chunk order ([n, vocab], [1,
   // vocab] or none each).
   // Token ids outside the vocabulary, an empty chunk, a cache of another
-  // backend or a full cache are InvalidArgument / OutOfRange and change no
-  // cache. Non-finite router
+  // backend, two chunks on one cache or a full cache are InvalidArgument /
+  // OutOfRange and change no cache. Non-finite router
   // scores (weights or activations that overflow) are Internal naming the
   // layer (see RouteTokens).
   absl::Status ForwardBatch(std::span<const SequenceChunk> chunks,

@@ -204,6 +204,14 @@ TEST(DeepseekV2ModelTest, RejectsBadTokensAndFullCacheWithoutChangingIt) {
   EXPECT_NE(status.message().find("chunk 1 is not in the memory"), std::string::npos) << status;
   EXPECT_EQ(cache.size(), 0);
   EXPECT_EQ(foreign.size(), 0);
+  // One sequence twice in a step would write its new positions twice.
+  LatentKvCache second((*model)->config(), 4, (*model)->backend());
+  const SequenceChunk twice[] = {{one, &cache}, {one, &second}, {one, &cache}};
+  status = (*model)->ForwardBatch(twice, &logits);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("chunks 0 and 2 share a KV cache"), std::string::npos) << status;
+  EXPECT_EQ(cache.size(), 0);
+  EXPECT_EQ(second.size(), 0);
   const std::vector<int32_t> four = {1, 2, 3, 4};
   EXPECT_TRUE((*model)->Forward(four, cache, {}, &logits).ok());
   EXPECT_EQ(cache.size(), 4);
