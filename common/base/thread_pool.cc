@@ -109,11 +109,12 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     published_generation_.store(generation_, std::memory_order_relaxed);
   }
   RunChunks(job);
-  if (Poll([&] { return pending_workers_.load(std::memory_order_acquire) == 0; })) return;
+  // Acquire: the workers' outputs are visible once the count is zero.
+  constexpr auto all_done =
+      +[](std::atomic<int>* pending) { return pending->load(std::memory_order_acquire) == 0; };
+  if (Poll([&] { return all_done(&pending_workers_); })) return;
   MutexLock lock(&done_mutex_);
-  done_mutex_.Await(absl::Condition(
-      +[](std::atomic<int>* pending) { return pending->load(std::memory_order_acquire) == 0; },
-      &pending_workers_));
+  done_mutex_.Await(absl::Condition(all_done, &pending_workers_));
 }
 
 }  // namespace dsv2

@@ -222,7 +222,7 @@ DSV2_AVX512 void StreamTile(const void* const* w, float* const* y, int valid, co
 using StreamTileFn = void (*)(const void* const*, float* const*, int, const float*, int64_t,
                               int64_t, int64_t);
 
-// StreamTile<kType, S, T> at index T - 1 for T = 1 … sizeof(T).
+// StreamTile<kType, S, T + 1> at index T, for each T of the sequence.
 template <DType kType, int S, int... T>
 constexpr std::array<StreamTileFn, sizeof...(T)> StreamTiles(std::integer_sequence<int, T...>) {
   return {StreamTile<kType, S, T + 1>...};
