@@ -44,8 +44,9 @@ struct TensorInfo {
   std::vector<int64_t> shape;
   // Into the file mapping; valid while the file is open. The data buffer
   // starts 8-byte aligned when the header is padded as the reference library
-  // pads it, and the reference library orders tensors by decreasing element
-  // size, so published files are aligned; the reader does not require it, so
+  // pads it (64-byte aligned in files of WriteSafetensors), and the reference
+  // library orders tensors by decreasing element size, so published files
+  // are aligned to their elements; the reader does not require it, so
   // consumers that need alignment must check.
   const void* data = nullptr;
   int64_t num_bytes = 0;

@@ -114,16 +114,35 @@ TEST_F(SafetensorsTest, WriterReaderRoundTrip) {
   EXPECT_EQ((*file)->Find("w"), nullptr);
 }
 
-// Same bytes as safetensors' save_file for {"a": float32 [2]} with no metadata.
-TEST_F(SafetensorsTest, WriterLayoutMatchesReferenceLibrary) {
+// The bytes of safetensors' save_file for {"a": float32 [2], "b": bf16 [1]}
+// with no metadata, but for the header's padding: to 64 bytes, not 8.
+TEST_F(SafetensorsTest, WriterLayoutMatchesReferenceLibraryButAlignsData) {
   const std::string path = Path("a.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, {{"a", "F32", {2}}, {"b", "BF16", {1}}},
                                [](size_t, char* out, int64_t n) { std::memset(out, 0, n); })
                   .ok());
   const std::string header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                              R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[8,10]}})";
-  const std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
+  const std::string padded = header + std::string((64 - (8 + header.size()) % 64) % 64, ' ');
   EXPECT_EQ(ReadBytes(path), Raw(padded, std::string(10, '\0')));
+}
+
+// Whatever the header's length, the data starts on a cache line, and so does
+// each tensor after tensors of whole cache lines.
+TEST_F(SafetensorsTest, WriterAlignsTheData) {
+  for (int name_length = 1; name_length <= 70; ++name_length) {
+    const std::string path = Path("aligned.safetensors");
+    const std::string name(name_length, 'w');
+    ASSERT_TRUE(WriteSafetensors(path, {{name, "BF16", {2, 32}}, {"b", "F32", {3}}},
+                                 [](size_t, char* out, int64_t n) { std::memset(out, 1, n); })
+                    .ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_TRUE(file.ok()) << file.status();
+    for (const char* tensor : {name.c_str(), "b"}) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>((*file)->Find(tensor)->data) % kDataAlignment, 0u)
+          << tensor << " after a header with a " << name_length << "-byte name";
+    }
+  }
 }
 
 TEST_F(SafetensorsTest, WriterRejectsBadInput) {

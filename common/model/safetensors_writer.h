@@ -1,5 +1,5 @@
 // Writing safetensors files, laid out as the reference safetensors library
-// lays them out, for tools that convert or synthesize checkpoints and for
+// lays them out (but for the header's padding, below), for tools that convert or synthesize checkpoints and for
 // tests. Tensor bytes are produced one tensor at a time by a callback, so a
 // multi-GB file streams through a buffer the size of its largest tensor.
 //
@@ -17,6 +17,10 @@
 
 namespace dsv2 {
 
+// Where the data buffer of a written file starts: a cache line, so that
+// a tensor after tensors of whole cache lines is aligned in the mapping.
+inline constexpr int64_t kDataAlignment = 64;
+
 struct TensorToWrite {
   std::string name;
   std::string dtype_name;  // A safetensors dtype: "BF16", "F32", "I64", ...
@@ -26,7 +30,8 @@ struct TensorToWrite {
 // Writes `tensors` to `path`: the 8-byte header length, the compact JSON
 // header ("__metadata__" first when `metadata` is non-empty, then the tensors
 // in the given order with consecutive data_offsets in that order), padded with
-// spaces to a multiple of 8 bytes as the reference library does, then each
+// spaces so that the data starts at a multiple of kDataAlignment bytes (the
+// reference library pads to 8; readers take any padding), then each
 // tensor's bytes. fill(index, out, num_bytes) must write all num_bytes bytes
 // of tensors[index] to `out`; it is called once per tensor in order, except
 // for tensors of zero bytes. The file is written under a temporary name and
