@@ -175,6 +175,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Map(const Regu
   }
   void* mapping = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, regular.fd(), 0);
   if (mapping == MAP_FAILED) return absl::ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path));
+  // Ask for 2 MiB pages: where the kernel keeps the file in huge page-cache
+  // folios (ext4 and xfs on recent kernels read ahead in them for such a
+  // mapping), a decode step's gigabyte of weights costs 512 times fewer TLB
+  // entries (batch-1 decode of lite-4: 29.4-29.7 tokens/s against
+  // 26.3-26.7 on 4 KiB pages). A hint: refused or ignored, nothing changes.
+  madvise(mapping, static_cast<size_t>(size), MADV_HUGEPAGE);
   // From here the mapping is owned (and unmapped on error) by `file`.
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -143,6 +144,31 @@ TEST_F(SafetensorsTest, WriterAlignsTheData) {
           << tensor << " after a header with a " << name_length << "-byte name";
     }
   }
+}
+
+// The mapping asks for huge pages (VmFlags "hg" in /proc/self/smaps).
+TEST_F(SafetensorsTest, MappingAsksForHugePages) {
+  struct stat thp;
+  if (stat("/sys/kernel/mm/transparent_hugepage", &thp) != 0) {
+    GTEST_SKIP() << "this kernel has no transparent huge pages";
+  }
+  const std::string path = Path("huge.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"w", "BF16", {1024, 2048}}}, FillPattern).ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const auto data = reinterpret_cast<uintptr_t>((*file)->Find("w")->data);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2) inside = begin <= data && data < end;
+    if (inside && line.starts_with("VmFlags:")) {
+      EXPECT_THAT(line + " ", HasSubstr(" hg ")) << line;
+      return;
+    }
+  }
+  FAIL() << "no mapping in /proc/self/smaps holds the tensor";
 }
 
 TEST_F(SafetensorsTest, WriterRejectsBadInput) {
