@@ -142,8 +142,8 @@ TEST(Dsv2CliTest, UnknownCpuIsaWarnsAndUsesTheDefault) {
         ExpectReferenceLogits("tests/data/tiny-lite", "cpu", 1e-3f,
                               absl::StrCat("DSV2_CPU_ISA=\"$(printf '", value, "')\""));
     EXPECT_THAT(err, HasSubstr("is not an instruction set this CPU runs"));
-    EXPECT_THAT(err, testing::ContainsRegex("; using (avx512|avx2|portable)"));
-    EXPECT_THAT(err, testing::ContainsRegex("on cpu, (avx512|avx2|portable) kernels"));
+    EXPECT_THAT(err, testing::ContainsRegex("; using (amx|avx512|avx2|portable)"));
+    EXPECT_THAT(err, testing::ContainsRegex("on cpu, (amx|avx512|avx2|portable) kernels"));
   }
 }
 

@@ -130,7 +130,7 @@ TEST_P(GoldenTest, PrefillThenDecodeMatchesReference) {
 TEST_P(GoldenTest, ChunkedPrefillMatchesReference) { RunAndCompare(7, AttentionForm::kAuto); }
 
 TEST_P(GoldenTest, EveryInstructionSetMatchesReference) {
-  // The other tests run on the default kernels; AMX, for one, only when named.
+  // The other tests run on the default kernels (the widest the CPU has).
   for (const std::string& isa : cpu::KernelIsas()) {
     SCOPED_TRACE(isa);
     cpu::ScopedKernelIsa scope(isa);

@@ -293,6 +293,7 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c, const Checkpoint&
       l.experts.resize(c.n_routed_experts);
       for (MlpWeights& expert : l.experts) {
         ASSIGN_OR_RETURN(expert, mlp());
+        for (WeightMatrix* m : {&expert.gate, &expert.up, &expert.down}) m->routed = true;
       }
       if (c.n_shared_experts > 0) {
         ASSIGN_OR_RETURN(l.shared, mlp());

@@ -91,7 +91,7 @@ struct LayerWeights {
   bool is_moe = false;
   MlpWeights dense;                           // Dense layers.
   WeightMatrix router;                        // [n_routed, hidden]     (MoE)
-  std::vector<MlpWeights> experts;            // n_routed                (MoE)
+  std::vector<MlpWeights> experts;            // n_routed, matrices .routed (MoE)
   MlpWeights shared;                          // width n_shared·moe_inter (MoE)
 };
 

@@ -135,6 +135,18 @@ TEST_F(BindWeightsTest, CompleteCheckpointBinds) {
   EXPECT_EQ(weights->layers[1].experts[7].down.rows, 32);
   EXPECT_EQ(weights->layers[1].shared.gate.rows, 16);
   EXPECT_EQ(weights->embed.dtype, DType::kBF16);
+  // Only routed experts' matrices are marked routed (the kernels pick by it).
+  for (const MlpWeights& expert : weights->layers[1].experts) {
+    EXPECT_TRUE(expert.gate.routed && expert.up.routed && expert.down.routed);
+  }
+  const LayerWeights& dense = weights->layers[0];
+  const LayerWeights& moe = weights->layers[1];
+  for (const WeightMatrix* m : std::initializer_list<const WeightMatrix*>{
+           &dense.q_a, &dense.q_b, &dense.kv_a, &dense.kv_b, &dense.o, &dense.dense.gate,
+           &dense.dense.up, &dense.dense.down, &moe.router, &moe.shared.gate, &moe.shared.up,
+           &moe.shared.down, &weights->embed, &weights->lm_head}) {
+    EXPECT_FALSE(m->routed) << m->rows << " x " << m->cols;
+  }
 }
 
 TEST_F(BindWeightsTest, Int8CheckpointBindsWithScales) {

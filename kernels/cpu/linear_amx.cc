@@ -1,6 +1,7 @@
 // AMX implementation of the bf16 Linear (CPUs with AMX-TILE and AMX-BF16:
-// Intel Sapphire Rapids and later). Every other op, and Linear on f16, f32
-// and int8 weights, is the AVX-512 kernels'.
+// Intel Sapphire Rapids and later). Every other op, Linear on f16, f32 and
+// int8 weights, and Linear on routed experts' matrices (WeightMatrix::routed)
+// is the AVX-512 kernels'.
 //
 // The tile unit multiplies bf16 by bf16 only, and the activations are
 // float32. Each input is therefore split exactly into three bf16 parts,
@@ -37,10 +38,14 @@
 // matrix, a tile's rows are 1-20 KiB apart and, in checkpoints whose data is
 // not 64-byte aligned, each straddles two cache lines).
 //
-// Why AMX is not the default (docs/performance.md, "AMX"): with one to five
-// tokens it reads the weights 10-15% slower than the AVX-512 streaming
-// kernel, and batch invariance rules out using AVX-512 for decode and AMX
-// for the rest.
+// Why routed experts stay on AVX-512 (docs/performance.md, "AMX"): with one
+// to five tokens the tile loop reads weights from memory 7-9% slower than the
+// AVX-512 streaming kernel, and a routed expert sees that few tokens at
+// every batch size, while the matrices that see the whole batch (the
+// attention projections, dense and shared MLPs, the LM head) are
+// compute-bound from a few tens of tokens on, where the tile unit is 1.7-2x
+// faster. Batch invariance rules out choosing by token count; choosing by
+// matrix keeps it.
 
 #if defined(__x86_64__)
 
@@ -460,7 +465,7 @@ DSV2_AMX void LinearRows(const Operands& op, int64_t row_begin, int64_t row_end)
 }
 
 void Linear(const LinearArgs& a, bool parallel) {
-  if (a.w.dtype != DType::kBF16) return Avx512Kernels()->linear(a, parallel);
+  if (a.w.dtype != DType::kBF16 || a.w.routed) return Avx512Kernels()->linear(a, parallel);
   if (a.n == 0 || a.w.rows == 0) return;
   const int columns = Columns(a.n);
   const int64_t steps = Steps(a.w.cols);

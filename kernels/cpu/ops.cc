@@ -158,16 +158,15 @@ const internal::IsaKernels* KernelsFor(std::string_view isa) {
   return &internal::PortableKernels();
 }
 
-// The widest vector ISA the CPU has, or DSV2_CPU_ISA where it names another
-// one the CPU has. AMX is taken only when named: its decode (one to five
-// tokens) is slower than AVX-512's (docs/performance.md, "AMX").
+// The widest ISA the CPU has (AMX, then AVX-512, AVX2, portable), or
+// DSV2_CPU_ISA where it names another one the CPU has.
 const internal::IsaKernels* ChooseKernels() {
   const char* forced = std::getenv("DSV2_CPU_ISA");
   if (forced != nullptr) {
     if (const internal::IsaKernels* kernels = KernelsFor(forced)) return kernels;
   }
   const internal::IsaKernels* widest = &internal::PortableKernels();
-  for (std::string_view isa : {"avx512", "avx2"}) {
+  for (std::string_view isa : {"amx", "avx512", "avx2"}) {
     if (const internal::IsaKernels* kernels = KernelsFor(isa)) {
       widest = kernels;
       break;

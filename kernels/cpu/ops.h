@@ -5,10 +5,10 @@
 // in a batch).
 //
 // The instruction set is chosen once, at first use, from the CPU's features:
-// AVX-512 (the widest), AVX2/FMA, or portable loops, or AMX where
-// DSV2_CPU_ISA=amx asks for it (bf16 weights on the tile unit, the rest
-// AVX-512); each fixes its own accumulation structure, and tests compare
-// every one against double-precision sums. Linear never repacks the
+// AMX (the widest: bf16 weights on the tile unit but for routed experts'
+// matrices, the rest AVX-512), AVX-512, AVX2/FMA, or portable loops; each
+// fixes its own accumulation structure per matrix, and tests compare every
+// one against double-precision sums. Linear never repacks the
 // checkpoint's weights (they are memory-mapped tensors): it converts them to
 // float32 as it reads them, in registers or, for many tokens, into a small
 // per-thread buffer that the tokens share (AMX copies them, unconverted,
@@ -65,9 +65,10 @@ void EmbeddingRow(const WeightMatrix& table, int64_t row, float* out);
 // True when the AVX2/FMA or AVX-512 paths are in use.
 bool UsingAvx2();
 
-// The instruction set in use: "avx512", "avx2", "portable", or "amx" (AVX-512
-// with bf16 weights on the AMX tile unit). The default is the widest vector
-// ISA the CPU has; DSV2_CPU_ISA names another one it has (amx only this way).
+// The instruction set in use: "amx" (AVX-512 with the bf16 weights of
+// every matrix but routed experts' on the AMX tile unit), "avx512", "avx2"
+// or "portable". The default is the widest the CPU has; DSV2_CPU_ISA names
+// another one it has.
 const char* KernelIsa();
 
 // Switches every op to `isa` if this CPU has it (false otherwise). For tests

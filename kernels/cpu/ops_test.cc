@@ -191,6 +191,8 @@ TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
   }
 }
 
+// For matrices of both kinds: routed experts' and the others (they take
+// different kernels under AMX).
 TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   std::mt19937 rng(13);
   const int64_t rows = 67, cols = 2100, stride = cols + 5;  // Strided input, as kv_b reads it.
@@ -200,25 +202,65 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   std::vector<float> x(max_n * stride);
   for (float& v : x) v = dist(rng);
   for (const std::string& isa : KernelIsas()) {
-    ScopedKernelIsa scope(isa);
-    std::vector<float> alone(max_n * rows);  // Each token on its own.
-    for (int64_t t = 0; t < max_n; ++t) {
-      Linear(x.data() + t * stride, 1, w.view, alone.data() + t * rows, stride);
-    }
-    for (int64_t n : kTokenCounts) {
-      // Tokens [first, first + n): the same token sits at another place in each batch.
-      const int64_t first = (max_n - n) / 2;
-      std::vector<float> batched(n * rows), serial(n * rows);
-      Linear(x.data() + first * stride, n, w.view, batched.data(), stride);
-      Linear(x.data() + first * stride, n, w.view, serial.data(), stride, /*parallel=*/false);
-      for (int64_t t = 0; t < n; ++t) {
-        for (int64_t r = 0; r < rows; ++r) {
-          ASSERT_EQ(batched[t * rows + r], alone[(first + t) * rows + r])  // Bitwise.
-              << isa << " n=" << n << " t=" << t << " r=" << r;
-          ASSERT_EQ(serial[t * rows + r], batched[t * rows + r]) << isa << " n=" << n;
+    for (bool routed : {false, true}) {
+      ScopedKernelIsa scope(isa);
+      w.view.routed = routed;
+      std::vector<float> alone(max_n * rows);  // Each token on its own.
+      for (int64_t t = 0; t < max_n; ++t) {
+        Linear(x.data() + t * stride, 1, w.view, alone.data() + t * rows, stride);
+      }
+      for (int64_t n : kTokenCounts) {
+        // Tokens [first, first + n): the same token sits at another place in each batch.
+        const int64_t first = (max_n - n) / 2;
+        std::vector<float> batched(n * rows), serial(n * rows);
+        Linear(x.data() + first * stride, n, w.view, batched.data(), stride);
+        Linear(x.data() + first * stride, n, w.view, serial.data(), stride, /*parallel=*/false);
+        for (int64_t t = 0; t < n; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(batched[t * rows + r], alone[(first + t) * rows + r])  // Bitwise.
+                << isa << (routed ? " routed" : "") << " n=" << n << " t=" << t << " r=" << r;
+            ASSERT_EQ(serial[t * rows + r], batched[t * rows + r]) << isa << " n=" << n;
+          }
         }
       }
     }
+  }
+}
+
+// Under AMX a routed expert's matrix takes the AVX-512 kernel, bit for bit
+// at every token count, and the other matrices the tile unit (whose sums
+// differ from AVX-512's in their last bits).
+TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
+  const std::vector<std::string> isas = KernelIsas();
+  if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
+    GTEST_SKIP() << "this CPU (or its OS) offers no AMX";
+  }
+  std::mt19937 rng(17);
+  const int64_t rows = 67, cols = 2100, n = 50;
+  TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = dist(rng);
+  auto linear = [&](std::string_view isa, bool routed, int64_t tokens) {
+    ScopedKernelIsa scope(isa);
+    WeightMatrix view = w.view;
+    view.routed = routed;
+    std::vector<float> y(tokens * rows);
+    Linear(x.data(), tokens, view, y.data());
+    return y;
+  };
+  int64_t differing = 0;
+  for (int64_t tokens : {int64_t{1}, int64_t{6}, n}) {
+    EXPECT_EQ(linear("amx", true, tokens), linear("avx512", true, tokens)) << "n=" << tokens;
+    const std::vector<float> tiles = linear("amx", false, tokens);
+    const std::vector<float> vector = linear("avx512", false, tokens);
+    for (size_t i = 0; i < tiles.size(); ++i) differing += tiles[i] != vector[i];
+  }
+  // Only bf16 weights go to the tile unit.
+  if (GetParam() == DType::kBF16) {
+    EXPECT_GT(differing, 0) << "bf16 matrices that are not routed should take the tile unit";
+  } else {
+    EXPECT_EQ(differing, 0);
   }
 }
 

@@ -19,6 +19,12 @@ struct WeightMatrix {
   const void* data = nullptr;  // Not owned; the checkpoint mapping outlives it.
   // kI8 only: [rows, Q8Blocks(cols)], row-major. Not owned.
   const float* scales = nullptr;
+  // A routed expert's matrix: a decode step hands it only the few tokens
+  // routed to it, not the whole batch. Where the CPU has a kernel that
+  // multiplies faster but streams slower (AMX), such matrices stay on the
+  // streaming vector kernel. Fixed per matrix, whatever the token count, so
+  // each matrix keeps one accumulation structure at every batch size.
+  bool routed = false;
 
   const char* row_ptr(int64_t row) const {
     return static_cast<const char*>(data) + row * cols * DTypeSize(dtype);
@@ -28,7 +34,7 @@ struct WeightMatrix {
   // Rows [first, first + count) as a matrix of their own.
   WeightMatrix RowSlice(int64_t first, int64_t count) const {
     return WeightMatrix{dtype, count, cols, row_ptr(first),
-                        scales == nullptr ? nullptr : row_scales(first)};
+                        scales == nullptr ? nullptr : row_scales(first), routed};
   }
 };
 
