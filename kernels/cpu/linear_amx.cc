@@ -39,7 +39,7 @@
 // not 64-byte aligned, each straddles two cache lines).
 //
 // Why routed experts stay on AVX-512 (docs/performance.md, "AMX"): with one
-// to five tokens the tile loop reads weights from memory 7-9% slower than the
+// to five tokens the tile loop reads weights from memory 7-10% slower than the
 // AVX-512 streaming kernel, and a routed expert sees that few tokens at
 // every batch size, while the matrices that see the whole batch (the
 // attention projections, dense and shared MLPs, the LM head) are
