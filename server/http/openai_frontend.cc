@@ -44,11 +44,54 @@ std::string RandomId(const char* prefix) {
   return absl::StrCat(prefix, absl::BytesToHexString(bytes));
 }
 
+}  // namespace
+
+// The Generate calls of an OpenAiFrontend not yet destroyed. A call can be
+// destroyed on a gRPC callback thread (in OnDone), releasing its context's
+// reference to the channel; were that the channel's last, the callback
+// completion queue of the in-process channel would be shut down from one
+// of its own threads (a double free inside gRPC 1.51, seen under ASan when
+// a test's frontend went away right after a cancelled call). The frontend
+// therefore waits for none to be left before it lets go of the channel.
+class LiveGenerateCalls {
+ public:
+  // Counts a call for its lifetime: the first member of GenerateCall, so
+  // that it goes last, after the call's context.
+  class Token {
+   public:
+    explicit Token(std::shared_ptr<LiveGenerateCalls> calls) : calls_(std::move(calls)) {
+      MutexLock lock(&calls_->mutex_);
+      ++calls_->live_;
+    }
+    ~Token() {
+      MutexLock lock(&calls_->mutex_);
+      --calls_->live_;
+    }
+    Token(const Token&) = delete;
+    Token& operator=(const Token&) = delete;
+
+   private:
+    const std::shared_ptr<LiveGenerateCalls> calls_;  // Outlives the unlock above.
+  };
+
+  void AwaitNone() {
+    MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(+[](int64_t* live) { return *live == 0; }, &live_));
+  }
+
+ private:
+  Mutex mutex_;
+  int64_t live_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+namespace {
+
 // One Generate call on the in-process channel, read one message at a time
 // by an HTTP handler thread: the next message is asked for only when the
 // handler has taken the last, so a client that reads slowly leaves its
 // output in the service's stream, under the service's bounds. Lives until
-// both the handler has let go and gRPC has called OnDone.
+// both the handler has let go and gRPC has called OnDone, counted in the
+// frontend's LiveGenerateCalls.
 class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   struct Event {
@@ -59,10 +102,10 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
   };
 
   static std::shared_ptr<GenerateCall> Start(v1::Generation::Stub& stub,
-                                             std::shared_ptr<grpc::Channel> channel,
+                                             std::shared_ptr<LiveGenerateCalls> live,
                                              v1::GenerateRequest request,
                                              const std::string& principal) {
-    std::shared_ptr<GenerateCall> call(new GenerateCall(std::move(channel), std::move(request)));
+    std::shared_ptr<GenerateCall> call(new GenerateCall(std::move(live), std::move(request)));
     call->self_ = call;
     if (!principal.empty()) call->context_.AddMetadata(kPrincipalMetadata, principal);
     stub.async()->Generate(&call->context_, &call->request_, call.get());
@@ -117,12 +160,15 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
     }
   }
 
-  // Ends the call (the service aborts the request); idempotent.
-  void Cancel() {
+  // Ends the call (the service aborts the request); idempotent: true only
+  // the first time.
+  bool Cancel() {
     context_.TryCancel();
     bool release = false;
+    bool first = false;
     {
       MutexLock lock(&mutex_);
+      first = !abandoned_;
       abandoned_ = true;
       if (hold_ && !reading_) {
         hold_ = false;
@@ -130,6 +176,7 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
       }
     }
     if (release) RemoveHold();
+    return first;
   }
 
   void OnReadDone(bool ok) override {
@@ -164,8 +211,8 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
   }
 
  private:
-  GenerateCall(std::shared_ptr<grpc::Channel> channel, v1::GenerateRequest request)
-      : channel_(std::move(channel)),
+  GenerateCall(std::shared_ptr<LiveGenerateCalls> live, v1::GenerateRequest request)
+      : live_(std::move(live)),
         request_(std::move(request)),
         wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
@@ -174,7 +221,7 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
     [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
   }
 
-  const std::shared_ptr<grpc::Channel> channel_;  // Outlives the call.
+  const LiveGenerateCalls::Token live_;  // First: released after everything below.
   const v1::GenerateRequest request_;
   const int wake_fd_;  // Readable when there is something for Next.
   grpc::ClientContext context_;
@@ -207,7 +254,10 @@ OpenAiFrontend::OpenAiFrontend(std::shared_ptr<grpc::Channel> channel,
       options_(std::move(options)),
       generation_(v1::Generation::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)),
-      created_(absl::ToUnixSeconds(absl::Now())) {}
+      created_(absl::ToUnixSeconds(absl::Now())),
+      live_calls_(std::make_shared<LiveGenerateCalls>()) {}
+
+OpenAiFrontend::~OpenAiFrontend() { live_calls_->AwaitNone(); }
 
 void OpenAiFrontend::Register(HttpServer* http) {
   const AccessPolicy policy = options_.policy;
@@ -301,7 +351,7 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   }
 
   std::shared_ptr<GenerateCall> call =
-      GenerateCall::Start(*generation_, channel_, parsed->generate, request.principal);
+      GenerateCall::Start(*generation_, live_calls_, parsed->generate, request.principal);
   ClientConnection& connection = request.connection;
   // Nothing is sent before the first message or the end, so that a request
   // the service refuses gets its HTTP status.
@@ -387,7 +437,8 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
         }
         // (An empty write would end cpp-httplib's chunked stream.)
         if (!out.empty() && !sink.write(out.data(), out.size())) {
-          state->call->Cancel();  // The client stopped reading or left.
+          // The client stopped reading or left.
+          if (state->call->Cancel()) ++*cancelled;
           return false;
         }
         if (last) {
@@ -396,8 +447,9 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
         }
         return true;
       },
-      [state](bool) {
-        if (!state->finished) state->call->Cancel();
+      [state, cancelled](bool) {
+        // The stream ended before its last message: the client left.
+        if (!state->finished && state->call->Cancel()) ++*cancelled;
       });
 }
 

@@ -42,6 +42,8 @@
 
 namespace dsv2 {
 
+class LiveGenerateCalls;  // openai_frontend.cc
+
 struct OpenAiFrontendOptions {
   // The name /v1/models lists and requests' `model` must match (when given).
   std::string model_name;
@@ -56,6 +58,11 @@ class OpenAiFrontend {
   // `channel` reaches the process's own dsv2.v1.Generation and
   // grpc.health.v1 (grpc::Server::InProcessChannel).
   OpenAiFrontend(std::shared_ptr<grpc::Channel> channel, OpenAiFrontendOptions options);
+  // Waits until every Generate call it started is over and gone (the HTTP
+  // server it registered with must be stopped first; the calls its
+  // handlers left end once gRPC reports them done), so that the channel's
+  // last reference is dropped here, never on a gRPC callback thread.
+  ~OpenAiFrontend();
 
   // Adds the routes, authentication and error bodies to `http` (before it
   // starts; it must not outlive this object).
@@ -80,6 +87,7 @@ class OpenAiFrontend {
   const std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   const int64_t created_;  // When the model was first served (for /v1/models).
   std::atomic<int64_t> cancelled_{0};
+  const std::shared_ptr<LiveGenerateCalls> live_calls_;
 };
 
 }  // namespace dsv2
