@@ -195,15 +195,18 @@ int Main(int argc, char** argv) {
     return 1;
 #endif
   }
+  const double huge_page_gb = model.checkpoint().HugePageBytes() / 1e9;
   if (!json) {
     std::printf("model %s: %lld layers, hidden %lld, %lld experts (%lld per token)\n",
                 flags.Get("model", "").c_str(), (long long)config.num_hidden_layers,
                 (long long)config.hidden_size, (long long)config.n_routed_experts,
                 (long long)config.num_experts_per_tok);
     if (on_host) {
-      std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n\n",
+      std::printf("roofline: read %.1f GB/s (%s), FMA %.1f GFLOP/s (%s), %d threads\n",
                   roofline.bandwidth_gb_per_s_best, roofline.best_bandwidth_method.c_str(),
                   roofline.fma_gflop_per_s_best, roofline.best_fma_isa.c_str(), roofline.threads);
+      std::printf("weights: %.2f GB, %.2f GB of them on huge pages\n\n",
+                  model.checkpoint().total_bytes() / 1e9, huge_page_gb);
     } else {
       std::printf("backend %s on %s\n", backend_name.c_str(), device.c_str());
       std::printf("roofline: device memory %.1f GB/s (1 GiB device-to-device copy, read + write, "
@@ -288,8 +291,10 @@ int Main(int argc, char** argv) {
   const double gflops = gemm_flops / prefill_t / 1e9;
   if (json) {
     if (on_host) {
-      std::printf("{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"decode\": [",
-                  roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best);
+      std::printf(
+          "{\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, \"huge_page_gb\": %.2f, "
+          "\"decode\": [",
+          roofline.bandwidth_gb_per_s_best, roofline.fma_gflop_per_s_best, huge_page_gb);
     } else {
       std::printf("{\"backend\": \"%s\", \"device\": \"%s\", \"copy_gb_per_s\": %.2f, "
                   "\"bf16_gflop_per_s\": %.1f, \"decode\": [",

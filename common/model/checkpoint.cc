@@ -151,6 +151,12 @@ std::vector<std::string> Checkpoint::TensorNames() const {
   return names;
 }
 
+int64_t Checkpoint::HugePageBytes() const {
+  int64_t bytes = 0;
+  for (const auto& file : files_) bytes += file->huge_page_bytes();
+  return bytes;
+}
+
 int64_t Checkpoint::Prefault(const std::function<void(int64_t, int64_t)>& progress,
                              const std::function<bool(std::string_view)>& want) const {
   constexpr int64_t kPage = 4096;

@@ -59,6 +59,10 @@ class Checkpoint {
   int64_t Prefault(const std::function<void(int64_t done, int64_t total)>& progress,
                    const std::function<bool(std::string_view name)>& want = nullptr) const;
 
+  // Bytes of the files' mappings that the kernel maps with huge pages now
+  // (pages read in so far; the mappings ask for them).
+  int64_t HugePageBytes() const;
+
  private:
   Checkpoint() = default;
   // Parses the index `text` and opens the shards it names.

@@ -43,7 +43,7 @@
 // AVX-512 streaming kernel, and a routed expert sees that few tokens at
 // every batch size, while the matrices that see the whole batch (the
 // attention projections, dense and shared MLPs, the LM head) are
-// compute-bound from a few tens of tokens on, where the tile unit is 1.7-2x
+// compute-bound from a few tens of tokens on, where the tile unit is 1.4-2x
 // faster. Batch invariance rules out choosing by token count; choosing by
 // matrix keeps it.
 

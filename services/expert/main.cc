@@ -152,7 +152,9 @@ class ExpertPrefaulter {
     resident_.insert(wanted.begin(), wanted.end());
     DSV2_LOG(INFO) << "placed on this worker: " << resident_.size() << " of "
                    << model_.config().n_routed_experts << " experts per layer; read "
-                   << absl::StrCat(bytes / 1e6) << " MB in "
+                   << absl::StrCat(bytes / 1e6) << " MB ("
+                   << absl::StrCat(model_.checkpoint().HugePageBytes() / 1e6)
+                   << " MB of the files on huge pages) in "
                    << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
                    << " s";
   }
