@@ -334,15 +334,24 @@ class Socket {
   int fd_ = -1;
 };
 
+// A completion of 120 tokens: long enough to be cut off.
+json LongRequest() {
+  return json{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true}};
+}
+
+// Posts LongRequest() as alice, as a stream.
+void PostLongStream(Socket& client) {
+  json streaming = LongRequest();
+  streaming["stream"] = true;
+  client.Post("/v1/completions", streaming, kAlice);
+}
+
 TEST(OpenAiFrontendTest, AClientThatLeavesCancelsItsRequest) {
   Fixture f;
-  const json long_request{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true}};
   // Mid-stream.
   {
     Socket client(f.http_port());
-    json streaming = long_request;
-    streaming["stream"] = true;
-    client.Post("/v1/completions", streaming, kAlice);
+    PostLongStream(client);
     client.ReadUntil("data: {");
     EXPECT_EQ(f.engine().num_active(), 1);
   }
@@ -350,7 +359,7 @@ TEST(OpenAiFrontendTest, AClientThatLeavesCancelsItsRequest) {
   // While a non-streaming request generates.
   {
     Socket client(f.http_port());
-    client.Post("/v1/completions", long_request, kAlice);
+    client.Post("/v1/completions", LongRequest(), kAlice);
     ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 1; }));
   }
   ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
@@ -379,10 +388,7 @@ TEST(OpenAiFrontendTest, DestroyedFrontendHasLetGoOfItsCalls) {
   for (int round = 0; round < 20; ++round) {
     Fixture f;
     Socket client(f.http_port());
-    client.Post("/v1/completions",
-                json{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true},
-                     {"stream", true}},
-                kAlice);
+    PostLongStream(client);
     client.ReadUntil("data: {");
     const std::weak_ptr<grpc::Channel> channel = f.StopHttpAndFrontend();
     EXPECT_TRUE(channel.expired()) << "round " << round;
@@ -395,10 +401,7 @@ TEST(OpenAiFrontendTest, DestroyedFrontendHasLetGoOfItsCalls) {
 TEST(OpenAiFrontendTest, RequestsBelongToTheirPrincipal) {
   Fixture f;
   Socket client(f.http_port());
-  client.Post("/v1/completions",
-              json{{"prompt", {0, 11, 12}}, {"max_tokens", 120}, {"ignore_eos", true},
-                   {"stream", true}},
-              kAlice);
+  PostLongStream(client);
   const std::string first = client.ReadUntil("\n\n");
   const size_t start = first.find("data: ");
   ASSERT_NE(start, std::string::npos) << first;
