@@ -58,6 +58,14 @@ TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng
   return m;
 }
 
+// `count` values drawn from a standard normal distribution.
+std::vector<float> RandomValues(int64_t count, std::mt19937& rng) {
+  std::normal_distribution<float> dist;
+  std::vector<float> values(count);
+  for (float& v : values) v = dist(rng);
+  return values;
+}
+
 // The input values Linear multiplies `w` with: x itself, or for int8 weights
 // x quantized per block of 32 (the scheme of the kernels) and dequantized.
 std::vector<float> AsMultiplied(const TestMatrix& w, const float* x) {
@@ -90,9 +98,7 @@ TEST_P(LinearTest, MatchesDoublePrecisionOnAwkwardShapes) {
   for (auto [n, rows, cols] :
        {std::tuple{1, 1, 1}, {1, 7, 31}, {3, 33, 65}, {5, 130, 257}, {9, 64, 2048}, {4, 1, 100}}) {
     TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
-    std::normal_distribution<float> dist;
-    std::vector<float> x(n * cols);
-    for (float& v : x) v = dist(rng);
+    const std::vector<float> x = RandomValues(n * cols, rng);
     std::vector<float> y(n * rows);
     Linear(x.data(), n, w.view, y.data());
     for (int64_t t = 0; t < n; ++t) {
@@ -108,9 +114,7 @@ TEST_P(LinearTest, ResultDoesNotDependOnBatchOrThreads) {
   std::mt19937 rng(11);
   const int64_t n = 7, rows = 97, cols = 203;
   TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
-  std::normal_distribution<float> dist;
-  std::vector<float> x(n * cols);
-  for (float& v : x) v = dist(rng);
+  const std::vector<float> x = RandomValues(n * cols, rng);
   std::vector<float> batched(n * rows), serial(n * rows);
   Linear(x.data(), n, w.view, batched.data());
   Linear(x.data(), n, w.view, serial.data(), 0, /*parallel=*/false);
@@ -171,9 +175,7 @@ TEST_P(LinearTest, EveryIsaAndPathMatchesDoublePrecision) {
   for (auto [rows, cols] : {std::pair{37, 100}, {130, 1040}, {67, 2100}}) {
     TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
     const int64_t n = 40;
-    std::normal_distribution<float> dist;
-    std::vector<float> x(n * cols);
-    for (float& v : x) v = dist(rng);
+    const std::vector<float> x = RandomValues(n * cols, rng);
     for (const std::string& isa : KernelIsas()) {
       ScopedKernelIsa scope(isa);
       for (int64_t tokens : {int64_t{1}, int64_t{5}, n}) {
@@ -197,10 +199,8 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   std::mt19937 rng(13);
   const int64_t rows = 67, cols = 2100, stride = cols + 5;  // Strided input, as kv_b reads it.
   TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
-  std::normal_distribution<float> dist;
   const int64_t max_n = *std::max_element(std::begin(kTokenCounts), std::end(kTokenCounts)) + 10;
-  std::vector<float> x(max_n * stride);
-  for (float& v : x) v = dist(rng);
+  const std::vector<float> x = RandomValues(max_n * stride, rng);
   for (const std::string& isa : KernelIsas()) {
     for (bool routed : {false, true}) {
       ScopedKernelIsa scope(isa);
@@ -238,9 +238,7 @@ TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
   std::mt19937 rng(17);
   const int64_t rows = 67, cols = 2100, n = 50;
   TestMatrix w = MakeMatrix(GetParam(), rows, cols, rng);
-  std::normal_distribution<float> dist;
-  std::vector<float> x(n * cols);
-  for (float& v : x) v = dist(rng);
+  const std::vector<float> x = RandomValues(n * cols, rng);
   auto linear = [&](std::string_view isa, bool routed, int64_t tokens) {
     ScopedKernelIsa scope(isa);
     WeightMatrix view = w.view;
