@@ -5,6 +5,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_join.h"
 #include "common/base/logging.h"
 #include "common/base/thread_pool.h"
 #include "common/tensor/q8.h"
@@ -149,6 +151,9 @@ bool CpuHas(std::string_view isa) {
 bool CpuHas(std::string_view isa) { return isa == "portable"; }
 #endif
 
+// Every instruction set, widest first; the CPU always runs the last.
+constexpr std::array<const char*, 4> kIsasWidestFirst = {"amx", "avx512", "avx2", "portable"};
+
 const internal::IsaKernels* KernelsFor(std::string_view isa) {
   // AMX: AVX-512 kernels plus the tile unit, if the OS grants it.
   if (isa == "amx") return CpuHas("avx512") ? internal::AmxKernels() : nullptr;
@@ -158,25 +163,21 @@ const internal::IsaKernels* KernelsFor(std::string_view isa) {
   return &internal::PortableKernels();
 }
 
-// The widest ISA the CPU has (AMX, then AVX-512, AVX2, portable), or
-// DSV2_CPU_ISA where it names another one the CPU has.
+// The widest ISA the CPU has, or DSV2_CPU_ISA where it names another one
+// the CPU has.
 const internal::IsaKernels* ChooseKernels() {
   const char* forced = std::getenv("DSV2_CPU_ISA");
   if (forced != nullptr) {
     if (const internal::IsaKernels* kernels = KernelsFor(forced)) return kernels;
   }
-  const internal::IsaKernels* widest = &internal::PortableKernels();
-  for (std::string_view isa : {"amx", "avx512", "avx2"}) {
-    if (const internal::IsaKernels* kernels = KernelsFor(isa)) {
-      widest = kernels;
-      break;
-    }
+  const internal::IsaKernels* widest = nullptr;
+  for (const char* isa : kIsasWidestFirst) {
+    if ((widest = KernelsFor(isa)) != nullptr) break;
   }
   if (forced != nullptr) {
     DSV2_LOG(WARNING) << "DSV2_CPU_ISA='" << absl::CHexEscape(forced)
-                      << "' is not an instruction set this CPU runs (amx, avx512, avx2 or "
-                         "portable); using "
-                      << widest->name;
+                      << "' is not an instruction set this CPU runs ("
+                      << absl::StrJoin(kIsasWidestFirst, ", ") << "); using " << widest->name;
   }
   return widest;
 }
@@ -202,7 +203,7 @@ bool SetKernelIsa(std::string_view isa) {
 
 std::vector<std::string> KernelIsas() {
   std::vector<std::string> isas = {KernelIsa()};
-  for (const char* isa : {"amx", "avx512", "avx2", "portable"}) {
+  for (const char* isa : kIsasWidestFirst) {
     if (isa != isas[0] && KernelsFor(isa) != nullptr) isas.push_back(isa);
   }
   return isas;
