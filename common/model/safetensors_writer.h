@@ -1,7 +1,8 @@
 // Writing safetensors files, laid out as the reference safetensors library
-// lays them out (but for the header's padding, below), for tools that convert or synthesize checkpoints and for
-// tests. Tensor bytes are produced one tensor at a time by a callback, so a
-// multi-GB file streams through a buffer the size of its largest tensor.
+// lays them out (but for the header's padding, below), for tools that
+// convert or synthesize checkpoints and for tests. Tensor bytes are produced
+// one tensor at a time by a callback, so a multi-GB file streams through a
+// buffer the size of its largest tensor.
 //
 // Thread safety: no shared state; concurrent calls on different paths are
 // safe.
