@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace dsv2 {
@@ -15,8 +16,9 @@ namespace dsv2 {
 // length). Lines that do not parse are skipped.
 int64_t FilePmdMappedBytes(std::string_view smaps, uintptr_t begin, uint64_t length);
 
-// The same for this process's mappings (/proc/self/smaps); 0 where it
-// cannot be read.
-int64_t FilePmdMappedBytes(const void* begin, uint64_t length);
+// The text of /proc/self/smaps ("" where it cannot be read). Reading it
+// makes the kernel walk every mapping's page tables: read it once for many
+// ranges.
+std::string ReadSelfSmaps();
 
 }  // namespace dsv2

@@ -55,7 +55,7 @@ TEST(HugePagesTest, ReadsThisProcess) {
   void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(p, MAP_FAILED);
   std::memset(p, 1, length);
-  EXPECT_EQ(FilePmdMappedBytes(p, length), 0);
+  EXPECT_EQ(FilePmdMappedBytes(ReadSelfSmaps(), reinterpret_cast<uintptr_t>(p), length), 0);
   munmap(p, length);
 }
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/huge_pages.h"
 #include "common/base/json_reading.h"
 #include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
@@ -152,8 +153,12 @@ std::vector<std::string> Checkpoint::TensorNames() const {
 }
 
 int64_t Checkpoint::HugePageBytes() const {
+  const std::string smaps = ReadSelfSmaps();  // Once for all the files.
   int64_t bytes = 0;
-  for (const auto& file : files_) bytes += file->huge_page_bytes();
+  for (const auto& file : files_) {
+    bytes += FilePmdMappedBytes(smaps, reinterpret_cast<uintptr_t>(file->mapping()),
+                                static_cast<uint64_t>(file->file_size()));
+  }
   return bytes;
 }
 

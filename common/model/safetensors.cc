@@ -12,7 +12,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/base/huge_pages.h"
 #include "common/base/json_reading.h"
 #include "common/base/regular_file.h"
 #include "common/base/status_macros.h"
@@ -165,10 +164,6 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   // (opening a FIFO would block until a writer came).
   ASSIGN_OR_RETURN(const RegularFile regular, RegularFile::Open(path));
   return GuardJsonReader(path, [&] { return Map(regular); });
-}
-
-int64_t SafetensorsFile::huge_page_bytes() const {
-  return FilePmdMappedBytes(mapping_, static_cast<uint64_t>(file_size_));
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Map(const RegularFile& regular) {

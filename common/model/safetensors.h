@@ -74,8 +74,8 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   int64_t file_size() const { return file_size_; }
-  // Bytes of the mapping the kernel maps with huge pages now (see Map).
-  int64_t huge_page_bytes() const;
+  // The whole file as mapped (Map asks for huge pages for it).
+  const void* mapping() const { return mapping_; }
 
  private:
   SafetensorsFile() = default;

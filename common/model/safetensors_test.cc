@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/huge_pages.h"
 #include "common/base/test_util.h"
 #include "common/model/safetensors_writer.h"
 #include "gmock/gmock.h"
@@ -166,8 +167,10 @@ TEST_F(SafetensorsTest, MappingAsksForHugePages) {
     if (inside && line.starts_with("VmFlags:")) {
       EXPECT_THAT(line + " ", HasSubstr(" hg ")) << line;
       // Whether the pages are huge depends on the file system and kernel.
-      EXPECT_GE((*file)->huge_page_bytes(), 0);
-      EXPECT_LE((*file)->huge_page_bytes(), (*file)->file_size());
+      const int64_t huge = FilePmdMappedBytes(
+          ReadSelfSmaps(), reinterpret_cast<uintptr_t>((*file)->mapping()), (*file)->file_size());
+      EXPECT_GE(huge, 0);
+      EXPECT_LE(huge, (*file)->file_size());
       return;
     }
   }
