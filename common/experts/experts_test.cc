@@ -54,12 +54,14 @@ Batch RandomBatch(const DeepseekV2Model& model, int64_t n, uint32_t seed) {
 class Cluster {
  public:
   Cluster(const DeepseekV2Model& model, int64_t workers, int64_t replicas, DType dtype,
-          RemoteExpertsOptions options = {.timeout = absl::Seconds(5)})
+          RemoteExpertsOptions options = {.timeout = absl::Seconds(5)},
+          std::vector<absl::Duration> batch_windows = {})  // By worker; the rest zero.
       : network_(InProcessNetwork::Create()) {
+    batch_windows.resize(workers, absl::ZeroDuration());
     for (int64_t w = 0; w < workers; ++w) {
       transports_.push_back(*InProcessTransport::Create(network_, {.id = uint32_t(10 + w)}));
-      servers_.push_back(std::make_unique<ExpertServer>(model, *transports_.back(),
-                                                        ExpertServerOptions{}));
+      servers_.push_back(std::make_unique<ExpertServer>(
+          model, *transports_.back(), ExpertServerOptions{.batch_window = batch_windows[w]}));
     }
     client_transport_ = *InProcessTransport::Create(network_, {.id = 1});
     options.dispatch_dtype = dtype;
@@ -213,6 +215,49 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
   ASSERT_EQ(reports.size(), 1u);
   EXPECT_EQ(reports[0].first, "w1");
   MutexLock lock(&mutex);
+  held.clear();
+}
+
+// A slow worker is not given up on. Worker 0 answers only after 300 ms and
+// worker 1 hangs: the rows go to worker 0 first, miss their 100 ms
+// deadline, go to worker 1 too, miss it again, and worker 0's late answer
+// serves — only the hung worker is reported. Next call, worker 1 is
+// avoided and worker 0, late again with no replica left, is waited for.
+TEST_P(ExpertsTest, ASlowReplicaServesWhileAnotherHangs) {
+  const Batch b = RandomBatch(*model_, 16, 17);
+  std::vector<float> expected, out;
+  {
+    Cluster reference(*model_, 1, 1, DType::kBF16);
+    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
+  }
+  Mutex mutex;
+  std::vector<transport::IncomingRequest> held;
+  std::vector<std::string> reported;
+  RemoteExpertsOptions options{.timeout = absl::Seconds(5),
+                               .attempt_timeout = absl::Milliseconds(100),
+                               .on_suspect = [&](const std::string& id, const std::string&) {
+                                 reported.push_back(id);
+                               }};
+  Cluster cluster(*model_, 2, 2, DType::kBF16, options, {absl::Milliseconds(300)});
+  cluster.transport(1).SetRequestHandler([&](transport::IncomingRequest request) {
+    MutexLock lock(&mutex);
+    held.push_back(std::move(request));
+  });
+  for (int call = 0; call < 2; ++call) {
+    SCOPED_TRACE(call);
+    const absl::Time start = absl::Now();
+    ASSERT_TRUE(cluster.Compute(b, layer_, &out).ok());
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2)) << "nothing waited for `timeout`";
+    EXPECT_EQ(out, expected);
+    EXPECT_EQ(reported, std::vector<std::string>{"w1"});
+  }
+  const RemoteRoutedExperts::Stats stats = cluster.experts().stats();
+  EXPECT_EQ(stats.attempt_timeouts, 3) << "worker 0 twice, worker 1 once";
+  EXPECT_EQ(stats.failures, 0);
+  EXPECT_GT(stats.resends, 0);
+  EXPECT_EQ(cluster.server(0).stats().requests, 2);
+  MutexLock lock(&mutex);
+  EXPECT_EQ(held.size(), 1u);
   held.clear();
 }
 

@@ -72,37 +72,6 @@ void RemoteRoutedExperts::Suspect(const std::string& address) {
   suspect_until_[address] = absl::Now() + options_.suspect_time;
 }
 
-bool RemoteRoutedExperts::HasOtherReplicas(const ExpertRoute& route,
-                                           const std::vector<int32_t>& units, int32_t w) {
-  const absl::Time now = absl::Now();
-  MutexLock lock(&mutex_);
-  // A replica counts if this call's route and the latest map both list it
-  // alive and it is not suspect here: a newer map may already say that a
-  // worker this call still counts on was given up on (by this process a
-  // moment ago: a map clears local suspicions), and a starved step must not
-  // give up on every replica of a unit one after another.
-  auto alive_in_latest = [this](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    if (route_ == nullptr) return false;
-    for (size_t i = 0; i < route_->addresses.size(); ++i) {
-      if (route_->addresses[i] == address) return static_cast<bool>(route_->alive[i]);
-    }
-    return false;
-  };
-  for (int32_t unit : units) {
-    bool other = false;
-    for (int32_t candidate : route.placement.unit_workers[unit]) {
-      if (candidate == w || !route.alive[candidate]) continue;
-      const std::string& address = route.addresses[candidate];
-      auto it = suspect_until_.find(address);
-      if ((it == suspect_until_.end() || it->second <= now) && alive_in_latest(address)) {
-        other = true;
-      }
-    }
-    if (!other) return false;
-  }
-  return true;
-}
-
 absl::Duration RemoteRoutedExperts::AttemptTimeout() {
   if (options_.attempt_timeout > absl::ZeroDuration()) return options_.attempt_timeout;
   MutexLock lock(&mutex_);
@@ -119,14 +88,27 @@ void RemoteRoutedExperts::RecordAnswer(absl::Duration round_trip) {
   round_trips_[round_trip_count_++ % round_trips_.size()] = round_trip;
 }
 
-int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn) {
+int32_t RemoteRoutedExperts::PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn,
+                                        const std::vector<bool>& avoid) {
   std::vector<int32_t> candidates;
   const absl::Time now = absl::Now();
   MutexLock lock(&mutex_);
+  // A worker counts if this call's route and the latest map both list it
+  // alive and it is not suspect here: a newer map may already say that a
+  // worker this call still counts on was given up on.
+  auto alive_in_latest = [this](const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (route_ == nullptr) return false;
+    for (size_t i = 0; i < route_->addresses.size(); ++i) {
+      if (route_->addresses[i] == address) return static_cast<bool>(route_->alive[i]);
+    }
+    return false;
+  };
   for (int32_t w : route.placement.unit_workers[unit]) {
-    if (!route.alive[w]) continue;
-    auto it = suspect_until_.find(route.addresses[w]);
+    if (!route.alive[w] || avoid[w]) continue;
+    const std::string& address = route.addresses[w];
+    auto it = suspect_until_.find(address);
     if (it != suspect_until_.end() && it->second > now) continue;
+    if (!alive_in_latest(address)) continue;
     candidates.push_back(w);
   }
   if (candidates.empty()) return -1;
@@ -175,153 +157,221 @@ absl::Status RemoteRoutedExperts::Compute(int64_t layer, const float* x, int64_t
     return finish(absl::UnavailableError("no expert placement yet (the cluster map has none)"));
   }
 
+  const size_t num_workers = route->ids.size();
   std::vector<int32_t> unit(num_rows), worker(num_rows);
   for (int64_t r = 0; r < num_rows; ++r) {
     unit[r] = route->placement.UnitOf(static_cast<int32_t>(rows.granule[r] * granule_size_));
   }
   std::vector<float> partials(num_rows * hidden_);
-  std::vector<int64_t> todo(num_rows);
-  for (int64_t r = 0; r < num_rows; ++r) todo[r] = r;
   const absl::Time deadline = absl::Now() + options_.timeout;
   const int64_t act_bytes = hidden_ * DTypeSize(options_.dispatch_dtype);
   std::string last_failure;  // The latest worker failure, for the error.
 
-  while (!todo.empty()) {
+  // One dispatch of some rows to one worker. An attempt past its deadline
+  // is overdue: its rows go to another replica where there is one, and
+  // whichever answers first is taken. So a worker that was only slow costs
+  // nothing, and one that was not heard from by the end is the one given up
+  // on.
+  struct Attempt {
+    int32_t worker;
+    std::vector<int64_t> rows;  // Ascending.
+    absl::Time sent, due;
+    bool answered = false;
+    bool overdue = false;
+  };
+  // The replies, with when each arrived (the round trip is measured there,
+  // not when this thread gets to it). Shared with the transport's callbacks,
+  // which may run after this call has returned.
+  struct Reply {
+    size_t attempt;
+    absl::StatusOr<transport::Message> message;
+    absl::Time at;
+  };
+  struct Inbox {
+    Mutex mutex;
+    std::vector<Reply> replies ABSL_GUARDED_BY(mutex);
+  };
+  auto inbox = std::make_shared<Inbox>();
+  std::vector<Attempt> attempts;
+  std::vector<bool> done(num_rows, false);
+  std::vector<int32_t> sends(num_rows, 0);    // Attempts that carried the row.
+  std::vector<int32_t> pending(num_rows, 0);  // Unanswered ones.
+  std::vector<int32_t> on_time(num_rows, 0);  // Unanswered and not overdue.
+  std::vector<bool> failed(num_workers, false);  // Answered an error in this call.
+  int64_t rows_left = num_rows;
+
+  // Sends every row that is neither done nor awaited in time to a worker
+  // that has neither failed in this call nor an overdue attempt; a row
+  // without one waits for its overdue attempts, or fails the call.
+  auto dispatch = [&]() -> absl::Status {
+    std::vector<bool> avoid = failed;
+    for (const Attempt& a : attempts) {
+      if (a.overdue && !a.answered) avoid[a.worker] = true;
+    }
     std::map<int32_t, std::vector<int64_t>> by_worker;  // Rows ascending per worker.
     std::map<int32_t, int32_t> unit_worker;             // This round's pick per unit.
-    for (int64_t r : todo) {
+    for (int64_t r = 0; r < num_rows; ++r) {
+      if (done[r] || on_time[r] > 0) continue;
       auto [pick, added] = unit_worker.try_emplace(unit[r]);
-      if (added) pick->second = PickWorker(*route, unit[r], turn);
+      if (added) pick->second = PickWorker(*route, unit[r], turn, avoid);
       const int32_t w = pick->second;
-      if (w < 0) {
+      if (w >= 0) {
+        by_worker[w].push_back(r);
+      } else if (pending[r] == 0) {
         const int32_t u = unit[r];
-        return finish(absl::UnavailableError(absl::StrCat(
+        return absl::UnavailableError(absl::StrCat(
             "experts [", route->placement.unit_begin[u], ", ", route->placement.unit_begin[u + 1],
             ") have no reachable expert worker",
-            last_failure.empty() ? "" : absl::StrCat(" (last failure: ", last_failure, ")"))));
+            last_failure.empty() ? "" : absl::StrCat(" (last failure: ", last_failure, ")")));
       }
-      worker[r] = w;
-      by_worker[w].push_back(r);
     }
-    todo.clear();
-
-    // A reply and when it arrived (the round trip is measured there, not
-    // when this thread gets to it).
-    struct Answer {
-      absl::StatusOr<transport::Message> reply;
-      absl::Time at;
-    };
-    struct InFlight {
-      int32_t worker;
-      const std::vector<int64_t>* rows;
-      absl::Time sent;
-      std::future<Answer> reply;
-    };
-    std::vector<InFlight> calls;
-    for (const auto& [w, mine] : by_worker) {
-      absl::StatusOr<transport::Message> dispatch = transport::NewDispatch(
+    for (auto& [w, mine] : by_worker) {
+      absl::StatusOr<transport::Message> message = transport::NewDispatch(
           {.step_id = turn, .layer = static_cast<uint32_t>(layer)},
           static_cast<uint32_t>(mine.size()), static_cast<uint32_t>(hidden_),
           static_cast<uint32_t>(k), options_.dispatch_dtype,
           [this](size_t bytes) { return transport_.AllocatePayload(bytes); });
-      if (!dispatch.ok()) return finish(dispatch.status());
+      if (!message.ok()) return message.status();
       absl::StatusOr<transport::DispatchSpans> spans =
-          transport::DispatchSpansOf(dispatch->header, dispatch->payload.span());
-      if (!spans.ok()) return finish(spans.status());
+          transport::DispatchSpansOf(message->header, message->payload.span());
+      if (!spans.ok()) return spans.status();
       for (size_t i = 0; i < mine.size(); ++i) {
         const int64_t r = mine[i];
         ConvertFromFloat(x + int64_t{rows.token[r]} * hidden_, hidden_, options_.dispatch_dtype,
                          spans->activations.data() + i * act_bytes);
         std::copy_n(&rows.ids[r * k], k, &spans->expert_ids[i * k]);
         std::copy_n(&rows.weights[r * k], k, &spans->weights[i * k]);
+        call.resends += sends[r] > 0 ? 1 : 0;
+        ++sends[r];
+        ++pending[r];
+        ++on_time[r];
       }
       transport::PeerTraffic& traffic = call.peers[route->ids[w]].traffic;
       ++traffic.messages_sent;
       traffic.bytes_sent +=
-          static_cast<int64_t>(transport::kFrameHeaderSize + dispatch->payload.size());
-      auto answer = std::make_shared<std::promise<Answer>>();
-      calls.push_back({w, &mine, absl::Now(), answer->get_future()});
-      transport_.Call(route->addresses[w], *std::move(dispatch), deadline,
-                      [answer](absl::StatusOr<transport::Message> reply) {
-                        answer->set_value({std::move(reply), absl::Now()});
+          static_cast<int64_t>(transport::kFrameHeaderSize + message->payload.size());
+      const absl::Time sent = absl::Now();
+      const size_t index = attempts.size();
+      attempts.push_back({w, std::move(mine), sent, std::min(sent + AttemptTimeout(), deadline)});
+      transport_.Call(route->addresses[w], *std::move(message), deadline,
+                      [inbox, index](absl::StatusOr<transport::Message> message) {
+                        const absl::Time at = absl::Now();
+                        MutexLock lock(&inbox->mutex);
+                        inbox->replies.push_back({index, std::move(message), at});
                       });
       ++call.dispatches;
     }
-    const absl::Time sent = absl::Now();
+    return absl::OkStatus();
+  };
+
+  while (rows_left > 0) {
+    if (absl::Status status = dispatch(); !status.ok()) return finish(status);
     if (!ran_meanwhile) {
       meanwhile();
       ran_meanwhile = true;
       waiting_since = absl::Now();
     }
 
-    absl::Status error;
-    const absl::Time attempt_deadline = std::min(sent + AttemptTimeout(), deadline);
-    for (InFlight& c : calls) {
-      const std::string& id = route->ids[c.worker];
-      const std::string& address = route->addresses[c.worker];
-      if (c.reply.wait_until(absl::ToChronoTime(attempt_deadline)) != std::future_status::ready) {
-        // Slow or hung. With other replicas for all its rows, do not wait:
-        // its rows go there, and it is reported.
-        std::vector<int32_t> units;
-        for (int64_t r : *c.rows) units.push_back(unit[r]);
-        const std::string why = absl::StrCat(
-            "no answer to a dispatch of layer ", layer, " within ",
-            absl::FormatDuration(attempt_deadline - sent));
-        if (HasOtherReplicas(*route, units, c.worker)) {
-          DSV2_LOG(WARNING) << "expert worker " << id << ": " << why
-                            << "; resending its rows to replicas";
-          Suspect(address);
-          if (options_.on_suspect) options_.on_suspect(id, why);
-          last_failure = absl::StrCat(id, ": ", why);
-          todo.insert(todo.end(), c.rows->begin(), c.rows->end());
-          call.resends += static_cast<int64_t>(c.rows->size());
-          ++call.attempt_timeouts;
-          continue;  // Its answer, should it come, is dropped.
-        }
-      }
-      Answer answer = c.reply.get();  // Bounded by the call's deadline.
-      absl::StatusOr<transport::Message>& reply = answer.reply;
+    // Wait for a reply, the next attempt's deadline or the call's.
+    absl::Time wake = deadline;
+    for (const Attempt& a : attempts) {
+      if (!a.answered && !a.overdue) wake = std::min(wake, a.due);
+    }
+    std::vector<Reply> replies;
+    {
+      MutexLock lock(&inbox->mutex);
+      const auto replied = [&inbox]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(inbox->mutex) {
+        return !inbox->replies.empty();
+      };
+      inbox->mutex.AwaitWithDeadline(absl::Condition(&replied), wake);
+      replies.swap(inbox->replies);
+    }
+
+    for (Reply& reply_of : replies) {
+      Attempt& a = attempts[reply_of.attempt];
+      absl::StatusOr<transport::Message>& reply = reply_of.message;
+      const std::string& id = route->ids[a.worker];
       absl::StatusOr<absl::Span<const uint8_t>> sums =
           reply.ok() ? transport::ParseCombine(reply->header, reply->payload.span())
                      : absl::StatusOr<absl::Span<const uint8_t>>(reply.status());
+      // The call's own deadline passing is dealt with below, naming the
+      // worker that was waited for.
+      if (absl::IsDeadlineExceeded(sums.status())) continue;
+      if (absl::IsCancelled(sums.status())) return finish(sums.status());  // Shutting down.
+      a.answered = true;
+      for (int64_t r : a.rows) {
+        --pending[r];
+        if (!a.overdue) --on_time[r];
+      }
       if (reply.ok()) {
         PeerStats& peer = call.peers[id];
         ++peer.traffic.messages_received;
         peer.traffic.bytes_received +=
             static_cast<int64_t>(transport::kFrameHeaderSize + reply->payload.size());
-        if (sums.ok()) peer.round_trip.Observe(absl::ToDoubleSeconds(answer.at - c.sent));
+        if (sums.ok()) peer.round_trip.Observe(absl::ToDoubleSeconds(reply_of.at - a.sent));
       }
       if (sums.ok()) {
-        RecordAnswer(answer.at - c.sent);
+        RecordAnswer(reply_of.at - a.sent);
         const int64_t row_bytes = hidden_ * DTypeSize(reply->header.dtype);
-        for (size_t i = 0; i < c.rows->size(); ++i) {
-          ConvertToFloat(sums->data() + i * row_bytes, reply->header.dtype, hidden_,
-                         &partials[(*c.rows)[i] * hidden_]);
+        for (size_t j = 0; j < a.rows.size(); ++j) {
+          const int64_t r = a.rows[j];
+          if (done[r]) continue;  // Another replica was first; the same numbers.
+          ConvertToFloat(sums->data() + j * row_bytes, reply->header.dtype, hidden_,
+                         &partials[r * hidden_]);
+          done[r] = true;
+          worker[r] = a.worker;
+          --rows_left;
         }
-      } else if (absl::IsDeadlineExceeded(sums.status())) {
-        // A worker with no replica to go to did not answer at all: it is
-        // unreachable for this layer, whatever the cause.
-        const std::string why =
-            absl::StrCat("no answer within ", absl::FormatDuration(options_.timeout));
-        Suspect(address);
-        if (options_.on_suspect) options_.on_suspect(id, why);
-        error.Update(absl::UnavailableError(absl::StrCat("expert worker ", id, " (", address,
-                                                         "): ", why)));
-      } else if (absl::IsCancelled(sums.status())) {
-        error.Update(sums.status());  // Shutting down: no resend.
       } else {
         // Unreachable, overloaded, or answering what it should not (an error
         // frame, a malformed reply: e.g. another model's worker). That
         // worker's failure, not this process's: its rows go to a replica.
         DSV2_LOG(WARNING) << "expert worker " << id << " failed; resending its rows: "
                           << sums.status();
-        Suspect(address);
+        Suspect(route->addresses[a.worker]);
+        failed[a.worker] = true;
         last_failure = absl::StrCat(id, ": ", sums.status().ToString());
-        todo.insert(todo.end(), c.rows->begin(), c.rows->end());
-        call.resends += static_cast<int64_t>(c.rows->size());
       }
     }
-    if (!error.ok()) return finish(error);
+
+    const absl::Time now = absl::Now();
+    for (Attempt& a : attempts) {
+      if (a.answered || a.overdue || now < a.due) continue;
+      a.overdue = true;
+      ++call.attempt_timeouts;
+      for (int64_t r : a.rows) --on_time[r];
+    }
+    if (rows_left > 0 && now >= deadline) {
+      // A worker with no replica to go to did not answer at all: it is
+      // unreachable for this layer, whatever the cause.
+      for (const Attempt& a : attempts) {
+        if (a.answered ||
+            std::all_of(a.rows.begin(), a.rows.end(), [&](int64_t r) { return done[r]; })) {
+          continue;
+        }
+        const std::string& id = route->ids[a.worker];
+        const std::string& address = route->addresses[a.worker];
+        const std::string why =
+            absl::StrCat("no answer within ", absl::FormatDuration(options_.timeout));
+        Suspect(address);
+        if (options_.on_suspect) options_.on_suspect(id, why);
+        return finish(absl::UnavailableError(
+            absl::StrCat("expert worker ", id, " (", address, "): ", why)));
+      }
+    }
+  }
+
+  // Workers still silent whose rows a replica answered: slow or hung.
+  std::vector<bool> reported(num_workers, false);
+  for (const Attempt& a : attempts) {
+    if (!a.overdue || a.answered || reported[a.worker]) continue;
+    reported[a.worker] = true;
+    const std::string& id = route->ids[a.worker];
+    const std::string why = absl::StrCat("no answer to a dispatch of layer ", layer, " within ",
+                                         absl::FormatDuration(a.due - a.sent));
+    DSV2_LOG(WARNING) << "expert worker " << id << ": " << why << "; its rows went to replicas";
+    Suspect(route->addresses[a.worker]);
+    if (options_.on_suspect) options_.on_suspect(id, why);
   }
 
   SumRowPartials(rows, partials.data(), n, hidden_, out);

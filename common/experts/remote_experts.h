@@ -17,15 +17,20 @@
 // no worker left, Compute fails UNAVAILABLE naming the unit and the last
 // failure — the engine then ends that step's requests.
 //
-// Hung workers: each attempt has its own deadline, `attempt_timeout` or,
-// when that is zero, `attempt_factor` times the slowest of the last 64
-// answers (at least `min_attempt_timeout`). A worker that has not answered
-// by then, where every unit of its rows has another live replica, is
-// suspect: its rows go to those replicas, and `on_suspect` reports it (to
-// the controller, which takes it out of everybody's routes). Without a
-// replica the call waits for the worker up to `timeout` and then fails
-// UNAVAILABLE naming it; a failure of this process's own (a shutdown) is
-// CANCELLED.
+// Slow and hung workers: each attempt has its own deadline,
+// `attempt_timeout` or, when that is zero, `attempt_factor` times the
+// slowest of the last 64 answers (at least `min_attempt_timeout`). An
+// attempt past it is overdue: its rows are sent to another replica where
+// one is left (any worker of the unit not failed and not itself overdue in
+// this call), and whichever answers first is taken — replicas compute the
+// same bits. The overdue attempt is still awaited, so a worker that was
+// only slow (a busy machine) costs nothing, and when every replica of a
+// unit is overdue the first to answer serves. A worker still silent when
+// the call completes is suspect: `on_suspect` reports it (to the
+// controller, which takes it out of everybody's routes). Rows with no
+// replica to go to wait for their worker up to `timeout`; the call then
+// fails UNAVAILABLE naming it; a failure of this process's own (a
+// shutdown) is CANCELLED.
 //
 // Thread safety: Compute may run concurrently (micro-batches); SetRoute may
 // be called at any time (calls in flight keep the route they started with).
@@ -109,7 +114,7 @@ class RemoteRoutedExperts final : public RoutedExperts {
     int64_t dispatches = 0;            // Messages sent (including resends).
     int64_t resends = 0;               // Rows sent again to another replica.
     int64_t failures = 0;              // Compute calls that failed.
-    int64_t attempt_timeouts = 0;      // Workers given up on for a replica (hung or slow).
+    int64_t attempt_timeouts = 0;      // Attempts past their deadline (hung or slow workers).
     std::map<std::string, PeerStats> peers;  // By expert worker id.
   };
 
@@ -128,14 +133,12 @@ class RemoteRoutedExperts final : public RoutedExperts {
   const ExpertLoad& load() const { return load_; }
 
  private:
-  // A live, unsuspected worker of `unit`, turn by turn; -1 when none.
-  int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn)
-      ABSL_LOCKS_EXCLUDED(mutex_);
+  // A worker of `unit` alive in `route` and in the latest map, not suspect
+  // and not in `avoid` (by placement worker index), turn by turn; -1 when
+  // none.
+  int32_t PickWorker(const ExpertRoute& route, int32_t unit, uint64_t turn,
+                     const std::vector<bool>& avoid) ABSL_LOCKS_EXCLUDED(mutex_);
   void Suspect(const std::string& address) ABSL_LOCKS_EXCLUDED(mutex_);
-  // Whether every unit in `units` has a live, unsuspected worker besides
-  // worker `w`.
-  bool HasOtherReplicas(const ExpertRoute& route, const std::vector<int32_t>& units, int32_t w)
-      ABSL_LOCKS_EXCLUDED(mutex_);
   // How long one attempt may take from now.
   absl::Duration AttemptTimeout() ABSL_LOCKS_EXCLUDED(mutex_);
   void RecordAnswer(absl::Duration round_trip) ABSL_LOCKS_EXCLUDED(mutex_);

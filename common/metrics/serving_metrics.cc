@@ -245,7 +245,7 @@ void CollectDataPlane(const RemoteRoutedExperts& experts,
   PushSample(out,
              CounterFamily(
                  "dsv2:expert_attempt_timeouts_total",
-                 "Expert workers given up on for a replica (hung or slow) and reported suspect."),
+                 "Dispatches to expert workers past their attempt deadline (hung or slow)."),
              static_cast<double>(e.attempt_timeouts));
 
   const std::vector<ExpertLoad::Layer> layers = experts.load().Snapshot();
