@@ -615,14 +615,28 @@ struct TransportRow {
 };
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  Options o;
+  o.attention = static_cast<int>(flags.GetInt("attention", 1, 1, 64));
+  o.experts = static_cast<int>(flags.GetInt("experts", 2, 1, 64));
+  o.kv_cache_mib = flags.GetInt("kv-cache-mib", 256, 1, 1 << 20);
+  const std::vector<long> batches = flags.GetList("batches", "32,64", 1, 4096);
+  const std::vector<long> micro = flags.GetList("micro-batches", "1,2", 1, 4);
+  const int64_t max_tokens = flags.GetInt("tokens", 32, 4, 1 << 20);
+  const int64_t prompt_len = flags.GetInt("prompt", 8, 1, 1 << 20);
+  const int64_t warmup_tokens = flags.GetInt("warmup-tokens", 4, 0, 1 << 20);
+  const int reps = static_cast<int>(flags.GetInt("reps", 1, 1, 1000));
+  const long transport_reps = flags.GetInt("transport-reps", 3, 1, 1000);
+  const long transport_iters = flags.GetInt("transport-iters", 100, 1, 1 << 20);
   if (flags.Has("help") ||
       !flags
            .Unknown({"model", "batches", "micro-batches", "tokens", "prompt", "warmup-tokens",
                      "attention", "experts", "kv-cache-mib", "dtype", "build", "state", "reps",
                      "transport-reps", "transport-iters", "no-standalone", "no-cluster",
                      "no-transport", "json"})
-           .empty()) {
+           .empty() ||
+      !flags.error().empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "cluster_bench: %s\n", flags.error().c_str());
     std::fprintf(stderr,
                  "usage: cluster_bench [--model DIR] [--batches 32,64] [--micro-batches 1,2]\n"
                  "         [--tokens 32] [--prompt 8] [--warmup-tokens 4] [--attention 1]\n"
@@ -632,7 +646,6 @@ int Main(int argc, char** argv) {
                  "Run from the repository root.\n");
     return flags.Has("help") ? 0 : 2;
   }
-  Options o;
   std::error_code ec;
   o.model = fs::absolute(flags.Get("model", "tests/data/tiny-v2")).string();
   {
@@ -643,29 +656,16 @@ int Main(int argc, char** argv) {
   o.state =
       fs::absolute(flags.Get("state", absl::StrCat("/tmp/dsv2-cluster-bench-", getpid()))).string();
   o.cluster_script = fs::absolute("deploy/local/cluster.sh").string();
-  o.attention = static_cast<int>(flags.GetInt("attention", 1));
-  o.experts = static_cast<int>(flags.GetInt("experts", 2));
-  o.kv_cache_mib = flags.GetInt("kv-cache-mib", 256);
   o.dtype = flags.Get("dtype", "f32");
   if (o.dtype != "f32" && o.dtype != "bf16") {
     std::fprintf(stderr, "cluster_bench: --dtype must be f32 or bf16\n");
     return 2;
   }
   const int element = o.ElementBytes();
-  const std::vector<long> batches = flags.GetList("batches", "32,64");
-  const std::vector<long> micro = flags.GetList("micro-batches", "1,2");
-  const int64_t max_tokens = flags.GetInt("tokens", 32);
-  const int64_t prompt_len = flags.GetInt("prompt", 8);
-  const int64_t warmup_tokens = flags.GetInt("warmup-tokens", 4);
-  const int reps = std::max(1, static_cast<int>(flags.GetInt("reps", 1)));
   const bool json = flags.Has("json");
   const bool run_standalone = !flags.Has("no-standalone");
   const bool run_cluster = !flags.Has("no-cluster");
   const bool run_transport = !flags.Has("no-transport") && run_cluster;
-  if (batches.empty() || micro.empty() || max_tokens < 4) {
-    std::fprintf(stderr, "cluster_bench: need batches, micro-batches and --tokens >= 4\n");
-    return 2;
-  }
   o.max_num_seqs = std::max<long>(64, *std::max_element(batches.begin(), batches.end()));
   if (!fs::exists(o.cluster_script)) {
     std::fprintf(stderr, "cluster_bench: run from the repository root (%s is missing)\n",
@@ -788,8 +788,8 @@ int Main(int argc, char** argv) {
       const int code =
           Run({o.build + "/bench/transport_bench", "--transports", "tcp", "--hidden",
                absl::StrCat(hidden * element / 2), "--top-k", absl::StrCat(top_k), "--tokens",
-               absl::StrJoin(sizes, ","), "--reps", flags.Get("transport-reps", "3"), "--iters",
-               flags.Get("transport-iters", "100"), "--json"},
+               absl::StrJoin(sizes, ","), "--reps", absl::StrCat(transport_reps), "--iters",
+               absl::StrCat(transport_iters), "--json"},
               o.state + "/transport_bench.log", {}, out, /*own_group=*/true);
       try {
         const nlohmann::json j = nlohmann::json::parse(ReadFile(out));

@@ -79,29 +79,24 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, std::mt19937& rng) {
 }
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  const int steps = static_cast<int>(flags.GetInt("steps", 8, 1, 1 << 20));
+  const int64_t context = flags.GetInt("context", 64, 1, 1 << 20);
+  const int64_t prefill_len = flags.GetInt("prefill-len", 512, 1, 1 << 20);
+  const int reps = static_cast<int>(flags.GetInt("reps", 3, 1, 1000));
+  const std::vector<long> batch_list = flags.GetList("batches", "1,8,32,64", 1, 4096);
+  const std::vector<int64_t> batches(batch_list.begin(), batch_list.end());
   if (flags.Has("help") || flags.Get("model", "").empty() ||
       !flags.Unknown({"model", "batches", "steps", "context", "prefill-len", "reps", "json",
-                      "backend"}).empty()) {
+                      "backend"}).empty() ||
+      !flags.error().empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "decode_bench: %s\n", flags.error().c_str());
     std::fprintf(stderr,
                  "usage: decode_bench --model DIR [--batches 1,8,32,64] [--steps 8] [--context 64]\n"
                  "                    [--prefill-len 512] [--reps 3] [--json] [--backend cpu|cuda]\n");
     return flags.Has("help") ? 0 : 2;
   }
-  const int steps = static_cast<int>(flags.GetInt("steps", 8));
-  const int64_t context = flags.GetInt("context", 64);
-  const int64_t prefill_len = flags.GetInt("prefill-len", 512);
-  const int reps = static_cast<int>(flags.GetInt("reps", 3));
   const bool json = flags.Has("json");
-  std::vector<int64_t> batches;
-  for (const std::string& b : {flags.Get("batches", "1,8,32,64")}) {
-    size_t pos = 0;
-    while (pos < b.size()) {
-      const size_t comma = b.find(',', pos);
-      batches.push_back(std::stol(b.substr(pos, comma - pos)));
-      pos = comma == std::string::npos ? b.size() : comma + 1;
-    }
-  }
 
   const std::string backend_name = flags.Get("backend", "cpu");
   const absl::StatusOr<Backend*> backend = BackendByName(backend_name);

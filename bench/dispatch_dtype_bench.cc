@@ -129,18 +129,18 @@ absl::StatusOr<std::unique_ptr<RemotePath>> MakeRemote(const DeepseekV2Model& mo
 }
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  const Settings s{flags.GetInt("requests", 24, 1, 1 << 20), flags.GetInt("prompt", 12, 1, 1 << 20),
+                   flags.GetInt("tokens", 48, 1, 1 << 20), flags.GetInt("seed", 1)};
+  if (!flags.error().empty()) {
+    std::fprintf(stderr, "dispatch_dtype_bench: %s\n", flags.error().c_str());
+    return 2;
+  }
   if (const auto unknown =
           flags.Unknown({"models", "requests", "prompt", "tokens", "seed", "json"});
       !unknown.empty()) {
     std::fprintf(stderr, "dispatch_dtype_bench: unknown flag %s (see the top of %s)\n",
                  unknown[0].c_str(), __FILE__);
-    return 2;
-  }
-  const Settings s{flags.GetInt("requests", 24), flags.GetInt("prompt", 12),
-                   flags.GetInt("tokens", 48), flags.GetInt("seed", 1)};
-  if (s.requests < 1 || s.prompt < 1 || s.tokens < 1) {
-    std::fprintf(stderr, "dispatch_dtype_bench: --requests, --prompt and --tokens must be >= 1\n");
     return 2;
   }
   const std::vector<std::string> models = absl::StrSplit(

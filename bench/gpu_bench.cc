@@ -66,15 +66,19 @@ std::vector<float> RandomFloats(int64_t count, std::mt19937& rng, float scale) {
 std::vector<std::pair<int64_t, int64_t>> ParseShapes(const std::string& text) {
   std::vector<std::pair<int64_t, int64_t>> out;
   size_t begin = 0;
-  while (begin < text.size()) {
+  while (begin <= text.size()) {
     size_t end = text.find(',', begin);
     if (end == std::string::npos) end = text.size();
     const std::string part = text.substr(begin, end - begin);
-    const size_t x = part.find('x');
-    if (x != std::string::npos) {
-      out.emplace_back(std::strtol(part.c_str(), nullptr, 10),
-                       std::strtol(part.c_str() + x + 1, nullptr, 10));
+    char* x = nullptr;
+    char* stop = nullptr;
+    const long batch = std::strtol(part.c_str(), &x, 10);
+    const long context = *x == 'x' ? std::strtol(x + 1, &stop, 10) : 0;
+    if (x == part.c_str() || *x != 'x' || stop == x + 1 || *stop != '\0' || batch < 1 ||
+        batch > 4096 || context < 1 || context > (1 << 20)) {
+      return {};
     }
+    out.emplace_back(batch, context);
     begin = end + 1;
   }
   return out;
@@ -231,9 +235,20 @@ struct ExpertResult {
 };
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  const int reps = static_cast<int>(flags.GetInt("reps", 10, 1, 100000));
+  const int samples = static_cast<int>(flags.GetInt("samples", 7, 1, 1000));
+  const int64_t num_experts = flags.GetInt("experts", 16, 1, 160);
+  const auto mla_shapes = ParseShapes(flags.Get("mla", "1x4096,32x4096,64x8192,128x2048"));
+  const std::vector<long> expert_tokens =
+      flags.GetList("expert-tokens", "16,32,64,128,256", 1, 1 << 16);
   if (flags.Has("help") ||
-      !flags.Unknown({"json-out", "reps", "samples", "experts", "mla", "expert-tokens"}).empty()) {
+      !flags.Unknown({"json-out", "reps", "samples", "experts", "mla", "expert-tokens"}).empty() ||
+      !flags.error().empty() || mla_shapes.empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "gpu_bench: %s\n", flags.error().c_str());
+    if (mla_shapes.empty()) {
+      std::fprintf(stderr, "gpu_bench: --mla: a comma-separated list of BATCHxCONTEXT, each >= 1\n");
+    }
     std::fprintf(stderr,
                  "usage: gpu_bench [--json-out FILE] [--reps 10] [--samples 7] [--experts 16]\n"
                  "                 [--mla 1x4096,32x4096,64x8192,128x2048]\n"
@@ -241,11 +256,6 @@ int Main(int argc, char** argv) {
     return flags.Has("help") ? 0 : 2;
   }
   const std::string json_out = flags.Get("json-out", "");
-  const int reps = static_cast<int>(std::max(1L, flags.GetInt("reps", 10)));
-  const int samples = static_cast<int>(std::max(1L, flags.GetInt("samples", 7)));
-  const int64_t num_experts = std::clamp(flags.GetInt("experts", 16), 1L, 160L);
-  const auto mla_shapes = ParseShapes(flags.Get("mla", "1x4096,32x4096,64x8192,128x2048"));
-  const std::vector<long> expert_tokens = flags.GetList("expert-tokens", "16,32,64,128,256");
 
   auto write_json = [&](const nlohmann::json& json) {
     if (json_out.empty()) return true;

@@ -141,22 +141,6 @@ double MaxError(const Shape& s, const ColdWeights& w, const float* x, int64_t n,
   return worst;
 }
 
-// "1,2,4" → {1, 2, 4}; empty on anything else (a count outside 1-4096 included).
-std::vector<int64_t> ParseTokenCounts(const std::string& text) {
-  std::vector<int64_t> counts;
-  size_t start = 0;
-  while (start < text.size()) {
-    const size_t end = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, end - start);
-    char* stop = nullptr;
-    const long long n = std::strtoll(item.c_str(), &stop, 10);
-    if (item.empty() || *stop != '\0' || n < 1 || n > 4096) return {};
-    counts.push_back(n);
-    start = end + 1;
-  }
-  return counts;
-}
-
 struct ShapeResult {
   Shape shape;
   int64_t copies = 0;
@@ -258,11 +242,18 @@ ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidth
 }
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
-  const std::vector<int64_t> sweep = ParseTokenCounts(flags.Get("sweep", ""));
+  Flags flags(argc, argv);
+  const std::vector<long> sweep_list = flags.GetList("sweep", "", 1, 4096);
+  const std::vector<int64_t> sweep(sweep_list.begin(), sweep_list.end());
+  const int reps = static_cast<int>(flags.GetInt("reps", 7, 1, 1000));
+  const int64_t cold_bytes =
+      flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20), 1,
+                   1 << 20)
+      << 20;
   if (flags.Has("help") ||
       !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "sweep", "json"}).empty() ||
-      (flags.Has("sweep") && sweep.empty())) {
+      !flags.error().empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "linear_bench: %s\n", flags.error().c_str());
     std::fprintf(
         stderr,
         "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
@@ -277,9 +268,6 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "linear_bench: this CPU cannot run --isa %s\n", isa.c_str());
     return 2;
   }
-  const int reps = static_cast<int>(flags.GetInt("reps", 7));
-  const int64_t cold_bytes =
-      flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20)) << 20;
   const std::string wanted = "," + flags.Get("shapes", "") + ",";
   const bool json = flags.Has("json");
 

@@ -11,16 +11,19 @@
 
 int main(int argc, char** argv) {
   using namespace dsv2::bench;
-  const Flags flags(argc, argv);
-  if (flags.Has("help") || !flags.Unknown({"mib", "reps", "json"}).empty()) {
+  Flags flags(argc, argv);
+  const int reps = static_cast<int>(flags.GetInt("reps", 7, 1, 1000));
+  const int64_t buffer_bytes = flags.GetInt("mib", 2048, 1, 1 << 20) << 20;
+  if (flags.Has("help") || !flags.Unknown({"mib", "reps", "json"}).empty() ||
+      !flags.error().empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "machine_bench: %s\n", flags.error().c_str());
     std::fprintf(stderr,
                  "usage: machine_bench [--mib N (read buffer, default 2048)] "
                  "[--reps N (default 7)] [--json]\n");
     return flags.Has("help") ? 0 : 2;
   }
   const int64_t llc = LastLevelCacheBytes();
-  const int reps = static_cast<int>(flags.GetInt("reps", 7));
-  ReadBandwidthProbe probe(flags.GetInt("mib", 2048) << 20);
+  ReadBandwidthProbe probe(buffer_bytes);
   const Roofline r = MeasureRoofline(probe, reps);
 
   if (flags.Has("json")) {

@@ -57,18 +57,23 @@ class RecordingExperts : public RoutedExperts {
 };
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  const int64_t batch = flags.GetInt("batch", 32, 1, 4096);
+  const int steps = static_cast<int>(flags.GetInt("steps", 8, 1, 1 << 20));
+  const int64_t context = flags.GetInt("context", 64, 1, 1 << 20);
+  const double scrape_interval =
+      static_cast<double>(flags.GetInt("scrape-interval-s", 10, 1, 86400));
   if (flags.Has("help") || flags.Get("model", "").empty() ||
-      !flags.Unknown({"model", "batch", "steps", "context", "scrape-interval-s"}).empty()) {
+      !flags.Unknown({"model", "batch", "steps", "context", "scrape-interval-s"}).empty() ||
+      !flags.error().empty()) {
+    if (!flags.error().empty()) {
+      std::fprintf(stderr, "metrics_cost_bench: %s\n", flags.error().c_str());
+    }
     std::fprintf(stderr,
                  "usage: metrics_cost_bench --model DIR [--batch 32] [--steps 8] [--context 64]\n"
                  "                          [--scrape-interval-s 10]\n");
     return flags.Has("help") ? 0 : 2;
   }
-  const int64_t batch = flags.GetInt("batch", 32);
-  const int steps = static_cast<int>(flags.GetInt("steps", 8));
-  const int64_t context = flags.GetInt("context", 64);
-  const double scrape_interval = static_cast<double>(flags.GetInt("scrape-interval-s", 10));
 
   auto loaded = DeepseekV2Model::Load(flags.Get("model", ""));
   if (!loaded.ok()) {

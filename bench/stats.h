@@ -1,14 +1,21 @@
 // Small helpers shared by the benchmark programs: a monotonic clock, the
 // median of repeated measurements, and a minimal flag reader (benchmarks take
-// a handful of `--name value` flags; they have no other dependencies).
+// a handful of `--name value` flags; they have no other dependencies). A
+// malformed number is recorded rather than read as something else: each
+// program reads its flags, then stops with its usage and Flags::error().
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
+#include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dsv2::bench {
@@ -50,31 +57,94 @@ class Flags {
     }
     return unknown;
   }
-  long GetInt(const char* name, long fallback) const {
-    const std::string value = Get(name, "");
-    return value.empty() ? fallback : std::strtol(value.c_str(), nullptr, 10);
+  // The integer after `--name`, or `fallback` when absent. A value that is
+  // not an integer in [min, max] is an error (see error()), and `fallback`
+  // is returned.
+  long GetInt(const char* name, long fallback, long min = LONG_MIN, long max = LONG_MAX) {
+    return GetNumber(name, fallback, min, max, "an integer");
   }
-  // A comma-separated list of integers ("32,64", spaces allowed); parts
-  // that are empty or not integers are skipped.
-  std::vector<long> GetList(const char* name, const std::string& fallback) const {
-    const std::string value = Get(name, fallback);
+  // As GetInt, for a decimal number.
+  double GetDouble(const char* name, double fallback, double min, double max) {
+    return GetNumber(name, fallback, min, max, "a number");
+  }
+  // The comma-separated integers after `--name` ("32,64", spaces allowed
+  // around each), or those of `fallback` when absent (none if it is empty).
+  // A part that is empty or not an integer in [min, max] is an error (see
+  // error()), and the list is then empty.
+  std::vector<long> GetList(const char* name, const std::string& fallback, long min, long max) {
+    if (!Has(name) && fallback.empty()) return {};
+    const std::string value = Has(name) ? Get(name, "") : fallback;
     std::vector<long> out;
     size_t begin = 0;
     while (begin <= value.size()) {
       size_t end = value.find(',', begin);
       if (end == std::string::npos) end = value.size();
-      const std::string part = value.substr(begin, end - begin);
-      char* parsed = nullptr;
-      const long number = std::strtol(part.c_str(), &parsed, 10);
-      while (*parsed == ' ') ++parsed;
-      if (parsed != part.c_str() && *parsed == '\0') out.push_back(number);
+      long number = 0;
+      if (!ParseNumber(value.substr(begin, end - begin), min, max, &number)) {
+        Fail(name, "'" + value + "' is not a comma-separated list of integers in " +
+                       Range(min, max));
+        return {};
+      }
+      out.push_back(number);
       begin = end + 1;
     }
     return out;
   }
+  // The first malformed value read, as "--name: why"; empty when none.
+  const std::string& error() const { return error_; }
 
  private:
+  template <typename Number>
+  Number GetNumber(const char* name, Number fallback, Number min, Number max, const char* what) {
+    if (!Has(name)) return fallback;
+    const std::string value = Get(name, "");
+    Number number = 0;
+    if (!ParseNumber(value, min, max, &number)) {
+      Fail(name, "'" + value + "' is not " + what + " in " + Range(min, max));
+      return fallback;
+    }
+    return number;
+  }
+  // The whole of `text` (spaces around it allowed) as a Number in [min, max].
+  template <typename Number>
+  static bool ParseNumber(const std::string& text, Number min, Number max, Number* number) {
+    const char* begin = text.c_str();
+    while (*begin == ' ') ++begin;
+    char* end = nullptr;
+    errno = 0;
+    Number parsed;
+    if constexpr (std::is_integral_v<Number>) {
+      parsed = std::strtol(begin, &end, 10);
+    } else {
+      parsed = std::strtod(begin, &end);
+    }
+    if (end == begin || errno == ERANGE) return false;
+    while (*end == ' ') ++end;
+    if (*end != '\0' || !(parsed >= min && parsed <= max)) return false;  // NaN too.
+    *number = parsed;
+    return true;
+  }
+  template <typename Number>
+  static std::string Range(Number min, Number max) {
+    auto bound = [](Number n) {
+      if constexpr (std::is_integral_v<Number>) {
+        return n == std::numeric_limits<Number>::min() || n == std::numeric_limits<Number>::max()
+                   ? std::string(n < 0 ? "-inf" : "inf")
+                   : std::to_string(n);
+      } else {
+        std::ostringstream out;
+        out << n;
+        return out.str();
+      }
+    };
+    return "[" + bound(min) + ", " + bound(max) + "]";
+  }
+  void Fail(const char* name, const std::string& why) {
+    if (error_.empty()) error_ = std::string("--") + name + ": " + why;
+  }
+
   std::vector<std::string> args_;
+  std::string error_;
 };
 
 }  // namespace dsv2::bench

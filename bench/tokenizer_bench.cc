@@ -97,12 +97,20 @@ std::optional<nlohmann::json> MeasureHuggingFace(const std::string& python,
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Flags flags(argc, argv);
+  Flags flags(argc, argv);
+  const double min_seconds = flags.GetDouble("min-seconds", 1, 0.001, 3600);
+  if (!flags.error().empty() ||
+      !flags.Unknown({"tokenizer", "corpus", "python", "category", "min-seconds", "json"})
+           .empty()) {
+    std::cerr << "tokenizer_bench: " << flags.error()
+              << "\nusage: tokenizer_bench [--tokenizer FILE] [--corpus FILE] [--python PATH]\n"
+                 "                       [--category NAME] [--min-seconds S] [--json]\n";
+    return 2;
+  }
   const std::string corpus = flags.Get("corpus", "tests/data/tokenizer/corpus.jsonl");
   const std::string python = flags.Get(
       "python", std::filesystem::exists("/root/venv-ref/bin/python") ? "/root/venv-ref/bin/python"
                                                                      : "python3");
-  const double min_seconds = std::stod(flags.Get("min-seconds", "1"));
   const std::string category = flags.Get("category", "");
   std::vector<std::string> tokenizers;
   if (flags.Has("tokenizer")) {

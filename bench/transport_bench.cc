@@ -268,12 +268,23 @@ std::string LoadAverage() {
 }
 
 int Main(int argc, char** argv) {
-  const Flags flags(argc, argv);
-  if (flags.Has("serve")) return Serve(flags.Get("serve", "tcp"), flags.GetInt("busy-poll-us", 0));
+  Flags flags(argc, argv);
+  const long busy_poll_us = flags.GetInt("busy-poll-us", 0, 0, 1000000);
+  if (flags.Has("serve") && flags.error().empty()) {
+    return Serve(flags.Get("serve", "tcp"), busy_poll_us);
+  }
+  const std::vector<long> hiddens = flags.GetList("hidden", "2048,5120", 1, 1 << 16);
+  const std::vector<long> token_counts = flags.GetList("tokens", "1,8,32,64", 1, 4096);
+  const long top_k = flags.GetInt("top-k", 6, 1, 256);
+  const int reps = static_cast<int>(flags.GetInt("reps", 5, 1, 1000));
+  const long iters = flags.GetInt("iters", 200, 1, 1000000);
+  const long window = flags.GetInt("window", 8, 1, 1024);
   if (flags.Has("help") || !flags
                                 .Unknown({"transports", "hidden", "tokens", "top-k", "reps",
                                           "iters", "window", "busy-poll-us", "no-perftest", "json"})
-                                .empty()) {
+                                .empty() ||
+      !flags.error().empty()) {
+    if (!flags.error().empty()) std::fprintf(stderr, "transport_bench: %s\n", flags.error().c_str());
     std::fprintf(stderr,
                  "usage: transport_bench [--transports tcp,shm] [--hidden 2048,5120] "
                  "[--tokens 1,8,32,64] [--top-k 6] [--reps 5] [--iters 200] [--window 8] "
@@ -288,13 +299,6 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-  const std::vector<long> hiddens = flags.GetList("hidden", "2048,5120");
-  const std::vector<long> token_counts = flags.GetList("tokens", "1,8,32,64");
-  const long top_k = flags.GetInt("top-k", 6);
-  const int reps = static_cast<int>(flags.GetInt("reps", 5));
-  const long iters = flags.GetInt("iters", 200);
-  const long window = flags.GetInt("window", 8);
-  const long busy_poll_us = flags.GetInt("busy-poll-us", 0);
   const bool perftest = !flags.Has("no-perftest");
   const std::string self = "/proc/self/exe";
 
