@@ -81,6 +81,20 @@ for chunk in client.chat.completions.create(model="tiny-v2", messages=messages, 
             pieces.append(choice.delta.content)
 assert "".join(pieces) == whole, ("".join(pieces), whole)
 
+# Several choices (n): greedy, each is the single choice's text; streamed,
+# the client sorts the chunks by index.
+several = client.chat.completions.create(model="tiny-v2", messages=messages, max_tokens=12,
+                                         temperature=0, n=3)
+assert [c.index for c in several.choices] == [0, 1, 2], several.choices
+assert all(c.message.content == whole for c in several.choices), several.choices
+assert several.usage.completion_tokens == 3 * chat.usage.completion_tokens, several.usage
+by_index = {}
+for chunk in client.chat.completions.create(model="tiny-v2", messages=messages, max_tokens=12,
+                                            temperature=0, n=2, stream=True):
+    for choice in chunk.choices:
+        by_index[choice.index] = by_index.get(choice.index, "") + (choice.delta.content or "")
+assert by_index == {0: whole, 1: whole}, by_index
+
 # Errors: OpenAI's shape, the client's exception classes.
 bad = openai.OpenAI(base_url=base, api_key="not-a-valid-token-at-all",
                     http_client=openai.DefaultHttpxClient(verify=ca), max_retries=0)

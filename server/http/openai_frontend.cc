@@ -86,6 +86,41 @@ class LiveGenerateCalls {
 
 namespace {
 
+// An eventfd that is readable when one of a request's Generate calls has
+// something for the handler; shared by the calls, which may outlive the
+// handler.
+class Waker {
+ public:
+  Waker() : fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+  ~Waker() { close(fd_); }
+  Waker(const Waker&) = delete;
+  Waker& operator=(const Waker&) = delete;
+
+  int fd() const { return fd_; }
+  void Wake() {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof(one));
+  }
+  void Drain() {
+    uint64_t ignored;
+    [[maybe_unused]] ssize_t n = ::read(fd_, &ignored, sizeof(ignored));
+  }
+
+ private:
+  const int fd_;
+};
+
+// What a request's calls have for its handler: a message of one choice, the
+// end of one, or (`client_gone`) the HTTP client left and every call was
+// cancelled.
+struct CallEvent {
+  int choice = -1;
+  std::optional<v1::GenerateResponse> message;
+  bool end = false;  // The choice's call ended with `status`.
+  grpc::Status status;
+  bool client_gone = false;
+};
+
 // One Generate call on the in-process channel, read one message at a time
 // by an HTTP handler thread: the next message is asked for only when the
 // handler has taken the last, so a client that reads slowly leaves its
@@ -94,18 +129,13 @@ namespace {
 // frontend's LiveGenerateCalls.
 class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
-  struct Event {
-    std::optional<v1::GenerateResponse> message;
-    bool end = false;  // The call ended with `status`.
-    grpc::Status status;
-    bool client_gone = false;  // The HTTP client left; the call was cancelled.
-  };
-
   static std::shared_ptr<GenerateCall> Start(v1::Generation::Stub& stub,
                                              std::shared_ptr<LiveGenerateCalls> live,
+                                             std::shared_ptr<Waker> waker,
                                              v1::GenerateRequest request,
                                              const std::string& principal) {
-    std::shared_ptr<GenerateCall> call(new GenerateCall(std::move(live), std::move(request)));
+    std::shared_ptr<GenerateCall> call(
+        new GenerateCall(std::move(live), std::move(waker), std::move(request)));
     call->self_ = call;
     if (!principal.empty()) call->context_.AddMetadata(kPrincipalMetadata, principal);
     stub.async()->Generate(&call->context_, &call->request_, call.get());
@@ -122,42 +152,29 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
     return call;
   }
 
-  ~GenerateCall() override { close(wake_fd_); }
-
-  // The next message, or the end; cancels the call and says so if the
-  // client leaves first.
-  Event Next(ClientConnection& connection) {
-    while (true) {
-      uint64_t ignored;
-      [[maybe_unused]] ssize_t n = ::read(wake_fd_, &ignored, sizeof(ignored));
-      Event event;
-      bool read_more = false;
-      {
-        MutexLock lock(&mutex_);
-        if (ready_) {
-          event.message = std::move(*ready_);
-          ready_.reset();
-          if (!abandoned_) read_more = reading_ = true;
-        } else if (done_) {
-          event.end = true;
-          event.status = status_;
-          return event;
-        }
-      }
-      if (event.message) {
-        if (read_more) {
-          incoming_.Clear();
-          StartRead(&incoming_);
-        }
-        return event;
-      }
-      if (connection.WaitReadable(wake_fd_, absl::InfiniteFuture()) ==
-          ClientConnection::Wake::kClientGone) {
-        Cancel();
-        event.client_gone = true;
-        return event;
+  // The next message (then the next read starts) or, after the last, the
+  // end, if there is one now.
+  std::optional<CallEvent> Poll() {
+    CallEvent event;
+    bool read_more = false;
+    {
+      MutexLock lock(&mutex_);
+      if (ready_) {
+        event.message = std::move(*ready_);
+        ready_.reset();
+        if (!abandoned_) read_more = reading_ = true;
+      } else if (done_) {
+        event.end = true;
+        event.status = status_;
+      } else {
+        return std::nullopt;
       }
     }
+    if (read_more) {
+      incoming_.Clear();
+      StartRead(&incoming_);
+    }
+    return event;
   }
 
   // Ends the call (the service aborts the request); idempotent: true only
@@ -196,7 +213,7 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
         release = true;
       }
     }
-    Wake();
+    waker_->Wake();
     if (release) RemoveHold();
   }
 
@@ -206,24 +223,18 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
       status_ = status;
       done_ = true;
     }
-    Wake();
+    waker_->Wake();
     self_.reset();  // May destroy this; nothing may follow.
   }
 
  private:
-  GenerateCall(std::shared_ptr<LiveGenerateCalls> live, v1::GenerateRequest request)
-      : live_(std::move(live)),
-        request_(std::move(request)),
-        wake_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
-
-  void Wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
-  }
+  GenerateCall(std::shared_ptr<LiveGenerateCalls> live, std::shared_ptr<Waker> waker,
+               v1::GenerateRequest request)
+      : live_(std::move(live)), waker_(std::move(waker)), request_(std::move(request)) {}
 
   const LiveGenerateCalls::Token live_;  // First: released after everything below.
+  const std::shared_ptr<Waker> waker_;
   const v1::GenerateRequest request_;
-  const int wake_fd_;  // Readable when there is something for Next.
   grpc::ClientContext context_;
   v1::GenerateResponse incoming_;  // Written by gRPC while reading_.
   std::shared_ptr<GenerateCall> self_;  // gRPC's reference, until OnDone.
@@ -237,12 +248,76 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
   grpc::Status status_ ABSL_GUARDED_BY(mutex_);
 };
 
+// A request's calls, one per choice, read as their messages come (in turn,
+// so that no choice starves the others).
+class ChoiceCalls {
+ public:
+  ChoiceCalls(v1::Generation::Stub& stub, std::shared_ptr<LiveGenerateCalls> live,
+              const OpenAiRequest& request, const std::string& id, const std::string& principal)
+      : waker_(std::make_shared<Waker>()), ended_(request.n, false) {
+    for (int i = 0; i < request.n; ++i) {
+      calls_.push_back(
+          GenerateCall::Start(stub, live, waker_, ChoiceRequest(request, id, i), principal));
+    }
+  }
+
+  // Whether every choice's end has been returned by Next.
+  bool AllEnded() const { return ended_count_ == static_cast<int>(calls_.size()); }
+
+  // The next message or end of a choice not ended yet (there must be one);
+  // cancels every call and says so if the client leaves first.
+  CallEvent Next(ClientConnection& connection) {
+    const int n = static_cast<int>(calls_.size());
+    while (true) {
+      waker_->Drain();
+      for (int k = 0; k < n; ++k) {
+        const int i = (next_ + k) % n;
+        if (ended_[i]) continue;
+        std::optional<CallEvent> event = calls_[i]->Poll();
+        if (!event) continue;
+        event->choice = i;
+        if (event->end) {
+          ended_[i] = true;
+          ++ended_count_;
+        }
+        next_ = (i + 1) % n;
+        return *std::move(event);
+      }
+      if (connection.WaitReadable(waker_->fd(), absl::InfiniteFuture()) ==
+          ClientConnection::Wake::kClientGone) {
+        Cancel();
+        return CallEvent{.client_gone = true};
+      }
+    }
+  }
+
+  // Ends every call; true if one was ended by this (the first time).
+  bool Cancel() {
+    bool first = false;
+    for (const std::shared_ptr<GenerateCall>& call : calls_) first = call->Cancel() || first;
+    return first;
+  }
+
+ private:
+  const std::shared_ptr<Waker> waker_;
+  std::vector<std::shared_ptr<GenerateCall>> calls_;
+  std::vector<bool> ended_;
+  int ended_count_ = 0;
+  int next_ = 0;  // Where the next look starts.
+};
+
+// A service error carried in a message, as a status.
+absl::Status MessageError(const v1::GenerateResponse& message) {
+  return absl::Status(static_cast<absl::StatusCode>(message.error().code()),
+                      message.error().message());
+}
+
 // What a streaming response's content provider works through.
 struct StreamState {
-  std::shared_ptr<GenerateCall> call;
+  std::unique_ptr<ChoiceCalls> calls;
   OpenAiRequest request;
   std::unique_ptr<OpenAiResponder> responder;
-  std::optional<v1::GenerateResponse> first;  // Taken before the headers went out.
+  std::vector<CallEvent> early;  // Taken before the headers went out.
   bool finished = false;
 };
 
@@ -343,54 +418,61 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   }
   const std::string id =
       RandomId(endpoint == OpenAiEndpoint::kChat ? "chatcmpl-" : "cmpl-");
-  parsed->generate.set_request_id(id);
   if (parsed->fill_context) {
     absl::StatusOr<uint32_t> left = ContextLeft(parsed->generate, request.principal);
     if (!left.ok()) return RespondStatus(response, left.status());
     parsed->generate.mutable_stopping()->set_max_tokens(*left);
   }
 
-  std::shared_ptr<GenerateCall> call =
-      GenerateCall::Start(*generation_, live_calls_, parsed->generate, request.principal);
+  auto calls = std::make_unique<ChoiceCalls>(*generation_, live_calls_, *parsed, id,
+                                             request.principal);
   ClientConnection& connection = request.connection;
-  // Nothing is sent before the first message or the end, so that a request
-  // the service refuses gets its HTTP status.
-  GenerateCall::Event first = call->Next(connection);
-  if (first.client_gone) {
-    ++cancelled_;
-    return;
-  }
-  if (first.end) {
-    return RespondStatus(response, first.status.ok()
-                                       ? absl::InternalError("the stream ended without output")
-                                       : ToStatus(first.status));
-  }
-  if (first.message->has_error()) {
-    return RespondStatus(response, absl::Status(static_cast<absl::StatusCode>(
-                                                    first.message->error().code()),
-                                                first.message->error().message()));
+  // Nothing is sent before every choice's first message or end, so that a
+  // request the service refuses (any of its choices) gets its HTTP status.
+  std::vector<CallEvent> early;
+  std::vector<bool> started(parsed->n, false);
+  for (int waiting = parsed->n; waiting > 0;) {
+    CallEvent event = calls->Next(connection);
+    if (event.client_gone) {
+      ++cancelled_;
+      return;
+    }
+    absl::Status refused;
+    if (event.end && !started[event.choice]) {
+      refused = event.status.ok() ? absl::InternalError("the stream ended without output")
+                                  : ToStatus(event.status);
+    } else if (event.message && event.message->has_error()) {
+      refused = MessageError(*event.message);
+    }
+    if (!refused.ok()) {
+      calls->Cancel();
+      return RespondStatus(response, refused);
+    }
+    if (!started[event.choice]) {
+      started[event.choice] = true;
+      --waiting;
+    }
+    early.push_back(std::move(event));
   }
   const int64_t created = absl::ToUnixSeconds(absl::Now());
 
   if (!parsed->stream) {
     OpenAiResponder responder(*parsed, id, options_.model_name, created, options_.text);
-    responder.Add(*first.message);
-    while (true) {
-      GenerateCall::Event event = call->Next(connection);
+    // The early events, then the rest until every choice has ended.
+    for (size_t e = 0; !calls->AllEnded() || e < early.size(); ++e) {
+      CallEvent event = e < early.size() ? std::move(early[e]) : calls->Next(connection);
       if (event.client_gone) {
         ++cancelled_;
         return;
       }
-      if (event.end) {
-        if (!event.status.ok()) return RespondStatus(response, ToStatus(event.status));
-        break;
+      absl::Status failed = event.end ? ToStatus(event.status)
+                            : event.message->has_error() ? MessageError(*event.message)
+                                                         : absl::OkStatus();
+      if (!failed.ok()) {
+        calls->Cancel();
+        return RespondStatus(response, failed);
       }
-      if (event.message->has_error()) {
-        return RespondStatus(response, absl::Status(static_cast<absl::StatusCode>(
-                                                        event.message->error().code()),
-                                                    event.message->error().message()));
-      }
-      responder.Add(*event.message);
+      if (event.message) responder.Add(event.choice, *event.message);
     }
     response.set_content(responder.Body().dump(-1, ' ', false, json::error_handler_t::replace),
                          "application/json");
@@ -398,11 +480,11 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   }
 
   auto state = std::make_shared<StreamState>();
-  state->call = call;
+  state->calls = std::move(calls);
   state->request = *std::move(parsed);
   state->responder = std::make_unique<OpenAiResponder>(state->request, id, options_.model_name,
                                                        created, options_.text);
-  state->first = std::move(first.message);
+  state->early = std::move(early);
   response.set_header("Cache-Control", "no-cache");
   response.set_header("X-Accel-Buffering", "no");
   ClientConnection* client = &connection;
@@ -410,35 +492,42 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   response.set_chunked_content_provider(
       "text/event-stream",
       [state, client, cancelled](size_t, httplib::DataSink& sink) {
+        // The events of the early messages at once, then one at a time.
+        std::vector<CallEvent> events;
         std::string out;
-        bool last = false;
-        if (state->first) {
-          out = state->responder->StreamStart() + state->responder->StreamMessage(*state->first);
-          state->first.reset();
+        if (!state->early.empty()) {
+          out = state->responder->StreamStart();
+          events = std::move(state->early);
+          state->early.clear();
         } else {
-          GenerateCall::Event event = state->call->Next(*client);
+          events.push_back(state->calls->Next(*client));
+        }
+        bool last = false;
+        for (CallEvent& event : events) {
           if (event.client_gone) {
             ++*cancelled;
             return false;
           }
-          if (event.end) {
-            out = event.status.ok() ? state->responder->StreamEnd()
-                                    : OpenAiResponder::StreamError(
-                                          OpenAiErrorFromStatus(ToStatus(event.status)));
+          const absl::Status failed = event.end ? ToStatus(event.status)
+                                      : event.message->has_error()
+                                          ? MessageError(*event.message)
+                                          : absl::OkStatus();
+          if (!failed.ok()) {
+            state->calls->Cancel();
+            out += OpenAiResponder::StreamError(OpenAiErrorFromStatus(failed));
             last = true;
-          } else if (event.message->has_error()) {
-            out = OpenAiResponder::StreamError(OpenAiErrorFromStatus(
-                absl::Status(static_cast<absl::StatusCode>(event.message->error().code()),
-                             event.message->error().message())));
-            last = true;
-          } else {
-            out = state->responder->StreamMessage(*event.message);
+            break;
           }
+          if (event.message) out += state->responder->StreamMessage(event.choice, *event.message);
+        }
+        if (!last && state->calls->AllEnded()) {
+          out += state->responder->StreamEnd();
+          last = true;
         }
         // (An empty write would end cpp-httplib's chunked stream.)
         if (!out.empty() && !sink.write(out.data(), out.size())) {
           // The client stopped reading or left.
-          if (state->call->Cancel()) ++*cancelled;
+          if (state->calls->Cancel()) ++*cancelled;
           return false;
         }
         if (last) {
@@ -449,7 +538,7 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
       },
       [state, cancelled](bool) {
         // The stream ended before its last message: the client left.
-        if (!state->finished && state->call->Cancel()) ++*cancelled;
+        if (!state->finished && state->calls->Cancel()) ++*cancelled;
       });
 }
 

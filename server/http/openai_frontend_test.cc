@@ -288,10 +288,15 @@ TEST(OpenAiFrontendTest, ErrorsHaveOpenAisShapeAndStatus) {
 
 TEST(OpenAiFrontendTest, AFullQueueIs429) {
   Fixture f({.kv_cache_bytes = 32 << 20, .max_waiting = 0});
-  auto result = f.Post("/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 2}});
-  ASSERT_TRUE(result);
-  EXPECT_EQ(result->status, 429) << result->body;
-  EXPECT_THAT(result->body, HasSubstr("the waiting queue is full"));
+  for (int n : {1, 4}) {
+    auto result =
+        f.Post("/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 2}, {"n", n}});
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->status, 429) << result->body;
+    EXPECT_THAT(result->body, HasSubstr("the waiting queue is full"));
+  }
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  EXPECT_EQ(f.engine().stats().kv_blocks_used, 0);
 }
 
 // A raw HTTP client: sends a request, reads what comes, and hangs up.
@@ -344,6 +349,99 @@ void PostLongStream(Socket& client) {
   json streaming = LongRequest();
   streaming["stream"] = true;
   client.Post("/v1/completions", streaming, kAlice);
+}
+
+// n choices are n requests of the service: greedy, each is the gRPC API's
+// greedy output; sampled with a seed, choice i is the gRPC API's output with
+// seed + i; streamed, each choice's events carry its index and add up to the
+// same text; usage counts the prompt once. A client that leaves cancels
+// every choice.
+TEST(OpenAiFrontendTest, SeveralChoicesAreSeveralRequests) {
+  Fixture f;
+  const std::vector<int32_t> prompt = {0, 11, 12, 13, 14};
+  const testutil::StreamResult greedy = f.Grpc(testutil::Greedy("g", prompt, 6));
+  ASSERT_TRUE(greedy.status.ok()) << greedy.status.error_message();
+  const json request{{"prompt", prompt}, {"max_tokens", 6}, {"temperature", 0},
+                     {"ignore_eos", true}, {"n", 3}};
+  auto plain = f.Post("/v1/completions", request);
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  const json body = json::parse(plain->body);
+  ASSERT_EQ(body["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(body["choices"][i]["index"], i);
+    EXPECT_EQ(body["choices"][i]["text"], greedy.text) << i;
+  }
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 18);
+
+  // Sampled: choice i has seed 7 + i.
+  std::vector<std::string> sampled;
+  for (uint64_t seed : {7, 8, 9}) {
+    v1::GenerateRequest one = testutil::Greedy("s", prompt, 6);
+    one.mutable_sampling()->set_temperature(1.0f);
+    one.mutable_sampling()->set_seed(seed);
+    const testutil::StreamResult result = f.Grpc(one);
+    ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+    sampled.push_back(result.text);
+  }
+  json seeded = request;
+  seeded["temperature"] = 1.0;
+  seeded["seed"] = 7;
+  auto varied = f.Post("/v1/completions", seeded);
+  ASSERT_TRUE(varied);
+  ASSERT_EQ(varied->status, 200) << varied->body;
+  const json varied_body = json::parse(varied->body);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(varied_body["choices"][i]["text"], sampled[i]) << i;
+  EXPECT_NE(sampled[0], sampled[1]);
+
+  // Streamed (chat and completions): per index, the same texts.
+  seeded["stream"] = true;
+  seeded["stream_options"] = {{"include_usage", true}};
+  auto sse = f.Post("/v1/completions", seeded);
+  ASSERT_TRUE(sse);
+  ASSERT_EQ(sse->status, 200) << sse->body;
+  std::vector<std::string> streamed(3);
+  const std::vector<json> events = SseEvents(sse->body);
+  for (const json& event : events) {
+    for (const json& choice : event["choices"]) {
+      streamed.at(choice["index"].get<int>()) += choice["text"].get<std::string>();
+    }
+  }
+  EXPECT_EQ(streamed, sampled);
+  EXPECT_EQ(events.back()["usage"]["completion_tokens"], 18);
+  EXPECT_EQ(events.back()["usage"]["prompt_tokens"], 5);
+  auto chat = f.Post("/v1/chat/completions",
+                     json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                          {"max_tokens", 4}, {"n", 2}, {"stream", true}});
+  ASSERT_TRUE(chat);
+  ASSERT_EQ(chat->status, 200) << chat->body;
+  std::vector<int> roles(2, 0), finishes(2, 0);
+  for (const json& event : SseEvents(chat->body)) {
+    for (const json& choice : event["choices"]) {
+      const int i = choice["index"];
+      roles.at(i) += choice["delta"].contains("role");
+      finishes.at(i) += !choice["finish_reason"].is_null();
+    }
+  }
+  EXPECT_EQ(roles, (std::vector<int>{1, 1}));
+  EXPECT_EQ(finishes, (std::vector<int>{1, 1}));
+
+  // The client leaves mid-stream: all three are aborted, counted once.
+  {
+    Socket client(f.http_port());
+    json streaming = LongRequest();
+    streaming["stream"] = true;
+    streaming["n"] = 3;
+    client.Post("/v1/completions", streaming, kAlice);
+    client.ReadUntil("data: {");
+  }
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  EXPECT_TRUE(WaitUntil([&] { return f.frontend().cancelled_for_clients_gone() == 1; }))
+      << f.frontend().cancelled_for_clients_gone();
+  const EngineStats stats = f.engine().stats();
+  EXPECT_EQ(stats.finished[static_cast<int>(FinishReason::kAbort)], 3);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
 }
 
 TEST(OpenAiFrontendTest, AClientThatLeavesCancelsItsRequest) {

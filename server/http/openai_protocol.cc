@@ -169,16 +169,6 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
   const auto is_empty = [](const json& v) {
     return (v.is_object() || v.is_array() || v.is_string()) && v.empty();
   };
-  if (const json* n = present("n")) {
-    if (!(n->is_number() && n->get<double>() == 1.0)) {
-      return Invalid("n", "`n` must be 1: this server returns one choice per request");
-    }
-  }
-  if (const json* best_of = present("best_of")) {
-    if (!(best_of->is_number() && best_of->get<double>() == 1.0)) {
-      return Invalid("best_of", "`best_of` must be 1: this server returns one choice per request");
-    }
-  }
   if (const json* v = present("echo"); v && !is_false(*v)) return Unsupported("echo");
   if (const json* v = present("suffix"); v && !is_empty(*v)) return Unsupported("suffix");
   if (const json* v = present("logit_bias"); v && !is_empty(*v)) return Unsupported("logit_bias");
@@ -329,6 +319,15 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
   out->model = model.value_or("");
   DSV2_ASSIGN_FIELD(stream, fields.Bool("stream"));
   out->stream = stream.value_or(false);
+  DSV2_ASSIGN_FIELD(n, fields.Integer("n", 1, kMaxChoices));
+  out->n = static_cast<int>(n.value_or(1));
+  // vLLM's best_of > n ranks extra samples and returns the best n; this
+  // server has no ranking, so best_of may only be n.
+  DSV2_ASSIGN_FIELD(best_of, fields.Integer("best_of", 1, kMaxChoices));
+  if (best_of && *best_of != out->n) {
+    return Invalid("best_of", absl::StrCat("`best_of` must equal `n` (", out->n,
+                                           "): this server does not rank extra samples"));
+  }
   if (const json* options = fields.Find("stream_options")) {
     if (!out->stream) {
       return Invalid("stream_options", "`stream_options` is only for `stream: true`");
@@ -581,13 +580,24 @@ const char* OpenAiFinishReason(v1::FinishReason reason) {
 
 // ---------------------------------------------------------------------------
 
+v1::GenerateRequest ChoiceRequest(const OpenAiRequest& request, const std::string& id,
+                                  int index) {
+  v1::GenerateRequest choice = request.generate;
+  // One choice is the request `id` itself, which the service's Abort takes.
+  choice.set_request_id(request.n == 1 ? id : absl::StrCat(id, "-", index));
+  v1::SamplingParams& sampling = *choice.mutable_sampling();
+  if (sampling.has_seed()) sampling.set_seed(sampling.seed() + static_cast<uint64_t>(index));
+  return choice;
+}
+
 OpenAiResponder::OpenAiResponder(const OpenAiRequest& request, std::string id, std::string model,
                                  int64_t created, const TextFrontend* text)
     : request_(request),
       id_(std::move(id)),
       model_(std::move(model)),
       created_(created),
-      text_(text) {}
+      text_(text),
+      choices_(request.n) {}
 
 std::string OpenAiResponder::TokenString(int32_t id, std::string* bytes) const {
   if (text_ == nullptr || request_.tokens_as_ids) {
@@ -601,7 +611,7 @@ std::string OpenAiResponder::TokenString(int32_t id, std::string* bytes) const {
 }
 
 nlohmann::json OpenAiResponder::Logprobs(
-    const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens) {
+    const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens, Choice& choice) {
   if (request_.logprobs < 0) return nullptr;
   if (request_.endpoint == OpenAiEndpoint::kChat) {
     json content = json::array();
@@ -639,17 +649,25 @@ nlohmann::json OpenAiResponder::Logprobs(
     }
     if (!top.contains(name)) top[name] = FiniteLogprob(token.logprob());
     out["top_logprobs"].push_back(std::move(top));
-    out["text_offset"].push_back(text_offset_);
-    text_offset_ += name.size();
+    out["text_offset"].push_back(choice.text_offset);
+    choice.text_offset += name.size();
   }
   return out;
 }
 
-nlohmann::json OpenAiResponder::UsageObject(const v1::Usage& usage) const {
+nlohmann::json OpenAiResponder::UsageObject(const v1::Usage& usage) {
   return json{{"prompt_tokens", usage.prompt_tokens()},
               {"completion_tokens", usage.completion_tokens()},
               {"total_tokens", usage.prompt_tokens() + usage.completion_tokens()},
               {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens()}}}};
+}
+
+nlohmann::json OpenAiResponder::TotalUsage() const {
+  v1::Usage total = choices_[0].usage;
+  for (size_t i = 1; i < choices_.size(); ++i) {
+    total.set_completion_tokens(total.completion_tokens() + choices_[i].usage.completion_tokens());
+  }
+  return UsageObject(total);
 }
 
 nlohmann::json OpenAiResponder::ChunkObject() const {
@@ -670,16 +688,21 @@ std::string OpenAiResponder::Event(const nlohmann::json& object) {
 
 std::string OpenAiResponder::StreamStart() {
   if (request_.endpoint != OpenAiEndpoint::kChat) return "";
-  json chunk = ChunkObject();
-  chunk["choices"].push_back({{"index", 0},
-                              {"delta", {{"role", "assistant"}, {"content", ""}}},
-                              {"logprobs", nullptr},
-                              {"finish_reason", nullptr}});
-  return Event(chunk);
+  std::string out;
+  for (int i = 0; i < request_.n; ++i) {
+    json chunk = ChunkObject();
+    chunk["choices"].push_back({{"index", i},
+                                {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                {"logprobs", nullptr},
+                                {"finish_reason", nullptr}});
+    out += Event(chunk);
+  }
+  return out;
 }
 
-std::string OpenAiResponder::StreamMessage(const v1::GenerateResponse& message) {
+std::string OpenAiResponder::StreamMessage(int index, const v1::GenerateResponse& message) {
   const bool chat = request_.endpoint == OpenAiEndpoint::kChat;
+  Choice& state = choices_[index];
   std::string text;
   const google::protobuf::RepeatedPtrField<v1::TokenLogprob>* logprobs = nullptr;
   const v1::Usage* usage = nullptr;
@@ -696,11 +719,11 @@ std::string OpenAiResponder::StreamMessage(const v1::GenerateResponse& message) 
   } else {
     return "";
   }
-  usage_ = *usage;
+  state.usage = *usage;
   // A chunk whose text is held back (a possible stop string) and that
   // carries no logprobs says nothing yet.
   if (text.empty() && !finish && (logprobs->empty() || request_.logprobs < 0)) return "";
-  json choice{{"index", 0}, {"logprobs", Logprobs(*logprobs)}};
+  json choice{{"index", index}, {"logprobs", Logprobs(*logprobs, state)}};
   if (chat) {
     choice["delta"] = text.empty() && finish ? json::object() : json{{"content", text}};
   } else {
@@ -717,7 +740,7 @@ std::string OpenAiResponder::StreamEnd() {
   std::string out;
   if (request_.include_usage) {
     json chunk = ChunkObject();
-    chunk["usage"] = UsageObject(usage_);
+    chunk["usage"] = TotalUsage();
     out = Event(chunk);
   }
   return out + "data: [DONE]\n\n";
@@ -727,47 +750,53 @@ std::string OpenAiResponder::StreamError(const OpenAiError& error) {
   return Event(OpenAiErrorBody(error)) + "data: [DONE]\n\n";
 }
 
-void OpenAiResponder::Add(const v1::GenerateResponse& message) {
+void OpenAiResponder::Add(int index, const v1::GenerateResponse& message) {
+  Choice& state = choices_[index];
   const google::protobuf::RepeatedPtrField<v1::TokenLogprob>* logprobs = nullptr;
   if (message.has_chunk()) {
-    text_out_ += message.chunk().text();
+    state.text += message.chunk().text();
     logprobs = &message.chunk().logprobs();
-    usage_ = message.chunk().usage();
+    state.usage = message.chunk().usage();
   } else if (message.has_complete()) {
-    text_out_ += message.complete().text();
+    state.text += message.complete().text();
     logprobs = &message.complete().logprobs();
-    usage_ = message.complete().usage();
-    finish_ = message.complete().finish_reason();
+    state.usage = message.complete().usage();
+    state.finish = message.complete().finish_reason();
   } else {
     return;
   }
-  json part = Logprobs(*logprobs);
+  json part = Logprobs(*logprobs, state);
   if (part.is_null()) return;
-  if (logprobs_out_.is_null()) {
-    logprobs_out_ = std::move(part);
+  if (state.logprobs.is_null()) {
+    state.logprobs = std::move(part);
     return;
   }
   for (auto& [key, value] : part.items()) {
-    for (json& element : value) logprobs_out_[key].push_back(std::move(element));
+    for (json& element : value) state.logprobs[key].push_back(std::move(element));
   }
 }
 
 nlohmann::json OpenAiResponder::Body() const {
   const bool chat = request_.endpoint == OpenAiEndpoint::kChat;
-  json choice{{"index", 0},
-              {"logprobs", logprobs_out_},
-              {"finish_reason", OpenAiFinishReason(finish_)}};
-  if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text_out_}};
-  } else {
-    choice["text"] = text_out_;
+  json choices = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Choice& state = choices_[i];
+    json choice{{"index", i},
+                {"logprobs", state.logprobs},
+                {"finish_reason", OpenAiFinishReason(state.finish)}};
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", state.text}};
+    } else {
+      choice["text"] = state.text;
+    }
+    choices.push_back(std::move(choice));
   }
   return json{{"id", id_},
               {"object", chat ? "chat.completion" : "text_completion"},
               {"created", created_},
               {"model", model_},
-              {"choices", json::array({std::move(choice)})},
-              {"usage", UsageObject(usage_)}};
+              {"choices", std::move(choices)},
+              {"usage", TotalUsage()}};
 }
 
 }  // namespace dsv2

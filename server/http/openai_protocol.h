@@ -9,11 +9,13 @@
 // read and type-checked here (a wrong type is a 400 naming the field);
 // vLLM's extra sampling fields (top_k, min_p, repetition_penalty,
 // ignore_eos, min_tokens, skip_special_tokens, stop_token_ids,
-// return_tokens_as_token_ids) are accepted as vLLM accepts them; features
-// the server does not have (n > 1, best_of, echo, suffix, logit_bias,
-// tools, response formats and guided decoding, prompt logprobs, beam
-// search, custom chat templates) are a 400 naming the field when they ask
-// for anything but the default; any other field is ignored, as vLLM does.
+// return_tokens_as_token_ids) are accepted as vLLM accepts them, and so is
+// `n` (several choices, each its own Generate call); features the server
+// does not have (best_of other than n, several prompts, echo, suffix,
+// logit_bias, tools, response formats and guided decoding, prompt
+// logprobs, beam search, custom chat templates) are a 400 naming the field
+// when they ask for anything but the default; any other field is ignored,
+// as vLLM does.
 //
 //   ASSIGN_OR_RETURN(OpenAiRequest request, ParseOpenAiRequest(OpenAiEndpoint::kChat, body));
 //   request.generate.set_request_id(id);
@@ -31,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,12 +45,18 @@ namespace dsv2 {
 
 enum class OpenAiEndpoint { kCompletions, kChat };
 
+// The most choices (`n`) a request may ask for, as OpenAI's API allows.
+inline constexpr int kMaxChoices = 128;
+
 struct OpenAiRequest {
   OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;
   std::string model;  // As requested; empty when not given.
   // The request for dsv2.v1.Generation; request_id is the caller's to set.
   v1::GenerateRequest generate;
   bool stream = false;
+  // Choices: n Generate calls of `generate`, choice i with seed + i when a
+  // seed is given (the service draws one otherwise), so that they differ.
+  int n = 1;
   bool include_usage = false;     // stream_options.include_usage: a last chunk with usage.
   bool continuous_usage = false;  // stream_options.continuous_usage_stats (vLLM): usage in every chunk.
   // A chat request without max_tokens / max_completion_tokens: generate up
@@ -62,6 +71,11 @@ struct OpenAiRequest {
 // Parses and type-checks a request body. InvalidArgument names the field
 // (OpenAiParam gives it for the error's `param`).
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, std::string_view body);
+
+// The Generate request of choice `index` (< request.n): `generate` with
+// request id `id` (n = 1) or "<id>-<index>", and, when a seed is given,
+// seed + index.
+v1::GenerateRequest ChoiceRequest(const OpenAiRequest& request, const std::string& id, int index);
 
 // The request field an InvalidArgument status is about, or "".
 std::string OpenAiParam(const absl::Status& status);
@@ -88,7 +102,8 @@ nlohmann::json OpenAiErrorBody(const OpenAiError& error);
 // "time_limit".
 const char* OpenAiFinishReason(v1::FinishReason reason);
 
-// The response to one request, built from its stream of messages.
+// The response to one request, built from its choices' streams of
+// messages (choice i: the stream of ChoiceRequest(request, id, i)).
 class OpenAiResponder {
  public:
   // `text` (may be null) names tokens in logprobs; without it, and with
@@ -97,25 +112,39 @@ class OpenAiResponder {
                   int64_t created, const TextFrontend* text);
 
   // Streaming. The server-sent events ("data: {...}\n\n") that begin the
-  // stream (chat: the assistant role), that one Chunk or Complete message
-  // becomes (possibly none), and that end it (usage if asked for, then
-  // "data: [DONE]\n\n").
+  // stream (chat: the assistant role of each choice), that one Chunk or
+  // Complete message of a choice becomes (possibly none), and that end it
+  // (usage if asked for, then "data: [DONE]\n\n").
   std::string StreamStart();
-  std::string StreamMessage(const v1::GenerateResponse& message);
+  std::string StreamMessage(int choice, const v1::GenerateResponse& message);
   std::string StreamEnd();
   // An error after the stream began: an event with the error, then [DONE].
   static std::string StreamError(const OpenAiError& error);
 
-  // Not streaming: every Chunk and the Complete, then the response object.
-  void Add(const v1::GenerateResponse& message);
+  // Not streaming: every Chunk and the Complete of each choice, then the
+  // response object.
+  void Add(int choice, const v1::GenerateResponse& message);
   nlohmann::json Body() const;
 
  private:
+  struct Choice {
+    // Accumulated (not streaming), and the running text offset of logprobs.
+    std::string text;
+    nlohmann::json logprobs;
+    v1::Usage usage;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+    size_t text_offset = 0;
+  };
+
   nlohmann::json ChunkObject() const;
   // The logprobs of `tokens` in the endpoint's format (a JSON object), or
   // null when none were asked for.
-  nlohmann::json Logprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens);
-  nlohmann::json UsageObject(const v1::Usage& usage) const;
+  nlohmann::json Logprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens,
+                          Choice& choice);
+  static nlohmann::json UsageObject(const v1::Usage& usage);
+  // The request's usage: the prompt once (every choice has the same), the
+  // completions of every choice.
+  nlohmann::json TotalUsage() const;
   std::string TokenString(int32_t id, std::string* bytes) const;
   static std::string Event(const nlohmann::json& object);
 
@@ -124,12 +153,7 @@ class OpenAiResponder {
   const std::string model_;
   const int64_t created_;
   const TextFrontend* const text_;
-  // Accumulated (non-streaming), and the running text offset of logprobs.
-  std::string text_out_;
-  nlohmann::json logprobs_out_;
-  v1::Usage usage_;
-  v1::FinishReason finish_ = v1::FINISH_REASON_UNSPECIFIED;
-  size_t text_offset_ = 0;
+  std::vector<Choice> choices_;
 };
 
 }  // namespace dsv2

@@ -117,9 +117,13 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
   EXPECT_EQ(completion(R"({"prompt": "x", "stream": "yes"})").second, "stream");
   EXPECT_EQ(completion(R"({"prompt": "x", "stop": [1]})").second, "stop");
   EXPECT_EQ(completion(R"({"prompt": "x", "logprobs": 21})").second, "logprobs");
-  EXPECT_EQ(completion(R"({"prompt": "x", "n": 2})").first,
-            "`n` must be 1: this server returns one choice per request");
-  EXPECT_EQ(completion(R"({"prompt": "x", "best_of": 3})").second, "best_of");
+  EXPECT_EQ(completion(R"({"prompt": "x", "n": 0})").second, "n");
+  EXPECT_EQ(completion(R"({"prompt": "x", "n": 129})").second, "n");
+  EXPECT_EQ(completion(R"({"prompt": "x", "n": 1.5})").second, "n");
+  EXPECT_EQ(completion(R"({"prompt": "x", "n": "2"})").second, "n");
+  EXPECT_EQ(completion(R"({"prompt": "x", "best_of": 3})").first,
+            "`best_of` must equal `n` (1): this server does not rank extra samples");
+  EXPECT_EQ(completion(R"({"prompt": "x", "n": 2, "best_of": 3})").second, "best_of");
   EXPECT_EQ(completion(R"({"prompt": "x", "echo": true})").second, "echo");
   EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": 100}})").second, "logit_bias");
   EXPECT_EQ(completion(R"({"prompt": "x", "stream_options": {"include_usage": true}})").second,
@@ -233,10 +237,10 @@ TEST(OpenAiProtocolTest, ChatStreamsAsServerSentEvents) {
       "return_tokens_as_token_ids": true})");
   OpenAiResponder responder(request, "chatcmpl-1", "tiny", 1700000000, nullptr);
   std::string sse = responder.StreamStart();
-  sse += responder.StreamMessage(ChunkOf("Hel", {10}, 1));
-  sse += responder.StreamMessage(ChunkOf("", {}, 1));  // Says nothing.
-  sse += responder.StreamMessage(ChunkOf("lo", {11}, 2));
-  sse += responder.StreamMessage(CompleteOf(v1::FINISH_REASON_LENGTH));
+  sse += responder.StreamMessage(0, ChunkOf("Hel", {10}, 1));
+  sse += responder.StreamMessage(0, ChunkOf("", {}, 1));  // Says nothing.
+  sse += responder.StreamMessage(0, ChunkOf("lo", {11}, 2));
+  sse += responder.StreamMessage(0, CompleteOf(v1::FINISH_REASON_LENGTH));
   sse += responder.StreamEnd();
   bool done = false;
   const std::vector<json> events = Events(sse, &done);
@@ -268,14 +272,70 @@ TEST(OpenAiProtocolTest, ChatStreamsAsServerSentEvents) {
   EXPECT_EQ(error[0]["error"]["message"], "gone");
 }
 
+// n choices: n Generate requests, ids "<id>-<i>" (one choice: "<id>"),
+// seeds seed + i (none when no seed is given); each choice streams under its index, and usage
+// counts the prompt once and every choice's completion.
+TEST(OpenAiProtocolTest, ChoicesAreSeparateRequestsUnderTheirIndex) {
+  const OpenAiRequest seeded = Parse(OpenAiEndpoint::kCompletions,
+                                     R"({"prompt": "x", "n": 3, "best_of": 3, "seed": -1,
+                                         "stream": true, "stream_options": {"include_usage": true}})");
+  EXPECT_EQ(seeded.n, 3);
+  const v1::GenerateRequest first = ChoiceRequest(seeded, "cmpl-9", 0);
+  const v1::GenerateRequest third = ChoiceRequest(seeded, "cmpl-9", 2);
+  EXPECT_EQ(first.request_id(), "cmpl-9-0");
+  EXPECT_EQ(third.request_id(), "cmpl-9-2");
+  EXPECT_EQ(first.sampling().seed(), std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(third.sampling().seed(), 1u);  // Wraps around.
+  EXPECT_EQ(third.text(), "x");
+  const OpenAiRequest unseeded = Parse(OpenAiEndpoint::kCompletions, R"({"prompt": "x", "n": 2})");
+  EXPECT_FALSE(ChoiceRequest(unseeded, "cmpl-9", 1).sampling().has_seed());
+  const OpenAiRequest one = Parse(OpenAiEndpoint::kCompletions, R"({"prompt": "x", "seed": 5})");
+  EXPECT_EQ(ChoiceRequest(one, "cmpl-9", 0).request_id(), "cmpl-9");
+  EXPECT_EQ(ChoiceRequest(one, "cmpl-9", 0).sampling().seed(), 5u);
+
+  OpenAiResponder responder(seeded, "cmpl-9", "tiny", 1700000000, nullptr);
+  std::string sse = responder.StreamStart();
+  sse += responder.StreamMessage(2, ChunkOf("a", {}, 1));
+  sse += responder.StreamMessage(0, ChunkOf("b", {}, 1));
+  for (int i : {1, 0, 2}) sse += responder.StreamMessage(i, CompleteOf(v1::FINISH_REASON_STOP));
+  sse += responder.StreamEnd();
+  bool done = false;
+  const std::vector<json> events = Events(sse, &done);
+  EXPECT_TRUE(done);
+  ASSERT_EQ(events.size(), 6u);
+  EXPECT_EQ(events[0]["choices"][0]["index"], 2);
+  EXPECT_EQ(events[0]["choices"][0]["text"], "a");
+  EXPECT_EQ(events[1]["choices"][0]["index"], 0);
+  EXPECT_EQ(events[2]["choices"][0]["index"], 1);
+  EXPECT_EQ(events[5]["usage"], json::parse(R"({"prompt_tokens": 4, "completion_tokens": 6,
+      "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 3}})"));
+
+  const OpenAiRequest chat = Parse(OpenAiEndpoint::kChat,
+                                   R"({"messages": [{"role": "user", "content": "x"}], "n": 2})");
+  OpenAiResponder collected(chat, "chatcmpl-9", "tiny", 1700000000, nullptr);
+  collected.Add(1, ChunkOf("one", {}, 1));
+  collected.Add(0, ChunkOf("zero", {}, 1));
+  collected.Add(0, CompleteOf(v1::FINISH_REASON_LENGTH));
+  collected.Add(1, CompleteOf(v1::FINISH_REASON_STOP));
+  const json body = collected.Body();
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][0]["index"], 0);
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "zero");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_EQ(body["choices"][1]["message"]["content"], "one");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 4);
+}
+
 TEST(OpenAiProtocolTest, CompletionsCollectIntoOneResponse) {
   const OpenAiRequest request =
       Parse(OpenAiEndpoint::kCompletions,
             R"({"prompt": "x", "logprobs": 1, "return_tokens_as_token_ids": true})");
   OpenAiResponder responder(request, "cmpl-1", "tiny", 1700000000, nullptr);
-  responder.Add(ChunkOf("Hel", {10}, 1));
-  responder.Add(ChunkOf("lo", {11}, 2));
-  responder.Add(CompleteOf(v1::FINISH_REASON_STOP));
+  responder.Add(0, ChunkOf("Hel", {10}, 1));
+  responder.Add(0, ChunkOf("lo", {11}, 2));
+  responder.Add(0, CompleteOf(v1::FINISH_REASON_STOP));
   const json body = responder.Body();
   EXPECT_EQ(body["object"], "text_completion");
   EXPECT_EQ(body["choices"][0]["text"], "Hello");
