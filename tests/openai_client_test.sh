@@ -94,6 +94,12 @@ for chunk in client.chat.completions.create(model="tiny-v2", messages=messages, 
     for choice in chunk.choices:
         by_index[choice.index] = by_index.get(choice.index, "") + (choice.delta.content or "")
 assert by_index == {0: whole, 1: whole}, by_index
+# Several prompts, n each: choice i is prompt i // n.
+batch = client.completions.create(model="tiny-v2", prompt=[prompt, prompt[:3]], n=2,
+                                  max_tokens=len(expected), temperature=0, extra_body=extra)
+assert [c.index for c in batch.choices] == [0, 1, 2, 3], batch.choices
+assert batch.choices[0].text == batch.choices[1].text == done.choices[0].text, batch.choices
+assert batch.usage.prompt_tokens == len(prompt) + 3, batch.usage
 
 # Errors: OpenAI's shape, the client's exception classes.
 bad = openai.OpenAI(base_url=base, api_key="not-a-valid-token-at-all",

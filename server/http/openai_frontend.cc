@@ -254,8 +254,8 @@ class ChoiceCalls {
  public:
   ChoiceCalls(v1::Generation::Stub& stub, std::shared_ptr<LiveGenerateCalls> live,
               const OpenAiRequest& request, const std::string& id, const std::string& principal)
-      : waker_(std::make_shared<Waker>()), ended_(request.n, false) {
-    for (int i = 0; i < request.n; ++i) {
+      : waker_(std::make_shared<Waker>()), ended_(request.choices(), false) {
+    for (int i = 0; i < request.choices(); ++i) {
       calls_.push_back(
           GenerateCall::Start(stub, live, waker_, ChoiceRequest(request, id, i), principal));
     }
@@ -430,8 +430,8 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   // Nothing is sent before every choice's first message or end, so that a
   // request the service refuses (any of its choices) gets its HTTP status.
   std::vector<CallEvent> early;
-  std::vector<bool> started(parsed->n, false);
-  for (int waiting = parsed->n; waiting > 0;) {
+  std::vector<bool> started(parsed->choices(), false);
+  for (int waiting = parsed->choices(); waiting > 0;) {
     CallEvent event = calls->Next(connection);
     if (event.client_gone) {
       ++cancelled_;

@@ -352,7 +352,7 @@ void PostLongStream(Socket& client) {
 }
 
 // n choices are n requests of the service: greedy, each is the gRPC API's
-// greedy output; sampled with a seed, choice i is the gRPC API's output with
+// greedy output (of its prompt, when there are several); sampled with a seed, choice i is the gRPC API's output with
 // seed + i; streamed, each choice's events carry its index and add up to the
 // same text; usage counts the prompt once. A client that leaves cancels
 // every choice.
@@ -374,6 +374,24 @@ TEST(OpenAiFrontendTest, SeveralChoicesAreSeveralRequests) {
   }
   EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
   EXPECT_EQ(body["usage"]["completion_tokens"], 18);
+
+  // Several prompts, n each: choice i is prompt i / n.
+  const std::vector<int32_t> other = {0, 21, 22};
+  const testutil::StreamResult other_greedy = f.Grpc(testutil::Greedy("o", other, 6));
+  ASSERT_TRUE(other_greedy.status.ok()) << other_greedy.status.error_message();
+  json batch = request;
+  batch["prompt"] = {prompt, other};
+  batch["n"] = 2;
+  auto batched = f.Post("/v1/completions", batch);
+  ASSERT_TRUE(batched);
+  ASSERT_EQ(batched->status, 200) << batched->body;
+  const json batch_body = json::parse(batched->body);
+  ASSERT_EQ(batch_body["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(batch_body["choices"][i]["text"], i < 2 ? greedy.text : other_greedy.text) << i;
+  }
+  EXPECT_EQ(batch_body["usage"]["prompt_tokens"], 8);
+  EXPECT_EQ(batch_body["usage"]["completion_tokens"], 24);
 
   // Sampled: choice i has seed 7 + i.
   std::vector<std::string> sampled;

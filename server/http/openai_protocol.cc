@@ -204,42 +204,50 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
   return absl::OkStatus();
 }
 
-absl::Status ReadPrompt(const json& body, v1::GenerateRequest* out) {
+// `prompt`: one prompt (a string or token ids), or a list of them.
+absl::Status ReadPrompts(const json& body, std::vector<v1::GenerateRequest>* out) {
   const auto it = body.find("prompt");
   if (it == body.end() || it->is_null()) return Invalid("prompt", "`prompt` is required");
   const json& prompt = *it;
   const auto ids = [&](const json& list, const std::string& name) -> absl::Status {
+    if (list.empty()) return Invalid(name, absl::StrCat("`", name, "` is empty"));
+    v1::GenerateRequest& request = out->emplace_back();
     for (size_t i = 0; i < list.size(); ++i) {
       absl::StatusOr<int64_t> id = Fields::IntegerValue(
           absl::StrCat(name, "[", i, "]"), list[i], 0, std::numeric_limits<int32_t>::max());
       if (!id.ok()) return id.status();
-      out->mutable_token_ids()->add_ids(static_cast<int32_t>(*id));
+      request.mutable_token_ids()->add_ids(static_cast<int32_t>(*id));
     }
-    if (list.empty()) return Invalid("prompt", "`prompt` is empty");
     return absl::OkStatus();
   };
   if (prompt.is_string()) {
-    out->set_text(prompt.get<std::string>());
+    out->emplace_back().set_text(prompt.get<std::string>());
     return absl::OkStatus();
   }
   if (!prompt.is_array()) {
     return Invalid("prompt", absl::StrCat("`prompt` must be a string, an array of token ids or an "
-                                          "array of one of them, not ",
+                                          "array of them, not ",
                                           TypeName(prompt)));
   }
   if (prompt.empty()) return Invalid("prompt", "`prompt` is empty");
   if (prompt[0].is_number()) return ids(prompt, "prompt");
-  if (prompt.size() > 1) {
-    return Invalid("prompt", "`prompt` holds several prompts; this server takes one per request");
+  if (prompt.size() > static_cast<size_t>(kMaxChoices)) {
+    return Invalid("prompt", absl::StrCat("`prompt` holds ", prompt.size(),
+                                          " prompts; at most ", kMaxChoices));
   }
-  if (prompt[0].is_string()) {
-    out->set_text(prompt[0].get<std::string>());
-    return absl::OkStatus();
-  }
-  if (prompt[0].is_array()) return ids(prompt[0], "prompt[0]");
-  return Invalid("prompt", absl::StrCat("`prompt[0]` must be a string or an array of token ids, "
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    const std::string name = absl::StrCat("prompt[", i, "]");
+    if (prompt[i].is_string()) {
+      out->emplace_back().set_text(prompt[i].get<std::string>());
+    } else if (prompt[i].is_array()) {
+      if (absl::Status s = ids(prompt[i], name); !s.ok()) return s;
+    } else {
+      return Invalid(name, absl::StrCat("`", name, "` must be a string or an array of token ids, "
                                         "not ",
-                                        TypeName(prompt[0])));
+                                        TypeName(prompt[i])));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReadMessages(const json& body, v1::GenerateRequest* out) {
@@ -340,12 +348,17 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
     out->continuous_usage = continuous.value_or(false);
   }
 
-  v1::GenerateRequest& request = out->generate;
-  if (absl::Status s = endpoint == OpenAiEndpoint::kChat ? ReadMessages(body, &request)
-                                                         : ReadPrompt(body, &request);
-      !s.ok()) {
-    return s;
+  if (endpoint == OpenAiEndpoint::kChat) {
+    if (absl::Status s = ReadMessages(body, &out->prompts.emplace_back()); !s.ok()) return s;
+  } else {
+    if (absl::Status s = ReadPrompts(body, &out->prompts); !s.ok()) return s;
   }
+  if (out->choices() > kMaxChoices) {
+    return Invalid("n", absl::StrCat("`n` is ", out->n, " for each of ", out->prompts.size(),
+                                     " prompts: at most ", kMaxChoices, " choices in all"));
+  }
+  v1::GenerateRequest& request = out->generate;
+  request.MergeFrom(out->prompts[0]);
 
   constexpr int64_t kMaxCount = std::numeric_limits<int32_t>::max();
   v1::StoppingCriteria& stopping = *request.mutable_stopping();
@@ -583,10 +596,14 @@ const char* OpenAiFinishReason(v1::FinishReason reason) {
 v1::GenerateRequest ChoiceRequest(const OpenAiRequest& request, const std::string& id,
                                   int index) {
   v1::GenerateRequest choice = request.generate;
+  choice.clear_input();
+  choice.MergeFrom(request.prompts[index / request.n]);
   // One choice is the request `id` itself, which the service's Abort takes.
-  choice.set_request_id(request.n == 1 ? id : absl::StrCat(id, "-", index));
+  choice.set_request_id(request.choices() == 1 ? id : absl::StrCat(id, "-", index));
   v1::SamplingParams& sampling = *choice.mutable_sampling();
-  if (sampling.has_seed()) sampling.set_seed(sampling.seed() + static_cast<uint64_t>(index));
+  if (sampling.has_seed()) {
+    sampling.set_seed(sampling.seed() + static_cast<uint64_t>(index % request.n));
+  }
   return choice;
 }
 
@@ -597,7 +614,7 @@ OpenAiResponder::OpenAiResponder(const OpenAiRequest& request, std::string id, s
       model_(std::move(model)),
       created_(created),
       text_(text),
-      choices_(request.n) {}
+      choices_(request.choices()) {}
 
 std::string OpenAiResponder::TokenString(int32_t id, std::string* bytes) const {
   if (text_ == nullptr || request_.tokens_as_ids) {
@@ -663,9 +680,14 @@ nlohmann::json OpenAiResponder::UsageObject(const v1::Usage& usage) {
 }
 
 nlohmann::json OpenAiResponder::TotalUsage() const {
-  v1::Usage total = choices_[0].usage;
-  for (size_t i = 1; i < choices_.size(); ++i) {
-    total.set_completion_tokens(total.completion_tokens() + choices_[i].usage.completion_tokens());
+  v1::Usage total;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const v1::Usage& usage = choices_[i].usage;
+    if (i % request_.n == 0) {  // The first choice of its prompt.
+      total.set_prompt_tokens(total.prompt_tokens() + usage.prompt_tokens());
+      total.set_cached_tokens(total.cached_tokens() + usage.cached_tokens());
+    }
+    total.set_completion_tokens(total.completion_tokens() + usage.completion_tokens());
   }
   return UsageObject(total);
 }
@@ -689,7 +711,7 @@ std::string OpenAiResponder::Event(const nlohmann::json& object) {
 std::string OpenAiResponder::StreamStart() {
   if (request_.endpoint != OpenAiEndpoint::kChat) return "";
   std::string out;
-  for (int i = 0; i < request_.n; ++i) {
+  for (int i = 0; i < request_.choices(); ++i) {
     json chunk = ChunkObject();
     chunk["choices"].push_back({{"index", i},
                                 {"delta", {{"role", "assistant"}, {"content", ""}}},

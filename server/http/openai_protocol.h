@@ -9,9 +9,9 @@
 // read and type-checked here (a wrong type is a 400 naming the field);
 // vLLM's extra sampling fields (top_k, min_p, repetition_penalty,
 // ignore_eos, min_tokens, skip_special_tokens, stop_token_ids,
-// return_tokens_as_token_ids) are accepted as vLLM accepts them, and so is
-// `n` (several choices, each its own Generate call); features the server
-// does not have (best_of other than n, several prompts, echo, suffix,
+// return_tokens_as_token_ids) are accepted as vLLM accepts them, and so
+// are several prompts and `n` (choices, each its own Generate call);
+// features the server does not have (best_of other than n, echo, suffix,
 // logit_bias, tools, response formats and guided decoding, prompt
 // logprobs, beam search, custom chat templates) are a 400 naming the field
 // when they ask for anything but the default; any other field is ignored,
@@ -45,7 +45,8 @@ namespace dsv2 {
 
 enum class OpenAiEndpoint { kCompletions, kChat };
 
-// The most choices (`n`) a request may ask for, as OpenAI's API allows.
+// The most choices (prompts × `n`) a request may ask for; OpenAI allows
+// n ≤ 128.
 inline constexpr int kMaxChoices = 128;
 
 struct OpenAiRequest {
@@ -54,9 +55,13 @@ struct OpenAiRequest {
   // The request for dsv2.v1.Generation; request_id is the caller's to set.
   v1::GenerateRequest generate;
   bool stream = false;
-  // Choices: n Generate calls of `generate`, choice i with seed + i when a
+  // The prompts, each a request holding only its prompt (`generate` holds
+  // the first); chat: one.
+  std::vector<v1::GenerateRequest> prompts;
+  // Choices per prompt: choice i is prompt i / n, with seed + i % n when a
   // seed is given (the service draws one otherwise), so that they differ.
   int n = 1;
+  int choices() const { return static_cast<int>(prompts.size()) * n; }
   bool include_usage = false;     // stream_options.include_usage: a last chunk with usage.
   bool continuous_usage = false;  // stream_options.continuous_usage_stats (vLLM): usage in every chunk.
   // A chat request without max_tokens / max_completion_tokens: generate up
@@ -72,9 +77,9 @@ struct OpenAiRequest {
 // (OpenAiParam gives it for the error's `param`).
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiEndpoint endpoint, std::string_view body);
 
-// The Generate request of choice `index` (< request.n): `generate` with
-// request id `id` (n = 1) or "<id>-<index>", and, when a seed is given,
-// seed + index.
+// The Generate request of choice `index` (< request.choices()): `generate`
+// with prompt index / n, request id `id` (one choice) or "<id>-<index>",
+// and, when a seed is given, seed + index % n.
 v1::GenerateRequest ChoiceRequest(const OpenAiRequest& request, const std::string& id, int index);
 
 // The request field an InvalidArgument status is about, or "".
@@ -103,7 +108,8 @@ nlohmann::json OpenAiErrorBody(const OpenAiError& error);
 const char* OpenAiFinishReason(v1::FinishReason reason);
 
 // The response to one request, built from its choices' streams of
-// messages (choice i: the stream of ChoiceRequest(request, id, i)).
+// messages (choice i: the stream of ChoiceRequest(request, id, i)). Usage
+// counts each prompt once and every choice's completion.
 class OpenAiResponder {
  public:
   // `text` (may be null) names tokens in logprobs; without it, and with
@@ -142,7 +148,7 @@ class OpenAiResponder {
   nlohmann::json Logprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens,
                           Choice& choice);
   static nlohmann::json UsageObject(const v1::Usage& usage);
-  // The request's usage: the prompt once (every choice has the same), the
+  // The request's usage: each prompt once (from its first choice), the
   // completions of every choice.
   nlohmann::json TotalUsage() const;
   std::string TokenString(int32_t id, std::string* bytes) const;

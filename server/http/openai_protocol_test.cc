@@ -128,8 +128,13 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
   EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": 100}})").second, "logit_bias");
   EXPECT_EQ(completion(R"({"prompt": "x", "stream_options": {"include_usage": true}})").second,
             "stream_options");
-  EXPECT_EQ(completion(R"({"prompt": ["a", "b"]})").first,
-            "`prompt` holds several prompts; this server takes one per request");
+  EXPECT_EQ(completion(R"({"prompt": ["a", [1, "x"]]})").second, "prompt[1][1]");
+  EXPECT_EQ(completion(R"({"prompt": ["a", 5]})").second, "prompt[1]");
+  EXPECT_EQ(completion(R"({"prompt": ["a", []]})").second, "prompt[1]");
+  EXPECT_EQ(completion(R"({"prompt": ["a", "b"], "n": 65})").first,
+            "`n` is 65 for each of 2 prompts: at most 128 choices in all");
+  EXPECT_EQ(completion(json{{"prompt", std::vector<std::string>(129, "a")}}.dump()).second,
+            "prompt");
   EXPECT_EQ(completion(R"({"prompt": [1, -2]})").second, "prompt[1]");
   EXPECT_EQ(completion(R"({"prompt": []})").second, "prompt");
   EXPECT_EQ(completion(R"({})").first, "`prompt` is required");
@@ -289,9 +294,29 @@ TEST(OpenAiProtocolTest, ChoicesAreSeparateRequestsUnderTheirIndex) {
   EXPECT_EQ(third.text(), "x");
   const OpenAiRequest unseeded = Parse(OpenAiEndpoint::kCompletions, R"({"prompt": "x", "n": 2})");
   EXPECT_FALSE(ChoiceRequest(unseeded, "cmpl-9", 1).sampling().has_seed());
-  const OpenAiRequest one = Parse(OpenAiEndpoint::kCompletions, R"({"prompt": "x", "seed": 5})");
+  const OpenAiRequest one = Parse(OpenAiEndpoint::kCompletions, R"({"prompt": [5, 6], "seed": 5})");
   EXPECT_EQ(ChoiceRequest(one, "cmpl-9", 0).request_id(), "cmpl-9");
   EXPECT_EQ(ChoiceRequest(one, "cmpl-9", 0).sampling().seed(), 5u);
+  EXPECT_THAT(ChoiceRequest(one, "cmpl-9", 0).token_ids().ids(), ::testing::ElementsAre(5, 6));
+
+  // Several prompts: choice i is prompt i / n, seed + i % n.
+  const OpenAiRequest prompts = Parse(OpenAiEndpoint::kCompletions,
+                                      R"({"prompt": ["a", [7, 8], "c"], "n": 2, "seed": 10})");
+  ASSERT_EQ(prompts.choices(), 6);
+  EXPECT_EQ(ChoiceRequest(prompts, "cmpl-9", 1).text(), "a");
+  EXPECT_THAT(ChoiceRequest(prompts, "cmpl-9", 2).token_ids().ids(), ::testing::ElementsAre(7, 8));
+  EXPECT_EQ(ChoiceRequest(prompts, "cmpl-9", 3).sampling().seed(), 11u);
+  EXPECT_EQ(ChoiceRequest(prompts, "cmpl-9", 4).text(), "c");
+  EXPECT_EQ(ChoiceRequest(prompts, "cmpl-9", 4).sampling().seed(), 10u);
+  EXPECT_EQ(ChoiceRequest(prompts, "cmpl-9", 5).request_id(), "cmpl-9-5");
+  OpenAiResponder per_prompt(prompts, "cmpl-9", "tiny", 1700000000, nullptr);
+  for (int i = 0; i < 6; ++i) {
+    v1::GenerateResponse done = CompleteOf(v1::FINISH_REASON_STOP);
+    done.mutable_complete()->mutable_usage()->set_prompt_tokens(10 + i / 2);
+    per_prompt.Add(i, done);
+  }
+  EXPECT_EQ(per_prompt.Body()["usage"], json::parse(R"({"prompt_tokens": 33,
+      "completion_tokens": 12, "total_tokens": 45, "prompt_tokens_details": {"cached_tokens": 9}})"));
 
   OpenAiResponder responder(seeded, "cmpl-9", "tiny", 1700000000, nullptr);
   std::string sse = responder.StreamStart();
