@@ -236,3 +236,24 @@ write(CHAT_TEMPLATE, "unknown-role", chat(CONFIG, USER + b"hi", UNKNOWN + b"tool
 write(CHAT_TEMPLATE, "no-template-invalid-utf8", chat(
     {"bos_token": "<s>", "eos_token": "</s>"}, USER + b"caf\xe9"))
 write(CHAT_TEMPLATE, "wrong-types", chat({"bos_token": 5, "add_bos_token": "yes"}, USER + b"x"))
+
+# --- OpenAI request bodies (first byte: even = /v1/completions, odd = chat) ---
+
+OPENAI = "server/http/fuzz/openai_request"
+COMPLETIONS, CHAT = b"\0", b"\1"
+write(OPENAI, "completion", COMPLETIONS + json.dumps({
+    "model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0.7, "top_p": 0.9,
+    "seed": 3, "stop": ["\n", "."], "logprobs": 2, "ignore_eos": True}).encode())
+write(OPENAI, "prompts-and-choices", COMPLETIONS + json.dumps({
+    "prompt": ["a", [1, 2, 3]], "n": 3, "best_of": 3, "seed": -1, "stream": True,
+    "stream_options": {"include_usage": True, "continuous_usage_stats": True}}).encode())
+write(OPENAI, "token-ids", COMPLETIONS + json.dumps({
+    "prompt": [5, 6, 7], "max_tokens": 2, "return_tokens_as_token_ids": True, "top_k": -1,
+    "min_p": 0.1, "repetition_penalty": 1.1, "stop_token_ids": [2]}).encode())
+write(OPENAI, "chat", CHAT + json.dumps({
+    "messages": [{"role": "system", "content": "Be brief."},
+                 {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    "n": 2, "max_completion_tokens": 5, "logprobs": True, "top_logprobs": 1}).encode())
+write(OPENAI, "unsupported-and-wrong-types", COMPLETIONS + json.dumps({
+    "prompt": {"a": 1}, "n": "2", "echo": True, "logit_bias": {"5": 1},
+    "best_of": 4}).encode())

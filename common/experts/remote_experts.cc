@@ -1,7 +1,6 @@
 #include "common/experts/remote_experts.h"
 
 #include <algorithm>
-#include <future>
 #include <map>
 #include <optional>
 

@@ -357,6 +357,16 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
     return Invalid("n", absl::StrCat("`n` is ", out->n, " for each of ", out->prompts.size(),
                                      " prompts: at most ", kMaxChoices, " choices in all"));
   }
+  // Each choice is a request of its own, with its own copy of its prompt.
+  int64_t input_bytes = 0;
+  for (const v1::GenerateRequest& prompt : out->prompts) {
+    input_bytes += static_cast<int64_t>(prompt.ByteSizeLong()) * out->n;
+  }
+  if (input_bytes > kMaxChoiceInputBytes) {
+    return Invalid("n", absl::StrCat("the prompts of the ", out->choices(), " choices come to ",
+                                     input_bytes, " bytes; at most ", kMaxChoiceInputBytes,
+                                     " in all"));
+  }
   v1::GenerateRequest& request = out->generate;
   request.MergeFrom(out->prompts[0]);
 

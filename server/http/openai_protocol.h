@@ -48,6 +48,10 @@ enum class OpenAiEndpoint { kCompletions, kChat };
 // The most choices (prompts × `n`) a request may ask for; OpenAI allows
 // n ≤ 128.
 inline constexpr int kMaxChoices = 128;
+// The most bytes of prompts a request's choices may carry in all (each
+// choice's request holds its own copy): 8 MiB, eight times what one request
+// of the service may hold.
+inline constexpr int64_t kMaxChoiceInputBytes = int64_t{8} << 20;
 
 struct OpenAiRequest {
   OpenAiEndpoint endpoint = OpenAiEndpoint::kCompletions;

@@ -135,6 +135,14 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
             "`n` is 65 for each of 2 prompts: at most 128 choices in all");
   EXPECT_EQ(completion(json{{"prompt", std::vector<std::string>(129, "a")}}.dump()).second,
             "prompt");
+  // Each choice copies its prompt: 8 MiB of prompts in all.
+  const std::string long_prompt(100 << 10, 'a');
+  EXPECT_EQ(completion(json{{"prompt", long_prompt}, {"n", 128}}.dump()).second, "n");
+  EXPECT_THAT(completion(json{{"prompt", long_prompt}, {"n", 128}}.dump()).first,
+              HasSubstr("the prompts of the 128 choices come to 13107"));
+  EXPECT_TRUE(ParseOpenAiRequest(OpenAiEndpoint::kCompletions,
+                                 json{{"prompt", long_prompt}, {"n", 64}}.dump())
+                  .ok());
   EXPECT_EQ(completion(R"({"prompt": [1, -2]})").second, "prompt[1]");
   EXPECT_EQ(completion(R"({"prompt": []})").second, "prompt");
   EXPECT_EQ(completion(R"({})").first, "`prompt` is required");
