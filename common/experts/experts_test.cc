@@ -113,8 +113,40 @@ class ExpertsTest : public ::testing::TestWithParam<std::string> {
     ASSERT_GE(layer_, 0);
   }
 
+  // The layer's output for `b` from one worker, in bf16 on the wire.
+  std::vector<float> Reference(const Batch& b) {
+    std::vector<float> out;
+    Cluster reference(*model_, 1, 1, DType::kBF16);
+    EXPECT_TRUE(reference.Compute(b, layer_, &out).ok());
+    return out;
+  }
+
   std::unique_ptr<DeepseekV2Model> model_;
   int64_t layer_ = -1;
+};
+
+// A hung worker's request handler: every dispatch is held unanswered.
+// Release() lets them go (answered INTERNAL, as a destroyed request is)
+// while the transports still exist.
+class Hang {
+ public:
+  transport::RequestHandler Handler() {
+    return [this](transport::IncomingRequest request) {
+      MutexLock lock(&mutex_);
+      held_.push_back(std::move(request));
+    };
+  }
+  // How many were held.
+  size_t Release() {
+    MutexLock lock(&mutex_);
+    const size_t held = held_.size();
+    held_.clear();
+    return held;
+  }
+
+ private:
+  Mutex mutex_;
+  std::vector<transport::IncomingRequest> held_ ABSL_GUARDED_BY(mutex_);
 };
 
 TEST_P(ExpertsTest, RemoteEqualsLocalInF32AndEveryPlacementAgreesInBf16) {
@@ -148,11 +180,8 @@ TEST_P(ExpertsTest, RemoteEqualsLocalInF32AndEveryPlacementAgreesInBf16) {
 
 TEST_P(ExpertsTest, ReplicasTakeOverAndAUnitWithoutWorkerIsUnavailable) {
   const Batch b = RandomBatch(*model_, 16, 9);
-  std::vector<float> expected, out;
-  {
-    Cluster reference(*model_, 1, 1, DType::kBF16);
-    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
-  }
+  const std::vector<float> expected = Reference(b);
+  std::vector<float> out;
   Cluster replicated(*model_, 2, 2, DType::kBF16);
   replicated.transport(0).Shutdown();  // As if killed: calls to it fail UNAVAILABLE.
   for (int i = 0; i < 3; ++i) {
@@ -175,17 +204,9 @@ TEST_P(ExpertsTest, ReplicasTakeOverAndAUnitWithoutWorkerIsUnavailable) {
 // without one the layer fails UNAVAILABLE naming it after `timeout`.
 TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
   const Batch b = RandomBatch(*model_, 16, 13);
-  std::vector<float> expected, out;
-  {
-    Cluster reference(*model_, 1, 1, DType::kBF16);
-    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
-  }
-  Mutex mutex;
-  std::vector<transport::IncomingRequest> held;
-  auto hang = [&](transport::IncomingRequest request) {
-    MutexLock lock(&mutex);
-    held.push_back(std::move(request));
-  };
+  const std::vector<float> expected = Reference(b);
+  std::vector<float> out;
+  Hang hang;
   std::vector<std::pair<std::string, std::string>> reports;
   RemoteExpertsOptions options{.timeout = absl::Seconds(2),
                                .attempt_timeout = absl::Milliseconds(100),
@@ -193,7 +214,7 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
                                  reports.emplace_back(id, why);
                                }};
   Cluster replicated(*model_, 2, 2, DType::kBF16, options);
-  replicated.transport(0).SetRequestHandler(hang);
+  replicated.transport(0).SetRequestHandler(hang.Handler());
   const absl::Time start = absl::Now();
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(replicated.Compute(b, layer_, &out).ok());
@@ -207,15 +228,14 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
 
   reports.clear();
   Cluster single(*model_, 2, 1, DType::kBF16, options);
-  single.transport(1).SetRequestHandler(hang);
+  single.transport(1).SetRequestHandler(hang.Handler());
   const absl::Status status = single.Compute(b, layer_, &out);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(status.message(), HasSubstr("expert worker w1"));
   EXPECT_THAT(status.message(), HasSubstr("no answer within 2s"));
   ASSERT_EQ(reports.size(), 1u);
   EXPECT_EQ(reports[0].first, "w1");
-  MutexLock lock(&mutex);
-  held.clear();
+  hang.Release();
 }
 
 // A slow worker is not given up on. Worker 0 answers only after 300 ms and
@@ -225,13 +245,9 @@ TEST_P(ExpertsTest, AHungWorkerIsRoutedAroundOrUnavailable) {
 // avoided and worker 0, late again with no replica left, is waited for.
 TEST_P(ExpertsTest, ASlowReplicaServesWhileAnotherHangs) {
   const Batch b = RandomBatch(*model_, 16, 17);
-  std::vector<float> expected, out;
-  {
-    Cluster reference(*model_, 1, 1, DType::kBF16);
-    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
-  }
-  Mutex mutex;
-  std::vector<transport::IncomingRequest> held;
+  const std::vector<float> expected = Reference(b);
+  std::vector<float> out;
+  Hang hang;
   std::vector<std::string> reported;
   RemoteExpertsOptions options{.timeout = absl::Seconds(5),
                                .attempt_timeout = absl::Milliseconds(100),
@@ -239,10 +255,7 @@ TEST_P(ExpertsTest, ASlowReplicaServesWhileAnotherHangs) {
                                  reported.push_back(id);
                                }};
   Cluster cluster(*model_, 2, 2, DType::kBF16, options, {absl::Milliseconds(300)});
-  cluster.transport(1).SetRequestHandler([&](transport::IncomingRequest request) {
-    MutexLock lock(&mutex);
-    held.push_back(std::move(request));
-  });
+  cluster.transport(1).SetRequestHandler(hang.Handler());
   for (int call = 0; call < 2; ++call) {
     SCOPED_TRACE(call);
     const absl::Time start = absl::Now();
@@ -256,9 +269,7 @@ TEST_P(ExpertsTest, ASlowReplicaServesWhileAnotherHangs) {
   EXPECT_EQ(stats.failures, 0);
   EXPECT_GT(stats.resends, 0);
   EXPECT_EQ(cluster.server(0).stats().requests, 2);
-  MutexLock lock(&mutex);
-  EXPECT_EQ(held.size(), 1u);
-  held.clear();
+  EXPECT_EQ(hang.Release(), 1u);
 }
 
 // A worker that answers with errors (here: as a worker of another model
@@ -270,11 +281,8 @@ TEST_P(ExpertsTest, AWorkerAnsweringErrorsIsRoutedAround) {
   auto refuse = [](transport::IncomingRequest request) {
     request.RespondError(absl::InvalidArgumentError("dispatch hidden size 64 != the model's 32"));
   };
-  std::vector<float> expected, out;
-  {
-    Cluster reference(*model_, 1, 1, DType::kBF16);
-    ASSERT_TRUE(reference.Compute(b, layer_, &expected).ok());
-  }
+  const std::vector<float> expected = Reference(b);
+  std::vector<float> out;
   Cluster replicated(*model_, 2, 2, DType::kBF16);
   replicated.transport(0).SetRequestHandler(refuse);
   ASSERT_TRUE(replicated.Compute(b, layer_, &out).ok());

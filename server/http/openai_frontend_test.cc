@@ -351,6 +351,16 @@ void PostLongStream(Socket& client) {
   client.Post("/v1/completions", streaming, kAlice);
 }
 
+// The JSON body of a request that must succeed (null, and a failure, if not).
+json PostOk(Fixture& f, const std::string& path, const json& request) {
+  auto result = f.Post(path, request);
+  if (!result || result->status != 200) {
+    ADD_FAILURE() << path << ": " << (result ? result->body : "no answer");
+    return nullptr;
+  }
+  return json::parse(result->body);
+}
+
 // n choices are n requests of the service: greedy, each is the gRPC API's
 // greedy output (of its prompt, when there are several); sampled with a seed, choice i is the gRPC API's output with
 // seed + i; streamed, each choice's events carry its index and add up to the
@@ -363,10 +373,7 @@ TEST(OpenAiFrontendTest, SeveralChoicesAreSeveralRequests) {
   ASSERT_TRUE(greedy.status.ok()) << greedy.status.error_message();
   const json request{{"prompt", prompt}, {"max_tokens", 6}, {"temperature", 0},
                      {"ignore_eos", true}, {"n", 3}};
-  auto plain = f.Post("/v1/completions", request);
-  ASSERT_TRUE(plain);
-  ASSERT_EQ(plain->status, 200) << plain->body;
-  const json body = json::parse(plain->body);
+  const json body = PostOk(f, "/v1/completions", request);
   ASSERT_EQ(body["choices"].size(), 3u);
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(body["choices"][i]["index"], i);
@@ -382,10 +389,7 @@ TEST(OpenAiFrontendTest, SeveralChoicesAreSeveralRequests) {
   json batch = request;
   batch["prompt"] = {prompt, other};
   batch["n"] = 2;
-  auto batched = f.Post("/v1/completions", batch);
-  ASSERT_TRUE(batched);
-  ASSERT_EQ(batched->status, 200) << batched->body;
-  const json batch_body = json::parse(batched->body);
+  const json batch_body = PostOk(f, "/v1/completions", batch);
   ASSERT_EQ(batch_body["choices"].size(), 4u);
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(batch_body["choices"][i]["text"], i < 2 ? greedy.text : other_greedy.text) << i;
@@ -406,10 +410,7 @@ TEST(OpenAiFrontendTest, SeveralChoicesAreSeveralRequests) {
   json seeded = request;
   seeded["temperature"] = 1.0;
   seeded["seed"] = 7;
-  auto varied = f.Post("/v1/completions", seeded);
-  ASSERT_TRUE(varied);
-  ASSERT_EQ(varied->status, 200) << varied->body;
-  const json varied_body = json::parse(varied->body);
+  const json varied_body = PostOk(f, "/v1/completions", seeded);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(varied_body["choices"][i]["text"], sampled[i]) << i;
   EXPECT_NE(sampled[0], sampled[1]);
 
