@@ -306,10 +306,13 @@ class ChoiceCalls {
   int next_ = 0;  // Where the next look starts.
 };
 
-// A service error carried in a message, as a status.
-absl::Status MessageError(const v1::GenerateResponse& message) {
-  return absl::Status(static_cast<absl::StatusCode>(message.error().code()),
-                      message.error().message());
+// The failure an event reports: an end with an error status, or a message
+// carrying the service's error; OK otherwise.
+absl::Status EventError(const CallEvent& event) {
+  if (event.end) return ToStatus(event.status);
+  if (!event.message->has_error()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(event.message->error().code()),
+                      event.message->error().message());
 }
 
 // What a streaming response's content provider works through.
@@ -428,7 +431,8 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
                                              request.principal);
   ClientConnection& connection = request.connection;
   // Nothing is sent before every choice's first message or end, so that a
-  // request the service refuses (any of its choices) gets its HTTP status.
+  // request the service refuses, or that fails meanwhile (any of its
+  // choices), gets its HTTP status.
   std::vector<CallEvent> early;
   std::vector<bool> started(parsed->choices(), false);
   for (int waiting = parsed->choices(); waiting > 0;) {
@@ -437,12 +441,9 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
       ++cancelled_;
       return;
     }
-    absl::Status refused;
-    if (event.end && !started[event.choice]) {
-      refused = event.status.ok() ? absl::InternalError("the stream ended without output")
-                                  : ToStatus(event.status);
-    } else if (event.message && event.message->has_error()) {
-      refused = MessageError(*event.message);
+    absl::Status refused = EventError(event);
+    if (refused.ok() && event.end && !started[event.choice]) {
+      refused = absl::InternalError("the stream ended without output");
     }
     if (!refused.ok()) {
       calls->Cancel();
@@ -465,10 +466,7 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
         ++cancelled_;
         return;
       }
-      absl::Status failed = event.end ? ToStatus(event.status)
-                            : event.message->has_error() ? MessageError(*event.message)
-                                                         : absl::OkStatus();
-      if (!failed.ok()) {
+      if (absl::Status failed = EventError(event); !failed.ok()) {
         calls->Cancel();
         return RespondStatus(response, failed);
       }
@@ -508,11 +506,7 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
             ++*cancelled;
             return false;
           }
-          const absl::Status failed = event.end ? ToStatus(event.status)
-                                      : event.message->has_error()
-                                          ? MessageError(*event.message)
-                                          : absl::OkStatus();
-          if (!failed.ok()) {
+          if (absl::Status failed = EventError(event); !failed.ok()) {
             state->calls->Cancel();
             out += OpenAiResponder::StreamError(OpenAiErrorFromStatus(failed));
             last = true;
