@@ -150,10 +150,13 @@ absl::StatusOr<std::unique_ptr<DeepseekV2Model>> LoadModelForServing(
           }
         },
         want);
+    // Timed before reading /proc/self/smaps for the huge-page share.
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     DSV2_LOG(INFO) << absl::StrFormat(
         "%.2f GB of %.2f GB of weights in memory (%.2f GB on huge pages) in %.2f s", bytes / 1e9,
         (*model)->checkpoint().total_bytes() / 1e9, (*model)->checkpoint().HugePageBytes() / 1e9,
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        seconds);
   }
   return model;
 }

@@ -150,13 +150,14 @@ class ExpertPrefaulter {
                  !Stopping();
         });
     resident_.insert(wanted.begin(), wanted.end());
+    // Timed before reading /proc/self/smaps for the huge-page share.
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     DSV2_LOG(INFO) << "placed on this worker: " << resident_.size() << " of "
                    << model_.config().n_routed_experts << " experts per layer; read "
                    << absl::StrCat(bytes / 1e6) << " MB ("
                    << absl::StrCat(model_.checkpoint().HugePageBytes() / 1e6)
-                   << " MB of the files on huge pages) in "
-                   << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-                   << " s";
+                   << " MB of the files on huge pages) in " << seconds << " s";
   }
 
   const DeepseekV2Model& model_;
