@@ -1,5 +1,6 @@
 // cpu::Linear on DeepSeek-V2-Lite's projection and expert shapes (bf16
-// weights), next to this machine's rooflines measured in the same run:
+// weights, or with --dtype int8 dsv2-int8 weights and their scales), next to
+// this machine's rooflines measured in the same run:
 //
 //  - decode (n = 1): GB/s of weight bytes read, as a share of the measured
 //    memory read bandwidth. Weights are cold, as in a real decode step (the
@@ -26,7 +27,8 @@
 // of the FMA peak; the last column says which of them a shape meets.
 //
 //   linear_bench [--reps 7] [--shapes q_proj,kv_a_proj,...] [--cold-mib N]
-//                [--isa amx|avx512|avx2|portable] [--sweep 1,2,4,...] [--json]
+//                [--isa amx|amx-int8|avx512|avx2|portable] [--dtype bf16|int8]
+//                [--sweep 1,2,4,...] [--json]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -39,6 +41,7 @@
 #include "bench/stats.h"
 #include "common/base/thread_pool.h"
 #include "common/tensor/dtype.h"
+#include "common/tensor/q8.h"
 #include "kernels/cpu/ops.h"
 
 namespace dsv2::bench {
@@ -71,25 +74,55 @@ struct Noise {
   }
 };
 
-// `copies` identical bf16 matrices, back to back.
+// Bytes a call reads of a matrix of shape s: bf16 weights, or int8 ones and
+// their float32 scales.
+int64_t MatrixBytes(const Shape& s, DType dtype) {
+  return dtype == DType::kI8 ? s.out * (s.in + 4 * Q8Blocks(s.in)) : s.out * s.in * 2;
+}
+
+// `copies` identical matrices, back to back: bf16, or int8 (each copy its
+// integers, then its scales).
 struct ColdWeights {
-  std::vector<uint16_t> data;
+  DType dtype = DType::kBF16;
+  std::vector<char> data;
   int64_t copies = 0;
   WeightMatrix Copy(const Shape& s, int64_t c) const {
-    return WeightMatrix{DType::kBF16, s.out, s.in, data.data() + c * s.out * s.in};
+    const char* base = data.data() + c * MatrixBytes(s, dtype);
+    if (dtype != DType::kI8) return WeightMatrix{dtype, s.out, s.in, base};
+    return WeightMatrix{dtype, s.out, s.in, base,
+                        reinterpret_cast<const float*>(base + s.out * s.in)};
+  }
+  // The value weight (r, c) stands for.
+  double Value(const Shape& s, int64_t r, int64_t c) const {
+    const WeightMatrix m = Copy(s, 0);
+    if (dtype != DType::kI8) return BF16ToFloat(reinterpret_cast<const uint16_t*>(m.data)[r * s.in + c]);
+    return static_cast<double>(static_cast<const int8_t*>(m.data)[r * s.in + c]) *
+           m.row_scales(r)[c / kQ8Block];
   }
 };
 
-ColdWeights MakeWeights(const Shape& s, int64_t cold_bytes) {
-  const int64_t elements = s.out * s.in;
+ColdWeights MakeWeights(const Shape& s, DType dtype, int64_t cold_bytes) {
+  const int64_t elements = s.out * s.in, bytes = MatrixBytes(s, dtype);
   ColdWeights w;
-  w.copies = std::max<int64_t>(1, (cold_bytes + elements * 2 - 1) / (elements * 2));
-  w.data.resize(w.copies * elements);
+  w.dtype = dtype;
+  w.copies = std::max<int64_t>(1, (cold_bytes + bytes - 1) / bytes);
+  w.data.resize(w.copies * bytes);
   Noise noise{0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(elements)};
-  for (int64_t i = 0; i < elements; ++i) w.data[i] = FloatToBF16(noise.Next());
+  if (dtype == DType::kI8) {
+    std::vector<float> row(s.in);
+    auto* q = reinterpret_cast<int8_t*>(w.data.data());
+    auto* scales = reinterpret_cast<float*>(w.data.data() + elements);
+    for (int64_t r = 0; r < s.out; ++r) {
+      for (float& v : row) v = noise.Next();
+      QuantizeQ8(row.data(), s.in, q + r * s.in, scales + r * Q8Blocks(s.in));
+    }
+  } else {
+    auto* values = reinterpret_cast<uint16_t*>(w.data.data());
+    for (int64_t i = 0; i < elements; ++i) values[i] = FloatToBF16(noise.Next());
+  }
   ThreadPool::Default().ParallelFor(w.copies - 1, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin + 1; c < end + 1; ++c) {
-      std::memcpy(w.data.data() + c * elements, w.data.data(), elements * 2);
+      std::memcpy(w.data.data() + c * bytes, w.data.data(), bytes);
     }
   });
   return w;
@@ -126,15 +159,21 @@ double TimeHot(const Shape& s, const ColdWeights& w, const float* x, float* y) {
   return best;
 }
 
-// Largest |y - double-precision reference| over a few outputs of each token.
+// Largest |y - double-precision reference| over a few outputs of each token
+// (for int8 weights, of x as the kernels multiply it: quantized per block).
 double MaxError(const Shape& s, const ColdWeights& w, const float* x, int64_t n, const float* y) {
   double worst = 0;
+  std::vector<float> values(s.in), scales(Q8Blocks(s.in));
+  std::vector<int8_t> q(s.in);
   for (int64_t t = 0; t < n; t += std::max<int64_t>(1, n / 4)) {
+    std::copy(x + t * s.in, x + (t + 1) * s.in, values.begin());
+    if (w.dtype == DType::kI8) {
+      QuantizeQ8(values.data(), s.in, q.data(), scales.data());
+      for (int64_t c = 0; c < s.in; ++c) values[c] = q[c] * scales[c / kQ8Block];
+    }
     for (int64_t r = 0; r < s.out; r += std::max<int64_t>(1, s.out / 7)) {
       double sum = 0;
-      for (int64_t c = 0; c < s.in; ++c) {
-        sum += static_cast<double>(BF16ToFloat(w.data[r * s.in + c])) * x[t * s.in + c];
-      }
+      for (int64_t c = 0; c < s.in; ++c) sum += w.Value(s, r, c) * values[c];
       worst = std::max(worst, std::fabs(sum - y[t * s.out + r]));
     }
   }
@@ -160,14 +199,15 @@ struct ShapeResult {
   double max_error = 0;
 };
 
-ShapeResult RunShape(const Shape& s, int reps, int64_t cold_bytes, ReadBandwidthProbe& probe,
+ShapeResult RunShape(const Shape& s, DType dtype, int reps, int64_t cold_bytes,
+                     ReadBandwidthProbe& probe,
                      const std::vector<std::string>& bw_methods, const std::string& fma_isa,
                      const std::vector<int64_t>& sweep) {
   ShapeResult result;
   result.shape = s;
-  const ColdWeights w = MakeWeights(s, cold_bytes);
+  const ColdWeights w = MakeWeights(s, dtype, cold_bytes);
   result.copies = w.copies;
-  const double matrix_bytes = static_cast<double>(s.out * s.in * 2);
+  const double matrix_bytes = static_cast<double>(MatrixBytes(s, dtype));
   const bool prefill = s.out * s.in <= 64ll << 20;  // Not the 100K-row lm_head.
   const int64_t max_n = std::max(prefill ? kPrefillTokens : kBatchTokens[3],
                                  sweep.empty() ? 0 : *std::max_element(sweep.begin(), sweep.end()));
@@ -251,7 +291,7 @@ int Main(int argc, char** argv) {
                    1 << 20)
       << 20;
   if (flags.Has("help") ||
-      !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "sweep", "json"}).empty() ||
+      !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "dtype", "sweep", "json"}).empty() ||
       !flags.error().empty()) {
     if (!flags.error().empty()) std::fprintf(stderr, "linear_bench: %s\n", flags.error().c_str());
     std::fprintf(
@@ -259,7 +299,8 @@ int Main(int argc, char** argv) {
         "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
         "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
         " at least 1024)]\n"
-        "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
+        "                    [--isa amx|amx-int8|avx512|avx2|portable (default: the widest)]\n"
+        "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
         "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
     return flags.Has("help") ? 0 : 2;
   }
@@ -268,6 +309,13 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "linear_bench: this CPU cannot run --isa %s\n", isa.c_str());
     return 2;
   }
+  const std::string dtype_name = flags.Get("dtype", "bf16");
+  if (dtype_name != "bf16" && dtype_name != "int8") {
+    std::fprintf(stderr, "linear_bench: --dtype: '%s' is neither bf16 nor int8\n",
+                 dtype_name.c_str());
+    return 2;
+  }
+  const DType dtype = dtype_name == "int8" ? DType::kI8 : DType::kBF16;
   const std::string wanted = "," + flags.Get("shapes", "") + ",";
   const bool json = flags.Has("json");
 
@@ -289,8 +337,8 @@ int Main(int argc, char** argv) {
   for (size_t i = 0; i < std::min<size_t>(2, styles.size()); ++i)
     bw_methods.push_back(styles[i].name);
   if (!json) {
-    std::printf("cpu::Linear, bf16 weights, kernels %s, %d threads; medians of %d repetitions\n",
-                cpu::KernelIsa(), roofline.threads, reps);
+    std::printf("cpu::Linear, %s weights, kernels %s, %d threads; medians of %d repetitions\n",
+                dtype_name.c_str(), cpu::KernelIsa(), roofline.threads, reps);
     std::printf(
         "roofline at start: read %.1f GB/s (%s, %.0f MiB), FMA %.1f GFLOP/s (%s);\n"
         "each repetition re-measures the read bandwidth before and after the n = 1 timing\n"
@@ -315,13 +363,13 @@ int Main(int argc, char** argv) {
     if (wanted != ",," && wanted.find(std::string(",") + s.name + ",") == std::string::npos) {
       continue;
     }
-    const ShapeResult r = RunShape(s, reps, cold_bytes, probe, bw_methods, fma_isa, sweep);
+    const ShapeResult r = RunShape(s, dtype, reps, cold_bytes, probe, bw_methods, fma_isa, sweep);
     results.push_back(r);
     best_read = std::max(best_read, r.max_read_gb_per_s);
     if (json) continue;
     std::printf("%-12s %6lld %6lld %7.1f | %9.1f %7.2f %5.1f%% %4.0f%% | ", s.name,
                 static_cast<long long>(s.out), static_cast<long long>(s.in),
-                static_cast<double>(s.out * s.in * 2) / 1048576.0, r.decode_us, r.decode_gb_per_s,
+                static_cast<double>(MatrixBytes(s, dtype)) / 1048576.0, r.decode_us, r.decode_gb_per_s,
                 r.decode_pct_bw, r.bw_spread_pct);
     if (r.hot_gb_per_s > 0) {
       std::printf("%7.1f %5.2fx | ", r.hot_gb_per_s, r.hot_gb_per_s / best_read);
@@ -351,12 +399,13 @@ int Main(int argc, char** argv) {
   if (!json && !sweep.empty()) {
     std::printf("\ntoken sweep on cold weights (medians): us, weight GB/s, GFLOP/s\n");
     for (const ShapeResult& r : results) {
-      const double bytes = static_cast<double>(r.shape.out * r.shape.in * 2);
+      const double bytes = static_cast<double>(MatrixBytes(r.shape, dtype));
+      const double flop = 2.0 * static_cast<double>(r.shape.out * r.shape.in);
       std::printf("%-12s", r.shape.name);
       for (size_t i = 0; i < sweep.size(); ++i) {
         const double t = r.sweep_us[i] * 1e-6;
         std::printf(" | n=%lld %.0f %.1f %.0f", static_cast<long long>(sweep[i]), r.sweep_us[i],
-                    bytes / t * 1e-9, 2.0 * static_cast<double>(sweep[i]) * bytes / 2 / t * 1e-9);
+                    bytes / t * 1e-9, static_cast<double>(sweep[i]) * flop / t * 1e-9);
       }
       std::printf("\n");
     }
@@ -369,11 +418,12 @@ int Main(int argc, char** argv) {
   }
   if (json) {
     std::printf(
-        "{\"kernels\": \"%s\", \"threads\": %d, \"reps\": %d, \"weight_dtype\": \"bf16\", "
+        "{\"kernels\": \"%s\", \"threads\": %d, \"reps\": %d, \"weight_dtype\": \"%s\", "
         "\"roofline_at_start\": {\"read_gb_per_s\": %.2f, \"fma_gflop_per_s\": %.1f, "
         "\"fma_isa\": \"%s\"}, \"fastest_read_gb_per_s\": %.2f, \"hot_n1_gb_per_s\": %.2f, "
         "\"shapes\": [",
-        cpu::KernelIsa(), roofline.threads, reps, roofline.bandwidth_gb_per_s_best, fma_at_start,
+        cpu::KernelIsa(), roofline.threads, reps, dtype_name.c_str(),
+        roofline.bandwidth_gb_per_s_best, fma_at_start,
         fma_isa.c_str(), best_read, hot.empty() ? 0.0 : Median(hot));
     for (size_t i = 0; i < results.size(); ++i) {
       const ShapeResult& r = results[i];

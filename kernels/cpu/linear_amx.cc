@@ -1,7 +1,9 @@
-// AMX implementation of the bf16 Linear (CPUs with AMX-TILE and AMX-BF16:
-// Intel Sapphire Rapids and later). Every other op, Linear on f16, f32 and
-// int8 weights, and Linear on routed experts' matrices (WeightMatrix::routed)
-// is the AVX-512 kernels'.
+// AMX implementation of the bf16 Linear (CPUs with AMX-TILE, AMX-BF16 and
+// AMX-INT8: Intel Sapphire Rapids and later), and the two kernel sets built
+// on it: "amx" and "amx-int8" (the same, with the int8 Linear of
+// linear_q8_amx.cc). Every other op, Linear on f16 and f32 weights (and on
+// int8 ones under "amx"), and Linear on routed experts' matrices
+// (WeightMatrix::routed) is the AVX-512 kernels'.
 //
 // The tile unit multiplies bf16 by bf16 only, and the activations are
 // float32. Each input is therefore split exactly into three bf16 parts,
@@ -54,21 +56,21 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <utility>
 
-#include "kernels/cpu/avx512_intrinsics.h"
+#include "kernels/cpu/amx_tiles.h"
 #include "kernels/cpu/linear_kernels.h"
-
-#define DSV2_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
-#define DSV2_AMX_INLINE DSV2_AMX inline __attribute__((always_inline))
 
 namespace dsv2::cpu::internal {
 namespace {
 
-constexpr int kTileRows = 16;    // Weight rows per A tile; pairs of k per B tile.
+using amx::AlignedScratch;
+using amx::kTileRows;  // Weight rows per A tile; pairs of k per B tile.
+using amx::ReleaseTiles;
+using amx::TileLoad;
+using amx::TileStore;
+using amx::TileZero;
+
 constexpr int64_t kStep = 32;    // Columns of k per tile step.
 constexpr int kParts = 3;        // h, m, l.
 constexpr int kGroupTokens = 5;  // Most tokens per B tile (3 columns each).
@@ -81,19 +83,7 @@ constexpr int64_t kTileBytes = 1024;
 // block, and copying the panel dominated.)
 constexpr int64_t kBlockTokenTiles = 32;
 
-// ---- Tile instructions ------------------------------------------------------
-//
-// Inline assembly rather than the compiler's intrinsics: GCC's name their
-// tile register by pasting the macro argument's text, which a template
-// parameter is not. What each register holds: LoadTileConfig and TileMap.
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
+// ---- Tile registers ----------------------------------------------------------
 
 // How a call uses the eight tile registers, by how many token tiles it has
 // (TileMap has the registers of each chunk).
@@ -103,35 +93,17 @@ enum class Layout {
   kMore,           // Accumulators 0-3, weights 4-5, inputs 6-7.
 };
 
-// Every tile has 16 rows; weight tiles 64 bytes a row (32 bf16), input and
-// accumulator tiles `columns` 32-bit words.
+// Weight tiles 64 bytes a row (32 bf16), input and accumulator tiles
+// `columns` 32-bit words.
 void LoadTileConfig(Layout layout, int columns) {
   const int first_weights = layout == Layout::kMore ? 4 : 2;
   const int weight_tiles = layout == Layout::kOneTokenTile ? 4 : 2;
-  TileConfig config;
+  uint16_t bytes_per_row[8];
   for (int t = 0; t < 8; ++t) {
     const bool weights = t >= first_weights && t < first_weights + weight_tiles;
-    config.rows[t] = kTileRows;
-    config.bytes_per_row[t] = static_cast<uint16_t>(weights ? 64 : columns * 4);
+    bytes_per_row[t] = static_cast<uint16_t>(weights ? 64 : columns * 4);
   }
-  asm volatile("ldtilecfg %0" ::"m"(config));
-}
-
-void ReleaseTiles() { asm volatile("tilerelease" ::: "memory"); }
-
-template <int kTile>
-DSV2_AMX_INLINE void TileZero() {
-  asm volatile("tilezero %%tmm%c0" ::"i"(kTile));
-}
-
-template <int kTile>
-DSV2_AMX_INLINE void TileLoad(const void* base, int64_t stride) {
-  asm volatile("tileloadd (%0,%1,1), %%tmm%c2" ::"r"(base), "r"(stride), "i"(kTile) : "memory");
-}
-
-template <int kTile>
-DSV2_AMX_INLINE void TileStore(void* base, int64_t stride) {
-  asm volatile("tilestored %%tmm%c2, (%0,%1,1)" ::"r"(base), "r"(stride), "i"(kTile) : "memory");
+  amx::LoadTileConfig(bytes_per_row);
 }
 
 // C += A · B.
@@ -146,33 +118,6 @@ int64_t Steps(int64_t k) { return (k + kStep - 1) / kStep; }
 int64_t Groups(int64_t n) { return (n + kGroupTokens - 1) / kGroupTokens; }
 // Columns of the input and accumulator tiles: 3 per token of a full group.
 int Columns(int64_t n) { return kParts * static_cast<int>(std::min<int64_t>(n, kGroupTokens)); }
-
-// A 64-byte aligned buffer of at least `words` 32-bit words, grown as
-// needed (its users keep one per thread).
-class AlignedScratch {
- public:
-  uint32_t* Get(int64_t words) {
-    if (words > words_) {
-      data_.reset(static_cast<uint32_t*>(std::aligned_alloc(64, RoundedBytes(words))));
-      words_ = words;
-    }
-    return data_.get();
-  }
-  void TrimTo(size_t bytes) {
-    if (RoundedBytes(words_) > bytes) {
-      data_.reset();
-      words_ = 0;
-    }
-  }
-
- private:
-  static size_t RoundedBytes(int64_t words) { return (words * 4 + 63) / 64 * 64; }
-  struct Free {
-    void operator()(uint32_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint32_t, Free> data_;
-  int64_t words_ = 0;
-};
 
 // The packed inputs: [group of up to 5 tokens][step][pair of k][column],
 // 32-bit words each holding the bf16 parts of an even (low half) and an odd
@@ -482,12 +427,14 @@ void Linear(const LinearArgs& a, bool parallel) {
   scratch.TrimTo(kScratchKeepBytes);
 }
 
-// Linux gives a process the AMX tile state only on request.
+// Linux gives a process the AMX tile state only on request. Every CPU with
+// AMX-BF16 so far also has AMX-INT8; both are required.
 bool AmxUsable() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
   const bool amx_bf16 = (edx & (1u << 22)) != 0, amx_tile = (edx & (1u << 24)) != 0;
-  if (!amx_bf16 || !amx_tile || Avx512Kernels() == nullptr) return false;
+  const bool amx_int8 = (edx & (1u << 25)) != 0;
+  if (!amx_bf16 || !amx_int8 || !amx_tile || Avx512Kernels() == nullptr) return false;
   constexpr long kArchReqXcompPerm = 0x1023;
   constexpr long kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
@@ -495,14 +442,13 @@ bool AmxUsable() {
 
 }  // namespace
 
-const IsaKernels* AmxKernels() {
-  static const IsaKernels* const kernels = []() -> const IsaKernels* {
-    if (!AmxUsable()) return nullptr;
-    const IsaKernels* avx512 = Avx512Kernels();
-    static const IsaKernels amx{"amx", Linear, avx512->axpy, avx512->dot, avx512->linear_q8};
-    return &amx;
-  }();
-  return kernels;
+const IsaKernels* AmxKernels(bool int8) {
+  static const bool usable = AmxUsable();
+  if (!usable) return nullptr;
+  const IsaKernels* avx512 = Avx512Kernels();
+  static const IsaKernels amx{"amx", Linear, avx512->axpy, avx512->dot, avx512->linear_q8};
+  static const IsaKernels amx_int8{"amx-int8", Linear, avx512->axpy, avx512->dot, LinearQ8Amx};
+  return int8 ? &amx_int8 : &amx;
 }
 
 }  // namespace dsv2::cpu::internal
@@ -512,7 +458,7 @@ const IsaKernels* AmxKernels() {
 #include "kernels/cpu/linear_kernels.h"
 
 namespace dsv2::cpu::internal {
-const IsaKernels* AmxKernels() { return nullptr; }
+const IsaKernels* AmxKernels(bool) { return nullptr; }
 }  // namespace dsv2::cpu::internal
 
 #endif

@@ -98,16 +98,19 @@ struct IsaKernels {
 };
 
 // The int8 Linear of each instruction set (linear_q8_avx2.cc,
-// linear_q8_avx512.cc); defined only where those kernels are built (x86).
+// linear_q8_avx512.cc, linear_q8_amx.cc); defined only where those kernels
+// are built (x86; AMX: x86-64).
 void LinearQ8Avx2(const LinearQ8Args& args, bool parallel);
 void LinearQ8Avx512(const LinearQ8Args& args, bool parallel);
+void LinearQ8Amx(const LinearQ8Args& args, bool parallel);
 
 const IsaKernels& PortableKernels();
 // nullptr when built without support for the ISA (never on x86-64 GCC/Clang).
 const IsaKernels* Avx2Kernels();
 const IsaKernels* Avx512Kernels();
-// AVX-512 with the bf16 Linear on the AMX tile unit; also nullptr where the
-// CPU lacks AMX or the OS does not grant its state (linear_amx.cc).
-const IsaKernels* AmxKernels();
+// AVX-512 with the bf16 Linear on the AMX tile unit, and with `int8` the
+// int8 Linear too ("amx-int8"); nullptr where the CPU lacks AMX or the OS
+// does not grant its state (linear_amx.cc).
+const IsaKernels* AmxKernels(bool int8);
 
 }  // namespace dsv2::cpu::internal

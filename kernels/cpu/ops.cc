@@ -151,12 +151,19 @@ bool CpuHas(std::string_view isa) {
 bool CpuHas(std::string_view isa) { return isa == "portable"; }
 #endif
 
-// Every instruction set, widest first; the CPU always runs the last.
-constexpr std::array<const char*, 4> kIsasWidestFirst = {"amx", "avx512", "avx2", "portable"};
+// Every instruction set, widest first; the CPU always runs the last. The
+// default is the first the CPU has, never "amx-int8": its int8 kernel
+// multiplies batches faster but decodes one token slower than "amx"'s
+// (docs/performance.md, "8-bit weights").
+constexpr std::array<const char*, 5> kIsasWidestFirst = {"amx-int8", "amx", "avx512", "avx2",
+                                                         "portable"};
+constexpr std::string_view kOptInIsa = "amx-int8";
 
 const internal::IsaKernels* KernelsFor(std::string_view isa) {
   // AMX: AVX-512 kernels plus the tile unit, if the OS grants it.
-  if (isa == "amx") return CpuHas("avx512") ? internal::AmxKernels() : nullptr;
+  if (isa == "amx" || isa == kOptInIsa) {
+    return CpuHas("avx512") ? internal::AmxKernels(isa == kOptInIsa) : nullptr;
+  }
   if (!CpuHas(isa)) return nullptr;
   if (isa == "avx512") return internal::Avx512Kernels();
   if (isa == "avx2") return internal::Avx2Kernels();
@@ -172,7 +179,7 @@ const internal::IsaKernels* ChooseKernels() {
   }
   const internal::IsaKernels* widest = nullptr;
   for (const char* isa : kIsasWidestFirst) {
-    if ((widest = KernelsFor(isa)) != nullptr) break;
+    if (isa != kOptInIsa && (widest = KernelsFor(isa)) != nullptr) break;
   }
   if (forced != nullptr) {
     DSV2_LOG(WARNING) << "DSV2_CPU_ISA='" << absl::CHexEscape(forced)

@@ -165,7 +165,7 @@ TEST_P(LinearTest, StridedInputAndTransposedAccumulate) {
 // groups (of 3 up to 3 tokens, of up to 6 from 4 to 39), the panel path's
 // tiles of 6 with their merged remainders (40 on) and its token blocks; the
 // AVX2 paths' (up to 12 tokens, then tiles); AMX's tiles of 5 tokens (one,
-// two, or more of them) and its blocks of 160 tokens.
+// two, or more of them) and its blocks of 160 tokens; AMX int8's groups of 8.
 constexpr int64_t kTokenCounts[] = {1,  2,  3,  4,  5,  6,  7,  10, 11, 12,
                                     13, 14, 19, 32, 39, 40, 41, 43, 97, 171};
 
@@ -229,7 +229,8 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
 
 // Under AMX a routed expert's matrix takes the AVX-512 kernel, bit for bit
 // at every token count, and the other matrices the tile unit (whose sums
-// differ from AVX-512's in their last bits).
+// differ from AVX-512's in their last bits): bf16 ones under "amx", bf16
+// and int8 ones under "amx-int8".
 TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
   const std::vector<std::string> isas = KernelIsas();
   if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
@@ -247,18 +248,22 @@ TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
     Linear(x.data(), tokens, view, y.data());
     return y;
   };
-  int64_t differing = 0;
-  for (int64_t tokens : {int64_t{1}, int64_t{6}, n}) {
-    EXPECT_EQ(linear("amx", true, tokens), linear("avx512", true, tokens)) << "n=" << tokens;
-    const std::vector<float> tiles = linear("amx", false, tokens);
-    const std::vector<float> vector = linear("avx512", false, tokens);
-    for (size_t i = 0; i < tiles.size(); ++i) differing += tiles[i] != vector[i];
-  }
-  // Only bf16 weights go to the tile unit.
-  if (GetParam() == DType::kBF16) {
-    EXPECT_GT(differing, 0) << "bf16 matrices that are not routed should take the tile unit";
-  } else {
-    EXPECT_EQ(differing, 0);
+  for (const char* isa : {"amx", "amx-int8"}) {
+    int64_t differing = 0;
+    for (int64_t tokens : {int64_t{1}, int64_t{6}, n}) {
+      EXPECT_EQ(linear(isa, true, tokens), linear("avx512", true, tokens))
+          << isa << " n=" << tokens;
+      const std::vector<float> tiles = linear(isa, false, tokens);
+      const std::vector<float> vector = linear("avx512", false, tokens);
+      for (size_t i = 0; i < tiles.size(); ++i) differing += tiles[i] != vector[i];
+    }
+    const bool on_tiles = GetParam() == DType::kBF16 ||
+                          (GetParam() == DType::kI8 && std::string_view(isa) == "amx-int8");
+    if (on_tiles) {
+      EXPECT_GT(differing, 0) << isa << ": matrices that are not routed should take the tile unit";
+    } else {
+      EXPECT_EQ(differing, 0) << isa;
+    }
   }
 }
 
