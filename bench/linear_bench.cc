@@ -27,7 +27,7 @@
 // of the FMA peak; the last column says which of them a shape meets.
 //
 //   linear_bench [--reps 7] [--shapes q_proj,kv_a_proj,...] [--cold-mib N]
-//                [--isa amx|amx-int8|avx512|avx2|portable] [--dtype bf16|int8]
+//                [--isa amx|avx512|avx2|portable] [--dtype bf16|int8]
 //                [--sweep 1,2,4,...] [--json]
 #include <algorithm>
 #include <cmath>
@@ -299,7 +299,7 @@ int Main(int argc, char** argv) {
         "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
         "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
         " at least 1024)]\n"
-        "                    [--isa amx|amx-int8|avx512|avx2|portable (default: the widest)]\n"
+        "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
         "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
         "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
     return flags.Has("help") ? 0 : 2;

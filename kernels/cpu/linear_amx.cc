@@ -1,9 +1,8 @@
 // AMX implementation of the bf16 Linear (CPUs with AMX-TILE, AMX-BF16 and
-// AMX-INT8: Intel Sapphire Rapids and later), and the two kernel sets built
-// on it: "amx" and "amx-int8" (the same, with the int8 Linear of
-// linear_q8_amx.cc). Every other op, Linear on f16 and f32 weights (and on
-// int8 ones under "amx"), and Linear on routed experts' matrices
-// (WeightMatrix::routed) is the AVX-512 kernels'.
+// AMX-INT8: Intel Sapphire Rapids and later), and the "amx" kernel set: this
+// Linear, the int8 Linear of linear_q8_amx.cc, and the AVX-512 kernels for
+// every other op, for Linear on f16 and f32 weights, and for the bf16
+// Linear of routed experts' matrices (WeightMatrix::routed).
 //
 // The tile unit multiplies bf16 by bf16 only, and the activations are
 // float32. Each input is therefore split exactly into three bf16 parts,
@@ -442,13 +441,14 @@ bool AmxUsable() {
 
 }  // namespace
 
-const IsaKernels* AmxKernels(bool int8) {
-  static const bool usable = AmxUsable();
-  if (!usable) return nullptr;
-  const IsaKernels* avx512 = Avx512Kernels();
-  static const IsaKernels amx{"amx", Linear, avx512->axpy, avx512->dot, avx512->linear_q8};
-  static const IsaKernels amx_int8{"amx-int8", Linear, avx512->axpy, avx512->dot, LinearQ8Amx};
-  return int8 ? &amx_int8 : &amx;
+const IsaKernels* AmxKernels() {
+  static const IsaKernels* const kernels = []() -> const IsaKernels* {
+    if (!AmxUsable()) return nullptr;
+    const IsaKernels* avx512 = Avx512Kernels();
+    static const IsaKernels amx{"amx", Linear, avx512->axpy, avx512->dot, LinearQ8Amx};
+    return &amx;
+  }();
+  return kernels;
 }
 
 }  // namespace dsv2::cpu::internal
@@ -458,7 +458,7 @@ const IsaKernels* AmxKernels(bool int8) {
 #include "kernels/cpu/linear_kernels.h"
 
 namespace dsv2::cpu::internal {
-const IsaKernels* AmxKernels(bool) { return nullptr; }
+const IsaKernels* AmxKernels() { return nullptr; }
 }  // namespace dsv2::cpu::internal
 
 #endif

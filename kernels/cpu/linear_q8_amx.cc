@@ -1,22 +1,15 @@
 // AMX implementation of the int8 Linear (dsv2-int8 weights, common/tensor/q8.h;
-// CPUs with AMX-TILE and AMX-INT8) for the matrices that see the whole batch,
-// in the opt-in kernel set "amx-int8". Routed experts' matrices
-// (WeightMatrix::routed) take the AVX-512 kernel, as they do for bf16 weights
-// (linear_amx.cc says why).
+// CPUs with AMX-TILE and AMX-INT8) of the "amx" kernel set, for calls of
+// more than kQ8StreamMaxTokens tokens on any matrix, routed experts' too;
+// fewer tokens (decode) take the AVX-512 streaming kernel, which reads the
+// weights closer to the memory bandwidth. Both give the same bits.
 //
-// Why it is not the default: with one token the tile loop reads weights
-// from memory at 65-75% of the read bandwidth, where the AVX-512 streaming
-// kernel reaches 85-90% (docs/performance.md, "8-bit weights"): the int8
-// blocks' scales make every step's sums leave the tile unit through memory,
-// and the tile loads of a step wait on one another. From a few tokens on it
-// multiplies 2-4x faster.
-//
-// Accumulation structure of every output (fixed for this ISA): k goes in
+// Accumulation structure of every output (linear_q8_avx512.cc's): k goes in
 // steps of two blocks (64 columns) from 0. Each block's integer dot product
 // is exact in int32 (tdpbssd), converted to float32 (exact: its magnitude is
 // at most 32 · 128 · 127 < 2^24) and fused-multiply-added, times the float32
 // product w_scale · x_scale of the block, into one of two float32 sums: the
-// even blocks' and the odd blocks' (a missing last block adds nothing);
+// even blocks' and the odd blocks' (a missing last block adds 0 · 0);
 // y = even + odd. An output depends only on its weight row and its token, so
 // any tiling over rows and tokens gives the same bits at every batch size.
 //
@@ -238,8 +231,8 @@ DSV2_AMX void Rows(const Operands& op, int64_t row_begin, int64_t row_end) {
 }  // namespace
 
 void LinearQ8Amx(const LinearQ8Args& a, bool parallel) {
-  if (a.w.routed) return LinearQ8Avx512(a, parallel);
-  if (a.n == 0 || a.w.rows == 0) return;
+  if (a.n <= kQ8StreamMaxTokens) return LinearQ8Avx512(a, parallel);
+  if (a.w.rows == 0) return;
   const int64_t steps = Steps(a.w.cols), tiles = Groups(a.n) * steps;
   // Per calling thread, as in the other kernels: the pool's threads read the
   // caller's buffer while it waits.

@@ -151,19 +151,12 @@ bool CpuHas(std::string_view isa) {
 bool CpuHas(std::string_view isa) { return isa == "portable"; }
 #endif
 
-// Every instruction set, widest first; the CPU always runs the last. The
-// default is the first the CPU has, never "amx-int8": its int8 kernel
-// multiplies batches faster but decodes one token slower than "amx"'s
-// (docs/performance.md, "8-bit weights").
-constexpr std::array<const char*, 5> kIsasWidestFirst = {"amx-int8", "amx", "avx512", "avx2",
-                                                         "portable"};
-constexpr std::string_view kOptInIsa = "amx-int8";
+// Every instruction set, widest first; the CPU always runs the last.
+constexpr std::array<const char*, 4> kIsasWidestFirst = {"amx", "avx512", "avx2", "portable"};
 
 const internal::IsaKernels* KernelsFor(std::string_view isa) {
   // AMX: AVX-512 kernels plus the tile unit, if the OS grants it.
-  if (isa == "amx" || isa == kOptInIsa) {
-    return CpuHas("avx512") ? internal::AmxKernels(isa == kOptInIsa) : nullptr;
-  }
+  if (isa == "amx") return CpuHas("avx512") ? internal::AmxKernels() : nullptr;
   if (!CpuHas(isa)) return nullptr;
   if (isa == "avx512") return internal::Avx512Kernels();
   if (isa == "avx2") return internal::Avx2Kernels();
@@ -179,7 +172,7 @@ const internal::IsaKernels* ChooseKernels() {
   }
   const internal::IsaKernels* widest = nullptr;
   for (const char* isa : kIsasWidestFirst) {
-    if (isa != kOptInIsa && (widest = KernelsFor(isa)) != nullptr) break;
+    if ((widest = KernelsFor(isa)) != nullptr) break;
   }
   if (forced != nullptr) {
     DSV2_LOG(WARNING) << "DSV2_CPU_ISA='" << absl::CHexEscape(forced)

@@ -66,10 +66,9 @@ void EmbeddingRow(const WeightMatrix& table, int64_t row, float* out);
 bool UsingAvx2();
 
 // The instruction set in use: "amx" (AVX-512 with the bf16 weights of
-// every matrix but routed experts' on the AMX tile unit), "amx-int8" (the
-// same, and int8 weights too), "avx512", "avx2" or "portable". The default
-// is the widest the CPU has but "amx-int8"; DSV2_CPU_ISA names another one
-// it has.
+// every matrix but routed experts', and int8 weights with more than three
+// tokens, on the AMX tile unit), "avx512", "avx2" or "portable". The default
+// is the widest the CPU has; DSV2_CPU_ISA names another one it has.
 const char* KernelIsa();
 
 // Switches every op to `isa` if this CPU has it (false otherwise). For tests

@@ -227,10 +227,12 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
   }
 }
 
-// Under AMX a routed expert's matrix takes the AVX-512 kernel, bit for bit
-// at every token count, and the other matrices the tile unit (whose sums
-// differ from AVX-512's in their last bits): bf16 ones under "amx", bf16
-// and int8 ones under "amx-int8".
+// Under AMX a routed expert's bf16 matrix takes the AVX-512 kernel, bit for
+// bit at every token count, and the other bf16 matrices the tile unit (whose
+// sums differ from AVX-512's in their last bits). int8 weights take the tile
+// unit from four tokens on, routed or not, with AVX-512's accumulation
+// structure: the same bits (Q8Test.AmxAndAvx512GiveTheSameBits covers more
+// shapes).
 TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
   const std::vector<std::string> isas = KernelIsas();
   if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
@@ -248,22 +250,17 @@ TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
     Linear(x.data(), tokens, view, y.data());
     return y;
   };
-  for (const char* isa : {"amx", "amx-int8"}) {
-    int64_t differing = 0;
-    for (int64_t tokens : {int64_t{1}, int64_t{6}, n}) {
-      EXPECT_EQ(linear(isa, true, tokens), linear("avx512", true, tokens))
-          << isa << " n=" << tokens;
-      const std::vector<float> tiles = linear(isa, false, tokens);
-      const std::vector<float> vector = linear("avx512", false, tokens);
-      for (size_t i = 0; i < tiles.size(); ++i) differing += tiles[i] != vector[i];
-    }
-    const bool on_tiles = GetParam() == DType::kBF16 ||
-                          (GetParam() == DType::kI8 && std::string_view(isa) == "amx-int8");
-    if (on_tiles) {
-      EXPECT_GT(differing, 0) << isa << ": matrices that are not routed should take the tile unit";
-    } else {
-      EXPECT_EQ(differing, 0) << isa;
-    }
+  int64_t differing = 0;
+  for (int64_t tokens : {int64_t{1}, int64_t{6}, n}) {
+    EXPECT_EQ(linear("amx", true, tokens), linear("avx512", true, tokens)) << "n=" << tokens;
+    const std::vector<float> tiles = linear("amx", false, tokens);
+    const std::vector<float> vector = linear("avx512", false, tokens);
+    for (size_t i = 0; i < tiles.size(); ++i) differing += tiles[i] != vector[i];
+  }
+  if (GetParam() == DType::kBF16) {
+    EXPECT_GT(differing, 0) << "bf16 matrices that are not routed should take the tile unit";
+  } else {
+    EXPECT_EQ(differing, 0);
   }
 }
 
@@ -301,6 +298,43 @@ TEST(LinearQ8Test, WeightsOfMinus128AreExactOnEveryIsa) {
         double expected = 0;
         for (int64_t c = 0; c < cols; ++c) expected -= x[t * cols + c];
         ASSERT_NEAR(y[t * rows], expected, 1e-4) << isa << " n=" << n;
+      }
+    }
+  }
+}
+
+// The AMX int8 kernel (more than three tokens) and the AVX-512 one (every
+// token count) share one accumulation structure: the same bits for every
+// token, on row lengths with an odd or even number of blocks and a partial
+// last one, routed or not.
+TEST(LinearQ8Test, AmxAndAvx512GiveTheSameBits) {
+  const std::vector<std::string> isas = KernelIsas();
+  if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
+    GTEST_SKIP() << "this CPU (or its OS) offers no AMX";
+  }
+  std::mt19937 rng(19);
+  for (auto [rows, cols] : {std::pair{5, 1}, {17, 32}, {33, 70}, {40, 96}, {16, 128}, {67, 2100}}) {
+    TestMatrix w = MakeMatrix(DType::kI8, rows, cols, rng);
+    w.q[0] = -128;  // Outside the format's range, but read exactly.
+    const int64_t max_n = 43;
+    const std::vector<float> x = RandomValues(max_n * cols, rng);
+    for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{9}, int64_t{17}, max_n}) {
+      for (bool routed : {false, true}) {
+        WeightMatrix view = w.view;
+        view.routed = routed;
+        std::vector<float> tiles(n * rows), vector(n * rows);
+        {
+          ScopedKernelIsa scope("amx");
+          Linear(x.data(), n, view, tiles.data());
+        }
+        {
+          ScopedKernelIsa scope("avx512");
+          Linear(x.data(), n, view, vector.data());
+        }
+        for (int64_t i = 0; i < n * rows; ++i) {
+          ASSERT_EQ(tiles[i], vector[i]) << "rows=" << rows << " cols=" << cols << " n=" << n
+                                         << (routed ? " routed" : "") << " i=" << i;
+        }
       }
     }
   }
