@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
 #include "common/rpc/grpc_options.h"
+#include "common/rpc/status.h"
 #include "common/cluster/cluster_map_proto.h"
 #include "grpcpp/grpcpp.h"
 
@@ -16,10 +17,6 @@ namespace {
 // Register and Drain: long enough for a loaded controller; Stop cancels
 // calls in flight, so this never delays shutdown.
 constexpr absl::Duration kCallTimeout = absl::Seconds(5);
-
-absl::Status ToAbsl(const grpc::Status& status) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
 
 }  // namespace
 
@@ -137,7 +134,7 @@ absl::Status ControlClient::Drain() {
   const grpc::Status status = Call(kCallTimeout, [&](grpc::ClientContext* context) {
     return stub_->Drain(context, request, &response);
   });
-  return ToAbsl(status);
+  return FromGrpcStatus(status);
 }
 
 void ControlClient::ReportSuspect(const std::string& worker_id, const std::string& reason) {

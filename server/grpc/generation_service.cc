@@ -9,6 +9,7 @@
 #include "common/base/mutex.h"
 #include "common/base/status_macros.h"
 #include "common/rpc/raw_messages.h"
+#include "common/rpc/status.h"
 #include "server/api/api_limits.h"
 
 namespace dsv2 {
@@ -98,10 +99,6 @@ class FinishedReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* FinishedStream(const grpc::Status& status) {
   return new FinishedReactor(status);
-}
-
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 absl::StatusOr<std::vector<int32_t>> InputTokenIds(const v1::GenerateRequest& request,

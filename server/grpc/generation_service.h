@@ -52,9 +52,6 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& req
 absl::StatusOr<std::vector<int32_t>> InputTokenIds(const v1::GenerateRequest& request,
                                                    const TextFrontend* text);
 
-// grpc::Status with the same code and message.
-grpc::Status ToGrpcStatus(const absl::Status& status);
-
 struct GenerationServiceOptions {
   AccessPolicy policy = AccessPolicy::Open();
   bool trust_forwarded_principal = false;

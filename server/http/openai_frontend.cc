@@ -11,15 +11,12 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/logging.h"
+#include "common/rpc/status.h"
 
 namespace dsv2 {
 namespace {
 
 using nlohmann::json;
-
-absl::Status ToStatus(const grpc::Status& status) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
 
 void Respond(httplib::Response& response, const OpenAiError& error) {
   response.status = error.http_status;
@@ -309,7 +306,7 @@ class ChoiceCalls {
 // The failure an event reports: an end with an error status, or a message
 // carrying the service's error; OK otherwise.
 absl::Status EventError(const CallEvent& event) {
-  if (event.end) return ToStatus(event.status);
+  if (event.end) return FromGrpcStatus(event.status);
   if (!event.message->has_error()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(event.message->error().code()),
                       event.message->error().message());
@@ -387,12 +384,12 @@ absl::StatusOr<uint32_t> OpenAiFrontend::ContextLeft(const v1::GenerateRequest& 
   v1::TokenizeResponse ids;
   if (grpc::Status s = generation_->Tokenize(UnaryContext(principal).get(), tokenize, &ids);
       !s.ok()) {
-    return ToStatus(s);
+    return FromGrpcStatus(s);
   }
   v1::ModelInfo info;
   if (grpc::Status s = generation_->GetModelInfo(UnaryContext(principal).get(), {}, &info);
       !s.ok()) {
-    return ToStatus(s);
+    return FromGrpcStatus(s);
   }
   const int64_t room =
       std::min<int64_t>(info.max_model_len(), info.kv_cache_tokens()) - ids.token_ids_size();
@@ -540,7 +537,7 @@ void OpenAiFrontend::Models(HttpRequest& request, httplib::Response& response) {
   v1::ModelInfo info;
   const grpc::Status status =
       generation_->GetModelInfo(UnaryContext(request.principal).get(), {}, &info);
-  if (!status.ok()) return RespondStatus(response, ToStatus(status));
+  if (!status.ok()) return RespondStatus(response, FromGrpcStatus(status));
   json model{{"id", options_.model_name},
              {"object", "model"},
              {"created", created_},

@@ -10,6 +10,7 @@
 #include "common/base/logging.h"
 #include "common/base/mutex.h"
 #include "common/rpc/grpc_options.h"
+#include "common/rpc/status.h"
 #include "common/rpc/raw_messages.h"
 #include "server/api/api_limits.h"
 
