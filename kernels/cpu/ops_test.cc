@@ -340,6 +340,36 @@ TEST(LinearQ8Test, AmxAndAvx512GiveTheSameBits) {
   }
 }
 
+// An activation block holding a NaN or an infinity quantizes to scale NaN
+// (common/tensor/q8.h): every output of that token is NaN on every path,
+// and the other tokens of the call are untouched.
+TEST(LinearQ8Test, ANonFiniteActivationPoisonsOnlyItsToken) {
+  std::mt19937 rng(23);
+  const int64_t rows = 37, cols = 100, n = 9;
+  TestMatrix w = MakeMatrix(DType::kI8, rows, cols, rng);
+  std::vector<float> clean = RandomValues(n * cols, rng);
+  clean[4 * cols + 70] = 0.0f;
+  std::vector<float> x = clean;
+  x[4 * cols + 70] = INFINITY;  // Token 4, its third block.
+  for (const std::string& isa : KernelIsas()) {
+    ScopedKernelIsa scope(isa);
+    for (int64_t tokens : {int64_t{5}, n}) {  // Token 4 last, and amid others.
+      std::vector<float> y(tokens * rows), reference(tokens * rows);
+      Linear(x.data(), tokens, w.view, y.data());
+      Linear(clean.data(), tokens, w.view, reference.data());
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t r = 0; r < rows; ++r) {
+          if (t == 4) {
+            ASSERT_TRUE(std::isnan(y[t * rows + r])) << isa << " n=" << tokens << " r=" << r;
+          } else {
+            ASSERT_EQ(y[t * rows + r], reference[t * rows + r]) << isa << " t=" << t;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(OpsTest, RmsNormSoftmaxSilu) {
   const std::vector<float> x = {1.0f, -2.0f, 3.0f, 0.5f};
   const std::vector<float> w = {1.0f, 0.5f, 2.0f, -1.0f};
