@@ -95,7 +95,8 @@ struct ColdWeights {
   // The value weight (r, c) stands for.
   double Value(const Shape& s, int64_t r, int64_t c) const {
     const WeightMatrix m = Copy(s, 0);
-    if (dtype != DType::kI8) return BF16ToFloat(reinterpret_cast<const uint16_t*>(m.data)[r * s.in + c]);
+    if (dtype != DType::kI8)
+      return BF16ToFloat(reinterpret_cast<const uint16_t*>(m.data)[r * s.in + c]);
     return static_cast<double>(static_cast<const int8_t*>(m.data)[r * s.in + c]) *
            m.row_scales(r)[c / kQ8Block];
   }
@@ -200,9 +201,8 @@ struct ShapeResult {
 };
 
 ShapeResult RunShape(const Shape& s, DType dtype, int reps, int64_t cold_bytes,
-                     ReadBandwidthProbe& probe,
-                     const std::vector<std::string>& bw_methods, const std::string& fma_isa,
-                     const std::vector<int64_t>& sweep) {
+                     ReadBandwidthProbe& probe, const std::vector<std::string>& bw_methods,
+                     const std::string& fma_isa, const std::vector<int64_t>& sweep) {
   ShapeResult result;
   result.shape = s;
   const ColdWeights w = MakeWeights(s, dtype, cold_bytes);
@@ -287,21 +287,19 @@ int Main(int argc, char** argv) {
   const std::vector<int64_t> sweep(sweep_list.begin(), sweep_list.end());
   const int reps = static_cast<int>(flags.GetInt("reps", 7, 1, 1000));
   const int64_t cold_bytes =
-      flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20), 1,
-                   1 << 20)
+      flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20), 1, 1 << 20)
       << 20;
   if (flags.Has("help") ||
       !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "dtype", "sweep", "json"}).empty() ||
       !flags.error().empty()) {
     if (!flags.error().empty()) std::fprintf(stderr, "linear_bench: %s\n", flags.error().c_str());
-    std::fprintf(
-        stderr,
-        "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
-        "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
-        " at least 1024)]\n"
-        "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
-        "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
-        "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
+    std::fprintf(stderr,
+                 "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
+                 "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
+                 " at least 1024)]\n"
+                 "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
+                 "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
+                 "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
     return flags.Has("help") ? 0 : 2;
   }
   const std::string isa = flags.Get("isa", "");
@@ -369,8 +367,8 @@ int Main(int argc, char** argv) {
     if (json) continue;
     std::printf("%-12s %6lld %6lld %7.1f | %9.1f %7.2f %5.1f%% %4.0f%% | ", s.name,
                 static_cast<long long>(s.out), static_cast<long long>(s.in),
-                static_cast<double>(MatrixBytes(s, dtype)) / 1048576.0, r.decode_us, r.decode_gb_per_s,
-                r.decode_pct_bw, r.bw_spread_pct);
+                static_cast<double>(MatrixBytes(s, dtype)) / 1048576.0, r.decode_us,
+                r.decode_gb_per_s, r.decode_pct_bw, r.bw_spread_pct);
     if (r.hot_gb_per_s > 0) {
       std::printf("%7.1f %5.2fx | ", r.hot_gb_per_s, r.hot_gb_per_s / best_read);
     } else {
@@ -423,8 +421,8 @@ int Main(int argc, char** argv) {
         "\"fma_isa\": \"%s\"}, \"fastest_read_gb_per_s\": %.2f, \"hot_n1_gb_per_s\": %.2f, "
         "\"shapes\": [",
         cpu::KernelIsa(), roofline.threads, reps, dtype_name.c_str(),
-        roofline.bandwidth_gb_per_s_best, fma_at_start,
-        fma_isa.c_str(), best_read, hot.empty() ? 0.0 : Median(hot));
+        roofline.bandwidth_gb_per_s_best, fma_at_start, fma_isa.c_str(), best_read,
+        hot.empty() ? 0.0 : Median(hot));
     for (size_t i = 0; i < results.size(); ++i) {
       const ShapeResult& r = results[i];
       std::printf(

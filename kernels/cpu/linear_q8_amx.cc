@@ -51,9 +51,9 @@ namespace {
 
 using amx::kTileRows;
 
-constexpr int64_t kStep = 2 * kQ8Block;   // Columns of k per tile step: two blocks.
-constexpr int kGroupTokens = 8;           // Tokens per B tile.
-constexpr int64_t kTileWords = 16 * 16;   // Every tile: 16 rows of 64 bytes.
+constexpr int64_t kStep = 2 * kQ8Block;  // Columns of k per tile step: two blocks.
+constexpr int kGroupTokens = 8;          // Tokens per B tile.
+constexpr int64_t kTileWords = 16 * 16;  // Every tile: 16 rows of 64 bytes.
 // How far ahead in its row each weight row is prefetched while the first
 // group reads it from memory.
 constexpr int64_t kPrefetchBytes = 256;
@@ -82,8 +82,8 @@ DSV2_AMX void PackInputs(const LinearQ8Args& a, int64_t steps, uint32_t* packed,
   std::fill_n(scales, Groups(a.n) * steps * 16, 0.0f);
   // Word r of a step (its bytes 4r..4r+3) goes to row r: to column c for
   // r < 8 (the first block), to column 8 + c after.
-  const __m512i offsets = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 136, 152, 168, 184,
-                                            200, 216, 232, 248);
+  const __m512i offsets =
+      _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 136, 152, 168, 184, 200, 216, 232, 248);
   for (int64_t t = 0; t < a.n; ++t) {
     const int8_t* x = a.x_q + t * a.x_stride;
     const float* xs = a.x_scales + t * blocks;
@@ -206,7 +206,8 @@ class RowTile {
     const int64_t t0 = group * kGroupTokens;
     const int tokens = static_cast<int>(std::min<int64_t>(kGroupTokens, a.n - t0));
     for (int64_t m = 0; m < valid_; ++m) {
-      for (int c = 0; c < tokens; ++c) a.y[(t0 + c) * a.w.rows + row_ + m] = sums[m][c] + sums[m][8 + c];
+      for (int c = 0; c < tokens; ++c)
+        a.y[(t0 + c) * a.w.rows + row_ + m] = sums[m][c] + sums[m][8 + c];
     }
   }
 

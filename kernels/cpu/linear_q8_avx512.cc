@@ -74,7 +74,8 @@ DSV2_Q8_AVX512_INLINE __m512i StepSums(__m512i w, __m512i x) {
 
 // Lane i: (a ‖ b)[2i] + (a ‖ b)[2i + 1].
 DSV2_Q8_AVX512_INLINE __m512i PairSums(__m512i a, __m512i b) {
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i evens =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   return _mm512_add_epi32(_mm512_permutex2var_epi32(a, evens, b),
                           _mm512_permutex2var_epi32(a, odds, b));
@@ -83,8 +84,9 @@ DSV2_Q8_AVX512_INLINE __m512i PairSums(__m512i a, __m512i b) {
 // The exact block sums of eight pairs' step sums (StepSums): lane 2q + p
 // holds pair q's block p, as float32.
 DSV2_Q8_AVX512_INLINE __m512 BlockDots(const __m512i (&sums)[8]) {
-  return _mm512_cvtepi32_ps(PairSums(PairSums(PairSums(sums[0], sums[1]), PairSums(sums[2], sums[3])),
-                                     PairSums(PairSums(sums[4], sums[5]), PairSums(sums[6], sums[7]))));
+  return _mm512_cvtepi32_ps(
+      PairSums(PairSums(PairSums(sums[0], sums[1]), PairSums(sums[2], sums[3])),
+               PairSums(PairSums(sums[4], sums[5]), PairSums(sums[6], sums[7]))));
 }
 
 // The scales of blocks b and b + 1 of a row or token with `blocks` blocks, as
@@ -96,7 +98,8 @@ DSV2_Q8_AVX512_INLINE double ScalePair(const float* scales, int64_t b, int64_t b
   return bits;
 }
 
-// Lanes 2q, 2q + 1: the even and odd sums of pair q; returns even + odd.
+// acc's lanes 2q, 2q + 1 hold the even and odd sums of pair q: out[q] =
+// even + odd.
 DSV2_Q8_AVX512_INLINE void StoreSums(__m512 acc, float (&out)[8]) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, acc);
@@ -160,6 +163,7 @@ DSV2_Q8_AVX512 void StreamTile(const int8_t* const* w, const float* const* ws, c
   StoreSums(acc, rows);
   for (int r = 0; r < kStreams; ++r) out[r] = rows[r];
 }
+
 template <bool kVnni>
 void StreamRows(const LinearQ8Args& a, int64_t row_begin, int64_t row_end) {
   const int64_t blocks = Q8Blocks(a.w.cols);
@@ -219,12 +223,12 @@ DSV2_Q8_AVX512 void Tile(const int8_t* const* w, const float* const* ws, const i
       }
     }
     if constexpr (T == 4) {
-      const __m512 x_scales =
-          _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(x_pairs)));
+      const __m512 x_scales = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(x_pairs)));
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        const __m512 w_scales = _mm512_castpd_ps(_mm512_insertf64x4(
-            _mm512_castpd256_pd512(_mm256_set1_pd(w_pairs[2 * h])), _mm256_set1_pd(w_pairs[2 * h + 1]), 1));
+        const __m512 w_scales = _mm512_castpd_ps(
+            _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_set1_pd(w_pairs[2 * h])),
+                               _mm256_set1_pd(w_pairs[2 * h + 1]), 1));
         acc[h] = _mm512_fmadd_ps(BlockDots(sums[h]), _mm512_mul_ps(w_scales, x_scales), acc[h]);
       }
     } else {
