@@ -43,7 +43,8 @@ using testutil::WaitUntil;
 
 class Fixture {
  public:
-  explicit Fixture(EngineOptions engine_options = {.kv_cache_bytes = 32 << 20}) {
+  explicit Fixture(EngineOptions engine_options = {.kv_cache_bytes = 32 << 20},
+                   absl::Duration write_timeout = absl::Seconds(30)) {
     const std::string dir = testutil::NewTestDir("openai_frontend");
     std::ofstream(dir + "/tokens") << "alice " << kAlice << "\nbob " << kBob << "\n";
     auto tokens = ApiTokens::Load(dir + "/tokens");
@@ -70,7 +71,8 @@ class Fixture {
     frontend_ = std::make_unique<OpenAiFrontend>(
         std::move(channel),
         OpenAiFrontendOptions{.model_name = "tiny", .policy = policy, .text = text_.get()});
-    http_ = std::make_unique<HttpServer>(HttpServerOptions{.listen = "127.0.0.1:0"});
+    http_ = std::make_unique<HttpServer>(
+        HttpServerOptions{.listen = "127.0.0.1:0", .write_timeout = write_timeout});
     frontend_->Register(http_.get());
     const absl::Status started = http_->Start();
     EXPECT_TRUE(started.ok()) << started;
@@ -302,8 +304,12 @@ TEST(OpenAiFrontendTest, AFullQueueIs429) {
 // A raw HTTP client: sends a request, reads what comes, and hangs up.
 class Socket {
  public:
-  explicit Socket(int port) {
+  // receive_buffer: SO_RCVBUF before connecting (0: the system's default).
+  explicit Socket(int port, int receive_buffer = 0) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (receive_buffer > 0) {
+      EXPECT_EQ(setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer)), 0);
+    }
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(static_cast<uint16_t>(port));
@@ -493,6 +499,43 @@ TEST(OpenAiFrontendTest, AClientThatLeavesCancelsItsRequest) {
   auto after = f.Post("/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 3}});
   ASSERT_TRUE(after);
   EXPECT_EQ(after->status, 200);
+}
+
+// A client that keeps its connection but stops reading a stream of several
+// choices is cut off by the HTTP server's write timeout: every choice is
+// aborted and frees its blocks, and others are served meanwhile and after.
+TEST(OpenAiFrontendTest, AClientThatStopsReadingLosesAllItsChoices) {
+  Fixture f({.kv_cache_bytes = 32 << 20}, absl::Milliseconds(300));
+  // A small receive window, and 48 choices of 120 tokens with 20 logprobs
+  // each, about 135 KB a choice: the stream outgrows the socket buffers
+  // (Linux lets a send buffer grow to 4 MiB by default) long before its end.
+  // The engine runs up to 64 sequences: 16 are left for others.
+  constexpr int kChoices = 48;
+  Socket stalled(f.http_port(), /*receive_buffer=*/4096);
+  json request = LongRequest();
+  request["stream"] = true;
+  request["n"] = kChoices;
+  request["logprobs"] = 20;
+  stalled.Post("/v1/completions", request, kAlice);
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == kChoices; }));
+  // Served while the stalled stream waits on its client.
+  const json meanwhile =
+      PostOk(f, "/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 3}});
+  EXPECT_EQ(meanwhile["choices"].size(), 1u);
+  ASSERT_TRUE(WaitUntil([&] { return f.engine().num_active() == 0; }));
+  EXPECT_TRUE(WaitUntil([&] { return f.frontend().cancelled_for_clients_gone() == 1; }))
+      << f.frontend().cancelled_for_clients_gone();
+  const EngineStats stats = f.engine().stats();
+  EXPECT_EQ(stats.finished[static_cast<int>(FinishReason::kAbort)], kChoices);
+  EXPECT_LT(stats.generation_tokens, kChoices * 120);
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  // The server closed the connection: what was sent ends without [DONE].
+  const std::string received = stalled.ReadUntil("data: [DONE]");
+  EXPECT_THAT(received, HasSubstr("data: {"));
+  EXPECT_THAT(received, ::testing::Not(HasSubstr("data: [DONE]")));
+  EXPECT_EQ(PostOk(f, "/v1/completions", json{{"prompt", "Hello"}, {"max_tokens", 3}})["choices"]
+                .size(),
+            1u);
 }
 
 // A frontend destroyed right after its HTTP server stopped mid-stream lets
