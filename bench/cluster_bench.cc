@@ -628,23 +628,18 @@ int Main(int argc, char** argv) {
   const int reps = static_cast<int>(flags.GetInt("reps", 1, 1, 1000));
   const long transport_reps = flags.GetInt("transport-reps", 3, 1, 1000);
   const long transport_iters = flags.GetInt("transport-iters", 100, 1, 1 << 20);
-  if (flags.Has("help") ||
-      !flags
-           .Unknown({"model", "batches", "micro-batches", "tokens", "prompt", "warmup-tokens",
-                     "attention", "experts", "kv-cache-mib", "dtype", "build", "state", "reps",
-                     "transport-reps", "transport-iters", "no-standalone", "no-cluster",
-                     "no-transport", "json"})
-           .empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "cluster_bench: %s\n", flags.error().c_str());
-    std::fprintf(stderr,
-                 "usage: cluster_bench [--model DIR] [--batches 32,64] [--micro-batches 1,2]\n"
-                 "         [--tokens 32] [--prompt 8] [--warmup-tokens 4] [--attention 1]\n"
-                 "         [--experts 2] [--kv-cache-mib 256] [--build DIR] [--state DIR]\n"
-                 "         [--reps 1] [--transport-reps 3] [--transport-iters 100]\n"
-                 "         [--no-standalone] [--no-cluster] [--no-transport] [--json]\n"
-                 "Run from the repository root.\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "cluster_bench",
+          {"model", "batches", "micro-batches", "tokens", "prompt", "warmup-tokens", "attention",
+           "experts", "kv-cache-mib", "dtype", "build", "state", "reps", "transport-reps",
+           "transport-iters", "no-standalone", "no-cluster", "no-transport", "json"},
+          "usage: cluster_bench [--model DIR] [--batches 32,64] [--micro-batches 1,2]\n"
+          "         [--tokens 32] [--prompt 8] [--warmup-tokens 4] [--attention 1]\n"
+          "         [--experts 2] [--kv-cache-mib 256] [--build DIR] [--state DIR]\n"
+          "         [--reps 1] [--transport-reps 3] [--transport-iters 100]\n"
+          "         [--no-standalone] [--no-cluster] [--no-transport] [--json]\n"
+          "Run from the repository root.\n")) {
+    return *stop;
   }
   std::error_code ec;
   o.model = fs::absolute(flags.Get("model", "tests/data/tiny-v2")).string();

@@ -86,15 +86,13 @@ int Main(int argc, char** argv) {
   const int reps = static_cast<int>(flags.GetInt("reps", 3, 1, 1000));
   const std::vector<long> batch_list = flags.GetList("batches", "1,8,32,64", 1, 4096);
   const std::vector<int64_t> batches(batch_list.begin(), batch_list.end());
-  if (flags.Has("help") || flags.Get("model", "").empty() ||
-      !flags.Unknown({"model", "batches", "steps", "context", "prefill-len", "reps", "json",
-                      "backend"}).empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "decode_bench: %s\n", flags.error().c_str());
-    std::fprintf(stderr,
-                 "usage: decode_bench --model DIR [--batches 1,8,32,64] [--steps 8] [--context 64]\n"
-                 "                    [--prefill-len 512] [--reps 3] [--json] [--backend cpu|cuda]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "decode_bench",
+          {"model", "batches", "steps", "context", "prefill-len", "reps", "json", "backend"},
+          "usage: decode_bench --model DIR [--batches 1,8,32,64] [--steps 8] [--context 64]\n"
+          "                    [--prefill-len 512] [--reps 3] [--json] [--backend cpu|cuda]\n",
+          /*invalid=*/flags.Get("model", "").empty())) {
+    return *stop;
   }
   const bool json = flags.Has("json");
 

@@ -242,18 +242,15 @@ int Main(int argc, char** argv) {
   const auto mla_shapes = ParseShapes(flags.Get("mla", "1x4096,32x4096,64x8192,128x2048"));
   const std::vector<long> expert_tokens =
       flags.GetList("expert-tokens", "16,32,64,128,256", 1, 1 << 16);
-  if (flags.Has("help") ||
-      !flags.Unknown({"json-out", "reps", "samples", "experts", "mla", "expert-tokens"}).empty() ||
-      !flags.error().empty() || mla_shapes.empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "gpu_bench: %s\n", flags.error().c_str());
-    if (mla_shapes.empty()) {
-      std::fprintf(stderr, "gpu_bench: --mla: a comma-separated list of BATCHxCONTEXT, each >= 1\n");
-    }
-    std::fprintf(stderr,
-                 "usage: gpu_bench [--json-out FILE] [--reps 10] [--samples 7] [--experts 16]\n"
-                 "                 [--mla 1x4096,32x4096,64x8192,128x2048]\n"
-                 "                 [--expert-tokens 16,32,64,128,256]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (mla_shapes.empty()) {
+    flags.Reject("mla", "a comma-separated list of BATCHxCONTEXT, each >= 1");
+  }
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "gpu_bench", {"json-out", "reps", "samples", "experts", "mla", "expert-tokens"},
+          "usage: gpu_bench [--json-out FILE] [--reps 10] [--samples 7] [--experts 16]\n"
+          "                 [--mla 1x4096,32x4096,64x8192,128x2048]\n"
+          "                 [--expert-tokens 16,32,64,128,256]\n")) {
+    return *stop;
   }
   const std::string json_out = flags.Get("json-out", "");
 

@@ -289,18 +289,15 @@ int Main(int argc, char** argv) {
   const int64_t cold_bytes =
       flags.GetInt("cold-mib", std::max<int64_t>(1024, 3 * LastLevelCacheBytes() >> 20), 1, 1 << 20)
       << 20;
-  if (flags.Has("help") ||
-      !flags.Unknown({"reps", "shapes", "cold-mib", "isa", "dtype", "sweep", "json"}).empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "linear_bench: %s\n", flags.error().c_str());
-    std::fprintf(stderr,
-                 "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
-                 "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
-                 " at least 1024)]\n"
-                 "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
-                 "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
-                 "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "linear_bench", {"reps", "shapes", "cold-mib", "isa", "dtype", "sweep", "json"},
+          "usage: linear_bench [--reps N (default 7)] [--shapes NAME,... (default all)]\n"
+          "                    [--cold-mib N (weight copies per shape, default 3 x LLC,"
+          " at least 1024)]\n"
+          "                    [--isa amx|avx512|avx2|portable (default: the widest)]\n"
+          "                    [--dtype bf16|int8 (default bf16; int8: dsv2-int8 weights)]\n"
+          "                    [--sweep N,... (token counts, 1 to 4096)] [--json]\n")) {
+    return *stop;
   }
   const std::string isa = flags.Get("isa", "");
   if (!isa.empty() && !cpu::SetKernelIsa(isa)) {

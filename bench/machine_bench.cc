@@ -14,13 +14,11 @@ int main(int argc, char** argv) {
   Flags flags(argc, argv);
   const int reps = static_cast<int>(flags.GetInt("reps", 7, 1, 1000));
   const int64_t buffer_bytes = flags.GetInt("mib", 2048, 1, 1 << 20) << 20;
-  if (flags.Has("help") || !flags.Unknown({"mib", "reps", "json"}).empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "machine_bench: %s\n", flags.error().c_str());
-    std::fprintf(stderr,
-                 "usage: machine_bench [--mib N (read buffer, default 2048)] "
-                 "[--reps N (default 7)] [--json]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop =
+          flags.StopForUsage("machine_bench", {"mib", "reps", "json"},
+                             "usage: machine_bench [--mib N (read buffer, default 2048)] "
+                             "[--reps N (default 7)] [--json]\n")) {
+    return *stop;
   }
   const int64_t llc = LastLevelCacheBytes();
   ReadBandwidthProbe probe(buffer_bytes);

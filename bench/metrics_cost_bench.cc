@@ -63,16 +63,12 @@ int Main(int argc, char** argv) {
   const int64_t context = flags.GetInt("context", 64, 1, 1 << 20);
   const double scrape_interval =
       static_cast<double>(flags.GetInt("scrape-interval-s", 10, 1, 86400));
-  if (flags.Has("help") || flags.Get("model", "").empty() ||
-      !flags.Unknown({"model", "batch", "steps", "context", "scrape-interval-s"}).empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) {
-      std::fprintf(stderr, "metrics_cost_bench: %s\n", flags.error().c_str());
-    }
-    std::fprintf(stderr,
-                 "usage: metrics_cost_bench --model DIR [--batch 32] [--steps 8] [--context 64]\n"
-                 "                          [--scrape-interval-s 10]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "metrics_cost_bench", {"model", "batch", "steps", "context", "scrape-interval-s"},
+          "usage: metrics_cost_bench --model DIR [--batch 32] [--steps 8] [--context 64]\n"
+          "                          [--scrape-interval-s 10]\n",
+          /*invalid=*/flags.Get("model", "").empty())) {
+    return *stop;
   }
 
   auto loaded = DeepseekV2Model::Load(flags.Get("model", ""));

@@ -2,17 +2,20 @@
 // median of repeated measurements, and a minimal flag reader (benchmarks take
 // a handful of `--name value` flags; they have no other dependencies). A
 // malformed number is recorded rather than read as something else: each
-// program reads its flags, then stops with its usage and Flags::error().
+// program reads its flags, then Flags::StopForUsage decides whether it
+// stops with its usage and Flags::error().
 #pragma once
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -81,8 +84,8 @@ class Flags {
       if (end == std::string::npos) end = value.size();
       long number = 0;
       if (!ParseNumber(value.substr(begin, end - begin), min, max, &number)) {
-        Fail(name, "'" + value + "' is not a comma-separated list of integers in " +
-                       Range(min, max));
+        Reject(name,
+               "'" + value + "' is not a comma-separated list of integers in " + Range(min, max));
         return {};
       }
       out.push_back(number);
@@ -92,6 +95,23 @@ class Flags {
   }
   // The first malformed value read, as "--name: why"; empty when none.
   const std::string& error() const { return error_; }
+  // Records a malformed value that the caller parsed itself (as error()).
+  void Reject(const char* name, const std::string& why) {
+    if (error_.empty()) error_ = std::string("--") + name + ": " + why;
+  }
+
+  // Call after reading every flag. On --help, a flag not in `known`, a
+  // malformed value or when `invalid` (a required flag missing, say):
+  // prints "program: error()" when there is one, then `usage`, to standard
+  // error, and returns the exit status (0 for --help, else 2). Otherwise
+  // nothing.
+  std::optional<int> StopForUsage(const char* program, std::initializer_list<const char*> known,
+                                  const char* usage, bool invalid = false) const {
+    if (!Has("help") && Unknown(known).empty() && error_.empty() && !invalid) return std::nullopt;
+    if (!error_.empty()) std::fprintf(stderr, "%s: %s\n", program, error_.c_str());
+    std::fputs(usage, stderr);
+    return Has("help") ? 0 : 2;
+  }
 
  private:
   template <typename Number>
@@ -100,7 +120,7 @@ class Flags {
     const std::string value = Get(name, "");
     Number number = 0;
     if (!ParseNumber(value, min, max, &number)) {
-      Fail(name, "'" + value + "' is not " + what + " in " + Range(min, max));
+      Reject(name, "'" + value + "' is not " + what + " in " + Range(min, max));
       return fallback;
     }
     return number;
@@ -139,10 +159,6 @@ class Flags {
     };
     return "[" + bound(min) + ", " + bound(max) + "]";
   }
-  void Fail(const char* name, const std::string& why) {
-    if (error_.empty()) error_ = std::string("--") + name + ": " + why;
-  }
-
   std::vector<std::string> args_;
   std::string error_;
 };

@@ -279,17 +279,14 @@ int Main(int argc, char** argv) {
   const int reps = static_cast<int>(flags.GetInt("reps", 5, 1, 1000));
   const long iters = flags.GetInt("iters", 200, 1, 1000000);
   const long window = flags.GetInt("window", 8, 1, 1024);
-  if (flags.Has("help") || !flags
-                                .Unknown({"transports", "hidden", "tokens", "top-k", "reps",
-                                          "iters", "window", "busy-poll-us", "no-perftest", "json"})
-                                .empty() ||
-      !flags.error().empty()) {
-    if (!flags.error().empty()) std::fprintf(stderr, "transport_bench: %s\n", flags.error().c_str());
-    std::fprintf(stderr,
-                 "usage: transport_bench [--transports tcp,shm] [--hidden 2048,5120] "
-                 "[--tokens 1,8,32,64] [--top-k 6] [--reps 5] [--iters 200] [--window 8] "
-                 "[--busy-poll-us 0] [--no-perftest] [--json]\n");
-    return flags.Has("help") ? 0 : 2;
+  if (const std::optional<int> stop = flags.StopForUsage(
+          "transport_bench",
+          {"transports", "hidden", "tokens", "top-k", "reps", "iters", "window", "busy-poll-us",
+           "no-perftest", "json"},
+          "usage: transport_bench [--transports tcp,shm] [--hidden 2048,5120] "
+          "[--tokens 1,8,32,64] [--top-k 6] [--reps 5] [--iters 200] [--window 8] "
+          "[--busy-poll-us 0] [--no-perftest] [--json]\n")) {
+    return *stop;
   }
   const std::vector<std::string> transports =
       absl::StrSplit(flags.Get("transports", "tcp,shm"), ',', absl::SkipEmpty());
