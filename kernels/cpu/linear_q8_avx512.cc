@@ -99,8 +99,8 @@ DSV2_Q8_AVX512_INLINE double ScalePair(const float* scales, int64_t b, int64_t b
 }
 
 // acc's lanes 2q, 2q + 1 hold the even and odd sums of pair q: out[q] =
-// even + odd.
-DSV2_Q8_AVX512_INLINE void StoreSums(__m512 acc, float (&out)[8]) {
+// even + odd, for q < 8.
+DSV2_Q8_AVX512_INLINE void StoreSums(__m512 acc, float* out) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, acc);
 #pragma GCC unroll 8
@@ -159,9 +159,7 @@ DSV2_Q8_AVX512 void StreamTile(const int8_t* const* w, const float* const* ws, c
     const __m512 x_scales = _mm512_castpd_ps(_mm512_set1_pd(ScalePair(xs, b, blocks)));
     acc = _mm512_fmadd_ps(BlockDots(sums), _mm512_mul_ps(w_scales, x_scales), acc);
   }
-  float rows[8];
-  StoreSums(acc, rows);
-  for (int r = 0; r < kStreams; ++r) out[r] = rows[r];
+  StoreSums(acc, out);
 }
 
 template <bool kVnni>

@@ -231,8 +231,8 @@ TEST_P(LinearTest, EveryIsaGivesEachTokenTheSameBitsInAnyBatch) {
 // bit at every token count, and the other bf16 matrices the tile unit (whose
 // sums differ from AVX-512's in their last bits). int8 weights take the tile
 // unit from four tokens on, routed or not, with AVX-512's accumulation
-// structure: the same bits (Q8Test.AmxAndAvx512GiveTheSameBits covers more
-// shapes).
+// structure: the same bits (LinearQ8Test.AmxAndAvx512GiveTheSameBits covers
+// more shapes).
 TEST_P(LinearTest, AmxLeavesRoutedMatricesToAvx512) {
   const std::vector<std::string> isas = KernelIsas();
   if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
