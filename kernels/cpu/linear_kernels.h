@@ -24,10 +24,6 @@ struct LinearArgs {
   float* y = nullptr;
 };
 
-// The int8 Linear of AVX-512 streams up to this many tokens (decode); AMX
-// takes more, with the same bits (linear_q8_avx512.cc, linear_q8_amx.cc).
-inline constexpr int64_t kQ8StreamMaxTokens = 3;
-
 // One Linear call on int8 weights (w.dtype kI8, w.scales set). x has been
 // quantized by QuantizeQ8, token by token: x_q [n, x_stride] with x_stride
 // a multiple of kQ8Block and the columns past w.cols zero, so that every
@@ -112,9 +108,9 @@ const IsaKernels& PortableKernels();
 // nullptr when built without support for the ISA (never on x86-64 GCC/Clang).
 const IsaKernels* Avx2Kernels();
 const IsaKernels* Avx512Kernels();
-// AVX-512 with the bf16 Linear and the int8 Linear of more than
-// kQ8StreamMaxTokens tokens on the AMX tile unit; nullptr where the CPU lacks
-// AMX or the OS does not grant its state (linear_amx.cc).
+// AVX-512 with the bf16 Linear and the int8 Linear of two tokens or more on
+// the AMX tile unit; nullptr where the CPU lacks AMX or the OS does not grant
+// its state (linear_amx.cc).
 const IsaKernels* AmxKernels();
 
 }  // namespace dsv2::cpu::internal

@@ -1,7 +1,7 @@
 // AMX implementation of the int8 Linear (dsv2-int8 weights, common/tensor/q8.h;
-// CPUs with AMX-TILE and AMX-INT8) of the "amx" kernel set, for calls of
-// more than kQ8StreamMaxTokens tokens on any matrix, routed experts' too;
-// fewer tokens (decode) take the AVX-512 streaming kernel, which reads the
+// CPUs with AMX-TILE and AMX-INT8) of the "amx" kernel set, for calls of two
+// tokens or more on any matrix, routed experts' too; one token (decode of a
+// single sequence) takes the AVX-512 streaming kernel, which reads the
 // weights closer to the memory bandwidth. Both give the same bits.
 //
 // Accumulation structure of every output (linear_q8_avx512.cc's): k goes in
@@ -35,8 +35,14 @@
 // while the previous step's sums are converted.
 //
 // Blocking: a thread's rows go one row tile at a time through every token
-// group; after the first group the tile's weights (16 rows × k bytes) are
-// read from L1 or L2.
+// group. With one group (up to 8 tokens: decode, routed experts) each weight
+// is read once, from memory, and a tile's 16 rows come from 16 runs of the
+// thread's rows, row j of each (its stride is a run of rows), so that the
+// tile loads read 16 sequential streams, as the AVX-512 kernel's 8 runs do,
+// rather than 16 neighbouring rows 64 bytes at a time (16-21 GB/s against
+// 20-24 at 4-6 tokens, docs/performance.md). With more groups a tile's rows
+// are neighbours, whose 16 × k bytes the later groups read from L1 or L2
+// (rows a run apart fall in the same L1 sets).
 
 #if defined(__x86_64__)
 
@@ -110,14 +116,19 @@ struct Operands {
   int64_t blocks;      // Of a row.
 };
 
-// Rows [row, row + valid) (valid ≤ 16) times one token group at a time.
+// Rows row + m · row_step for m < valid (valid ≤ 16) times one token group
+// at a time.
 class RowTile {
  public:
-  DSV2_AMX RowTile(const Operands& op, int64_t row, int64_t valid)
-      : op_(op), row_(row), valid_(valid), direct_steps_(valid == kTileRows ? op.full_steps : 0) {
+  DSV2_AMX RowTile(const Operands& op, int64_t row, int64_t valid, int64_t row_step)
+      : op_(op),
+        row_(row),
+        valid_(valid),
+        row_step_(row_step),
+        direct_steps_(valid == kTileRows ? op.full_steps : 0) {
     // A partial tile repeats its last row's scales; those sums are dropped.
     for (int m = 0; m < kTileRows; ++m) {
-      w_scales_[m] = op.a.w.row_scales(row + std::min<int64_t>(m, valid - 1));
+      w_scales_[m] = op.a.w.row_scales(Row(std::min<int64_t>(m, valid - 1)));
     }
   }
 
@@ -153,26 +164,29 @@ class RowTile {
   }
 
  private:
+  int64_t Row(int64_t m) const { return row_ + m * row_step_; }
+
   // Starts step s: C = A · B.
   template <int kParity>
   DSV2_AMX_INLINE void Issue(int64_t group, int64_t s) {
     using R = Regs<kParity>;
     if (s < direct_steps_) {
       const char* weights = op_.a.w.row_ptr(row_) + s * kStep;
+      const int64_t stride = row_step_ * op_.a.w.cols;
       if (group == 0) {
 #pragma GCC unroll 16
         for (int m = 0; m < kTileRows; ++m) {
-          _mm_prefetch(weights + m * op_.a.w.cols + kPrefetchBytes, _MM_HINT_T0);
+          _mm_prefetch(weights + m * stride + kPrefetchBytes, _MM_HINT_T0);
         }
       }
-      amx::TileLoad<R::kA>(weights, op_.a.w.cols);
+      amx::TileLoad<R::kA>(weights, stride);
     } else {
       // Zero-padded: the bytes past a row may be another tensor's, or unmapped.
       char* tile = staged_[kParity];
       std::memset(tile, 0, sizeof(staged_[kParity]));
       const int64_t bytes = std::min<int64_t>(kStep, op_.a.w.cols - s * kStep);
       for (int64_t m = 0; m < valid_; ++m) {
-        std::memcpy(tile + m * kStep, op_.a.w.row_ptr(row_ + m) + s * kStep, bytes);
+        std::memcpy(tile + m * kStep, op_.a.w.row_ptr(Row(m)) + s * kStep, bytes);
       }
       amx::TileLoad<R::kA>(tile, kStep);
     }
@@ -207,12 +221,12 @@ class RowTile {
     const int tokens = static_cast<int>(std::min<int64_t>(kGroupTokens, a.n - t0));
     for (int64_t m = 0; m < valid_; ++m) {
       for (int c = 0; c < tokens; ++c)
-        a.y[(t0 + c) * a.w.rows + row_ + m] = sums[m][c] + sums[m][8 + c];
+        a.y[(t0 + c) * a.w.rows + Row(m)] = sums[m][c] + sums[m][8 + c];
     }
   }
 
   const Operands& op_;
-  const int64_t row_, valid_;
+  const int64_t row_, valid_, row_step_;
   const int64_t direct_steps_;  // Steps whose weights are read straight from the matrix.
   const float* w_scales_[kTileRows];
   alignas(64) int32_t sums_[2][kTileWords];
@@ -222,8 +236,15 @@ class RowTile {
 DSV2_AMX void Rows(const Operands& op, int64_t row_begin, int64_t row_end) {
   const uint16_t bytes_per_row[8] = {64, 64, 64, 64, 64, 64, 64, 64};
   amx::LoadTileConfig(bytes_per_row);
-  for (int64_t row = row_begin; row < row_end; row += kTileRows) {
-    RowTile tile(op, row, std::min<int64_t>(kTileRows, row_end - row));
+  // With one token group, tiles of 16 runs (row j of each), then the rows
+  // left over; else tiles of neighbouring rows.
+  const int64_t run = Groups(op.a.n) == 1 ? (row_end - row_begin) / kTileRows : 0;
+  for (int64_t j = 0; j < run; ++j) {
+    RowTile tile(op, row_begin + j, kTileRows, run);
+    for (int64_t g = 0; g < Groups(op.a.n); ++g) tile.Run(g);
+  }
+  for (int64_t row = row_begin + kTileRows * run; row < row_end; row += kTileRows) {
+    RowTile tile(op, row, std::min<int64_t>(kTileRows, row_end - row), 1);
     for (int64_t g = 0; g < Groups(op.a.n); ++g) tile.Run(g);
   }
   amx::ReleaseTiles();
@@ -232,7 +253,7 @@ DSV2_AMX void Rows(const Operands& op, int64_t row_begin, int64_t row_end) {
 }  // namespace
 
 void LinearQ8Amx(const LinearQ8Args& a, bool parallel) {
-  if (a.n <= kQ8StreamMaxTokens) return LinearQ8Avx512(a, parallel);
+  if (a.n <= 1) return LinearQ8Avx512(a, parallel);
   if (a.w.rows == 0) return;
   const int64_t steps = Steps(a.w.cols), tiles = Groups(a.n) * steps;
   // Per calling thread, as in the other kernels: the pool's threads read the

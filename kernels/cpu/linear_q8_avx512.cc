@@ -42,7 +42,7 @@ namespace dsv2::cpu::internal {
 namespace {
 
 constexpr int kStreams = 8;
-constexpr int64_t kStreamMaxTokens = kQ8StreamMaxTokens;
+constexpr int64_t kStreamMaxTokens = 3;
 constexpr int64_t kPrefetchBytes = 1024;
 constexpr int kRows = 4;
 constexpr int kTokens = 4;

@@ -303,22 +303,25 @@ TEST(LinearQ8Test, WeightsOfMinus128AreExactOnEveryIsa) {
   }
 }
 
-// The AMX int8 kernel (more than three tokens) and the AVX-512 one (every
-// token count) share one accumulation structure: the same bits for every
-// token, on row lengths with an odd or even number of blocks and a partial
-// last one, routed or not.
+// The AMX int8 kernel (two tokens or more) and the AVX-512 one (every token
+// count) share one accumulation structure: the same bits for every token, on
+// row lengths with an odd or even number of blocks and a partial last one,
+// routed or not, and for up to 8 tokens (one token group) on tiles whose
+// rows come from runs a thread reads side by side (300 and 200 rows: runs of
+// 18 and 8 rows, then a partial tile of the rows left over).
 TEST(LinearQ8Test, AmxAndAvx512GiveTheSameBits) {
   const std::vector<std::string> isas = KernelIsas();
   if (std::find(isas.begin(), isas.end(), "amx") == isas.end()) {
     GTEST_SKIP() << "this CPU (or its OS) offers no AMX";
   }
   std::mt19937 rng(19);
-  for (auto [rows, cols] : {std::pair{5, 1}, {17, 32}, {33, 70}, {40, 96}, {16, 128}, {67, 2100}}) {
+  for (auto [rows, cols] : {std::pair{5, 1}, {17, 32}, {33, 70}, {40, 96}, {16, 128}, {67, 2100},
+                            {300, 96}, {200, 256}}) {
     TestMatrix w = MakeMatrix(DType::kI8, rows, cols, rng);
     w.q[0] = -128;  // Outside the format's range, but read exactly.
     const int64_t max_n = 43;
     const std::vector<float> x = RandomValues(max_n * cols, rng);
-    for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{9}, int64_t{17}, max_n}) {
+    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{17}, max_n}) {
       for (bool routed : {false, true}) {
         WeightMatrix view = w.view;
         view.routed = routed;
