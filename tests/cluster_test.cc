@@ -357,6 +357,13 @@ TEST_P(ClusterOutputsTest, GreedyOutputsEqualStandalone) {
   ASSERT_TRUE(cluster.WaitReady());
 
   ExpectRouterServesStandaloneOutputs(cluster, Requests("r", 2 * kPrompts, 12), reference);
+  // The request's sampling fields reach the worker: a logit bias of 100
+  // forces its token.
+  v1::GenerateRequest biased = Greedy("biased", 0, 5);
+  (*biased.mutable_sampling()->mutable_logit_bias())[9] = 100;
+  const Outcome forced = Generate(*v1::Generation::NewStub(cluster.RouterChannel()), biased, 60s);
+  ASSERT_TRUE(forced.status.ok()) << forced.status.error_message();
+  EXPECT_EQ(forced.tokens, std::vector<int32_t>(5, 9));
   for (int i = 0; i < cluster.num_attention(); ++i) {
     const internal::Load load = LoadOf(cluster, cluster.attention(i));
     // The router spread the requests, and each worker's MoE layers really

@@ -212,6 +212,14 @@ TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
   EXPECT_EQ(backend.exit_code, 1);
   EXPECT_THAT(backend.err, HasSubstr("--backend: unknown backend 'tpu' (cpu or cuda)"));
   EXPECT_EQ(backend.out, "");
+  for (const std::string bias : {"5", "x:1", "5:", "5:up", "99999999999:1"}) {
+    Result bad = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --logit-bias " + bias);
+    EXPECT_EQ(bad.exit_code, 1) << bias;
+    EXPECT_THAT(bad.err, HasSubstr("--logit-bias wants ID:BIAS (e.g. 42:-100), got '" + bias + "'"));
+  }
+  Result far_bias = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --logit-bias 5:1e9");
+  EXPECT_EQ(far_bias.exit_code, 1);
+  EXPECT_THAT(far_bias.err, HasSubstr("logit_bias of token id 5 must be in [-100, 100]"));
   for (const std::string garbage : {"''", "CPU", "cuda0", "'\xff\xfe'"}) {
     Result bad = RunDsv2("logits --backend " + garbage +
                          " --model tests/data/tiny-lite --tokens 1 "

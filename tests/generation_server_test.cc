@@ -390,6 +390,17 @@ TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
          for (int i = 0; i < 1025; ++i) r.mutable_stopping()->add_stop_token_ids(1);
        }, "stopping.stop_token_ids has 1025 ids; at most 1024"},
       {"min_tokens", [](auto& r) { r.mutable_stopping()->set_min_tokens(50); }, "min_tokens"},
+      {"bias id", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[99999] = 1; },
+       "logit_bias token id 99999 is outside the vocabulary"},
+      {"negative bias id", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[-2] = 1; },
+       "logit_bias token id -2"},
+      {"large bias", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[3] = 100.5f; },
+       "logit_bias of token id 3 must be in [-100, 100]"},
+      {"NaN bias", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[3] = std::nanf(""); },
+       "logit_bias of token id 3"},
+      {"many biases", [](auto& r) {
+         for (int i = 0; i < 1025; ++i) (*r.mutable_sampling()->mutable_logit_bias())[i] = 1;
+       }, "sampling.logit_bias has 1025 entries; at most 1024"},
   };
   for (const Case& c : cases) {
     v1::GenerateRequest request = Greedy("bad", {0, 1, 2}, 8);

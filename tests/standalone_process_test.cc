@@ -272,7 +272,8 @@ TEST(StandaloneProcessTest, ClientPrintsWhatGeneratePrints) {
   for (const std::string request :
        {"--prompt 'The cat sat on' --max-tokens 24", "--prompt 'Hello there' --chat --max-tokens 16",
         "--tokens 0,40,41,42 --max-tokens 12 --ignore-eos",
-        "--prompt 'Sample me' --temperature 0.7 --top-p 0.9 --top-k 40 --seed 5 --max-tokens 20"}) {
+        "--prompt 'Sample me' --temperature 0.7 --top-p 0.9 --top-k 40 --seed 5 --max-tokens 20",
+        "--tokens 0,40,41 --max-tokens 8 --ignore-eos --logit-bias 7:100 --logit-bias 40:-3.5"}) {
     const std::string local = RunTool("generate --model tests/data/tiny-v2 " + request);
     const std::string remote = RunTool("client --addr " + address + " " + request);
     EXPECT_FALSE(local.empty()) << request;

@@ -139,6 +139,13 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::SubmitUncounted(Generatio
           absl::StrCat("stop token id ", id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
     }
   }
+  for (const TokenBias& b : request.sampling.logit_bias) {
+    if (b.token < 0 || b.token >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("logit_bias token id ", b.token,
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
   if (!request.stop.empty() && text_ == nullptr) {
     return absl::InvalidArgumentError("stop strings need a tokenizer, and this model has none");
   }
@@ -416,7 +423,7 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
   const int64_t vocab = model_->config().vocab_size;
   const int32_t eos = static_cast<int32_t>(model_->config().eos_token_id);
   std::vector<float> logits(raw_logits, raw_logits + vocab);
-  ApplyPenalties(request.sampling, std::span<const int32_t>(s->tokens).first(s->prompt_len),
+  AdjustLogits(request.sampling, std::span<const int32_t>(s->tokens).first(s->prompt_len),
                  std::span<const int32_t>(s->tokens).subspan(s->prompt_len), logits.data(), vocab);
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   for (int32_t id : unsampled_) logits[id] = kMasked;

@@ -326,6 +326,34 @@ TEST_F(EngineTest, StopTokensMinTokensAndLogprobs) {
   EXPECT_LT(c.logprobs[0].logprob, 0.0f);
 }
 
+// A bias of 100 forces its token through greedy decoding and -100 keeps a
+// token out; the logprobs stay those of the model (its top token first).
+TEST_F(EngineTest, LogitBiasSteersSamplingButNotLogprobs) {
+  auto engine = MakeEngine();
+  const Collected free_run = Run(*engine, Greedy("free", {0, 4, 4}, 6));
+  const int32_t forced = free_run.tokens[0] == 7 ? 8 : 7;
+  GenerationRequest request = Greedy("forced", {0, 4, 4}, 6);
+  request.sampling.logit_bias = {{forced, 100.0f}};
+  request.logprobs = 1;
+  Collected c = Run(*engine, request);
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(6, forced));
+  ASSERT_EQ(c.logprobs.size(), 6u);
+  EXPECT_EQ(c.logprobs[0].token, forced);
+  EXPECT_EQ(c.logprobs[0].top[0].token, free_run.tokens[0]);
+  EXPECT_LT(c.logprobs[0].logprob, c.logprobs[0].top[0].logprob);
+
+  request = Greedy("banned", {0, 4, 4}, 6);
+  request.sampling.logit_bias = {{free_run.tokens[0], -100.0f}};
+  c = Run(*engine, request);
+  ASSERT_EQ(c.tokens.size(), 6u);
+  for (int32_t token : c.tokens) EXPECT_NE(token, free_run.tokens[0]);
+  // With a sampling temperature too.
+  request = Greedy("sampled", {0, 4, 4}, 6);
+  request.sampling = {.temperature = 1.0f, .seed = 3, .logit_bias = {{forced, 100.0f}}};
+  request.has_seed = true;
+  EXPECT_EQ(Run(*engine, request).tokens, std::vector<int32_t>(6, forced));
+}
+
 TEST_F(EngineTest, SeededSamplingIsReproducible) {
   auto engine = MakeEngine();
   GenerationRequest request = Greedy("s", {0, 11, 12}, 16);
@@ -356,6 +384,9 @@ TEST_F(EngineTest, InvalidRequestsAreRejectedWithTheField) {
       {[](auto& r) { r.sampling.top_p = 0; }, "top_p"},
       {[](auto& r) { r.sampling.top_k = -1; }, "top_k"},
       {[](auto& r) { r.stop_token_ids = {4000}; }, "stop token id 4000"},
+      {[](auto& r) { r.sampling.logit_bias = {{3, 1.0f}, {4000, 1.0f}}; },
+       "logit_bias token id 4000 is outside the vocabulary"},
+      {[](auto& r) { r.sampling.logit_bias = {{3, -101.0f}}; }, "logit_bias of token id 3"},
       {[](auto& r) { r.stop = {""}; }, "stop strings"},
       {[](auto& r) { r.logprobs = 50; }, "logprobs"},
       {[](auto& r) { r.id = ""; }, "request_id"},

@@ -32,6 +32,12 @@ absl::Status SamplingParams::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
   }
+  for (const TokenBias& b : logit_bias) {
+    if (!(b.bias >= -100.0f && b.bias <= 100.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("logit_bias of token id ", b.token,
+                                                     " must be in [-100, 100], got ", b.bias));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -39,8 +45,9 @@ int32_t ArgMax(const float* logits, int64_t n) {
   return static_cast<int32_t>(std::max_element(logits, logits + n) - logits);
 }
 
-void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> prompt,
+void AdjustLogits(const SamplingParams& params, std::span<const int32_t> prompt,
                     std::span<const int32_t> output, float* logits, int64_t vocab) {
+  for (const TokenBias& b : params.logit_bias) logits[b.token] += b.bias;
   if (!params.has_penalties()) return;
   std::unordered_map<int32_t, int32_t> output_counts;
   for (int32_t t : output) ++output_counts[t];

@@ -1,6 +1,7 @@
 // Turning a row of logits into the next token, as vLLM and HF do:
-//   1. penalties on the raw logits (repetition over prompt and output;
-//      presence and frequency over the output),
+//   1. the request's logit biases added to the raw logits, then penalties
+//      (repetition over prompt and output; presence and frequency over the
+//      output),
 //   2. greedy when temperature is 0; otherwise softmax(logits / temperature)
 //      restricted to the top_k most likely tokens, then to the smallest set
 //      whose probability reaches top_p, then to tokens with at least min_p
@@ -18,6 +19,11 @@
 
 namespace dsv2 {
 
+struct TokenBias {
+  int32_t token = 0;
+  float bias = 0.0f;  // In [-100, 100].
+};
+
 struct SamplingParams {
   float temperature = 0.0f;  // 0 means greedy.
   float top_p = 1.0f;        // In (0, 1].
@@ -27,6 +33,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;    // In [-2, 2].
   float frequency_penalty = 0.0f;   // In [-2, 2].
   uint64_t seed = 0;
+  std::vector<TokenBias> logit_bias;  // Token ids are checked against the vocabulary by the engine.
 
   // InvalidArgument naming the field when a value is out of range.
   absl::Status Validate() const;
@@ -38,11 +45,12 @@ struct SamplingParams {
 // Index of the largest logit, the lowest index among equals.
 int32_t ArgMax(const float* logits, int64_t n);
 
-// Applies the penalties of `params` to `logits` [vocab] in place:
-// repetition (HF/vLLM: positive logits divided, negative multiplied) for
-// tokens in the prompt or the output, presence (once) and frequency (per
-// occurrence) subtracted for tokens in the output.
-void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> prompt,
+// Applies the logit biases, then the penalties, of `params` to `logits`
+// [vocab] in place: each bias added to its token's logit; repetition
+// (HF/vLLM: positive logits divided, negative multiplied) for tokens in the
+// prompt or the output, presence (once) and frequency (per occurrence)
+// subtracted for tokens in the output.
+void AdjustLogits(const SamplingParams& params, std::span<const int32_t> prompt,
                     std::span<const int32_t> output, float* logits, int64_t vocab);
 
 struct TokenLogprob {

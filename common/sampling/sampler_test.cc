@@ -1,7 +1,10 @@
 #include "common/sampling/sampler.h"
 
 #include <cmath>
+#include <limits>
 #include <vector>
+
+#include "absl/strings/match.h"
 
 #include "gtest/gtest.h"
 
@@ -91,8 +94,8 @@ TEST(SamplerTest, PenaltiesFollowVllmSemantics) {
   std::vector<float> logits = {2.0f, -2.0f, 1.0f, 0.5f, 3.0f};
   const std::vector<int32_t> prompt = {0, 1};
   const std::vector<int32_t> output = {2, 2, 3};
-  ApplyPenalties({.repetition_penalty = 2.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f},
-                 prompt, output, logits.data(), 5);
+  AdjustLogits({.repetition_penalty = 2.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f},
+               prompt, output, logits.data(), 5);
   EXPECT_FLOAT_EQ(logits[0], 1.0f);                      // Prompt, positive: divided.
   EXPECT_FLOAT_EQ(logits[1], -4.0f);                     // Prompt, negative: multiplied.
   EXPECT_FLOAT_EQ(logits[2], 0.5f - 0.5f - 2 * 0.25f);   // Output twice.
@@ -101,6 +104,35 @@ TEST(SamplerTest, PenaltiesFollowVllmSemantics) {
   EXPECT_FALSE(SamplingParams{.repetition_penalty = 0}.Validate().ok());
   EXPECT_FALSE(SamplingParams{.presence_penalty = 3}.Validate().ok());
   EXPECT_FALSE(SamplingParams{.min_p = 1.5f}.Validate().ok());
+}
+
+// vLLM's order: the biases go on the raw logits, the penalties after them
+// (a repeated token's bias is divided with its logit).
+TEST(SamplerTest, LogitBiasIsAddedBeforeThePenalties) {
+  std::vector<float> logits = {2.0f, -2.0f, 1.0f, 0.5f};
+  const std::vector<int32_t> prompt = {0};
+  const std::vector<int32_t> output = {2};
+  AdjustLogits({.repetition_penalty = 2.0f,
+                .presence_penalty = 0.5f,
+                .logit_bias = {{0, 4.0f}, {1, 100.0f}, {3, -100.0f}}},
+               prompt, output, logits.data(), 4);
+  EXPECT_FLOAT_EQ(logits[0], (2.0f + 4.0f) / 2);    // Biased, then divided.
+  EXPECT_FLOAT_EQ(logits[1], 98.0f);                // Biased only.
+  EXPECT_FLOAT_EQ(logits[2], 1.0f / 2 - 0.5f);      // Penalized only.
+  EXPECT_FLOAT_EQ(logits[3], 0.5f - 100.0f);        // Biased only.
+  // Greedy follows the bias.
+  EXPECT_EQ(Sampler({}).Sample(logits.data(), 4), 1);
+  // Without penalties the biases still apply.
+  std::vector<float> plain = {1.0f, 2.0f};
+  AdjustLogits({.logit_bias = {{0, 1.5f}}}, prompt, {}, plain.data(), 2);
+  EXPECT_FLOAT_EQ(plain[0], 2.5f);
+  EXPECT_FLOAT_EQ(plain[1], 2.0f);
+  for (float bad : {-100.5f, 101.0f, std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    const absl::Status status = SamplingParams{.logit_bias = {{7, bad}}}.Validate();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(status.message(), "logit_bias of token id 7")) << status;
+  }
+  EXPECT_TRUE((SamplingParams{.logit_bias = {{7, -100.0f}, {8, 100.0f}}}.Validate().ok()));
 }
 
 TEST(SamplerTest, LogprobsAreLogSoftmax) {

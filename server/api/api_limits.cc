@@ -83,6 +83,10 @@ absl::Status CheckBounds(const v1::GenerateRequest& request) {
     return Invalid(absl::StrCat("stopping.stop_token_ids has ", stopping.stop_token_ids_size(),
                                 " ids; at most ", kMaxStopTokenIds));
   }
+  if (request.sampling().logit_bias_size() > kMaxLogitBias) {
+    return Invalid(absl::StrCat("sampling.logit_bias has ", request.sampling().logit_bias_size(),
+                                " entries; at most ", kMaxLogitBias));
+  }
   if (request.has_logprobs() && (request.logprobs() < 0 || request.logprobs() > kMaxLogprobs)) {
     return Invalid(
         absl::StrCat("logprobs must be in [0, ", kMaxLogprobs, "], got ", request.logprobs()));

@@ -24,6 +24,7 @@ inline constexpr int kMaxPromptIds = 1 << 20;
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxStopTokenIds = 1024;
+inline constexpr int kMaxLogitBias = 1024;
 inline constexpr int kMaxLogprobs = 20;
 
 absl::Status CheckBounds(const v1::GenerateRequest& request);

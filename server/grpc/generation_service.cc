@@ -124,6 +124,10 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& req
   out.sampling.frequency_penalty = s.frequency_penalty();
   out.has_seed = s.has_seed();
   out.sampling.seed = s.seed();
+  for (const auto& [token, bias] : s.logit_bias()) out.sampling.logit_bias.push_back({token, bias});
+  // The map's order is unspecified; the engine's is the ids'.
+  std::sort(out.sampling.logit_bias.begin(), out.sampling.logit_bias.end(),
+            [](const TokenBias& a, const TokenBias& b) { return a.token < b.token; });
 
   const v1::StoppingCriteria& stop = request.stopping();
   out.max_tokens = stop.has_max_tokens() ? stop.max_tokens() : 16;

@@ -198,6 +198,22 @@ TEST(OpenAiFrontendTest, OutputsEqualTheGrpcApis) {
   EXPECT_EQ(ids, grpc.tokens);
   EXPECT_EQ(events.back()["usage"]["completion_tokens"], 12);
 
+  // logit_bias as over gRPC: 100 forces a token at every step.
+  v1::GenerateRequest biased = testutil::Greedy("b", prompt, 6);
+  const int32_t forced = grpc.tokens[0] == 7 ? 8 : 7;
+  (*biased.mutable_sampling()->mutable_logit_bias())[forced] = 100;
+  const testutil::StreamResult grpc_biased = f.Grpc(biased);
+  ASSERT_TRUE(grpc_biased.status.ok()) << grpc_biased.status.error_message();
+  EXPECT_EQ(grpc_biased.tokens, std::vector<int32_t>(6, forced));
+  json biased_request = request;
+  biased_request["max_tokens"] = 6;
+  biased_request["logit_bias"] = {{std::to_string(forced), 100}};
+  auto biased_plain = f.Post("/v1/completions", biased_request);
+  ASSERT_TRUE(biased_plain);
+  ASSERT_EQ(biased_plain->status, 200) << biased_plain->body;
+  EXPECT_EQ(TokenIds(json::parse(biased_plain->body)["choices"][0]["logprobs"]["tokens"]),
+            grpc_biased.tokens);
+
   // Chat: the same text streamed or not, and as the gRPC chat input gives.
   v1::GenerateRequest chat_request;
   chat_request.set_request_id("c");
@@ -274,6 +290,8 @@ TEST(OpenAiFrontendTest, ErrorsHaveOpenAisShapeAndStatus) {
                "The model `gpt-4` does not exist", "model");
   expect_error("/v1/completions", json{{"prompt", 5}}, kAlice, 400, "`prompt` must be",
                "prompt");
+  expect_error("/v1/completions", json{{"prompt", "x"}, {"logit_bias", {{"99999", 5}}}}, kAlice,
+               400, "logit_bias token id 99999 is outside the vocabulary", "logit_bias");
   expect_error("/v1/chat/completions", json{{"messages", {{{"role", "wizard"}, {"content", "x"}}}}},
                kAlice, 400, "wizard", nullptr);
   expect_error("/v1/embeddings", ok, kAlice, 404, "no such route", nullptr);

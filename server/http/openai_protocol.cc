@@ -7,6 +7,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
 
 namespace dsv2 {
@@ -171,7 +172,6 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
   };
   if (const json* v = present("echo"); v && !is_false(*v)) return Unsupported("echo");
   if (const json* v = present("suffix"); v && !is_empty(*v)) return Unsupported("suffix");
-  if (const json* v = present("logit_bias"); v && !is_empty(*v)) return Unsupported("logit_bias");
   if (const json* v = present("tools"); v && !is_empty(*v)) return Unsupported("tools");
   if (const json* v = present("functions"); v && !is_empty(*v)) return Unsupported("functions");
   if (const json* v = present("tool_choice"); v && !(v->is_string() && *v == "none")) {
@@ -302,6 +302,44 @@ absl::Status ReadMessages(const json& body, v1::GenerateRequest* out) {
 }
 
 // The string list of `stop`: a string or an array of strings.
+// logit_bias: {"token id": bias, ...}, ids in decimal digits, biases in
+// [-100, 100]. (The vocabulary and the entry count are the service's to
+// check.)
+absl::Status ReadLogitBias(const Fields& fields, v1::SamplingParams* sampling) {
+  const json* biases = fields.Find("logit_bias");
+  if (biases == nullptr) return absl::OkStatus();
+  if (!biases->is_object()) {
+    return fields.WrongType("logit_bias", *biases, "an object of token ids to biases");
+  }
+  auto& out = *sampling->mutable_logit_bias();
+  for (const auto& [key, value] : biases->items()) {
+    int64_t id = 0;
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (digits) id = std::stoll(key);
+    if (!digits || id > std::numeric_limits<int32_t>::max()) {
+      return Invalid("logit_bias",
+                     absl::StrCat("`logit_bias` keys must be token ids in decimal digits, not \"",
+                                  absl::CHexEscape(key.substr(0, 32)),
+                                  key.size() > 32 ? "...\"" : "\""));
+    }
+    const std::string name = absl::StrCat("logit_bias[\"", key, "\"]");
+    if (!value.is_number()) {
+      return Invalid("logit_bias",
+                     absl::StrCat("`", name, "` must be a number, not ", TypeName(value)));
+    }
+    const double bias = value.get<double>();
+    if (!(bias >= -100.0 && bias <= 100.0)) {
+      return Invalid("logit_bias", absl::StrCat("`", name, "` must be in [-100, 100]"));
+    }
+    // "7" and "07" name the same token.
+    if (!out.insert({static_cast<int32_t>(id), static_cast<float>(bias)}).second) {
+      return Invalid("logit_bias", absl::StrCat("`logit_bias` names token id ", id, " twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadStop(const Fields& fields, v1::StoppingCriteria* stopping) {
   const json* stop = fields.Find("stop");
   if (stop == nullptr) return absl::OkStatus();
@@ -420,6 +458,7 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
       sampling.set_seed(static_cast<uint64_t>(*value));
     }
   }
+  if (absl::Status s = ReadLogitBias(fields, &sampling); !s.ok()) return s;
   DSV2_ASSIGN_FIELD(skip_special, fields.Bool("skip_special_tokens"));
   if (skip_special) request.set_skip_special_tokens(*skip_special);
   DSV2_ASSIGN_FIELD(as_ids, fields.Bool("return_tokens_as_token_ids"));
@@ -491,6 +530,7 @@ std::string OpenAiParam(const absl::Status& status) {
       {"top_k", "top_k"},                   {"min_p", "min_p"},
       {"repetition_penalty", "repetition_penalty"},
       {"presence_penalty", "presence_penalty"},
+      {"logit_bias", "logit_bias"},         {"sampling.logit_bias", "logit_bias"},
       {"frequency_penalty", "frequency_penalty"},
       {"max_tokens", "max_tokens"},         {"min_tokens", "min_tokens"},
       {"logprobs", "logprobs"},             {"stopping.stop_token_ids", "stop_token_ids"},

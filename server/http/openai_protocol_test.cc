@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -39,6 +40,7 @@ TEST(OpenAiProtocolTest, CompletionFieldsBecomeTheRequest) {
       "logprobs": 3, "stream": true, "stream_options": {"include_usage": true},
       "top_k": -1, "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": true,
       "min_tokens": 2, "skip_special_tokens": false, "stop_token_ids": [5, 6],
+      "logit_bias": {"5": 100, "0": -100, "2147483647": 0.5},
       "user": "someone", "unknown_field": {"deep": [1, 2, {"x": null}]}, "n": 1, "best_of": null})");
   EXPECT_EQ(r.model, "m");
   EXPECT_TRUE(r.stream);
@@ -60,6 +62,9 @@ TEST(OpenAiProtocolTest, CompletionFieldsBecomeTheRequest) {
   EXPECT_FLOAT_EQ(g.sampling().presence_penalty(), 0.25f);
   EXPECT_FLOAT_EQ(g.sampling().frequency_penalty(), -0.5f);
   EXPECT_EQ(g.sampling().seed(), 42u);
+  EXPECT_THAT(g.sampling().logit_bias(),
+              ::testing::UnorderedElementsAre(::testing::Pair(5, 100.0f), ::testing::Pair(0, -100.0f),
+                                              ::testing::Pair(2147483647, 0.5f)));
   EXPECT_EQ(g.logprobs(), 3);
   EXPECT_FALSE(g.skip_special_tokens());
 
@@ -125,7 +130,28 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
             "`best_of` must equal `n` (1): this server does not rank extra samples");
   EXPECT_EQ(completion(R"({"prompt": "x", "n": 2, "best_of": 3})").second, "best_of");
   EXPECT_EQ(completion(R"({"prompt": "x", "echo": true})").second, "echo");
-  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": 100}})").second, "logit_bias");
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": [5, 100]})").first,
+            "`logit_bias` must be an object of token ids to biases, not an array");
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": "up"}})").first,
+            "`logit_bias[\"5\"]` must be a number, not a string");
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": 100.5}})").first,
+            "`logit_bias[\"5\"]` must be in [-100, 100]");
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": -1e300}})").second, "logit_bias");
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"7": 1, "07": 2}})").first,
+            "`logit_bias` names token id 7 twice");
+  for (const char* key : {"", "-1", "+5", " 5", "5.0", "0x10", "2147483648", "99999999999"}) {
+    EXPECT_EQ(completion(json{{"prompt", "x"}, {"logit_bias", {{key, 1}}}}.dump()).second,
+              "logit_bias")
+        << key;
+  }
+  // A long or binary key is quoted short and escaped.
+  EXPECT_EQ(completion(json{{"prompt", "x"}, {"logit_bias", {{std::string(1000, 'k') + "\n", 1}}}}
+                           .dump())
+                .first,
+            absl::StrCat("`logit_bias` keys must be token ids in decimal digits, not \"",
+                         std::string(32, 'k'), "...\""));
+  EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"\u0001": 1}})").first,
+            "`logit_bias` keys must be token ids in decimal digits, not \"\\x01\"");
   EXPECT_EQ(completion(R"({"prompt": "x", "stream_options": {"include_usage": true}})").second,
             "stream_options");
   EXPECT_EQ(completion(R"({"prompt": ["a", [1, "x"]]})").second, "prompt[1][1]");
@@ -187,6 +213,14 @@ TEST(OpenAiProtocolTest, ServiceStatusesBecomeHttpStatuses) {
   }
   const OpenAiError error = OpenAiErrorFromStatus(cases[0].first);
   EXPECT_EQ(error.param, "temperature");  // From the service's message.
+  EXPECT_EQ(OpenAiErrorFromStatus(absl::InvalidArgumentError(
+                                      "logit_bias token id 99999 is outside the vocabulary"))
+                .param,
+            "logit_bias");
+  EXPECT_EQ(OpenAiErrorFromStatus(absl::InvalidArgumentError(
+                                      "sampling.logit_bias has 1025 entries; at most 1024"))
+                .param,
+            "logit_bias");
   EXPECT_EQ(OpenAiErrorBody(error),
             json::parse(R"({"error": {"message": "temperature must be >= 0, got -1",
                             "type": "invalid_request_error", "param": "temperature",

@@ -2,7 +2,9 @@
 
 #include <ostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/base/status_macros.h"
 
 namespace dsv2::cli {
@@ -29,6 +31,8 @@ std::vector<FlagSpec> OutputFlags() {
       {"presence-penalty", true, "in [-2, 2] (default 0)"},
       {"frequency-penalty", true, "in [-2, 2] (default 0)"},
       {"seed", true, "random seed for sampling (default 0)"},
+      {"logit-bias", true, "ID:BIAS, added to token ID's logit before sampling, BIAS in "
+                           "[-100, 100] (repeatable)", /*repeatable=*/true},
       {"stop", true, "stop string; the text ends before it (repeatable)", /*repeatable=*/true},
       {"stop-token-ids", true, "comma-separated token ids that end the output"},
       {"ignore-eos", false, "keep generating after the end-of-sequence token"},
@@ -93,6 +97,16 @@ absl::Status SetOutputOptions(const Args& args, v1::GenerateRequest* request) {
   }
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   sampling->set_seed(static_cast<uint64_t>(seed));
+  for (const std::string& entry : args.GetAll("logit-bias")) {
+    const std::pair<std::string, std::string> parts = absl::StrSplit(entry, absl::MaxSplits(':', 1));
+    int32_t id = 0;
+    float bias = 0;
+    if (!absl::SimpleAtoi(parts.first, &id) || !absl::SimpleAtof(parts.second, &bias)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--logit-bias wants ID:BIAS (e.g. 42:-100), got '", entry, "'"));
+    }
+    (*sampling->mutable_logit_bias())[id] = bias;
+  }
   return absl::OkStatus();
 }
 
