@@ -29,6 +29,7 @@ struct StreamResult {
   std::string text;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
+  std::vector<v1::TokenLogprob> prompt_logprobs;
   int chunks = 0;                  // Chunk messages.
   int responses = 0;               // Messages of any kind.
   std::optional<v1::Error> error;  // An Error message, if one came.
@@ -45,6 +46,9 @@ inline StreamResult ReadStream(grpc::ClientReader<v1::GenerateResponse>& reader)
       result.tokens.insert(result.tokens.end(), response.chunk().token_ids().begin(),
                            response.chunk().token_ids().end());
       result.text += response.chunk().text();
+      result.prompt_logprobs.insert(result.prompt_logprobs.end(),
+                                    response.chunk().prompt_logprobs().begin(),
+                                    response.chunk().prompt_logprobs().end());
     } else if (response.has_complete()) {
       result.tokens.insert(result.tokens.end(), response.complete().token_ids().begin(),
                            response.complete().token_ids().end());

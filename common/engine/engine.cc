@@ -162,6 +162,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::SubmitUncounted(Generatio
     return absl::InvalidArgumentError(absl::StrCat("logprobs must be in [0, ", options_.max_logprobs,
                                                    "], got ", request.logprobs));
   }
+  if (request.prompt_logprobs < -1 || request.prompt_logprobs > options_.max_logprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs must be in [0, ",
+                                                   options_.max_logprobs, "], got ",
+                                                   request.prompt_logprobs));
+  }
 
   auto stream = std::make_shared<RequestStream>();
   auto sequence = std::make_unique<Sequence>(std::move(request), stream, &cache_);
@@ -319,7 +324,9 @@ void Engine::Step() {
       const bool decode = start >= s.prompt_len;
       chunks.push_back({std::span<const int32_t>(s.tokens).subspan(start, work.num_tokens), &s.kv,
                         decode ? AttentionForm::kAbsorbed : AttentionForm::kDecompressed,
-                        work.completes ? ChunkLogits::kLast : ChunkLogits::kNone});
+                        s.wants_prompt_logits() ? ChunkLogits::kAll
+                        : work.completes        ? ChunkLogits::kLast
+                                                : ChunkLogits::kNone});
       computed_prompt_tokens += std::max<int64_t>(0, std::min(s.prompt_len, start + work.num_tokens) - start);
     }
     std::vector<float> logits;
@@ -355,10 +362,17 @@ void Engine::Step() {
     if (options_.observer != nullptr) options_.observer->OnStep(step_tokens);
     const int64_t vocab = model_->config().vocab_size;
     int64_t row = 0;
-    for (const ScheduledChunk& work : plan) {
+    for (size_t c = 0; c < plan.size(); ++c) {
+      const ScheduledChunk& work = plan[c];
       Sequence* sequence = work.sequence;
       if (options_.prefix_caching) sequence->kv.RegisterFullBlocks(sequence->tokens);
-      if (work.completes) Advance(sequence, &logits[row++ * vocab]);
+      if (chunks[c].logits == ChunkLogits::kAll) {
+        const int64_t start = sequence->kv.size() - work.num_tokens;
+        PushPromptLogprobs(sequence, start, work.num_tokens, &logits[row * vocab]);
+        row += work.num_tokens - 1;  // The last row is the next token's.
+      }
+      if (work.completes) Advance(sequence, &logits[row * vocab]);
+      if (chunks[c].logits != ChunkLogits::kNone) ++row;
     }
   }
   MutexLock lock(&mutex_);
@@ -416,6 +430,23 @@ void Engine::UpdateStatsLocked() {
   stats_.prefix_queries = kv.prefix_queries;
   stats_.prefix_hits = kv.prefix_hits;
   stats_.preemptions = scheduler_.num_preemptions();
+}
+
+void Engine::PushPromptLogprobs(Sequence* s, int64_t start, int64_t n, const float* logits) {
+  const int64_t vocab = model_->config().vocab_size;
+  GenerationOutput out;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t p = start + i;  // Its logits give token p + 1's.
+    if (p != s->prompt_logprobs_done || p + 1 >= s->prompt_len) continue;
+    const float* row = logits + i * vocab;
+    const int32_t token = s->tokens[p + 1];
+    out.prompt_logprobs.push_back(
+        {token, Logprob(row, vocab, token), TopLogprobs(row, vocab, s->request.prompt_logprobs)});
+    ++s->prompt_logprobs_done;
+  }
+  if (out.prompt_logprobs.empty()) return;
+  out.usage = {s->prompt_len, s->num_generated(), s->cached_tokens};
+  s->stream->Push(std::move(out));
 }
 
 void Engine::Advance(Sequence* s, const float* raw_logits) {

@@ -122,6 +122,9 @@ class Engine {
   absl::Status Forward(std::span<const SequenceChunk> chunks, std::vector<float>* logits);
   // Finishes aborted and timed-out sequences.
   void ReapCancelled();
+  // Streams the prompt logprobs that the logits of positions [start, start
+  // + n) give (n rows) and were not streamed before.
+  void PushPromptLogprobs(Sequence* sequence, int64_t start, int64_t n, const float* logits);
   // Samples the next token of a sequence whose pending tokens were computed.
   void Advance(Sequence* sequence, const float* logits);
   // Ends a sequence: `out` (with the last token, if any) becomes its final

@@ -47,6 +47,8 @@ struct Collected {
   std::vector<int32_t> tokens;
   std::string text;
   std::vector<TokenLogprobs> logprobs;
+  std::vector<TokenLogprobs> prompt_logprobs;
+  bool prompt_logprobs_after_a_token = false;
   FinishReason finish = FinishReason::kError;
   Usage usage;
   std::string error;
@@ -61,6 +63,9 @@ Collected Collect(RequestStream& stream) {
     c.tokens.insert(c.tokens.end(), out->token_ids.begin(), out->token_ids.end());
     c.text += out->text;
     c.logprobs.insert(c.logprobs.end(), out->logprobs.begin(), out->logprobs.end());
+    if (!out->prompt_logprobs.empty() && !c.tokens.empty()) c.prompt_logprobs_after_a_token = true;
+    c.prompt_logprobs.insert(c.prompt_logprobs.end(), out->prompt_logprobs.begin(),
+                             out->prompt_logprobs.end());
     c.usage = out->usage;
     if (out->finish) {
       c.finish = *out->finish;
@@ -326,6 +331,85 @@ TEST_F(EngineTest, StopTokensMinTokensAndLogprobs) {
   EXPECT_LT(c.logprobs[0].logprob, 0.0f);
 }
 
+// Every prompt token after the first gets the log-softmax of the logits
+// before it: against the reference's prefill logits (tolerance 1e-3, the
+// golden logits'), bit for bit whatever the prefill chunking, all before
+// the first generated token; the prefix cache is not read, and the output
+// is the request's without prompt logprobs.
+TEST_F(EngineTest, PromptLogprobsAreTheReferencesAndComeFirst) {
+  const nlohmann::json golden = Golden("tests/data/tiny-v2");
+  const std::vector<int32_t> prompt = golden["prompt"].get<std::vector<int32_t>>();
+  absl::StatusOr<NpyArray> reference = ReadNpy("tests/data/tiny-v2/prefill_logits.npy");
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  const int64_t vocab = model_->config().vocab_size;
+  ASSERT_EQ(reference->shape, (std::vector<int64_t>{int64_t(prompt.size()), vocab}));
+
+  // Blocks of 16 positions, so that the plain run leaves two of the
+  // prompt's in the prefix cache.
+  auto engine = MakeEngine({.block_size = 16});
+  const Collected plain = Run(*engine, Greedy("plain", prompt, 5));
+  EXPECT_EQ(Run(*engine, Greedy("cached", prompt, 1)).usage.cached_tokens, 32);
+  GenerationRequest request = Greedy("prompt-logprobs", prompt, 5);
+  request.prompt_logprobs = 3;
+  const Collected c = Run(*engine, request);
+  EXPECT_EQ(c.tokens, plain.tokens);
+  EXPECT_FALSE(c.prompt_logprobs_after_a_token);
+  EXPECT_EQ(c.usage.cached_tokens, 0);
+  ASSERT_EQ(c.prompt_logprobs.size(), prompt.size() - 1);
+  for (size_t i = 0; i + 1 < prompt.size(); ++i) {
+    const TokenLogprobs& lp = c.prompt_logprobs[i];
+    const float* row = &reference->data[i * vocab];
+    EXPECT_EQ(lp.token, prompt[i + 1]);
+    EXPECT_NEAR(lp.logprob, Logprob(row, vocab, prompt[i + 1]), 1e-3) << i;
+    ASSERT_EQ(lp.top.size(), 3u);
+    const std::vector<TokenLogprob> top = TopLogprobs(row, vocab, 3);
+    EXPECT_EQ(lp.top[0].token, top[0].token) << i;
+    EXPECT_NEAR(lp.top[0].logprob, top[0].logprob, 1e-3) << i;
+  }
+  // Chunked prefill (4 tokens a step) and a batch-mate: the same bits.
+  auto chunked = MakeEngine({.max_batch_tokens = 4});
+  auto mate = chunked->Submit(Greedy("mate", {0, 5, 9}, 12));
+  ASSERT_TRUE(mate.ok());
+  const Collected again = Run(*chunked, request);
+  Collect(**mate);
+  EXPECT_EQ(again.tokens, c.tokens);
+  ASSERT_EQ(again.prompt_logprobs.size(), c.prompt_logprobs.size());
+  for (size_t i = 0; i < c.prompt_logprobs.size(); ++i) {
+    EXPECT_EQ(again.prompt_logprobs[i].logprob, c.prompt_logprobs[i].logprob) << i;
+    EXPECT_EQ(again.prompt_logprobs[i].top[2].token, c.prompt_logprobs[i].top[2].token) << i;
+  }
+  // Four 70-token prompts at once: a step computes the logits of 128 prompt
+  // positions at most, so they share steps (one waits a step), each with
+  // every entry, as alone.
+  std::vector<int32_t> long_prompt;
+  for (int i = 0; i < 70; ++i) long_prompt.push_back(prompt[i % prompt.size()] ^ (i / 40));
+  GenerationRequest long_request = Greedy("alone", long_prompt, 3);
+  long_request.prompt_logprobs = 1;
+  const Collected alone = Run(*engine, long_request);
+  ASSERT_EQ(alone.prompt_logprobs.size(), 69u);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = 0; r < 4; ++r) {
+    long_request.id = "together" + std::to_string(r);
+    auto stream = engine->Submit(long_request);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    streams.push_back(*stream);
+  }
+  for (const auto& stream : streams) {
+    const Collected together = Collect(*stream);
+    EXPECT_EQ(together.tokens, alone.tokens);
+    ASSERT_EQ(together.prompt_logprobs.size(), 69u);
+    for (size_t i = 0; i < 69; ++i) {
+      EXPECT_EQ(together.prompt_logprobs[i].logprob, alone.prompt_logprobs[i].logprob) << i;
+    }
+  }
+  // A one-token prompt has none.
+  request = Greedy("one", {0}, 2);
+  request.prompt_logprobs = 0;
+  const Collected one = Run(*engine, request);
+  EXPECT_TRUE(one.prompt_logprobs.empty());
+  EXPECT_EQ(one.tokens.size(), 2u);
+}
+
 // A bias of 100 forces its token through greedy decoding and -100 keeps a
 // token out; the logprobs stay those of the model (its top token first).
 TEST_F(EngineTest, LogitBiasSteersSamplingButNotLogprobs) {
@@ -389,6 +473,8 @@ TEST_F(EngineTest, InvalidRequestsAreRejectedWithTheField) {
       {[](auto& r) { r.sampling.logit_bias = {{3, -101.0f}}; }, "logit_bias of token id 3"},
       {[](auto& r) { r.stop = {""}; }, "stop strings"},
       {[](auto& r) { r.logprobs = 50; }, "logprobs"},
+      {[](auto& r) { r.prompt_logprobs = 21; }, "prompt_logprobs must be in [0, 20], got 21"},
+      {[](auto& r) { r.prompt_logprobs = -2; }, "prompt_logprobs must be in [0, 20], got -2"},
       {[](auto& r) { r.id = ""; }, "request_id"},
   };
   for (const Case& c : cases) {

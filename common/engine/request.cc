@@ -17,8 +17,10 @@ namespace {
 
 size_t EventBytes(const GenerationOutput& output) {
   size_t bytes = output.text.size() + output.token_ids.size() * sizeof(int32_t);
-  for (const TokenLogprobs& lp : output.logprobs) {
-    bytes += sizeof(TokenLogprobs) + lp.top.size() * sizeof(TokenLogprob);
+  for (const auto* list : {&output.logprobs, &output.prompt_logprobs}) {
+    for (const TokenLogprobs& lp : *list) {
+      bytes += sizeof(TokenLogprobs) + lp.top.size() * sizeof(TokenLogprob);
+    }
   }
   return bytes;
 }

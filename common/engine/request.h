@@ -31,6 +31,9 @@ struct GenerationRequest {
   std::vector<std::string> stop;  // Stop strings; the text never includes them.
   bool ignore_eos = false;
   int32_t logprobs = -1;  // -1: none; 0: the chosen token's; N: and the top N.
+  // -1: none; N: every prompt token's after the first (given the tokens
+  // before it) and the top N in its place.
+  int32_t prompt_logprobs = -1;
   bool skip_special_tokens = true;
   std::optional<std::chrono::steady_clock::time_point> deadline;
 };
@@ -56,6 +59,9 @@ struct GenerationOutput {
   std::vector<int32_t> token_ids;
   std::string text;
   std::vector<TokenLogprobs> logprobs;
+  // With prompt_logprobs: prompt tokens 1, 2, … in order across the events
+  // that carry them (events of their own, before the first generated token).
+  std::vector<TokenLogprobs> prompt_logprobs;
   std::optional<FinishReason> finish;
   absl::Status error;  // With kError: why; its code is the call's status code.
   Usage usage;        // Cumulative.

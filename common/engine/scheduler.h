@@ -36,6 +36,9 @@ struct Sequence {
   PagedSequence kv;             // Holds the latents of tokens[0, kv.size()).
   int64_t cached_tokens = 0;    // Prompt tokens the prefix cache supplied at admission.
   bool admitted_before = false;
+  // Prompt positions whose logits gave a prompt logprob (position p: token
+  // p + 1's); recomputed positions are not reported again.
+  int64_t prompt_logprobs_done = 0;
   // Output state, owned by the engine.
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<IncrementalTextDecoder> decoder;
@@ -51,6 +54,10 @@ struct Sequence {
   std::chrono::steady_clock::time_point last_token_time;
 
   int64_t num_generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
+  // Whether its next chunk needs the logits of every position (prompt logprobs).
+  bool wants_prompt_logits() const {
+    return request.prompt_logprobs >= 0 && prompt_logprobs_done < prompt_len - 1;
+  }
   int64_t num_pending() const { return static_cast<int64_t>(tokens.size()) - kv.size(); }
 };
 
@@ -58,6 +65,9 @@ struct SchedulerOptions {
   int64_t max_num_seqs = 64;        // Running sequences at most.
   int64_t max_batch_tokens = 2048;  // Tokens per step, prefill chunks included.
   bool prefix_caching = true;
+  // Positions whose logits one step computes whole for prompt logprobs:
+  // bounds that step's logits to this many rows of the vocabulary.
+  int64_t max_prompt_logits_tokens = 128;
 };
 
 // One sequence's work in a step: tokens[kv.size(), kv.size() + num_tokens).

@@ -91,6 +91,11 @@ absl::Status CheckBounds(const v1::GenerateRequest& request) {
     return Invalid(
         absl::StrCat("logprobs must be in [0, ", kMaxLogprobs, "], got ", request.logprobs()));
   }
+  if (request.has_prompt_logprobs() &&
+      (request.prompt_logprobs() < 0 || request.prompt_logprobs() > kMaxLogprobs)) {
+    return Invalid(absl::StrCat("prompt_logprobs must be in [0, ", kMaxLogprobs, "], got ",
+                                request.prompt_logprobs()));
+  }
   return absl::OkStatus();
 }
 

@@ -61,20 +61,21 @@ void FillUsage(const Usage& usage, v1::Usage* out) {
   out->set_cached_tokens(static_cast<uint32_t>(usage.cached_tokens));
 }
 
+void FillLogprob(const TokenLogprobs& lp, v1::TokenLogprob* entry) {
+  entry->set_token_id(lp.token);
+  entry->set_logprob(lp.logprob);
+  for (const TokenLogprob& top : lp.top) {
+    v1::TopLogprob* alt = entry->add_top();
+    alt->set_token_id(top.token);
+    alt->set_logprob(top.logprob);
+  }
+}
+
 template <typename Message>
 void FillOutput(const GenerationOutput& output, Message* out) {
   for (int32_t id : output.token_ids) out->add_token_ids(id);
   out->set_text(output.text);
-  for (const TokenLogprobs& lp : output.logprobs) {
-    v1::TokenLogprob* entry = out->add_logprobs();
-    entry->set_token_id(lp.token);
-    entry->set_logprob(lp.logprob);
-    for (const TokenLogprob& top : lp.top) {
-      v1::TopLogprob* alt = entry->add_top();
-      alt->set_token_id(top.token);
-      alt->set_logprob(top.logprob);
-    }
-  }
+  for (const TokenLogprobs& lp : output.logprobs) FillLogprob(lp, out->add_logprobs());
   FillUsage(output.usage, out->mutable_usage());
 }
 
@@ -136,6 +137,7 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& req
   out.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
   out.ignore_eos = stop.ignore_eos();
   if (request.has_logprobs()) out.logprobs = request.logprobs();
+  if (request.has_prompt_logprobs()) out.prompt_logprobs = request.prompt_logprobs();
   out.skip_special_tokens = !request.has_skip_special_tokens() || request.skip_special_tokens();
   return out;
 }
@@ -241,6 +243,9 @@ class GenerationService::GenerateCall final
           FillOutput(*output, complete);
         } else {
           FillOutput(*output, response.mutable_chunk());
+          for (const TokenLogprobs& lp : output->prompt_logprobs) {
+            FillLogprob(lp, response.mutable_chunk()->add_prompt_logprobs());
+          }
         }
         buffer_ = SerializeMessage(response);
         writing_ = true;

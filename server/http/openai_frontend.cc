@@ -402,6 +402,34 @@ absl::StatusOr<uint32_t> OpenAiFrontend::ContextLeft(const v1::GenerateRequest& 
   return static_cast<uint32_t>(room);
 }
 
+absl::Status OpenAiFrontend::PrepareEcho(OpenAiRequest* request, const std::string& principal) {
+  if (options_.text == nullptr) {
+    return absl::InvalidArgumentError(
+        "echo needs the model's tokenizer, and this model has none");
+  }
+  for (size_t p = 0; p < request->prompts.size(); ++p) {
+    v1::GenerateRequest& prompt = request->prompts[p];
+    if (prompt.has_token_ids()) {
+      std::unique_ptr<IncrementalTextDecoder> decoder =
+          options_.text->NewDecoder(/*skip_special_tokens=*/false);
+      std::string& text = request->echo_texts[p];
+      for (int32_t id : prompt.token_ids().ids()) text += decoder->Append(id);
+      text += decoder->Finish();
+      continue;
+    }
+    if (request->logprobs < 0) continue;
+    v1::TokenizeRequest tokenize;
+    tokenize.set_text(prompt.text());
+    v1::TokenizeResponse ids;
+    if (grpc::Status s = generation_->Tokenize(UnaryContext(principal).get(), tokenize, &ids);
+        !s.ok()) {
+      return FromGrpcStatus(s);
+    }
+    prompt.mutable_token_ids()->mutable_ids()->Swap(ids.mutable_token_ids());
+  }
+  return absl::OkStatus();
+}
+
 void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
                               httplib::Response& response) {
   absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(endpoint, request.body);
@@ -418,6 +446,11 @@ void OpenAiFrontend::Generate(OpenAiEndpoint endpoint, HttpRequest& request,
   }
   const std::string id =
       RandomId(endpoint == OpenAiEndpoint::kChat ? "chatcmpl-" : "cmpl-");
+  if (parsed->echo) {
+    if (absl::Status s = PrepareEcho(&*parsed, request.principal); !s.ok()) {
+      return RespondStatus(response, s);
+    }
+  }
   if (parsed->fill_context) {
     absl::StatusOr<uint32_t> left = ContextLeft(parsed->generate, request.principal);
     if (!left.ok()) return RespondStatus(response, left.status());

@@ -21,7 +21,9 @@
 // client that stops reading is cut off by the HTTP server's write timeout.
 //
 // Chat requests without max_tokens generate up to the end of the context
-// (OpenAI's default): the prompt is measured with Tokenize first.
+// (OpenAI's default): the prompt is measured with Tokenize first. Echoed
+// completions with logprobs send their text prompts as the ids Tokenize
+// gives, so that the echoed tokens are those the model saw.
 //
 // Thread safety: handlers run on the HTTP server's connection threads.
 #pragma once
@@ -79,6 +81,9 @@ class OpenAiFrontend {
   // its prompt.
   absl::StatusOr<uint32_t> ContextLeft(const v1::GenerateRequest& request,
                                        const std::string& principal);
+  // For `echo`: the token-id prompts' echo_texts, decoded; with logprobs,
+  // text prompts become their token ids.
+  absl::Status PrepareEcho(OpenAiRequest* request, const std::string& principal);
   std::unique_ptr<grpc::ClientContext> UnaryContext(const std::string& principal) const;
 
   const std::shared_ptr<grpc::Channel> channel_;

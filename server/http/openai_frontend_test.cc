@@ -44,21 +44,22 @@ using testutil::WaitUntil;
 class Fixture {
  public:
   explicit Fixture(EngineOptions engine_options = {.kv_cache_bytes = 32 << 20},
-                   absl::Duration write_timeout = absl::Seconds(30)) {
+                   absl::Duration write_timeout = absl::Seconds(30),
+                   const std::string& model_dir = "tests/data/tiny-v2") {
     const std::string dir = testutil::NewTestDir("openai_frontend");
     std::ofstream(dir + "/tokens") << "alice " << kAlice << "\nbob " << kBob << "\n";
     auto tokens = ApiTokens::Load(dir + "/tokens");
     EXPECT_TRUE(tokens.ok());
     const AccessPolicy policy =
         AccessPolicy::Public(std::shared_ptr<ApiTokens>(*std::move(tokens)), false);
-    auto model = DeepseekV2Model::Load("tests/data/tiny-v2");
+    auto model = DeepseekV2Model::Load(model_dir);
     EXPECT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
-    auto text = TextFrontend::LoadIfPresent("tests/data/tiny-v2");
+    auto text = TextFrontend::LoadIfPresent(model_dir);
     EXPECT_TRUE(text.ok());
     text_ = *std::move(text);
     engine_ = std::make_unique<Engine>(model_.get(), text_.get(), engine_options);
-    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), "tests/data/tiny-v2",
+    service_ = std::make_unique<GenerationService>(engine_.get(), text_.get(), model_dir,
                                                    GenerationServiceOptions{.policy = policy});
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
@@ -214,6 +215,77 @@ TEST(OpenAiFrontendTest, OutputsEqualTheGrpcApis) {
   EXPECT_EQ(TokenIds(json::parse(biased_plain->body)["choices"][0]["logprobs"]["tokens"]),
             grpc_biased.tokens);
 
+  // echo: the prompt's text first, then the output's; with logprobs the
+  // prompt's tokens first (the first without a logprob) as the service's
+  // prompt logprobs score them, streamed or not.
+  v1::GenerateRequest scored = testutil::Greedy("scored", prompt, 4);
+  scored.set_prompt_logprobs(2);
+  const testutil::StreamResult grpc_scored = f.Grpc(scored);
+  ASSERT_TRUE(grpc_scored.status.ok()) << grpc_scored.status.error_message();
+  ASSERT_EQ(grpc_scored.prompt_logprobs.size(), prompt.size() - 1);
+  const json echo_request{{"prompt", prompt},       {"max_tokens", 4},
+                          {"temperature", 0},       {"ignore_eos", true},
+                          {"echo", true},           {"logprobs", 2},
+                          {"return_tokens_as_token_ids", true}};
+  auto echo_plain = f.Post("/v1/completions", echo_request);
+  ASSERT_TRUE(echo_plain);
+  ASSERT_EQ(echo_plain->status, 200) << echo_plain->body;
+  const json echoed = json::parse(echo_plain->body)["choices"][0];
+  std::vector<int32_t> expected_ids = prompt;
+  expected_ids.insert(expected_ids.end(), grpc_scored.tokens.begin(), grpc_scored.tokens.end());
+  EXPECT_EQ(TokenIds(echoed["logprobs"]["tokens"]), expected_ids);
+  EXPECT_EQ(echoed["logprobs"]["token_logprobs"][0], nullptr);
+  EXPECT_EQ(echoed["logprobs"]["top_logprobs"][0], nullptr);
+  for (size_t i = 1; i < prompt.size(); ++i) {
+    EXPECT_FLOAT_EQ(echoed["logprobs"]["token_logprobs"][i].get<float>(),
+                    grpc_scored.prompt_logprobs[i - 1].logprob())
+        << i;
+    EXPECT_EQ(echoed["logprobs"]["top_logprobs"][i].size(), 3u) << i;  // Top 2 and the token.
+  }
+  const std::string echo_text = echoed["text"].get<std::string>();
+  EXPECT_TRUE(echo_text.ends_with(grpc_scored.text)) << echo_text;
+  EXPECT_GT(echo_text.size(), grpc_scored.text.size());
+  json echo_streaming = echo_request;
+  echo_streaming["stream"] = true;
+  auto echo_sse = f.Post("/v1/completions", echo_streaming);
+  ASSERT_TRUE(echo_sse);
+  std::string echo_streamed;
+  std::vector<int32_t> echo_ids;
+  for (const json& event : SseEvents(echo_sse->body)) {
+    echo_streamed += event["choices"][0]["text"].get<std::string>();
+    for (int32_t id : TokenIds(event["choices"][0]["logprobs"]["tokens"])) echo_ids.push_back(id);
+  }
+  EXPECT_EQ(echo_streamed, echo_text);
+  EXPECT_EQ(echo_ids, expected_ids);
+  // A text prompt is echoed as given.
+  v1::GenerateRequest hello = testutil::Greedy("hello", {}, 5);
+  hello.set_text("Hello there");
+  const testutil::StreamResult grpc_hello = f.Grpc(hello);
+  ASSERT_TRUE(grpc_hello.status.ok());
+  auto echo_hello = f.Post("/v1/completions", json{{"prompt", "Hello there"},
+                                                   {"max_tokens", 5},
+                                                   {"temperature", 0},
+                                                   {"ignore_eos", true},
+                                                   {"echo", true}});
+  ASSERT_TRUE(echo_hello);
+  ASSERT_EQ(echo_hello->status, 200) << echo_hello->body;
+  EXPECT_EQ(json::parse(echo_hello->body)["choices"][0]["text"], "Hello there" + grpc_hello.text);
+  // With logprobs, the tokens the model saw (BOS included) and the output's.
+  auto scored_hello = f.Post("/v1/completions", json{{"prompt", "Hello there"},
+                                                     {"max_tokens", 5},
+                                                     {"temperature", 0},
+                                                     {"ignore_eos", true},
+                                                     {"echo", true},
+                                                     {"logprobs", 0},
+                                                     {"return_tokens_as_token_ids", true}});
+  ASSERT_TRUE(scored_hello);
+  ASSERT_EQ(scored_hello->status, 200) << scored_hello->body;
+  const json scored_body = json::parse(scored_hello->body);
+  const std::vector<int32_t> hello_ids = TokenIds(scored_body["choices"][0]["logprobs"]["tokens"]);
+  ASSERT_EQ(hello_ids.size(), scored_body["usage"]["prompt_tokens"].get<size_t>() + 5);
+  EXPECT_EQ(std::vector<int32_t>(hello_ids.end() - 5, hello_ids.end()), grpc_hello.tokens);
+  EXPECT_EQ(scored_body["choices"][0]["text"], "Hello there" + grpc_hello.text);
+
   // Chat: the same text streamed or not, and as the gRPC chat input gives.
   v1::GenerateRequest chat_request;
   chat_request.set_request_id("c");
@@ -304,6 +376,21 @@ TEST(OpenAiFrontendTest, ErrorsHaveOpenAisShapeAndStatus) {
   auto health = client.Get("/health");
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 503);
+}
+
+// A model without a tokenizer (token-id prompts only) cannot echo text.
+TEST(OpenAiFrontendTest, EchoWithoutATokenizerIsRefused) {
+  Fixture f({.kv_cache_bytes = 32 << 20}, absl::Seconds(30), "tests/data/tiny-eps");
+  auto refused =
+      f.Post("/v1/completions", json{{"prompt", {0, 5, 6}}, {"max_tokens", 2}, {"echo", true}});
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 400) << refused->body;
+  const json error = json::parse(refused->body)["error"];
+  EXPECT_EQ(error["message"], "echo needs the model's tokenizer, and this model has none");
+  EXPECT_EQ(error["param"], "echo");
+  auto served = f.Post("/v1/completions", json{{"prompt", {0, 5, 6}}, {"max_tokens", 2}});
+  ASSERT_TRUE(served);
+  EXPECT_EQ(served->status, 200) << served->body;
 }
 
 TEST(OpenAiFrontendTest, AFullQueueIs429) {

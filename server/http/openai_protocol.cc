@@ -170,7 +170,6 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
   const auto is_empty = [](const json& v) {
     return (v.is_object() || v.is_array() || v.is_string()) && v.empty();
   };
-  if (const json* v = present("echo"); v && !is_false(*v)) return Unsupported("echo");
   if (const json* v = present("suffix"); v && !is_empty(*v)) return Unsupported("suffix");
   if (const json* v = present("tools"); v && !is_empty(*v)) return Unsupported("tools");
   if (const json* v = present("functions"); v && !is_empty(*v)) return Unsupported("functions");
@@ -194,6 +193,9 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
                        "stop strings are never part of the output");
   }
   if (endpoint == OpenAiEndpoint::kChat) {
+    if (const json* v = present("echo"); v && !is_false(*v)) {
+      return Unsupported("echo", "chat completions do not echo");
+    }
     if (const json* v = present("add_generation_prompt"); v && !is_true(*v)) {
       return Unsupported("add_generation_prompt", "the chat template always ends with it");
     }
@@ -469,6 +471,13 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
   if (endpoint == OpenAiEndpoint::kCompletions) {
     DSV2_ASSIGN_FIELD(logprobs, fields.Integer("logprobs", 0, kMaxLogprobs));
     if (logprobs) out->logprobs = static_cast<int>(*logprobs);
+    DSV2_ASSIGN_FIELD(echo, fields.Bool("echo"));
+    out->echo = echo.value_or(false);
+    if (out->echo) {
+      // Token-id prompts are the caller's to decode.
+      for (const v1::GenerateRequest& prompt : out->prompts) out->echo_texts.push_back(prompt.text());
+      if (logprobs) request.set_prompt_logprobs(static_cast<int32_t>(*logprobs));
+    }
   } else {
     DSV2_ASSIGN_FIELD(logprobs, fields.Bool("logprobs"));
     DSV2_ASSIGN_FIELD(top, fields.Integer("top_logprobs", 0, kMaxLogprobs));
@@ -531,6 +540,7 @@ std::string OpenAiParam(const absl::Status& status) {
       {"repetition_penalty", "repetition_penalty"},
       {"presence_penalty", "presence_penalty"},
       {"logit_bias", "logit_bias"},         {"sampling.logit_bias", "logit_bias"},
+      {"prompt_logprobs", "logprobs"},      {"echo", "echo"},
       {"frequency_penalty", "frequency_penalty"},
       {"max_tokens", "max_tokens"},         {"min_tokens", "min_tokens"},
       {"logprobs", "logprobs"},             {"stopping.stop_token_ids", "stop_token_ids"},
@@ -678,7 +688,8 @@ std::string OpenAiResponder::TokenString(int32_t id, std::string* bytes) const {
 }
 
 nlohmann::json OpenAiResponder::Logprobs(
-    const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens, Choice& choice) {
+    const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens, Choice& choice,
+    bool first_unscored) {
   if (request_.logprobs < 0) return nullptr;
   if (request_.endpoint == OpenAiEndpoint::kChat) {
     json content = json::array();
@@ -708,6 +719,13 @@ nlohmann::json OpenAiResponder::Logprobs(
   for (const v1::TokenLogprob& token : tokens) {
     const std::string name = TokenString(token.token_id(), nullptr);
     out["tokens"].push_back(name);
+    out["text_offset"].push_back(choice.text_offset);
+    choice.text_offset += name.size();
+    if (first_unscored && &token == &tokens[0]) {
+      out["token_logprobs"].push_back(nullptr);
+      out["top_logprobs"].push_back(nullptr);
+      continue;
+    }
     out["token_logprobs"].push_back(FiniteLogprob(token.logprob()));
     json top = json::object();
     for (const v1::TopLogprob& alternative : token.top()) {
@@ -716,10 +734,70 @@ nlohmann::json OpenAiResponder::Logprobs(
     }
     if (!top.contains(name)) top[name] = FiniteLogprob(token.logprob());
     out["top_logprobs"].push_back(std::move(top));
-    out["text_offset"].push_back(choice.text_offset);
-    choice.text_offset += name.size();
   }
   return out;
+}
+
+namespace {
+
+// Whether a logprobs object (or null) holds any token.
+bool HasTokens(const json& logprobs) {
+  if (logprobs.is_null()) return false;
+  return !logprobs[logprobs.contains("content") ? "content" : "tokens"].empty();
+}
+
+// Appends each list of `part` to `into`'s (null: nothing yet).
+void AppendLogprobs(json part, json* into) {
+  if (part.is_null()) return;
+  if (into->is_null()) {
+    *into = std::move(part);
+    return;
+  }
+  for (auto& [key, value] : part.items()) {
+    for (json& element : value) (*into)[key].push_back(std::move(element));
+  }
+}
+
+}  // namespace
+
+bool OpenAiResponder::Output(int index, const v1::GenerateResponse& message, std::string* text,
+                             nlohmann::json* logprobs) {
+  Choice& state = choices_[index];
+  const google::protobuf::RepeatedPtrField<v1::TokenLogprob>* tokens = nullptr;
+  if (message.has_chunk()) {
+    const v1::Chunk& chunk = message.chunk();
+    state.usage = chunk.usage();
+    if (request_.echo && !state.echoed) {
+      state.prompt.MergeFrom(chunk.prompt_logprobs());
+      if (chunk.prompt_logprobs_size() > 0 && chunk.token_ids_size() == 0) return false;
+    }
+    *text = chunk.text();
+    tokens = &chunk.logprobs();
+  } else if (message.has_complete()) {
+    state.usage = message.complete().usage();
+    state.finish = message.complete().finish_reason();
+    *text = message.complete().text();
+    tokens = &message.complete().logprobs();
+  } else {
+    return false;
+  }
+  *logprobs = nullptr;
+  if (request_.echo && !state.echoed) {
+    state.echoed = true;
+    const v1::GenerateRequest& prompt = request_.prompts[index / request_.n];
+    *text = request_.echo_texts[index / request_.n] + *text;
+    if (request_.logprobs >= 0) {
+      // The prompt's first token (given as ids), then those the service scored.
+      google::protobuf::RepeatedPtrField<v1::TokenLogprob> echoed;
+      const bool first = prompt.token_ids().ids_size() > 0;
+      if (first) echoed.Add()->set_token_id(prompt.token_ids().ids(0));
+      echoed.MergeFrom(state.prompt);
+      state.prompt.Clear();
+      *logprobs = Logprobs(echoed, state, /*first_unscored=*/first);
+    }
+  }
+  AppendLogprobs(Logprobs(*tokens, state), logprobs);
+  return true;
 }
 
 nlohmann::json OpenAiResponder::UsageObject(const v1::Usage& usage) {
@@ -774,28 +852,15 @@ std::string OpenAiResponder::StreamStart() {
 
 std::string OpenAiResponder::StreamMessage(int index, const v1::GenerateResponse& message) {
   const bool chat = request_.endpoint == OpenAiEndpoint::kChat;
-  Choice& state = choices_[index];
   std::string text;
-  const google::protobuf::RepeatedPtrField<v1::TokenLogprob>* logprobs = nullptr;
-  const v1::Usage* usage = nullptr;
+  json logprobs;
+  if (!Output(index, message, &text, &logprobs)) return "";
   std::optional<v1::FinishReason> finish;
-  if (message.has_chunk()) {
-    text = message.chunk().text();
-    logprobs = &message.chunk().logprobs();
-    usage = &message.chunk().usage();
-  } else if (message.has_complete()) {
-    text = message.complete().text();
-    logprobs = &message.complete().logprobs();
-    usage = &message.complete().usage();
-    finish = message.complete().finish_reason();
-  } else {
-    return "";
-  }
-  state.usage = *usage;
+  if (message.has_complete()) finish = message.complete().finish_reason();
   // A chunk whose text is held back (a possible stop string) and that
   // carries no logprobs says nothing yet.
-  if (text.empty() && !finish && (logprobs->empty() || request_.logprobs < 0)) return "";
-  json choice{{"index", index}, {"logprobs", Logprobs(*logprobs, state)}};
+  if (text.empty() && !finish && !HasTokens(logprobs)) return "";
+  json choice{{"index", index}, {"logprobs", std::move(logprobs)}};
   if (chat) {
     choice["delta"] = text.empty() && finish ? json::object() : json{{"content", text}};
   } else {
@@ -804,7 +869,7 @@ std::string OpenAiResponder::StreamMessage(int index, const v1::GenerateResponse
   choice["finish_reason"] = finish ? json(OpenAiFinishReason(*finish)) : json(nullptr);
   json chunk = ChunkObject();
   chunk["choices"].push_back(std::move(choice));
-  if (request_.continuous_usage) chunk["usage"] = UsageObject(*usage);
+  if (request_.continuous_usage) chunk["usage"] = UsageObject(choices_[index].usage);
   return Event(chunk);
 }
 
@@ -823,29 +888,12 @@ std::string OpenAiResponder::StreamError(const OpenAiError& error) {
 }
 
 void OpenAiResponder::Add(int index, const v1::GenerateResponse& message) {
+  std::string text;
+  json logprobs;
+  if (!Output(index, message, &text, &logprobs)) return;
   Choice& state = choices_[index];
-  const google::protobuf::RepeatedPtrField<v1::TokenLogprob>* logprobs = nullptr;
-  if (message.has_chunk()) {
-    state.text += message.chunk().text();
-    logprobs = &message.chunk().logprobs();
-    state.usage = message.chunk().usage();
-  } else if (message.has_complete()) {
-    state.text += message.complete().text();
-    logprobs = &message.complete().logprobs();
-    state.usage = message.complete().usage();
-    state.finish = message.complete().finish_reason();
-  } else {
-    return;
-  }
-  json part = Logprobs(*logprobs, state);
-  if (part.is_null()) return;
-  if (state.logprobs.is_null()) {
-    state.logprobs = std::move(part);
-    return;
-  }
-  for (auto& [key, value] : part.items()) {
-    for (json& element : value) state.logprobs[key].push_back(std::move(element));
-  }
+  state.text += text;
+  AppendLogprobs(std::move(logprobs), &state.logprobs);
 }
 
 nlohmann::json OpenAiResponder::Body() const {

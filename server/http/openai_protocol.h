@@ -10,12 +10,13 @@
 // vLLM's extra sampling fields (top_k, min_p, repetition_penalty,
 // ignore_eos, min_tokens, skip_special_tokens, stop_token_ids,
 // return_tokens_as_token_ids) are accepted as vLLM accepts them, and so
-// are several prompts and `n` (choices, each its own Generate call);
-// features the server does not have (best_of other than n, echo, suffix,
-// logit_bias, tools, response formats and guided decoding, prompt
-// logprobs, beam search, custom chat templates) are a 400 naming the field
-// when they ask for anything but the default; any other field is ignored,
-// as vLLM does.
+// are several prompts, `n` (choices, each its own Generate call), and
+// `echo` of completions (with logprobs: the prompt's, from the service's
+// prompt_logprobs); features the server does not have (best_of other than
+// n, suffix, tools, response formats and guided decoding, vLLM's
+// prompt_logprobs field, beam search, custom chat templates) are a 400
+// naming the field when they ask for anything but the default; any other
+// field is ignored, as vLLM does.
 //
 //   ASSIGN_OR_RETURN(OpenAiRequest request, ParseOpenAiRequest(OpenAiEndpoint::kChat, body));
 //   request.generate.set_request_id(id);
@@ -75,6 +76,13 @@ struct OpenAiRequest {
   // Log probabilities: -1 for none, else the number of alternatives.
   int logprobs = -1;
   bool tokens_as_ids = false;  // return_tokens_as_token_ids: tokens as "token_id:N".
+  // Completions: each choice's text (and logprobs) begins with its prompt's.
+  // echo_texts has one per prompt: a text prompt's text, and for token ids
+  // "", which the caller replaces with their text. With logprobs the caller
+  // gives every prompt as token ids: the first is the first token echoed
+  // (without a logprob), generate.prompt_logprobs brings the others.
+  bool echo = false;
+  std::vector<std::string> echo_texts;
 };
 
 // Parses and type-checks a request body. InvalidArgument names the field
@@ -144,13 +152,24 @@ class OpenAiResponder {
     v1::Usage usage;
     v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
     size_t text_offset = 0;
+    // Echo: the prompt's tokens with their logprobs as they arrive (the
+    // first without one), until the first output goes out with them.
+    google::protobuf::RepeatedPtrField<v1::TokenLogprob> prompt;
+    bool echoed = false;
   };
+
+  // The text and logprobs that a Chunk or Complete of choice `index` adds,
+  // with the echo of its prompt before its first output; false for a
+  // message that adds nothing yet (prompt logprobs, which wait for it).
+  bool Output(int index, const v1::GenerateResponse& message, std::string* text,
+              nlohmann::json* logprobs);
 
   nlohmann::json ChunkObject() const;
   // The logprobs of `tokens` in the endpoint's format (a JSON object), or
   // null when none were asked for.
+  // `first_unscored`: the first token has no logprob (a prompt's first).
   nlohmann::json Logprobs(const google::protobuf::RepeatedPtrField<v1::TokenLogprob>& tokens,
-                          Choice& choice);
+                          Choice& choice, bool first_unscored = false);
   static nlohmann::json UsageObject(const v1::Usage& usage);
   // The request's usage: each prompt once (from its first choice), the
   // completions of every choice.

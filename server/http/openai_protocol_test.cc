@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -129,7 +130,11 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
   EXPECT_EQ(completion(R"({"prompt": "x", "best_of": 3})").first,
             "`best_of` must equal `n` (1): this server does not rank extra samples");
   EXPECT_EQ(completion(R"({"prompt": "x", "n": 2, "best_of": 3})").second, "best_of");
-  EXPECT_EQ(completion(R"({"prompt": "x", "echo": true})").second, "echo");
+  EXPECT_EQ(completion(R"({"prompt": "x", "echo": "yes"})").second, "echo");
+  EXPECT_EQ(Refusal(OpenAiEndpoint::kChat, R"({"messages": [{"role": "user", "content": "x"}],
+                                             "echo": true})")
+                .first,
+            "`echo` is not supported by this server: chat completions do not echo");
   EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": [5, 100]})").first,
             "`logit_bias` must be an object of token ids to biases, not an array");
   EXPECT_EQ(completion(R"({"prompt": "x", "logit_bias": {"5": "up"}})").first,
@@ -414,6 +419,64 @@ TEST(OpenAiProtocolTest, CompletionsCollectIntoOneResponse) {
                                              {"token_id:12": -0.25, "token_id:11": -0.5}],
                             "text_offset": [0, 11]})"));
   EXPECT_EQ(body["usage"]["total_tokens"], 6);
+}
+
+// echo: the text and logprobs of each choice begin with its prompt's; the
+// prompt's logprobs (asked of the service) wait for the first output, and
+// the prompt's first token has none.
+TEST(OpenAiProtocolTest, EchoPutsThePromptFirst) {
+  const OpenAiRequest plain =
+      Parse(OpenAiEndpoint::kCompletions, R"({"prompt": ["Say", "Tell"], "echo": true})");
+  EXPECT_TRUE(plain.echo);
+  EXPECT_EQ(plain.echo_texts, (std::vector<std::string>{"Say", "Tell"}));
+  EXPECT_FALSE(plain.generate.has_prompt_logprobs());  // Without logprobs, none.
+  OpenAiResponder collected(plain, "cmpl-e", "tiny", 1, nullptr);
+  collected.Add(1, ChunkOf(" hi", {10}, 1));
+  collected.Add(1, CompleteOf(v1::FINISH_REASON_LENGTH));
+  collected.Add(0, CompleteOf(v1::FINISH_REASON_STOP));
+  EXPECT_EQ(collected.Body()["choices"][0]["text"], "Say");
+  EXPECT_EQ(collected.Body()["choices"][1]["text"], "Tell hi");
+  EXPECT_EQ(collected.Body()["choices"][1]["logprobs"], nullptr);
+
+  OpenAiRequest request =
+      Parse(OpenAiEndpoint::kCompletions,
+            R"({"prompt": [5, 6, 7], "echo": true, "logprobs": 1,
+                "return_tokens_as_token_ids": true})");
+  EXPECT_EQ(request.generate.prompt_logprobs(), 1);
+  request.echo_texts[0] = "five six seven";  // The caller decodes token-id prompts.
+  v1::GenerateResponse prompt_part;
+  for (int32_t id : {6, 7}) {
+    v1::TokenLogprob* lp = prompt_part.mutable_chunk()->add_prompt_logprobs();
+    lp->set_token_id(id);
+    lp->set_logprob(-2.0f);
+    v1::TopLogprob* top = lp->add_top();
+    top->set_token_id(9);
+    top->set_logprob(-0.125f);
+  }
+  const json expected = json::parse(R"({
+      "tokens": ["token_id:5", "token_id:6", "token_id:7", "token_id:10"],
+      "token_logprobs": [null, -2.0, -2.0, -0.5],
+      "top_logprobs": [null, {"token_id:9": -0.125, "token_id:6": -2.0},
+                       {"token_id:9": -0.125, "token_id:7": -2.0},
+                       {"token_id:11": -0.25, "token_id:10": -0.5}],
+      "text_offset": [0, 10, 20, 30]})");
+  OpenAiResponder responder(request, "cmpl-e", "tiny", 1, nullptr);
+  responder.Add(0, prompt_part);
+  responder.Add(0, ChunkOf("!", {10}, 1));
+  responder.Add(0, CompleteOf(v1::FINISH_REASON_LENGTH));
+  EXPECT_EQ(responder.Body()["choices"][0]["text"], "five six seven!");
+  EXPECT_EQ(responder.Body()["choices"][0]["logprobs"], expected);
+
+  OpenAiResponder streamed(request, "cmpl-e", "tiny", 1, nullptr);
+  EXPECT_EQ(streamed.StreamMessage(0, prompt_part), "");  // Waits for the first output.
+  const std::string first = streamed.StreamMessage(0, ChunkOf("!", {10}, 1));
+  ASSERT_TRUE(absl::StartsWith(first, "data: ")) << first;
+  const json event = json::parse(first.substr(6));
+  EXPECT_EQ(event["choices"][0]["text"], "five six seven!");
+  EXPECT_EQ(event["choices"][0]["logprobs"], expected);
+  const json second = json::parse(streamed.StreamMessage(0, ChunkOf("?", {12}, 2)).substr(6));
+  EXPECT_EQ(second["choices"][0]["text"], "?");
+  EXPECT_EQ(second["choices"][0]["logprobs"]["text_offset"], json::array({41}));
 }
 
 }  // namespace
