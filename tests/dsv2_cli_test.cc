@@ -215,7 +215,8 @@ TEST(CliTest, BadInputGetsOneClearLineAndNonZeroExit) {
   for (const std::string bias : {"5", "x:1", "5:", "5:up", "99999999999:1"}) {
     Result bad = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --logit-bias " + bias);
     EXPECT_EQ(bad.exit_code, 1) << bias;
-    EXPECT_THAT(bad.err, HasSubstr("--logit-bias wants ID:BIAS (e.g. 42:-100), got '" + bias + "'"));
+    EXPECT_THAT(bad.err,
+                HasSubstr("--logit-bias wants ID:BIAS (e.g. 42:-100), got '" + bias + "'"));
   }
   Result far_bias = RunDsv2("generate --model tests/data/tiny-lite --tokens 1 --logit-bias 5:1e9");
   EXPECT_EQ(far_bias.exit_code, 1);

@@ -400,7 +400,8 @@ TEST(GenerationServerTest, InvalidInputIsRejectedAndTheServerServesOn) {
        "logit_bias token id -2"},
       {"large bias", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[3] = 100.5f; },
        "logit_bias of token id 3 must be in [-100, 100]"},
-      {"NaN bias", [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[3] = std::nanf(""); },
+      {"NaN bias",
+       [](auto& r) { (*r.mutable_sampling()->mutable_logit_bias())[3] = std::nanf(""); },
        "logit_bias of token id 3"},
       {"many biases", [](auto& r) {
          for (int i = 0; i < 1025; ++i) (*r.mutable_sampling()->mutable_logit_bias())[i] = 1;

@@ -455,7 +455,7 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
   const int32_t eos = static_cast<int32_t>(model_->config().eos_token_id);
   std::vector<float> logits(raw_logits, raw_logits + vocab);
   AdjustLogits(request.sampling, std::span<const int32_t>(s->tokens).first(s->prompt_len),
-                 std::span<const int32_t>(s->tokens).subspan(s->prompt_len), logits.data(), vocab);
+               std::span<const int32_t>(s->tokens).subspan(s->prompt_len), logits.data(), vocab);
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   for (int32_t id : unsampled_) logits[id] = kMasked;
   if (s->num_generated() < request.min_tokens) {

@@ -321,7 +321,8 @@ TEST(LinearQ8Test, AmxAndAvx512GiveTheSameBits) {
     w.q[0] = -128;  // Outside the format's range, but read exactly.
     const int64_t max_n = 43;
     const std::vector<float> x = RandomValues(max_n * cols, rng);
-    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{17}, max_n}) {
+    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{17},
+                      max_n}) {
       for (bool routed : {false, true}) {
         WeightMatrix view = w.view;
         view.routed = routed;

@@ -1,13 +1,14 @@
 #include "server/http/openai_protocol.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
 
 namespace dsv2 {
@@ -303,7 +304,6 @@ absl::Status ReadMessages(const json& body, v1::GenerateRequest* out) {
   return absl::OkStatus();
 }
 
-// The string list of `stop`: a string or an array of strings.
 // logit_bias: {"token id": bias, ...}, ids in decimal digits, biases in
 // [-100, 100]. (The vocabulary and the entry count are the service's to
 // check.)
@@ -317,7 +317,8 @@ absl::Status ReadLogitBias(const Fields& fields, v1::SamplingParams* sampling) {
   for (const auto& [key, value] : biases->items()) {
     int64_t id = 0;
     const bool digits = !key.empty() && key.size() <= 10 &&
-                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+                        std::all_of(key.begin(), key.end(),
+                                    [](char c) { return c >= '0' && c <= '9'; });
     if (digits) id = std::stoll(key);
     if (!digits || id > std::numeric_limits<int32_t>::max()) {
       return Invalid("logit_bias",
@@ -342,6 +343,7 @@ absl::Status ReadLogitBias(const Fields& fields, v1::SamplingParams* sampling) {
   return absl::OkStatus();
 }
 
+// The string list of `stop`: a string or an array of strings.
 absl::Status ReadStop(const Fields& fields, v1::StoppingCriteria* stopping) {
   const json* stop = fields.Find("stop");
   if (stop == nullptr) return absl::OkStatus();
@@ -475,7 +477,9 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
     out->echo = echo.value_or(false);
     if (out->echo) {
       // Token-id prompts are the caller's to decode.
-      for (const v1::GenerateRequest& prompt : out->prompts) out->echo_texts.push_back(prompt.text());
+      for (const v1::GenerateRequest& prompt : out->prompts) {
+        out->echo_texts.push_back(prompt.text());
+      }
       if (logprobs) request.set_prompt_logprobs(static_cast<int32_t>(*logprobs));
     }
   } else {

@@ -98,7 +98,8 @@ absl::Status SetOutputOptions(const Args& args, v1::GenerateRequest* request) {
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   sampling->set_seed(static_cast<uint64_t>(seed));
   for (const std::string& entry : args.GetAll("logit-bias")) {
-    const std::pair<std::string, std::string> parts = absl::StrSplit(entry, absl::MaxSplits(':', 1));
+    const std::pair<std::string, std::string> parts =
+        absl::StrSplit(entry, absl::MaxSplits(':', 1));
     int32_t id = 0;
     float bias = 0;
     if (!absl::SimpleAtoi(parts.first, &id) || !absl::SimpleAtof(parts.second, &bias)) {
