@@ -50,14 +50,23 @@ namespace {
 struct Shape {
   const char* name;
   int64_t out, in;  // nn.Linear [out_features, in_features].
+  // A routed expert's matrix (WeightMatrix::routed): the kernel the model
+  // gives those, e.g. AVX-512 for bf16 under amx.
+  bool routed = false;
 };
 
 // DeepSeek-V2-Lite (hidden 2048, 16 heads, kv_lora_rank 512, expert width
 // 1408, dense width 10944, vocabulary 102400).
 constexpr Shape kShapes[] = {
-    {"q_proj", 3072, 2048},    {"kv_a_proj", 576, 2048},    {"kv_b_proj", 4096, 512},
-    {"o_proj", 2048, 2048},    {"expert_up", 1408, 2048},   {"expert_down", 2048, 1408},
-    {"dense_up", 10944, 2048}, {"dense_down", 2048, 10944}, {"lm_head", 102400, 2048},
+    {"q_proj", 3072, 2048},
+    {"kv_a_proj", 576, 2048},
+    {"kv_b_proj", 4096, 512},
+    {"o_proj", 2048, 2048},
+    {"expert_up", 1408, 2048, /*routed=*/true},
+    {"expert_down", 2048, 1408, /*routed=*/true},
+    {"dense_up", 10944, 2048},
+    {"dense_down", 2048, 10944},
+    {"lm_head", 102400, 2048},
 };
 
 constexpr int64_t kBatchTokens[] = {1, 8, 32, 64};
@@ -88,9 +97,9 @@ struct ColdWeights {
   int64_t copies = 0;
   WeightMatrix Copy(const Shape& s, int64_t c) const {
     const char* base = data.data() + c * MatrixBytes(s, dtype);
-    if (dtype != DType::kI8) return WeightMatrix{dtype, s.out, s.in, base};
-    return WeightMatrix{dtype, s.out, s.in, base,
-                        reinterpret_cast<const float*>(base + s.out * s.in)};
+    const float* scales =
+        dtype == DType::kI8 ? reinterpret_cast<const float*>(base + s.out * s.in) : nullptr;
+    return WeightMatrix{dtype, s.out, s.in, base, scales, s.routed};
   }
   // The value weight (r, c) stands for.
   double Value(const Shape& s, int64_t r, int64_t c) const {
