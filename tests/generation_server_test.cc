@@ -532,6 +532,13 @@ TEST(GenerationServerTest, StopStringsEndTheTextBeforeThem) {
   EXPECT_EQ(stopped.finish, v1::FINISH_REASON_STOP);
   EXPECT_EQ(stopped.text, free_run.text.substr(0, start));
   EXPECT_EQ(stopped.text.find(stop), std::string::npos);
+  // include_stop_str_in_output: up to the end of the stop string.
+  request.set_request_id("included");
+  request.mutable_stopping()->set_include_stop_str_in_output(true);
+  const StreamResult included = server.Generate(request);
+  ASSERT_TRUE(included.status.ok());
+  EXPECT_EQ(included.finish, v1::FINISH_REASON_STOP);
+  EXPECT_EQ(included.text, free_run.text.substr(0, start + 2));
 }
 
 // ---------------------------------------------------------------------------

@@ -493,13 +493,20 @@ void Engine::Advance(Sequence* s, const float* raw_logits) {
     size_t longest = 0;
     for (const std::string& stop : request.stop) longest = std::max(longest, stop.size());
     const size_t from = old_size >= longest ? old_size - longest + 1 : 0;
-    size_t earliest = std::string::npos;
+    // The earliest match (of one position, the first stop string listed).
+    size_t earliest = std::string::npos, matched = 0;
     for (const std::string& stop : request.stop) {
-      earliest = std::min(earliest, s->text.find(stop, from));
+      const size_t at = s->text.find(stop, from);
+      if (at < earliest) {
+        earliest = at;
+        matched = stop.size();
+      }
     }
     if (earliest != std::string::npos) {
       finish = FinishReason::kStop;
-      s->text.resize(earliest);  // The stop string and what follows are never sent.
+      // What follows the stop string (and the string itself, unless asked
+      // for) is never sent.
+      s->text.resize(earliest + (request.include_stop_str ? matched : 0));
       s->stopped_by_string = true;
     }
   }

@@ -307,6 +307,17 @@ TEST_F(EngineTest, StopStringsSpanTokensAndAreNeverStreamed) {
   EXPECT_EQ(c.finish, FinishReason::kStop);
   EXPECT_EQ(streamed, free_run.text.substr(0, 5));
   EXPECT_EQ(c.usage.completion_tokens, 7);
+  // Asked to, the text ends with the stop string that matched (also when
+  // two complete at the same token), never with what follows.
+  request.id = "include";
+  request.include_stop_str = true;
+  request.stop = {"never-matches", free_run.text.substr(5, 3)};
+  const Collected included = Run(*engine, request);
+  EXPECT_EQ(included.finish, FinishReason::kStop);
+  EXPECT_EQ(included.text, free_run.text.substr(0, 8));
+  request.id = "include-earliest";
+  request.stop = {free_run.text.substr(5, 2), free_run.text.substr(4, 3)};
+  EXPECT_EQ(Run(*engine, request).text, free_run.text.substr(0, 7));
 }
 
 TEST_F(EngineTest, StopTokensMinTokensAndLogprobs) {

@@ -28,7 +28,8 @@ struct GenerationRequest {
   int64_t max_tokens = 16;
   int64_t min_tokens = 0;  // EOS and stop ids/strings are ignored before this many.
   std::vector<int32_t> stop_token_ids;
-  std::vector<std::string> stop;  // Stop strings; the text never includes them.
+  std::vector<std::string> stop;  // Stop strings; the text never includes them,
+  bool include_stop_str = false;  // unless this is set: then it ends with the one that matched.
   bool ignore_eos = false;
   int32_t logprobs = -1;  // -1: none; 0: the chosen token's; N: and the top N.
   // -1: none; N: every prompt token's after the first (given the tokens

@@ -136,6 +136,7 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const v1::GenerateRequest& req
   out.stop.assign(stop.stop().begin(), stop.stop().end());
   out.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
   out.ignore_eos = stop.ignore_eos();
+  out.include_stop_str = stop.include_stop_str_in_output();
   if (request.has_logprobs()) out.logprobs = request.logprobs();
   if (request.has_prompt_logprobs()) out.prompt_logprobs = request.prompt_logprobs();
   out.skip_special_tokens = !request.has_skip_special_tokens() || request.skip_special_tokens();

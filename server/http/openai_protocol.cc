@@ -189,10 +189,6 @@ absl::Status CheckUnsupported(const json& body, OpenAiEndpoint endpoint) {
   if (const json* v = present("use_beam_search"); v && !is_false(*v)) {
     return Unsupported("use_beam_search");
   }
-  if (const json* v = present("include_stop_str_in_output"); v && !is_false(*v)) {
-    return Unsupported("include_stop_str_in_output",
-                       "stop strings are never part of the output");
-  }
   if (endpoint == OpenAiEndpoint::kChat) {
     if (const json* v = present("echo"); v && !is_false(*v)) {
       return Unsupported("echo", "chat completions do not echo");
@@ -426,6 +422,8 @@ absl::Status ReadFields(const json& body, OpenAiEndpoint endpoint, OpenAiRequest
   if (min_tokens) stopping.set_min_tokens(static_cast<uint32_t>(*min_tokens));
   DSV2_ASSIGN_FIELD(ignore_eos, fields.Bool("ignore_eos"));
   stopping.set_ignore_eos(ignore_eos.value_or(false));
+  DSV2_ASSIGN_FIELD(include_stop, fields.Bool("include_stop_str_in_output"));
+  stopping.set_include_stop_str_in_output(include_stop.value_or(false));
   if (absl::Status s = ReadStop(fields, &stopping); !s.ok()) return s;
   if (const json* ids = fields.Find("stop_token_ids")) {
     if (!ids->is_array()) return fields.WrongType("stop_token_ids", *ids, "an array of token ids");

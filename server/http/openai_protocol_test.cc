@@ -40,6 +40,7 @@ TEST(OpenAiProtocolTest, CompletionFieldsBecomeTheRequest) {
       "seed": 42, "stop": ["\n", "END"], "presence_penalty": 0.25, "frequency_penalty": -0.5,
       "logprobs": 3, "stream": true, "stream_options": {"include_usage": true},
       "top_k": -1, "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": true,
+      "include_stop_str_in_output": true,
       "min_tokens": 2, "skip_special_tokens": false, "stop_token_ids": [5, 6],
       "logit_bias": {"5": 100, "0": -100, "2147483647": 0.5},
       "user": "someone", "unknown_field": {"deep": [1, 2, {"x": null}]}, "n": 1, "best_of": null})");
@@ -53,6 +54,7 @@ TEST(OpenAiProtocolTest, CompletionFieldsBecomeTheRequest) {
   EXPECT_EQ(g.stopping().max_tokens(), 7u);
   EXPECT_EQ(g.stopping().min_tokens(), 2u);
   EXPECT_TRUE(g.stopping().ignore_eos());
+  EXPECT_TRUE(g.stopping().include_stop_str_in_output());
   EXPECT_THAT(g.stopping().stop(), ::testing::ElementsAre("\n", "END"));
   EXPECT_THAT(g.stopping().stop_token_ids(), ::testing::ElementsAre(5, 6));
   EXPECT_FLOAT_EQ(g.sampling().temperature(), 0.5f);
