@@ -46,7 +46,7 @@ int32_t ArgMax(const float* logits, int64_t n) {
 }
 
 void AdjustLogits(const SamplingParams& params, std::span<const int32_t> prompt,
-                    std::span<const int32_t> output, float* logits, int64_t vocab) {
+                  std::span<const int32_t> output, float* logits, int64_t vocab) {
   for (const TokenBias& b : params.logit_bias) logits[b.token] += b.bias;
   if (!params.has_penalties()) return;
   std::unordered_map<int32_t, int32_t> output_counts;

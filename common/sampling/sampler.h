@@ -33,7 +33,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;    // In [-2, 2].
   float frequency_penalty = 0.0f;   // In [-2, 2].
   uint64_t seed = 0;
-  std::vector<TokenBias> logit_bias;  // Token ids are checked against the vocabulary by the engine.
+  std::vector<TokenBias> logit_bias;  // Its ids are the engine's to check against the vocabulary.
 
   // InvalidArgument naming the field when a value is out of range.
   absl::Status Validate() const;
@@ -51,7 +51,7 @@ int32_t ArgMax(const float* logits, int64_t n);
 // prompt or the output, presence (once) and frequency (per occurrence)
 // subtracted for tokens in the output.
 void AdjustLogits(const SamplingParams& params, std::span<const int32_t> prompt,
-                    std::span<const int32_t> output, float* logits, int64_t vocab);
+                  std::span<const int32_t> output, float* logits, int64_t vocab);
 
 struct TokenLogprob {
   int32_t token = 0;

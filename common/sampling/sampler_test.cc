@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-
 #include "gtest/gtest.h"
 
 namespace dsv2 {

@@ -215,9 +215,65 @@ TEST(OpenAiFrontendTest, OutputsEqualTheGrpcApis) {
   EXPECT_EQ(TokenIds(json::parse(biased_plain->body)["choices"][0]["logprobs"]["tokens"]),
             grpc_biased.tokens);
 
-  // echo: the prompt's text first, then the output's; with logprobs the
-  // prompt's tokens first (the first without a logprob) as the service's
-  // prompt logprobs score them, streamed or not.
+  // Chat: the same text streamed or not, and as the gRPC chat input gives.
+  v1::GenerateRequest chat_request;
+  chat_request.set_request_id("c");
+  v1::ChatMessage* message = chat_request.mutable_chat()->add_messages();
+  message->set_role("user");
+  message->set_content("Hello there");
+  chat_request.mutable_sampling()->set_temperature(0);
+  chat_request.mutable_stopping()->set_max_tokens(10);
+  const testutil::StreamResult grpc_chat = f.Grpc(chat_request);
+  ASSERT_TRUE(grpc_chat.status.ok());
+  const json chat{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
+                  {"temperature", 0},
+                  {"max_tokens", 10}};
+  auto chat_plain = f.Post("/v1/chat/completions", chat);
+  ASSERT_TRUE(chat_plain);
+  ASSERT_EQ(chat_plain->status, 200) << chat_plain->body;
+  const json chat_body = json::parse(chat_plain->body);
+  EXPECT_EQ(chat_body["choices"][0]["message"]["content"], grpc_chat.text);
+  EXPECT_EQ(chat_body["choices"][0]["message"]["role"], "assistant");
+  json chat_stream = chat;
+  chat_stream["stream"] = true;
+  auto chat_sse = f.Post("/v1/chat/completions", chat_stream);
+  ASSERT_TRUE(chat_sse);
+  std::string streamed;
+  const std::vector<json> chat_events = SseEvents(chat_sse->body);
+  ASSERT_GE(chat_events.size(), 2u);
+  EXPECT_EQ(chat_events[0]["choices"][0]["delta"]["role"], "assistant");
+  for (const json& event : chat_events) {
+    const json& delta = event["choices"][0]["delta"];
+    if (delta.contains("content")) streamed += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(streamed, grpc_chat.text);
+
+  // A chat request without max_tokens runs to the end of the context.
+  auto unlimited = f.Post("/v1/chat/completions",
+                          json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                               {"temperature", 0},
+                               {"ignore_eos", true}});
+  ASSERT_TRUE(unlimited);
+  ASSERT_EQ(unlimited->status, 200) << unlimited->body;
+  const json usage = json::parse(unlimited->body)["usage"];
+  EXPECT_EQ(usage["total_tokens"], f.engine().max_model_len());
+
+  httplib::Client client("127.0.0.1", f.http_port());
+  auto models = client.Get("/v1/models", {{"Authorization", std::string("Bearer ") + kBob}});
+  ASSERT_TRUE(models);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+}
+
+// echo: the prompt's text first, then the output's; with logprobs the
+// prompt's tokens first (the first without a logprob) as the service's
+// prompt logprobs score them, streamed or not; a text prompt is echoed as
+// given and its logprobs are those of the tokens the model saw.
+TEST(OpenAiFrontendTest, EchoPutsThePromptFirst) {
+  Fixture f;
+  const std::vector<int32_t> prompt = {0, 11, 12, 13, 14};
   v1::GenerateRequest scored = testutil::Greedy("scored", prompt, 4);
   scored.set_prompt_logprobs(2);
   const testutil::StreamResult grpc_scored = f.Grpc(scored);
@@ -285,57 +341,6 @@ TEST(OpenAiFrontendTest, OutputsEqualTheGrpcApis) {
   ASSERT_EQ(hello_ids.size(), scored_body["usage"]["prompt_tokens"].get<size_t>() + 5);
   EXPECT_EQ(std::vector<int32_t>(hello_ids.end() - 5, hello_ids.end()), grpc_hello.tokens);
   EXPECT_EQ(scored_body["choices"][0]["text"], "Hello there" + grpc_hello.text);
-
-  // Chat: the same text streamed or not, and as the gRPC chat input gives.
-  v1::GenerateRequest chat_request;
-  chat_request.set_request_id("c");
-  v1::ChatMessage* message = chat_request.mutable_chat()->add_messages();
-  message->set_role("user");
-  message->set_content("Hello there");
-  chat_request.mutable_sampling()->set_temperature(0);
-  chat_request.mutable_stopping()->set_max_tokens(10);
-  const testutil::StreamResult grpc_chat = f.Grpc(chat_request);
-  ASSERT_TRUE(grpc_chat.status.ok());
-  const json chat{{"messages", {{{"role", "user"}, {"content", "Hello there"}}}},
-                  {"temperature", 0},
-                  {"max_tokens", 10}};
-  auto chat_plain = f.Post("/v1/chat/completions", chat);
-  ASSERT_TRUE(chat_plain);
-  ASSERT_EQ(chat_plain->status, 200) << chat_plain->body;
-  const json chat_body = json::parse(chat_plain->body);
-  EXPECT_EQ(chat_body["choices"][0]["message"]["content"], grpc_chat.text);
-  EXPECT_EQ(chat_body["choices"][0]["message"]["role"], "assistant");
-  json chat_stream = chat;
-  chat_stream["stream"] = true;
-  auto chat_sse = f.Post("/v1/chat/completions", chat_stream);
-  ASSERT_TRUE(chat_sse);
-  std::string streamed;
-  const std::vector<json> chat_events = SseEvents(chat_sse->body);
-  ASSERT_GE(chat_events.size(), 2u);
-  EXPECT_EQ(chat_events[0]["choices"][0]["delta"]["role"], "assistant");
-  for (const json& event : chat_events) {
-    const json& delta = event["choices"][0]["delta"];
-    if (delta.contains("content")) streamed += delta["content"].get<std::string>();
-  }
-  EXPECT_EQ(streamed, grpc_chat.text);
-
-  // A chat request without max_tokens runs to the end of the context.
-  auto unlimited = f.Post("/v1/chat/completions",
-                          json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
-                               {"temperature", 0},
-                               {"ignore_eos", true}});
-  ASSERT_TRUE(unlimited);
-  ASSERT_EQ(unlimited->status, 200) << unlimited->body;
-  const json usage = json::parse(unlimited->body)["usage"];
-  EXPECT_EQ(usage["total_tokens"], f.engine().max_model_len());
-
-  httplib::Client client("127.0.0.1", f.http_port());
-  auto models = client.Get("/v1/models", {{"Authorization", std::string("Bearer ") + kBob}});
-  ASSERT_TRUE(models);
-  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
-  auto health = client.Get("/health");
-  ASSERT_TRUE(health);
-  EXPECT_EQ(health->status, 200);
 }
 
 TEST(OpenAiFrontendTest, ErrorsHaveOpenAisShapeAndStatus) {

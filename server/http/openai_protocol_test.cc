@@ -66,7 +66,8 @@ TEST(OpenAiProtocolTest, CompletionFieldsBecomeTheRequest) {
   EXPECT_FLOAT_EQ(g.sampling().frequency_penalty(), -0.5f);
   EXPECT_EQ(g.sampling().seed(), 42u);
   EXPECT_THAT(g.sampling().logit_bias(),
-              ::testing::UnorderedElementsAre(::testing::Pair(5, 100.0f), ::testing::Pair(0, -100.0f),
+              ::testing::UnorderedElementsAre(::testing::Pair(5, 100.0f),
+                                              ::testing::Pair(0, -100.0f),
                                               ::testing::Pair(2147483647, 0.5f)));
   EXPECT_EQ(g.logprobs(), 3);
   EXPECT_FALSE(g.skip_special_tokens());
