@@ -236,16 +236,17 @@ class RowTile {
 DSV2_AMX void Rows(const Operands& op, int64_t row_begin, int64_t row_end) {
   const uint16_t bytes_per_row[8] = {64, 64, 64, 64, 64, 64, 64, 64};
   amx::LoadTileConfig(bytes_per_row);
+  const int64_t groups = Groups(op.a.n);
+  const auto run_tile = [&](int64_t row, int64_t valid, int64_t row_step) {
+    RowTile tile(op, row, valid, row_step);
+    for (int64_t g = 0; g < groups; ++g) tile.Run(g);
+  };
   // With one token group, tiles of 16 runs (row j of each), then the rows
   // left over; else tiles of neighbouring rows.
-  const int64_t run = Groups(op.a.n) == 1 ? (row_end - row_begin) / kTileRows : 0;
-  for (int64_t j = 0; j < run; ++j) {
-    RowTile tile(op, row_begin + j, kTileRows, run);
-    for (int64_t g = 0; g < Groups(op.a.n); ++g) tile.Run(g);
-  }
+  const int64_t run = groups == 1 ? (row_end - row_begin) / kTileRows : 0;
+  for (int64_t j = 0; j < run; ++j) run_tile(row_begin + j, kTileRows, run);
   for (int64_t row = row_begin + kTileRows * run; row < row_end; row += kTileRows) {
-    RowTile tile(op, row, std::min<int64_t>(kTileRows, row_end - row), 1);
-    for (int64_t g = 0; g < Groups(op.a.n); ++g) tile.Run(g);
+    run_tile(row, std::min<int64_t>(kTileRows, row_end - row), 1);
   }
   amx::ReleaseTiles();
 }

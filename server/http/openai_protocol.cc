@@ -786,8 +786,9 @@ bool OpenAiResponder::Output(int index, const v1::GenerateResponse& message, std
   *logprobs = nullptr;
   if (request_.echo && !state.echoed) {
     state.echoed = true;
-    const v1::GenerateRequest& prompt = request_.prompts[index / request_.n];
-    *text = request_.echo_texts[index / request_.n] + *text;
+    const int p = index / request_.n;  // The choice's prompt.
+    const v1::GenerateRequest& prompt = request_.prompts[p];
+    *text = request_.echo_texts[p] + *text;
     if (request_.logprobs >= 0) {
       // The prompt's first token (given as ids), then those the service scored.
       google::protobuf::RepeatedPtrField<v1::TokenLogprob> echoed;

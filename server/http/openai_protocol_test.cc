@@ -134,6 +134,8 @@ TEST(OpenAiProtocolTest, WrongTypesAndUnsupportedFeaturesAreNamed) {
             "`best_of` must equal `n` (1): this server does not rank extra samples");
   EXPECT_EQ(completion(R"({"prompt": "x", "n": 2, "best_of": 3})").second, "best_of");
   EXPECT_EQ(completion(R"({"prompt": "x", "echo": "yes"})").second, "echo");
+  EXPECT_EQ(completion(R"({"prompt": "x", "include_stop_str_in_output": 1})").second,
+            "include_stop_str_in_output");
   EXPECT_EQ(Refusal(OpenAiEndpoint::kChat, R"({"messages": [{"role": "user", "content": "x"}],
                                              "echo": true})")
                 .first,
