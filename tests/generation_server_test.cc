@@ -681,6 +681,31 @@ TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
   EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
 }
 
+// Prompt logprobs count in the backlog too: a client that does not read a
+// long prompt's (in 8-position steps) is cut off, though its one generated
+// token is far below the bound, and the server serves on.
+TEST(GenerationServerTest, UnreadPromptLogprobsCountAgainstTheBacklog) {
+  ServerFixture server("tests/data/tiny-v2", {.kv_cache_bytes = 32 << 20, .max_batch_tokens = 8},
+                       {.write_timeout = absl::Seconds(600), .max_backlog_bytes = 512});
+  auto stub = v1::Generation::NewStub(TightChannel(server.address()));
+  grpc::ClientContext context;
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 100; ++i) prompt.push_back(i % 50);
+  v1::GenerateRequest request = Greedy("hoarder", prompt, 1);
+  request.set_prompt_logprobs(20);
+  auto reader = stub->Generate(&context, request);
+  ASSERT_TRUE(WaitFor([&] { return server.service().slow_readers_cut() == 1; }, 30s));
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  WaitIdle(server.engine());
+  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  const StreamResult after = server.Generate(Greedy("after", {0, 1, 2}, 3));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens.size(), 3u);
+}
+
 TEST(GenerationServerTest, OnlyTheOwnerMayAbortARequestAndIdsArePerOwner) {
   const std::string dir = testutil::NewTestDir("owner_tokens");
   std::ofstream(dir + "/tokens") << "alice aaaaaaaaaaaaaaaaaaaaaaaa\nbob bbbbbbbbbbbbbbbbbbbbbbbb\n";
