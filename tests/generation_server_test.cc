@@ -665,13 +665,12 @@ TEST(GenerationServerTest, ClientsThatDoNotReadCountAgainstAdmissionAndAreCutOff
   EXPECT_EQ(server.Generate(Greedy("after", {0, 1}, 3)).tokens.size(), 3u);
 }
 
-TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
-  // A small backlog bound and a long write timeout: the backlog trips first.
-  ServerFixture server("tests/data/tiny-v2", SmallEngine(),
-                       {.write_timeout = absl::Seconds(600), .max_backlog_bytes = 64});
+// Sends `request` from a client that does not read until the server has cut
+// it off for its backlog; then its call is CANCELLED and no KV block is left.
+void ExpectCutOffForItsBacklog(ServerFixture& server, const v1::GenerateRequest& request) {
   auto stub = v1::Generation::NewStub(TightChannel(server.address()));
   grpc::ClientContext context;
-  auto reader = stub->Generate(&context, Greedy("hoarder", {0, 3}, 120));
+  auto reader = stub->Generate(&context, request);
   ASSERT_TRUE(WaitFor([&] { return server.service().slow_readers_cut() == 1; }, 30s));
   v1::GenerateResponse response;
   while (reader->Read(&response)) {
@@ -681,26 +680,24 @@ TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
   EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
 }
 
+TEST(GenerationServerTest, AClientWithTooMuchUnreadOutputIsCutOff) {
+  // A small backlog bound and a long write timeout: the backlog trips first.
+  ServerFixture server("tests/data/tiny-v2", SmallEngine(),
+                       {.write_timeout = absl::Seconds(600), .max_backlog_bytes = 64});
+  ExpectCutOffForItsBacklog(server, Greedy("hoarder", {0, 3}, 120));
+}
+
 // Prompt logprobs count in the backlog too: a client that does not read a
 // long prompt's (in 8-position steps) is cut off, though its one generated
 // token is far below the bound, and the server serves on.
 TEST(GenerationServerTest, UnreadPromptLogprobsCountAgainstTheBacklog) {
   ServerFixture server("tests/data/tiny-v2", {.kv_cache_bytes = 32 << 20, .max_batch_tokens = 8},
                        {.write_timeout = absl::Seconds(600), .max_backlog_bytes = 512});
-  auto stub = v1::Generation::NewStub(TightChannel(server.address()));
-  grpc::ClientContext context;
   std::vector<int32_t> prompt;
   for (int i = 0; i < 100; ++i) prompt.push_back(i % 50);
   v1::GenerateRequest request = Greedy("hoarder", prompt, 1);
   request.set_prompt_logprobs(20);
-  auto reader = stub->Generate(&context, request);
-  ASSERT_TRUE(WaitFor([&] { return server.service().slow_readers_cut() == 1; }, 30s));
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-  }
-  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  WaitIdle(server.engine());
-  EXPECT_EQ(server.engine().stats().kv_blocks_used, 0);
+  ExpectCutOffForItsBacklog(server, request);
   const StreamResult after = server.Generate(Greedy("after", {0, 1, 2}, 3));
   EXPECT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens.size(), 3u);
